@@ -1,0 +1,76 @@
+// Package relay is stickyd's connection engine: it moves bytes between a
+// client connection and its backend connection until both directions end.
+//
+// The rest of stickyd sees only the Engine interface. The handler goroutine
+// reads the client address, dials the backend and writes the PROXY header;
+// then it hands both sockets to an Engine with Start and returns. From that
+// moment the Engine owns both connections: it closes them, and calls
+// Pair.Done exactly once when the pair is finished.
+//
+//	eng := relay.NewGoroutineEngine()
+//	eng.Start(&relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,
+//		Done: func(s relay.Stats) { log.Debug("closed", zap.Int64("bytes_in", s.BytesIn)) }})
+package relay
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// Conn is what an Engine needs of a socket: a stream connection whose file
+// descriptor can be reached (for splice(2) and epoll) and whose write side can
+// be shut down on its own (half-close). *net.TCPConn and *net.UnixConn
+// satisfy it.
+type Conn interface {
+	net.Conn
+	syscall.Conn
+	CloseWrite() error
+}
+
+// Pair is one proxied connection handed to an Engine.
+type Pair struct {
+	// Client is the accepted connection. Owned by the Engine after Start.
+	Client Conn
+	// Backend is the dialed backend connection, with the outgoing PROXY
+	// header already written. Owned by the Engine after Start.
+	Backend Conn
+	// Pending holds bytes already read from the client (while sniffing a
+	// PROXY or HTTP header) that the backend has not seen yet. The Engine
+	// writes them to the backend before anything else. The Engine may keep
+	// the slice; the caller must not modify it after Start.
+	Pending []byte
+	// Idle closes the pair when no byte moved in either direction for this
+	// long. Zero means no idle timeout.
+	Idle time.Duration
+	// Linger bounds how long one direction may stay open after the other
+	// has ended (half-close). Zero means Idle, or no bound if Idle is zero.
+	Linger time.Duration
+	// Done, if not nil, is called exactly once, after both connections are
+	// closed, from a goroutine owned by the Engine.
+	Done func(Stats)
+}
+
+// Stats describes a finished pair.
+type Stats struct {
+	// BytesIn counts bytes moved client -> backend, Pending included.
+	BytesIn int64
+	// BytesOut counts bytes moved backend -> client.
+	BytesOut int64
+	// Err is the first error other than a clean end of stream, if any
+	// (a reset, or ErrIdle).
+	Err error
+}
+
+// Engine moves bytes for many pairs.
+type Engine interface {
+	// Start takes ownership of p's connections and begins relaying. It does
+	// not block on I/O.
+	Start(p *Pair)
+	// CloseAll closes every pair still open (their Done callbacks still
+	// run). Used to end the drain period at shutdown.
+	CloseAll()
+	// Close releases the Engine's own resources after CloseAll. Start must
+	// not be called afterwards.
+	Close() error
+}
