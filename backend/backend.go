@@ -1,0 +1,281 @@
+// Package backend owns stickyd's backends: the set the balancer chooses from,
+// their state (up, cooling down after a failed dial, draining, not ready),
+// dialing with a timeout and fail-over along a client IP's preference order,
+// and the worker processes stickyd may launch itself (workers.go).
+//
+//	set, _ := backend.NewSet(backends, backend.Options{DialTimeout: 5 * time.Second}, log)
+//	b, conn, err := set.Dial(ctx, clientIP) // conn is the caller's to close; call b.Release() when done
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/stickyd/stickyd/balancer"
+	"go.uber.org/zap"
+)
+
+// ErrNoBackend is returned by Dial when no backend accepted the connection.
+var ErrNoBackend = errors.New("backend: no backend available")
+
+// Spec describes one backend.
+type Spec struct {
+	Name    string
+	Address string // host:port or unix:/path
+	Weight  int    // 0 means 1; read it from Set.Weight, which follows reloads
+	// NotReady starts the backend out of rotation until SetReady(true)
+	// (launched workers, health checks).
+	NotReady bool
+}
+
+// Backend is one backend and its live state. Its methods are safe for
+// concurrent use.
+type Backend struct {
+	Spec
+	network, addr string
+
+	ready     atomic.Bool
+	draining  atomic.Bool
+	downUntil atomic.Int64 // unix nanos; passive cool-down after a failed dial
+	active    atomic.Int64
+	total     atomic.Int64
+	failures  atomic.Int64
+}
+
+// Active returns the number of open connections to the backend.
+func (b *Backend) Active() int64 { return b.active.Load() }
+
+// Total returns the number of connections ever made to the backend.
+func (b *Backend) Total() int64 { return b.total.Load() }
+
+// DialFailures returns the number of failed dials.
+func (b *Backend) DialFailures() int64 { return b.failures.Load() }
+
+// Release records that a connection obtained from Set.Dial has closed.
+func (b *Backend) Release() { b.active.Add(-1) }
+
+// SetReady puts the backend in (true) or out of (false) rotation.
+func (b *Backend) SetReady(ready bool) { b.ready.Store(ready) }
+
+// SetDraining stops (true) or resumes (false) new connections to the backend;
+// open ones are untouched.
+func (b *Backend) SetDraining(d bool) { b.draining.Store(d) }
+
+// State is "up", "down" (not ready), "cooldown" (a recent dial failed) or
+// "draining".
+func (b *Backend) State() string {
+	switch {
+	case b.draining.Load():
+		return "draining"
+	case !b.ready.Load():
+		return "down"
+	case time.Now().UnixNano() < b.downUntil.Load():
+		return "cooldown"
+	}
+	return "up"
+}
+
+// Up reports whether the backend takes new connections now.
+func (b *Backend) Up() bool { return b.State() == "up" }
+
+// Options tune a Set. Zero values mean the documented defaults.
+type Options struct {
+	DialTimeout time.Duration // default 5s
+	Cooldown    time.Duration // passive ejection after a failed dial, default 5s
+	// BalanceFactor > 1 caps each backend at ceil(factor x its weighted share
+	// of the active connections); 0 disables the cap.
+	BalanceFactor float64
+	Balancer      balancer.Options
+}
+
+func (o Options) dialTimeout() time.Duration { return orDefault(o.DialTimeout, 5*time.Second) }
+func (o Options) cooldown() time.Duration    { return orDefault(o.Cooldown, 5*time.Second) }
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Set is an immutable list of backends with their balancer table. The
+// backends' state changes; the membership does not (a reload builds a new Set,
+// which may share Backend values with the old one).
+type Set struct {
+	backends    []*Backend
+	table       *balancer.Table
+	weights     []int // per backend, >= 1; a reload may change them
+	totalWeight int
+	opts        Options
+	log         *zap.Logger
+}
+
+// NewSet builds a Set. The Backend values in reuse whose name and address
+// match a spec are kept (with their state and counters), so a reload does
+// not reset them.
+func NewSet(specs []Spec, opts Options, log *zap.Logger, reuse ...*Backend) (*Set, error) {
+	old := make(map[string]*Backend, len(reuse))
+	for _, b := range reuse {
+		old[b.Name+"\x00"+b.Address] = b
+	}
+	s := &Set{opts: opts, log: log}
+	entries := make([]balancer.Backend, len(specs))
+	for i, sp := range specs {
+		b, ok := old[sp.Name+"\x00"+sp.Address]
+		if !ok {
+			var err error
+			if b, err = newBackend(sp); err != nil {
+				return nil, err
+			}
+		}
+		w := max(sp.Weight, 1)
+		s.backends = append(s.backends, b)
+		s.weights = append(s.weights, w)
+		entries[i] = balancer.Backend{Name: sp.Name, Weight: w}
+		s.totalWeight += w
+	}
+	table, err := balancer.New(entries, opts.Balancer)
+	if err != nil {
+		return nil, err
+	}
+	s.table = table
+	return s, nil
+}
+
+func newBackend(sp Spec) (*Backend, error) {
+	b := &Backend{Spec: sp, network: "tcp", addr: sp.Address}
+	if path, ok := strings.CutPrefix(sp.Address, "unix:"); ok {
+		b.network, b.addr = "unix", path
+	}
+	b.ready.Store(!sp.NotReady)
+	return b, nil
+}
+
+// Weight returns backend i's weight in this set.
+func (s *Set) Weight(i int) int { return s.weights[i] }
+
+// Backends returns the set's backends in configuration order.
+func (s *Set) Backends() []*Backend { return s.backends }
+
+// ByName returns the backend called name, or nil.
+func (s *Set) ByName(name string) *Backend {
+	for _, b := range s.backends {
+		if b.Name == name {
+			return b
+		}
+	}
+	return nil
+}
+
+// Lookup returns the backend that ip gets now (state and load considered),
+// or nil when none is up.
+func (s *Set) Lookup(ip netip.Addr) *Backend {
+	if i := s.table.Pick(ip, s.usable(nil, true)); i >= 0 {
+		return s.backends[i]
+	}
+	return nil
+}
+
+// Preferred returns the backend ip gets when every backend is up.
+func (s *Set) Preferred(ip netip.Addr) *Backend {
+	return s.backends[s.table.Pick(ip, nil)]
+}
+
+// usable returns the predicate for a pick: not yet tried, and either up
+// (strict) or at least not draining/down (last resort, cool-down ignored).
+func (s *Set) usable(tried []int, strict bool) func(int) bool {
+	now := time.Now().UnixNano()
+	limit := s.loadLimit()
+	return func(i int) bool {
+		for _, t := range tried {
+			if t == i {
+				return false
+			}
+		}
+		b := s.backends[i]
+		if b.draining.Load() || !b.ready.Load() {
+			return false
+		}
+		if !strict {
+			return true
+		}
+		if now < b.downUntil.Load() {
+			return false
+		}
+		return limit == nil || b.active.Load() < limit(i)
+	}
+}
+
+// loadLimit returns the bounded-load cap per backend, or nil when off.
+func (s *Set) loadLimit() func(i int) int64 {
+	f := s.opts.BalanceFactor
+	if f <= 1 {
+		return nil
+	}
+	var total int64
+	for _, b := range s.backends {
+		total += b.active.Load()
+	}
+	return func(i int) int64 {
+		share := float64(total+1) * float64(s.weights[i]) / float64(s.totalWeight)
+		return int64(math.Ceil(f * share))
+	}
+}
+
+// Dial connects to ip's backend. It walks ip's preference order: backends
+// that are down, draining or cooling down are skipped; a refused or timed-out
+// dial puts that backend in cool-down and the next one is tried. Only when
+// every backend is cooling down are they tried regardless. On success the
+// caller owns conn and must call b.Release() once it is closed.
+func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Conn, err error) {
+	var triedBuf [8]int
+	tried := triedBuf[:0]
+	var errs []error
+	for _, strict := range []bool{true, false} {
+		for {
+			i := s.table.Pick(ip, s.usable(tried, strict))
+			if i < 0 {
+				break
+			}
+			tried = append(tried, i)
+			b = s.backends[i]
+			conn, err = s.dialOne(ctx, b)
+			if err == nil {
+				return b, conn, nil
+			}
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				return nil, nil, errors.Join(errs...)
+			}
+		}
+	}
+	if len(errs) == 0 {
+		return nil, nil, ErrNoBackend
+	}
+	return nil, nil, fmt.Errorf("%w: %w", ErrNoBackend, errors.Join(errs...))
+}
+
+func (s *Set) dialOne(ctx context.Context, b *Backend) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.dialTimeout())
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, b.network, b.addr)
+	if err != nil {
+		b.failures.Add(1)
+		b.downUntil.Store(time.Now().Add(s.opts.cooldown()).UnixNano())
+		s.log.Warn("backend dial failed; cooling down",
+			zap.String("backend", b.Name), zap.String("address", b.Address),
+			zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err))
+		return nil, fmt.Errorf("dial backend %s: %w", b.Name, err)
+	}
+	b.active.Add(1)
+	b.total.Add(1)
+	return conn, nil
+}

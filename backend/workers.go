@@ -1,0 +1,427 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Errors returned by NewSupervisor and Supervisor.Run.
+var (
+	// ErrWorkerConfig wraps every validation error of a WorkerConfig; the
+	// message names the offending key of the [workers] table.
+	ErrWorkerConfig = errors.New("backend: invalid [workers] config")
+	// ErrSupervisorRunning is returned by a second call to Supervisor.Run.
+	ErrSupervisorRunning = errors.New("backend: supervisor already ran")
+)
+
+// Defaults of WorkerConfig, applied by its accessors when a field is zero.
+const (
+	DefaultWorkerPortBase       = 3001
+	DefaultWorkerStartupTimeout = 30 * time.Second
+	DefaultWorkerStopTimeout    = 10 * time.Second
+)
+
+// maxSocketPath is the longest path a unix socket address can hold on Linux
+// (sun_path is 108 bytes including the terminating NUL).
+const maxSocketPath = 107
+
+// WorkerConfig mirrors the [workers] config table. Zero values mean
+// defaults, resolved in accessors (never written back).
+type WorkerConfig struct {
+	// Command is the worker's argv, required. A bare name is looked up in
+	// $PATH; a relative path is resolved against Dir.
+	Command []string
+	// Count is the number of workers (default 1). The caller resolves
+	// "auto" to runtime.NumCPU().
+	Count int
+	// PortBase: worker i listens on PortBase+i (default 3001).
+	PortBase int
+	// SocketDir, if set, switches to unix sockets: worker i gets
+	// SOCKET=<SocketDir>/worker-<i>.sock instead of PORT, and its address is
+	// "unix:<path>". The directory is created (0700) if missing.
+	SocketDir string
+	// Env is added to the environment stickyd inherited. PORT, SOCKET,
+	// STICKYD_WORKER_ID and STICKYD_WORKERS are always set by the
+	// supervisor and cannot be overridden here.
+	Env map[string]string
+	// Dir is the workers' working directory (default: stickyd's).
+	Dir string
+	// StartupTimeout bounds how long a worker may take to accept
+	// connections (default 30s).
+	StartupTimeout time.Duration
+	// StopTimeout is the grace between SIGTERM and SIGKILL when stopping
+	// (default 10s).
+	StopTimeout time.Duration
+}
+
+func (c *WorkerConfig) count() int {
+	if c.Count == 0 {
+		return 1
+	}
+	return c.Count
+}
+
+func (c *WorkerConfig) portBase() int {
+	if c.PortBase == 0 {
+		return DefaultWorkerPortBase
+	}
+	return c.PortBase
+}
+
+func (c *WorkerConfig) startupTimeout() time.Duration {
+	if c.StartupTimeout == 0 {
+		return DefaultWorkerStartupTimeout
+	}
+	return c.StartupTimeout
+}
+
+func (c *WorkerConfig) stopTimeout() time.Duration {
+	if c.StopTimeout == 0 {
+		return DefaultWorkerStopTimeout
+	}
+	return c.StopTimeout
+}
+
+func (c *WorkerConfig) socketPath(i int) string {
+	return filepath.Join(c.SocketDir, "worker-"+strconv.Itoa(i)+".sock")
+}
+
+// Validate reports the first invalid key of the [workers] table, wrapping
+// ErrWorkerConfig.
+func (c *WorkerConfig) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%w: workers.%s: %s", ErrWorkerConfig, key, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case len(c.Command) == 0 || c.Command[0] == "":
+		return bad("command", "is required")
+	case c.Count < 0:
+		return bad("count", "must be >= 1, got %d", c.Count)
+	case c.PortBase < 0 || c.portBase()+c.count()-1 > 65535:
+		return bad("port_base", "%d workers from port %d exceed port 65535", c.count(), c.portBase())
+	case c.StartupTimeout < 0:
+		return bad("startup_timeout", "must not be negative")
+	case c.StopTimeout < 0:
+		return bad("stop_timeout", "must not be negative")
+	}
+	if c.SocketDir != "" {
+		if p := c.socketPath(c.count() - 1); len(p) > maxSocketPath {
+			return bad("socket_dir", "socket path %q is longer than %d bytes", p, maxSocketPath)
+		}
+	}
+	for k := range c.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return bad("env", "invalid variable name %q", k)
+		}
+	}
+	if name := c.Command[0]; !strings.Contains(name, "/") {
+		if _, err := exec.LookPath(name); err != nil {
+			return bad("command", "%v", err)
+		}
+	}
+	return nil
+}
+
+// WorkerSlot is one supervised worker position. A slot keeps its name and
+// address across restarts of its process.
+type WorkerSlot struct {
+	// Slot is the index, 0..Count-1, also given to the worker as
+	// STICKYD_WORKER_ID.
+	Slot int
+	// Name is "worker-<i>".
+	Name string
+	// Address is "127.0.0.1:<port>" or "unix:<path>".
+	Address string
+}
+
+// workerTiming holds the supervisor's internal durations; tests shrink them.
+type workerTiming struct {
+	backoffMin  time.Duration // first restart delay
+	backoffMax  time.Duration // restart delay cap
+	stableAfter time.Duration // uptime (since ready) that resets the backoff
+	readyPoll   time.Duration // interval between readiness dials
+	dialTimeout time.Duration // bound of one readiness dial
+	outputGrace time.Duration // wait for output pipes to drain after exit
+}
+
+var defaultWorkerTiming = workerTiming{
+	backoffMin:  100 * time.Millisecond,
+	backoffMax:  30 * time.Second,
+	stableAfter: time.Minute,
+	readyPoll:   50 * time.Millisecond,
+	dialTimeout: 250 * time.Millisecond,
+	outputGrace: 2 * time.Second,
+}
+
+// supervisedWorker is the per-slot state. Only the slot's supervise goroutine touches
+// it, except restarts, which is read by Restarts.
+type supervisedWorker struct {
+	slot     WorkerSlot
+	network  string // "tcp" or "unix"
+	dialAddr string // host:port or socket path
+	env      []string
+	restarts atomic.Int64
+}
+
+// Supervisor runs Count copies of a worker command, each on its own port or
+// unix socket, reports when each one accepts connections, and restarts the
+// ones that exit. It replaces node's cluster module for stickyd.
+//
+//	sup, err := backend.NewSupervisor(cfg, log, func(slot int, ready bool) {
+//		pool.SetHealthy(slot, ready) // route to a slot only while ready
+//	})
+//	for _, s := range sup.Slots() { pool.Add(s.Name, s.Address) }
+//	err = sup.Run(ctx) // returns once every worker has exited after ctx ends
+//
+// Process hygiene. Every worker runs in its own process group, so stopping
+// or killing a worker reaches its children too, and the group is SIGKILLed
+// once the worker itself has exited so that no straggler keeps the port.
+// Each worker also gets Pdeathsig SIGKILL, so it dies with stickyd even when
+// stickyd is SIGKILLed. Linux sends that signal when the OS thread that
+// forked the child exits, not the process; Go may end a thread when a
+// goroutine locked to it returns. So all workers are forked by one
+// dedicated goroutine that calls runtime.LockOSThread and never unlocks: its
+// thread lives exactly as long as Run, which waits for every worker to exit
+// before letting it go. Pdeathsig reaches only the worker process, not its
+// children; a worker that forks should forward the signal it gets or set
+// its own parent-death signal.
+type Supervisor struct {
+	cfg     WorkerConfig
+	log     *zap.Logger
+	onState func(slot int, ready bool)
+	timing  workerTiming
+	workers []*supervisedWorker
+	ran     atomic.Bool
+}
+
+// NewSupervisor validates cfg and prepares one slot per worker; nothing is
+// started until Run.
+//
+// log is used as given (stickyd names it "worker"): the supervisor's events
+// and every line the workers print go there, each with the field
+// worker=<slot>, output lines also with stream=stdout|stderr.
+//
+// onState, if not nil, is called with ready=true once a worker's address
+// accepts connections and with ready=false as soon as that worker exits. It
+// is called from the slot's own goroutine (calls for one slot are ordered,
+// different slots may call concurrently) and must not block for long.
+//
+// The Supervisor keeps cfg (and its Env map) for its lifetime; the caller
+// must not modify them.
+func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, ready bool)) (*Supervisor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if onState == nil {
+		onState = func(int, bool) {}
+	}
+	s := &Supervisor{cfg: cfg, log: log, onState: onState, timing: defaultWorkerTiming}
+	base := cfg.baseEnv()
+	n := cfg.count()
+	for i := range n {
+		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: "worker-" + strconv.Itoa(i)}}
+		env := append([]string(nil), base...)
+		env = append(env, "STICKYD_WORKER_ID="+strconv.Itoa(i), "STICKYD_WORKERS="+strconv.Itoa(n))
+		if cfg.SocketDir != "" {
+			w.network, w.dialAddr = "unix", cfg.socketPath(i)
+			w.slot.Address = "unix:" + w.dialAddr
+			env = append(env, "SOCKET="+w.dialAddr)
+		} else {
+			port := strconv.Itoa(cfg.portBase() + i)
+			w.network, w.dialAddr = "tcp", "127.0.0.1:"+port
+			w.slot.Address = w.dialAddr
+			env = append(env, "PORT="+port)
+		}
+		w.env = env
+		s.workers = append(s.workers, w)
+	}
+	return s, nil
+}
+
+// baseEnv is the inherited environment plus c.Env, without the variables
+// the supervisor sets itself.
+func (c *WorkerConfig) baseEnv() []string {
+	reserved := func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "PORT", "SOCKET", "STICKYD_WORKER_ID", "STICKYD_WORKERS":
+			return true
+		}
+		return false
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !reserved(kv) {
+			env = append(env, kv)
+		}
+	}
+	keys := make([]string, 0, len(c.Env))
+	for k := range c.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if kv := k + "=" + c.Env[k]; !reserved(kv) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// Slots returns a copy of the worker slots, in slot order.
+func (s *Supervisor) Slots() []WorkerSlot {
+	out := make([]WorkerSlot, len(s.workers))
+	for i, w := range s.workers {
+		out[i] = w.slot
+	}
+	return out
+}
+
+// Restarts returns how many times the slot's worker has been restarted
+// (after a crash, a failed start or a startup timeout); 0 for an unknown
+// slot. Safe to call concurrently with Run.
+func (s *Supervisor) Restarts(slot int) int64 {
+	if slot < 0 || slot >= len(s.workers) {
+		return 0
+	}
+	return s.workers[slot].restarts.Load()
+}
+
+// Run starts all workers and supervises them until ctx is cancelled; then
+// it stops them all (SIGTERM to each process group, SIGKILL after
+// StopTimeout) and returns nil once every one has exited and its output has
+// been forwarded. Run may be called only once.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return ErrSupervisorRunning
+	}
+	if s.cfg.SocketDir != "" {
+		if err := os.MkdirAll(s.cfg.SocketDir, 0o700); err != nil {
+			return fmt.Errorf("create workers.socket_dir: %w", err)
+		}
+	}
+	sp := startWorkerSpawner()
+	defer sp.stop()
+	var wg sync.WaitGroup
+	for _, w := range s.workers {
+		wg.Go(func() { s.supervise(ctx, sp, w) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// supervise runs one slot: start, wait, restart with backoff, until ctx ends.
+func (s *Supervisor) supervise(ctx context.Context, sp *workerSpawner, w *supervisedWorker) {
+	var backoff time.Duration
+	for ctx.Err() == nil {
+		up := s.runOnce(ctx, sp, w)
+		if ctx.Err() != nil {
+			return
+		}
+		backoff = s.timing.nextBackoff(backoff, up)
+		n := w.restarts.Add(1)
+		s.log.Info("restarting worker", zap.Int("worker", w.slot.Slot),
+			zap.Duration("backoff", backoff), zap.Int64("restarts", n))
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// nextBackoff doubles prev from backoffMin up to backoffMax, starting over
+// when the last run stayed ready for stableAfter.
+func (t workerTiming) nextBackoff(prev, up time.Duration) time.Duration {
+	if prev == 0 || up >= t.stableAfter {
+		return t.backoffMin
+	}
+	return min(2*prev, t.backoffMax)
+}
+
+// runOnce starts w's process and returns once it has exited, reporting its
+// workerReadiness on the way. It returns how long the worker was ready.
+func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervisedWorker) time.Duration {
+	p, err := s.spawn(sp, w)
+	if err != nil {
+		s.log.Error("start worker", zap.Int("worker", w.slot.Slot), zap.Error(err))
+		return 0
+	}
+	log := s.log.With(zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid))
+	var readyAt time.Time
+	switch s.awaitReady(ctx, w, p) {
+	case workerReady:
+		readyAt = time.Now()
+		log.Info("worker ready", zap.String("address", w.slot.Address),
+			zap.Duration("startup", readyAt.Sub(p.started)))
+		s.onState(w.slot.Slot, true)
+		select {
+		case <-p.exited:
+		case <-ctx.Done():
+			p.stop(log, s.cfg.stopTimeout())
+		}
+		s.onState(w.slot.Slot, false)
+	case workerStartTimeout:
+		log.Error("worker not ready within startup timeout, killing it",
+			zap.Duration("startup_timeout", s.cfg.startupTimeout()), zap.String("address", w.slot.Address))
+		p.signal(syscall.SIGKILL)
+		<-p.exited
+	case workerStartCancelled:
+		p.stop(log, s.cfg.stopTimeout())
+	case workerExitedEarly:
+	}
+	p.cleanup(s.timing.outputGrace)
+	p.logExit(log, ctx.Err() != nil)
+	if readyAt.IsZero() {
+		return 0
+	}
+	return time.Since(readyAt)
+}
+
+// workerReadiness is how awaitReady ended.
+type workerReadiness int
+
+const (
+	workerReady workerReadiness = iota
+	workerExitedEarly
+	workerStartTimeout
+	workerStartCancelled
+)
+
+// awaitReady dials w's address every readyPoll until it accepts a
+// connection, the process exits, StartupTimeout passes or ctx ends.
+func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *workerProc) workerReadiness {
+	timeout := time.NewTimer(s.cfg.startupTimeout())
+	defer timeout.Stop()
+	tick := time.NewTicker(s.timing.readyPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.exited:
+			return workerExitedEarly
+		case <-ctx.Done():
+			return workerStartCancelled
+		case <-timeout.C:
+			return workerStartTimeout
+		case <-tick.C:
+		}
+		if s.accepting(w) {
+			return workerReady
+		}
+	}
+}

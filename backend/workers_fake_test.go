@@ -1,0 +1,146 @@
+package backend
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// The test binary doubles as the worker under supervision: started with
+// fakeWorkerEnv set, it runs fakeWorker instead of the tests (from init, so
+// before TestMain). Its behaviour is steered by these variables:
+//
+//	FAKE_GATE=<path>        wait until the file exists before listening
+//	FAKE_NEVER_LISTEN=1     never listen
+//	FAKE_CRASH_ID=<id>      the worker with that STICKYD_WORKER_ID exits 3 at once
+//	FAKE_IGNORE_TERM_ID=<id> the worker with that id ignores SIGTERM
+//	FAKE_LONG_LINE=<n>      print a line of n 'x' to stdout at start
+//	FAKE_PID_DIR=<dir>      write the pid to <dir>/<id>.pid at start
+//
+// It always prints "pid=<pid>" to stdout and "hello from stderr" to stderr.
+// A client of its listener may send one line: "env" is answered with a JSON
+// fakeEnv, "crash" makes the worker exit 3.
+const fakeWorkerEnv = "STICKYD_FAKE_WORKER"
+
+func init() {
+	switch os.Getenv(fakeWorkerEnv) {
+	case "worker":
+		os.Exit(fakeWorker())
+	case "supervisor":
+		os.Exit(fakeSupervisor())
+	}
+}
+
+type fakeEnv struct {
+	Port, Socket, ID, Workers, Custom, Cwd string
+	Pid                                    int
+}
+
+func fakeWorker() int {
+	id := os.Getenv("STICKYD_WORKER_ID")
+	if os.Getenv("FAKE_IGNORE_TERM_ID") == id {
+		signal.Ignore(syscall.SIGTERM)
+	} else {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		go func() {
+			<-term
+			fmt.Println("got SIGTERM")
+			os.Exit(0)
+		}()
+	}
+	fmt.Printf("pid=%d\n", os.Getpid())
+	fmt.Fprintln(os.Stderr, "hello from stderr")
+	if dir := os.Getenv("FAKE_PID_DIR"); dir != "" {
+		_ = os.WriteFile(dir+"/"+id+".pid", fmt.Appendf(nil, "%d", os.Getpid()), 0o600)
+	}
+	if n := os.Getenv("FAKE_LONG_LINE"); n != "" {
+		var size int
+		fmt.Sscan(n, &size)
+		fmt.Println(strings.Repeat("x", size))
+	}
+	if os.Getenv("FAKE_CRASH_ID") == id {
+		return 3
+	}
+	if os.Getenv("FAKE_NEVER_LISTEN") != "" {
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	if gate := os.Getenv("FAKE_GATE"); gate != "" {
+		fmt.Println("waiting for gate")
+		for _, err := os.Stat(gate); err != nil; _, err = os.Stat(gate) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	ln, err := fakeListen()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		return 1
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 1
+		}
+		go fakeServe(c)
+	}
+}
+
+func fakeListen() (net.Listener, error) {
+	if s := os.Getenv("SOCKET"); s != "" {
+		return net.Listen("unix", s)
+	}
+	return net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
+}
+
+func fakeServe(c net.Conn) {
+	defer c.Close()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return
+	}
+	switch strings.TrimSpace(line) {
+	case "crash":
+		os.Exit(3)
+	case "env":
+		cwd, _ := os.Getwd()
+		_ = json.NewEncoder(c).Encode(fakeEnv{
+			Port: os.Getenv("PORT"), Socket: os.Getenv("SOCKET"), ID: os.Getenv("STICKYD_WORKER_ID"),
+			Workers: os.Getenv("STICKYD_WORKERS"), Custom: os.Getenv("FAKE_CUSTOM"), Cwd: cwd, Pid: os.Getpid(),
+		})
+	}
+}
+
+// fakeSupervisor is a stickyd stand-in for the Pdeathsig test: it supervises
+// one fake worker on FAKE_PORT_BASE, prints "ready" once the worker is ready,
+// and runs until it is killed.
+func fakeSupervisor() int {
+	exe, err := os.Executable()
+	if err != nil {
+		return 1
+	}
+	var base int
+	fmt.Sscan(os.Getenv("FAKE_PORT_BASE"), &base)
+	cfg := WorkerConfig{Command: []string{exe}, PortBase: base, Env: map[string]string{fakeWorkerEnv: "worker"}}
+	sup, err := NewSupervisor(cfg, zap.NewNop(), func(_ int, ready bool) {
+		if ready {
+			fmt.Println("ready")
+		}
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_ = sup.Run(context.Background())
+	return 0
+}

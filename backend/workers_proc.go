@@ -1,0 +1,264 @@
+package backend
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+)
+
+// maxWorkerLogLine bounds one forwarded output line; longer lines are logged in
+// pieces of this size, each but the last marked continued=true.
+const maxWorkerLogLine = 64 << 10
+
+// spawner forks every worker from one goroutine locked to its OS thread, so
+// that the thread whose exit triggers Pdeathsig lives as long as Run (see
+// Supervisor).
+type workerSpawner struct {
+	reqs chan workerSpawnReq
+	done chan struct{}
+}
+
+type workerSpawnReq struct {
+	cmd  *exec.Cmd
+	errc chan error
+}
+
+func startWorkerSpawner() *workerSpawner {
+	sp := &workerSpawner{reqs: make(chan workerSpawnReq), done: make(chan struct{})}
+	go sp.loop()
+	return sp
+}
+
+func (sp *workerSpawner) loop() {
+	// Never unlocked: when this goroutine returns, Go ends the thread, and
+	// only then (after Run has reaped every worker) may Pdeathsig fire.
+	runtime.LockOSThread()
+	defer close(sp.done)
+	for r := range sp.reqs {
+		r.errc <- r.cmd.Start()
+	}
+}
+
+// start forks cmd on the spawner's thread.
+func (sp *workerSpawner) start(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	sp.reqs <- workerSpawnReq{cmd: cmd, errc: errc}
+	return <-errc
+}
+
+// stop ends the spawner; no start may be in flight or follow.
+func (sp *workerSpawner) stop() {
+	close(sp.reqs)
+	<-sp.done
+}
+
+// workerProc is one running worker process.
+type workerProc struct {
+	cmd     *exec.Cmd
+	pid     int
+	started time.Time
+	exited  chan struct{} // closed once cmd.Wait has returned
+	pipes   []*os.File    // read ends of stdout and stderr
+	output  sync.WaitGroup
+}
+
+// spawn starts w's command with its output piped into the log.
+func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker) (*workerProc, error) {
+	if err := s.clearAddress(w); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
+	cmd.Env, cmd.Dir = w.env, s.cfg.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("stdout pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("stderr pipe: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	err = sp.start(cmd)
+	outW.Close() // the child holds its own copies
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return nil, err
+	}
+	p := &workerProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{}),
+		pipes: []*os.File{outR, errR}}
+	go func() {
+		_ = cmd.Wait() // the status is read from cmd.ProcessState
+		close(p.exited)
+	}()
+	log := s.log.With(zap.Int("worker", w.slot.Slot))
+	p.output.Go(func() { forwardWorkerOutput(outR, log.With(zap.String("stream", "stdout"))) })
+	p.output.Go(func() { forwardWorkerOutput(errR, log.With(zap.String("stream", "stderr"))) })
+	s.log.Debug("worker started", zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid),
+		zap.Strings("command", s.cfg.Command))
+	return p, nil
+}
+
+// clearAddress prepares w's address for a new process: it removes a stale
+// socket file, and warns when another process already holds the port (its
+// readiness could not be told from the worker's).
+func (s *Supervisor) clearAddress(w *supervisedWorker) error {
+	if w.network == "unix" {
+		return removeStaleWorkerSocket(w.dialAddr)
+	}
+	if s.accepting(w) {
+		s.log.Warn("worker port already accepts connections before the worker started; another process holds it",
+			zap.Int("worker", w.slot.Slot), zap.String("address", w.slot.Address))
+	}
+	return nil
+}
+
+// removeStaleWorkerSocket deletes a socket file left by an earlier worker; it
+// refuses to delete anything that is not a socket.
+func removeStaleWorkerSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stat worker socket: %w", err)
+	}
+	if fi.Mode()&fs.ModeSocket == 0 {
+		return fmt.Errorf("worker socket path %s exists and is not a socket", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale worker socket: %w", err)
+	}
+	return nil
+}
+
+// accepting reports whether w's address accepts a connection right now.
+func (s *Supervisor) accepting(w *supervisedWorker) bool {
+	c, err := net.DialTimeout(w.network, w.dialAddr, s.timing.dialTimeout)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// signal sends sig to p's whole process group.
+func (p *workerProc) signal(sig syscall.Signal) {
+	_ = syscall.Kill(-p.pid, sig) // ESRCH: the group is already gone
+}
+
+// stop sends SIGTERM to p's group, then SIGKILL after timeout, and returns
+// once p has exited.
+func (p *workerProc) stop(log *zap.Logger, timeout time.Duration) {
+	p.signal(syscall.SIGTERM)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		log.Warn("worker ignored SIGTERM, killing it", zap.Duration("stop_timeout", timeout))
+		p.signal(syscall.SIGKILL)
+		<-p.exited
+	}
+}
+
+// cleanup runs after p has exited: it kills whatever is left of its process
+// group and waits (at most grace) for the output pipes to drain.
+func (p *workerProc) cleanup(grace time.Duration) {
+	p.signal(syscall.SIGKILL)
+	done := make(chan struct{})
+	go func() {
+		p.output.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	// A process outside the group still holds a pipe: stop reading.
+	for _, f := range p.pipes {
+		if f.SetReadDeadline(time.Now()) != nil {
+			_ = f.Close()
+		}
+	}
+	<-done
+}
+
+// logExit logs how p ended; stopping is true during shutdown.
+func (p *workerProc) logExit(log *zap.Logger, stopping bool) {
+	fields := []zap.Field{zap.Duration("uptime", time.Since(p.started))}
+	ps := p.cmd.ProcessState
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		fields = append(fields, zap.String("signal", ws.Signal().String()))
+	} else {
+		fields = append(fields, zap.Int("exit_code", ps.ExitCode()))
+	}
+	if stopping {
+		log.Info("worker stopped", fields...)
+		return
+	}
+	log.Warn("worker exited", fields...)
+}
+
+// forwardWorkerOutput logs each line read from r until r ends, then closes
+// r. A line longer than maxWorkerLogLine is logged in pieces, cut between
+// UTF-8 characters.
+func forwardWorkerOutput(r *os.File, log *zap.Logger) {
+	defer r.Close()
+	br := bufio.NewReaderSize(r, maxWorkerLogLine)
+	var carry []byte // start of a character cut off the previous piece
+	for {
+		line, err := br.ReadSlice('\n')
+		continued := errors.Is(err, bufio.ErrBufferFull)
+		if len(carry) > 0 {
+			line, carry = append(carry, line...), nil
+		}
+		if continued {
+			if cut := incompleteRuneStart(line); cut > 0 {
+				line, carry = line[:cut], bytes.Clone(line[cut:])
+			}
+			log.Info(string(line), zap.Bool("continued", true))
+			continue
+		}
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		if len(line) > 0 {
+			log.Info(string(line))
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// incompleteRuneStart returns where a UTF-8 character that b cuts short
+// begins, or -1.
+func incompleteRuneStart(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return i
+			}
+			return -1
+		}
+	}
+	return -1
+}

@@ -1,0 +1,275 @@
+// Package config holds stickyd's configuration: the TOML file, the flags that
+// override it, defaults and validation.
+//
+// Config is a plain struct. A zero field means "use the default"; defaults are
+// resolved by accessor methods and never written back, so a Config printed
+// after loading shows what the operator wrote.
+//
+//	cfg, err := config.Load(f)      // unknown keys and bad types: errors with line numbers
+//	if err == nil { err = cfg.Validate() } // bad values: errors naming the key and its line
+//	timeout := cfg.HeaderTimeout()  // 5s when proxy_header_timeout is unset
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	toml "github.com/pelletier/go-toml/v2"
+)
+
+// ErrInvalid is wrapped by every validation error.
+var ErrInvalid = errors.New("config: invalid")
+
+// Config is the whole configuration. Field tags name the TOML keys; each key
+// has a flag twin with dashes (send_proxy is --send-proxy).
+type Config struct {
+	// Listen is the proxy's listening address. Default ":3000".
+	Listen string `toml:"listen"`
+	// Backends are the static backends, [[backend]] tables.
+	Backends []Backend `toml:"backend"`
+	// SendProxy is the PROXY header written to backends: "v2" (default), "v1" or "none".
+	SendProxy string `toml:"send_proxy"`
+	// AcceptProxy lists CIDRs (or bare IPs) of upstreams trusted to send a
+	// PROXY header. Peers inside must send one; a header from anyone else is
+	// refused.
+	AcceptProxy []string `toml:"accept_proxy"`
+	// ForwardTLVs passes the upstream's PROXY v2 TLVs on to backends.
+	ForwardTLVs bool `toml:"forward_tlvs"`
+	// ClientIPHeader, when set, takes the client address from this HTTP
+	// request header (X-Forwarded-For, X-Real-IP, Forwarded).
+	ClientIPHeader string `toml:"client_ip_header"`
+	// IgnoreMissingHeader routes by the socket address when ClientIPHeader
+	// is missing, instead of answering 400.
+	IgnoreMissingHeader bool `toml:"ignore_missing_header"`
+	// HashKey is the balancer key: "ip" (default), or a prefix such as "/24"
+	// or "/24,/64" (IPv4 prefix, IPv6 prefix).
+	HashKey string `toml:"hash_key"`
+	// BalanceFactor > 1 bounds each backend's active connections to
+	// ceil(factor x average); 0 disables the bound.
+	BalanceFactor float64 `toml:"balance_factor"`
+	// ProxyHeaderTimeout bounds reading the upstream PROXY header (and the
+	// HTTP header block in client_ip_header mode). Default 5s.
+	ProxyHeaderTimeout Duration `toml:"proxy_header_timeout"`
+	// ConnectTimeout bounds one backend dial. Default 5s.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// IdleTimeout closes a connection with no traffic either way for this
+	// long. Default 0: never.
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// DrainTimeout is how long open connections may finish after SIGTERM.
+	// Default 30s.
+	DrainTimeout Duration `toml:"drain_timeout"`
+	// MaxConnections caps concurrent client connections. Default: derived
+	// from the open-file limit so that stickyd never runs out of descriptors.
+	MaxConnections int `toml:"max_connections"`
+	// LogLevel is debug, info (default), warn or error.
+	LogLevel string `toml:"log_level"`
+	// LogFormat is "console" or "json"; default console on a TTY, else json.
+	LogFormat string `toml:"log_format"`
+	// Engine selects the connection engine: "epoll" (default where
+	// available) or "goroutine".
+	Engine string `toml:"engine"`
+	// Admin is the admin/metrics listener address; empty disables it.
+	Admin string `toml:"admin"`
+	// Workers, when present, makes stickyd launch its own backends.
+	Workers *Workers `toml:"workers"`
+
+	lines map[string]int // key path -> line in the file, for error messages
+}
+
+// Backend is one [[backend]] table.
+type Backend struct {
+	// Name identifies the backend to the balancer; it decides which client
+	// IPs the backend gets. Default: Address.
+	Name string `toml:"name"`
+	// Address is host:port, or unix:/path for a Unix socket.
+	Address string `toml:"address"`
+	// Weight is the relative share of clients. Default 1.
+	Weight int `toml:"weight"`
+}
+
+// Workers is the [workers] table: worker processes stickyd launches.
+type Workers struct {
+	// Command is the worker's argv.
+	Command []string `toml:"command"`
+	// Count is a number or "auto" (one per CPU, the default).
+	Count any `toml:"count"`
+	// PortBase: worker i listens on PortBase+i. Default 3001.
+	PortBase int `toml:"port_base"`
+	// SocketDir, if set, gives workers Unix sockets instead of ports.
+	SocketDir string `toml:"socket_dir"`
+	// Env is added to the inherited environment.
+	Env map[string]string `toml:"env"`
+	// Dir is the working directory.
+	Dir string `toml:"dir"`
+	// StartupTimeout bounds the wait for a worker's port. Default 30s.
+	StartupTimeout Duration `toml:"startup_timeout"`
+	// StopTimeout is the SIGTERM-to-SIGKILL grace. Default 10s.
+	StopTimeout Duration `toml:"stop_timeout"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("5s").
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText formats the duration.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Load decodes a TOML document. Unknown keys and values of the wrong type are
+// errors that carry the line number. Load does not validate values; call
+// Validate.
+func Load(r io.Reader) (*Config, error) {
+	src, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("config: read: %w", err)
+	}
+	cfg := &Config{}
+	dec := toml.NewDecoder(bytes.NewReader(src))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		return nil, describeDecodeError(err)
+	}
+	cfg.lines = keyLines(src)
+	return cfg, nil
+}
+
+func describeDecodeError(err error) error {
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		key := strings.Join(de.Key(), ".")
+		if key != "" {
+			return fmt.Errorf("%w: line %d column %d: key %q: %s", ErrInvalid, row, col, key, de.Error())
+		}
+		return fmt.Errorf("%w: line %d column %d: %s", ErrInvalid, row, col, de.Error())
+	}
+	var se *toml.StrictMissingError
+	if errors.As(err, &se) && len(se.Errors) > 0 {
+		e := se.Errors[0]
+		row, _ := e.Position()
+		return fmt.Errorf("%w: line %d: unknown key %q", ErrInvalid, row, strings.Join(e.Key(), "."))
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, err)
+}
+
+// Listener returns the listen address, default ":3000".
+func (c *Config) ListenAddr() string {
+	if c.Listen == "" {
+		return ":3000"
+	}
+	return c.Listen
+}
+
+// ProxyVersion returns the outgoing PROXY version: 2, 1 or 0 for none.
+func (c *Config) ProxyVersion() byte {
+	switch c.SendProxy {
+	case "v1":
+		return 1
+	case "none":
+		return 0
+	}
+	return 2
+}
+
+// HeaderTimeout is proxy_header_timeout, default 5s.
+func (c *Config) HeaderTimeout() time.Duration { return orDefault(c.ProxyHeaderTimeout, 5*time.Second) }
+
+// DialTimeout is connect_timeout, default 5s.
+func (c *Config) DialTimeout() time.Duration { return orDefault(c.ConnectTimeout, 5*time.Second) }
+
+// Idle is idle_timeout; zero means no idle timeout.
+func (c *Config) Idle() time.Duration { return c.IdleTimeout.Duration }
+
+// Drain is drain_timeout, default 30s.
+func (c *Config) Drain() time.Duration { return orDefault(c.DrainTimeout, 30*time.Second) }
+
+// Trusted parses accept_proxy into prefixes. Validate has checked them.
+func (c *Config) Trusted() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(c.AcceptProxy))
+	for _, s := range c.AcceptProxy {
+		if p, err := parsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// WorkerCount resolves workers.count: a number, or "auto" (the default) for
+// one per CPU.
+func (w *Workers) WorkerCount() int {
+	switch v := w.Count.(type) {
+	case int64:
+		return int(v)
+	case int:
+		return v
+	}
+	return runtime.NumCPU()
+}
+
+func orDefault(d Duration, def time.Duration) time.Duration {
+	if d.Duration == 0 {
+		return def
+	}
+	return d.Duration
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, err
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// ParseBackendFlag parses a --backend value: "ADDR" or "name=ADDR".
+func ParseBackendFlag(s string) (Backend, error) {
+	name, addr, ok := strings.Cut(s, "=")
+	if !ok {
+		addr, name = s, s
+	}
+	if addr == "" || name == "" {
+		return Backend{}, fmt.Errorf("want ADDR or name=ADDR, got %q", s)
+	}
+	return Backend{Name: name, Address: addr}, nil
+}
+
+// ParseCount parses a --workers value: a positive number or "auto".
+func ParseCount(s string) (any, error) {
+	if s == "auto" {
+		return "auto", nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("want a positive number or \"auto\", got %q", s)
+	}
+	return int64(n), nil
+}

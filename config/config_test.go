@@ -1,0 +1,130 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, src string) (*Config, error) {
+	t.Helper()
+	cfg, err := Load(strings.NewReader(src))
+	if err != nil {
+		return nil, err
+	}
+	return cfg, cfg.Validate()
+}
+
+func TestRepoConfigIsValid(t *testing.T) {
+	f, err := os.Open("../config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg, err := Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers == nil || cfg.ListenAddr() != "0.0.0.0:3000" {
+		t.Errorf("repo config should launch workers on :3000: %+v", cfg)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := load(t, "[[backend]]\naddress = \"127.0.0.1:1\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ListenAddr() != ":3000" || cfg.ProxyVersion() != 2 || cfg.HeaderTimeout() != 5*time.Second ||
+		cfg.DialTimeout() != 5*time.Second || cfg.Drain() != 30*time.Second || cfg.Idle() != 0 {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	if cfg.Backends[0].BackendName() != "127.0.0.1:1" || cfg.Backends[0].BackendWeight() != 1 {
+		t.Errorf("backend defaults: %+v", cfg.Backends[0])
+	}
+	if cfg.SendProxy != "" {
+		t.Error("defaults must not be written back")
+	}
+}
+
+func TestErrorsNameKeyAndLine(t *testing.T) {
+	tests := []struct {
+		name, src string
+		want      []string
+	}{
+		{"unknown key", "listen = \":1\"\nbogus = 1\n", []string{"line 2", "bogus"}},
+		{"wrong type", "listen = 3\n", []string{"line 1", "listen"}},
+		{"bad send_proxy", "listen = \":1\"\n\nsend_proxy = \"v3\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 3", "send_proxy", "v3"}},
+		{"bad duration", "proxy_header_timeout = \"5 parsecs\"\n", []string{"line 1", "proxy_header_timeout"}},
+		{"bad cidr", "accept_proxy = [\"10.0.0.0/8\", \"nope\"]\n[[backend]]\naddress = \"a:1\"\n", []string{"line 1", "accept_proxy", "nope"}},
+		{"duplicate name", "[[backend]]\nname = \"a\"\naddress = \"h:1\"\n[[backend]]\nname = \"a\"\naddress = \"h:2\"\n", []string{"line 5", "backend[1].name", "duplicate"}},
+		{"bad address", "[[backend]]\naddress = \"nohost\"\n", []string{"line 2", "backend[0].address"}},
+		{"no backends", "listen = \":1\"\n", []string{"backend"}},
+		{"bad count", "[workers]\ncommand = [\"x\"]\ncount = \"many\"\n", []string{"line 3", "workers.count"}},
+		{"no command", "[workers]\ncount = 2\n", []string{"workers.command"}},
+		{"syntax", "listen = \"unterminated\n", []string{"line 1"}},
+		{"unknown worker key", "[workers]\ncommand = [\"x\"]\ncolor = \"red\"\n", []string{"line 3", "color"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.src)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("%v does not wrap ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestWorkerCount(t *testing.T) {
+	cfg, err := load(t, "[workers]\ncommand = [\"x\"]\ncount = 3\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers.WorkerCount() != 3 {
+		t.Errorf("count = %d", cfg.Workers.WorkerCount())
+	}
+}
+
+func TestParseBackendFlag(t *testing.T) {
+	b, err := ParseBackendFlag("web=127.0.0.1:80")
+	if err != nil || b.Name != "web" || b.Address != "127.0.0.1:80" {
+		t.Errorf("%+v %v", b, err)
+	}
+	b, err = ParseBackendFlag("127.0.0.1:80")
+	if err != nil || b.Name != "127.0.0.1:80" {
+		t.Errorf("%+v %v", b, err)
+	}
+	if _, err := ParseBackendFlag("x="); err == nil {
+		t.Error("empty address accepted")
+	}
+}
+
+// FuzzLoad: no input makes Load or Validate panic, and every error wraps
+// ErrInvalid.
+func FuzzLoad(f *testing.F) {
+	f.Add("listen = \":1\"\n[[backend]]\nname = \"a\"\naddress = \"h:1\"\nweight = 2\n")
+	f.Add("[workers]\ncommand = [\"x\"]\ncount = \"auto\"\n[workers.env]\nA = \"b\"\n")
+	f.Add("accept_proxy = [\"::ffff:10.0.0.0/104\"]\nidle_timeout = \"1h\"\n")
+	f.Fuzz(func(t *testing.T, src string) {
+		cfg, err := Load(strings.NewReader(src))
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Fatalf("error %v does not wrap ErrInvalid", err)
+		}
+	})
+}

@@ -1,0 +1,225 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+	"go.uber.org/zap/zapcore"
+)
+
+// Validate checks every value. The error names the key and, when the value
+// came from the file, its line.
+func (c *Config) Validate() error {
+	checks := []func() error{c.checkScalars, c.checkBackends, c.checkWorkers}
+	for _, check := range checks {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) checkScalars() error {
+	if err := checkHostPort(c.ListenAddr()); err != nil {
+		return c.errorf("listen", "%v", err)
+	}
+	if !oneOf(c.SendProxy, "", "v1", "v2", "none") {
+		return c.errorf("send_proxy", "want v2, v1 or none, got %q", c.SendProxy)
+	}
+	for i, s := range c.AcceptProxy {
+		if _, err := parsePrefix(s); err != nil {
+			return c.errorf("accept_proxy", "entry %d: %q is not a CIDR or IP", i, s)
+		}
+	}
+	if c.ClientIPHeader != "" && strings.ContainsAny(c.ClientIPHeader, " :\r\n\t") {
+		return c.errorf("client_ip_header", "%q is not an HTTP header name", c.ClientIPHeader)
+	}
+	if c.BalanceFactor != 0 && c.BalanceFactor <= 1 {
+		return c.errorf("balance_factor", "want 0 (off) or a factor > 1, got %v", c.BalanceFactor)
+	}
+	if c.MaxConnections < 0 {
+		return c.errorf("max_connections", "want >= 0, got %d", c.MaxConnections)
+	}
+	if c.LogLevel != "" {
+		if _, err := zapcore.ParseLevel(c.LogLevel); err != nil {
+			return c.errorf("log_level", "want debug, info, warn or error, got %q", c.LogLevel)
+		}
+	}
+	if !oneOf(c.LogFormat, "", "console", "json") {
+		return c.errorf("log_format", "want console or json, got %q", c.LogFormat)
+	}
+	if !oneOf(c.Engine, "", "epoll", "goroutine") {
+		return c.errorf("engine", "want epoll or goroutine, got %q", c.Engine)
+	}
+	if c.Admin != "" {
+		if err := checkHostPort(c.Admin); err != nil {
+			return c.errorf("admin", "%v", err)
+		}
+	}
+	return nil
+}
+
+func (c *Config) checkBackends() error {
+	if len(c.Backends) == 0 && c.Workers == nil {
+		return c.errorf("backend", "no backends: give [[backend]] tables, --backend, or [workers]")
+	}
+	seen := make(map[string]int)
+	for i, b := range c.Backends {
+		key := fmt.Sprintf("backend[%d]", i)
+		if err := checkBackendAddress(b.Address); err != nil {
+			return c.errorf(key+".address", "%v", err)
+		}
+		if b.Weight < 0 {
+			return c.errorf(key+".weight", "want >= 1, got %d", b.Weight)
+		}
+		name := b.BackendName()
+		if j, dup := seen[name]; dup {
+			return c.errorf(key+".name", "duplicate backend name %q (also backend[%d])", name, j)
+		}
+		seen[name] = i
+	}
+	return nil
+}
+
+func (c *Config) checkWorkers() error {
+	w := c.Workers
+	if w == nil {
+		return nil
+	}
+	if len(w.Command) == 0 || w.Command[0] == "" {
+		return c.errorf("workers.command", "want the worker's argv, e.g. [\"node\", \"app.js\"]")
+	}
+	switch v := w.Count.(type) {
+	case nil:
+	case string:
+		if v != "auto" {
+			return c.errorf("workers.count", "want a number or \"auto\", got %q", v)
+		}
+	case int64:
+		if v < 1 || v > 1024 {
+			return c.errorf("workers.count", "want 1..1024, got %d", v)
+		}
+	default:
+		return c.errorf("workers.count", "want a number or \"auto\", got %v", v)
+	}
+	if w.PortBase < 0 || w.PortBase+w.WorkerCount() > 65535 {
+		return c.errorf("workers.port_base", "ports %d..%d out of range", w.PortBase, w.PortBase+w.WorkerCount()-1)
+	}
+	return nil
+}
+
+// BackendName is the backend's name, defaulting to its address.
+func (b Backend) BackendName() string {
+	if b.Name == "" {
+		return b.Address
+	}
+	return b.Name
+}
+
+// BackendWeight is the backend's weight, default 1.
+func (b Backend) BackendWeight() int {
+	if b.Weight == 0 {
+		return 1
+	}
+	return b.Weight
+}
+
+// errorf builds a validation error naming key and, if known, its line.
+func (c *Config) errorf(key, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if line, ok := c.lines[key]; ok {
+		return fmt.Errorf("%w: line %d: key %q: %s", ErrInvalid, line, key, msg)
+	}
+	if base, _, found := strings.Cut(key, "["); found {
+		if line, ok := c.lines[base]; ok {
+			return fmt.Errorf("%w: line %d: key %q: %s", ErrInvalid, line, key, msg)
+		}
+	}
+	return fmt.Errorf("%w: %s (flag --%s): %s", ErrInvalid, key, strings.ReplaceAll(baseKey(key), "_", "-"), msg)
+}
+
+func baseKey(key string) string {
+	if i := strings.IndexAny(key, "[."); i >= 0 {
+		return key[:i]
+	}
+	return key
+}
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port, got %q", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("bad port in %q", s)
+	}
+	return nil
+}
+
+func checkBackendAddress(s string) error {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if path == "" {
+			return fmt.Errorf("empty unix socket path")
+		}
+		return nil
+	}
+	return checkHostPort(s)
+}
+
+func oneOf(s string, options ...string) bool {
+	for _, o := range options {
+		if s == o {
+			return true
+		}
+	}
+	return false
+}
+
+// keyLines maps each key path in a TOML document to its line: "listen",
+// "backend[1]", "backend[1].address", "workers.count".
+func keyLines(src []byte) map[string]int {
+	lines := make(map[string]int)
+	counts := make(map[string]int)
+	var p unstable.Parser
+	p.Reset(src)
+	table := ""
+	for p.NextExpression() {
+		e := p.Expression()
+		name, line := keyOf(&p, e)
+		switch e.Kind {
+		case unstable.Table:
+			table = name
+			lines[table] = line
+		case unstable.ArrayTable:
+			table = fmt.Sprintf("%s[%d]", name, counts[name])
+			counts[name]++
+			lines[table] = line
+			if _, ok := lines[name]; !ok {
+				lines[name] = line
+			}
+		case unstable.KeyValue:
+			full := name
+			if table != "" {
+				full = table + "." + name
+			}
+			lines[full] = line
+		}
+	}
+	return lines
+}
+
+func keyOf(p *unstable.Parser, e *unstable.Node) (string, int) {
+	var parts []string
+	line := 0
+	for it := e.Key(); it.Next(); {
+		n := it.Node()
+		if line == 0 {
+			line = p.Shape(n.Raw).Start.Line
+		}
+		parts = append(parts, string(n.Data))
+	}
+	return strings.Join(parts, "."), line
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/stickyd/stickyd/config"
+	"github.com/urfave/cli/v2"
+)
+
+// envName is a flag's environment twin: send-proxy -> STICKYD_SEND_PROXY.
+func envName(flag string) []string {
+	return []string{"STICKYD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+}
+
+// proxyFlags are the flags of the proxy itself, shared by the default
+// (serve) action and by lookup. Each has a config key of the same name with
+// underscores; a flag that is set overrides the file.
+func proxyFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: envName("config"), Usage: "TOML config `FILE` (default ./config.toml when it exists)"},
+		&cli.StringFlag{Name: "listen", EnvVars: envName("listen"), Usage: "listen `ADDR` (default :3000)"},
+		&cli.StringSliceFlag{Name: "backend", EnvVars: envName("backend"), Usage: "backend `ADDR` or name=ADDR (repeatable; unix:/path for Unix sockets)"},
+		&cli.StringFlag{Name: "send-proxy", EnvVars: envName("send-proxy"), Usage: "PROXY header sent to backends: v2, v1 or none (default v2)"},
+		&cli.StringSliceFlag{Name: "accept-proxy", EnvVars: envName("accept-proxy"), Usage: "`CIDR` of an upstream trusted to send PROXY headers (repeatable)"},
+		&cli.BoolFlag{Name: "forward-tlvs", EnvVars: envName("forward-tlvs"), Usage: "pass the upstream's PROXY v2 TLVs on to backends"},
+		&cli.StringFlag{Name: "client-ip-header", EnvVars: envName("client-ip-header"), Usage: "route HTTP clients by this request header (X-Forwarded-For, X-Real-IP, Forwarded)"},
+		&cli.BoolFlag{Name: "ignore-missing-header", EnvVars: envName("ignore-missing-header"), Usage: "with --client-ip-header: route by the socket address when the header is missing instead of answering 400"},
+		&cli.StringFlag{Name: "hash-key", EnvVars: envName("hash-key"), Usage: "balancer key: ip (default), or prefixes such as /24 or /24,/64"},
+		&cli.Float64Flag{Name: "balance-factor", EnvVars: envName("balance-factor"), Usage: "bounded load: cap each backend at ceil(factor x average) connections (0 = off)"},
+		&cli.DurationFlag{Name: "proxy-header-timeout", EnvVars: envName("proxy-header-timeout"), Usage: "deadline for an upstream PROXY header or HTTP header block (default 5s)"},
+		&cli.DurationFlag{Name: "connect-timeout", EnvVars: envName("connect-timeout"), Usage: "deadline for one backend dial (default 5s)"},
+		&cli.DurationFlag{Name: "idle-timeout", EnvVars: envName("idle-timeout"), Usage: "close connections idle both ways this long (default 0: never)"},
+		&cli.DurationFlag{Name: "drain-timeout", EnvVars: envName("drain-timeout"), Usage: "on SIGTERM, how long open connections may finish (default 30s)"},
+		&cli.IntFlag{Name: "max-connections", EnvVars: envName("max-connections"), Usage: "cap on open client connections (default: from the open-file limit)"},
+		&cli.StringFlag{Name: "engine", EnvVars: envName("engine"), Usage: "connection engine: epoll (default) or goroutine"},
+		&cli.StringFlag{Name: "admin", EnvVars: envName("admin"), Usage: "admin and metrics listen `ADDR` (off by default; bind it to loopback)"},
+		&cli.StringFlag{Name: "workers", EnvVars: envName("workers"), Usage: "launch `N` (or auto) worker processes running the command after --"},
+		&cli.StringFlag{Name: "log-level", EnvVars: envName("log-level"), Usage: "debug, info, warn or error (default info)"},
+		&cli.StringFlag{Name: "log-format", EnvVars: envName("log-format"), Usage: "console or json (default: console on a TTY, json otherwise)"},
+	}
+}
+
+// usageError is a usage or configuration error: exit code 2.
+func usageError(format string, args ...any) error {
+	return cli.Exit("stickyd: "+fmt.Sprintf(format, args...), 2)
+}
+
+// loadConfig reads the config file (the --config flag, or ./config.toml
+// when it exists), applies the flags that are set, and validates.
+func loadConfig(c *cli.Context, workerArgv []string) (*config.Config, error) {
+	cfg := &config.Config{}
+	path := c.String("config")
+	if path == "" {
+		if _, err := os.Stat("config.toml"); err == nil {
+			path = "config.toml"
+		}
+	}
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, usageError("config: %v", err)
+		}
+		cfg, err = config.Load(f)
+		f.Close()
+		if err != nil {
+			return nil, usageError("%s: %v", path, err)
+		}
+	}
+	if err := applyFlags(c, cfg, workerArgv); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		if path != "" {
+			return nil, usageError("%s: %v", path, err)
+		}
+		return nil, usageError("%v", err)
+	}
+	return cfg, nil
+}
+
+// applyFlags overrides cfg with every flag (or env twin) that is set.
+func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
+	str := map[string]*string{
+		"listen": &cfg.Listen, "send-proxy": &cfg.SendProxy, "client-ip-header": &cfg.ClientIPHeader,
+		"hash-key": &cfg.HashKey, "engine": &cfg.Engine, "admin": &cfg.Admin,
+		"log-level": &cfg.LogLevel, "log-format": &cfg.LogFormat,
+	}
+	for name, p := range str {
+		if c.IsSet(name) {
+			*p = c.String(name)
+		}
+	}
+	dur := map[string]*config.Duration{
+		"proxy-header-timeout": &cfg.ProxyHeaderTimeout, "connect-timeout": &cfg.ConnectTimeout,
+		"idle-timeout": &cfg.IdleTimeout, "drain-timeout": &cfg.DrainTimeout,
+	}
+	for name, p := range dur {
+		if c.IsSet(name) {
+			if c.Duration(name) < 0 {
+				return usageError("flag --%s: negative duration", name)
+			}
+			p.Duration = c.Duration(name)
+		}
+	}
+	if c.IsSet("forward-tlvs") {
+		cfg.ForwardTLVs = c.Bool("forward-tlvs")
+	}
+	if c.IsSet("ignore-missing-header") {
+		cfg.IgnoreMissingHeader = c.Bool("ignore-missing-header")
+	}
+	if c.IsSet("balance-factor") {
+		cfg.BalanceFactor = c.Float64("balance-factor")
+	}
+	if c.IsSet("max-connections") {
+		cfg.MaxConnections = c.Int("max-connections")
+	}
+	if c.IsSet("accept-proxy") {
+		cfg.AcceptProxy = c.StringSlice("accept-proxy")
+	}
+	if c.IsSet("backend") {
+		// The backends on the command line are the whole set: they replace
+		// the file's [[backend]] tables and its [workers] (unless --workers
+		// is given too).
+		cfg.Backends = nil
+		if !c.IsSet("workers") {
+			cfg.Workers = nil
+		}
+		for _, v := range c.StringSlice("backend") {
+			b, err := config.ParseBackendFlag(v)
+			if err != nil {
+				return usageError("flag --backend: %v", err)
+			}
+			cfg.Backends = append(cfg.Backends, b)
+		}
+	}
+	return applyWorkerFlags(c, cfg, workerArgv)
+}
+
+// applyWorkerFlags handles --workers N|auto and the worker command given
+// after -- (argv).
+func applyWorkerFlags(c *cli.Context, cfg *config.Config, argv []string) error {
+	if !c.IsSet("workers") {
+		if len(argv) > 0 {
+			return usageError("unexpected arguments %q (a worker command needs --workers N|auto)", argv)
+		}
+		return nil
+	}
+	count, err := config.ParseCount(c.String("workers"))
+	if err != nil {
+		return usageError("flag --workers: %v", err)
+	}
+	if cfg.Workers == nil {
+		cfg.Workers = &config.Workers{}
+	}
+	cfg.Workers.Count = count
+	if len(argv) > 0 {
+		cfg.Workers.Command = argv
+	}
+	return nil
+}

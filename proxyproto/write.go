@@ -1,0 +1,38 @@
+package proxyproto
+
+import (
+	"io"
+	"net"
+	"net/netip"
+
+	pp "github.com/pires/go-proxyproto"
+)
+
+// Write writes a PROXY header of the given version (1 or 2; 0 writes
+// nothing) to w, announcing a TCP connection from src to dst. Mixed families
+// are sent as IPv6 with the IPv4 side mapped. tlvs are included in a v2
+// header only.
+func Write(w io.Writer, version byte, src, dst netip.AddrPort, tlvs []pp.TLV) error {
+	if version == 0 {
+		return nil
+	}
+	h := pp.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
+	if version == 2 && len(tlvs) > 0 {
+		if err := h.SetTLVs(tlvs); err != nil {
+			return err
+		}
+	}
+	_, err := h.WriteTo(w)
+	return err
+}
+
+// WriteLocal writes a v2 LOCAL header (used by health checks), or nothing
+// for version 0. For v1 it writes "PROXY UNKNOWN".
+func WriteLocal(w io.Writer, version byte) error {
+	if version == 0 {
+		return nil
+	}
+	h := &pp.Header{Version: version, Command: pp.LOCAL, TransportProtocol: pp.UNSPEC}
+	_, err := h.WriteTo(w)
+	return err
+}

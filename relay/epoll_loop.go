@@ -1,0 +1,401 @@
+//go:build linux
+
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// epErrCloseAll is Stats.Err for pairs ended by CloseAll or Close.
+var epErrCloseAll = fmt.Errorf("relay: pair closed by CloseAll: %w", net.ErrClosed)
+
+// epEvents is the size of one epoll_wait batch.
+const epEvents = 256
+
+// epLoop is one event loop: a goroutine, an epoll set, the pairs filed in
+// it, a read buffer and a pipe pool. Everything below mu is touched only by
+// the loop goroutine.
+type epLoop struct {
+	e    *EpollEngine
+	epfd int
+	file *os.File        // epfd, registered with the Go netpoller
+	rc   syscall.RawConn // of file: the loop parks in rc.Read
+	efd  int             // eventfd: wakes the loop for commands
+
+	parked   atomic.Bool // the loop has nothing to do: Start must wake it
+	mu       sync.Mutex  // guards the fields up to the blank line
+	inbox    []*epPair   // started, registered, not yet adopted
+	failed   []epFailed  // started, but a registration failed
+	closeAll []chan struct{}
+	stop     bool // Close asked the loop to end
+	stopped  bool // the loop took stop: no closeAll will be answered
+
+	events []unix.EpollEvent
+	buf    []byte
+	pipes  epPipePool
+	wheel  epWheel
+	table  []*epPair // by descriptor
+	ready  []*epPair // pairs that spent their budget and may move more
+	spareR []*epPair // ready's other half
+	spareI []*epPair // inbox's other half
+	pollFn func(uintptr) bool
+	now    int64 // loop time of the current batch: ns since the engine started
+	armed  int64 // tick the file's read deadline is set for; 0: none
+	live   int
+	notes  *epNotifier
+}
+
+type epFailed struct {
+	p   *epPair
+	err error
+}
+
+func newEpLoop(e *EpollEngine, opts EpollOptions) (*epLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	// Non-blocking, so that os.NewFile hands it to the Go netpoller: an
+	// epoll descriptor is readable while it has events.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("set epoll non-blocking: %w", err)
+	}
+	l := &epLoop{
+		e:      e,
+		epfd:   epfd,
+		file:   os.NewFile(uintptr(epfd), "epoll"),
+		events: make([]unix.EpollEvent, epEvents),
+		buf:    make([]byte, opts.bufferSize()),
+		pipes:  epPipePool{max: opts.poolPipes(), size: opts.pipeSize()},
+		wheel:  epWheel{tick: int64(opts.tick())},
+		notes:  newEpNotifier(),
+		efd:    -1,
+	}
+	l.pollFn = l.poll
+	if l.rc, err = l.file.SyscallConn(); err != nil {
+		l.file.Close()
+		return nil, err
+	}
+	if l.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		l.file.Close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := l.register(l.efd); err != nil {
+		l.release()
+		return nil, err
+	}
+	return l, nil
+}
+
+// epIn is the event mask a socket is registered with: edge-triggered
+// reading and the peer's FIN. EPOLLOUT is added on demand (see blocked).
+const epIn = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+
+// register adds fd to the loop's epoll set with epIn. It is safe from any
+// goroutine.
+func (l *epLoop) register(fd int) error {
+	ev := unix.EpollEvent{Events: epIn, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+// wake makes the loop run its intake soon. Safe from any goroutine. The
+// eventfd is edge-triggered: every write is an event, so the loop never
+// reads it (the counter would need 2^64 writes to fill).
+func (l *epLoop) wake() {
+	one := [8]byte{1}
+	unix.Write(l.efd, one[:])
+}
+
+// wakeIfParked wakes the loop if it is parked; a running loop runs its
+// intake before it parks again.
+func (l *epLoop) wakeIfParked() {
+	if l.parked.Load() && l.parked.CompareAndSwap(true, false) {
+		l.wake()
+	}
+}
+
+// release closes the loop's descriptors once its goroutine has ended.
+func (l *epLoop) release() {
+	l.file.Close()
+	if l.efd >= 0 {
+		unix.Close(l.efd)
+	}
+	l.pipes.closeAll()
+}
+
+// run is the loop goroutine. It parks in the Go netpoller, like any
+// goroutine reading a socket, until the epoll set has events or the next
+// timer tick is due, so it never blocks an OS thread in epoll_wait.
+func (l *epLoop) run() {
+	defer l.e.loopsWG.Done()
+	for {
+		err := l.rc.Read(l.pollFn)
+		switch {
+		case err == nil: // poll returned true: stop
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			l.file.SetReadDeadline(time.Time{})
+			l.armed = 0
+		default: // the file was closed under us: cannot happen before stop
+			return
+		}
+	}
+}
+
+// poll runs batches of events until there is nothing left to do, then
+// arms the timer and returns false to park. It returns true to stop.
+func (l *epLoop) poll(uintptr) bool {
+	l.parked.Store(false)
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		if err != nil && err != unix.EINTR {
+			panic(fmt.Sprintf("relay: epoll_wait: %v", err)) // EBADF, EFAULT, EINVAL: a bug
+		}
+		l.now = int64(time.Since(l.e.base))
+		closeAll, stop := l.intake()
+		for i := range n {
+			l.event(&l.events[i])
+		}
+		l.runReady()
+		l.wheel.advance(l.now, l.expire)
+		if len(closeAll) > 0 || stop {
+			l.closePairs()
+			for _, ch := range closeAll {
+				close(ch)
+			}
+		}
+		if stop {
+			return true
+		}
+		if n == len(l.events) || len(l.ready) > 0 || !l.park() {
+			continue
+		}
+		l.arm()
+		return false
+	}
+}
+
+// park sets the parked flag, unless Start or a command has queued work
+// meanwhile. With the flag set, Start wakes the loop through the eventfd;
+// both sides set their flag, then look at the other's (seq-cst atomics and
+// the mutex), so a new pair is never left unseen.
+func (l *epLoop) park() bool {
+	l.parked.Store(true)
+	l.mu.Lock()
+	work := len(l.inbox) > 0 || len(l.failed) > 0 || len(l.closeAll) > 0 || l.stop
+	l.mu.Unlock()
+	if work {
+		l.parked.Store(false)
+	}
+	return !work
+}
+
+// intake adopts the pairs Start handed over, fails those whose registration
+// failed, and collects commands. Run after epoll_wait: any event of a pair
+// comes from a registration done after the pair was put in the inbox.
+func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
+	l.mu.Lock()
+	inbox, failed := l.inbox, l.failed
+	closeAll, stop = l.closeAll, l.stop
+	l.inbox, l.failed, l.closeAll = l.spareI[:0], nil, nil
+	l.stopped = stop
+	l.mu.Unlock()
+	for _, p := range inbox {
+		l.adopt(p)
+	}
+	clear(inbox)
+	l.spareI = inbox
+	for _, f := range failed {
+		l.finish(f.p, f.err)
+	}
+	return closeAll, stop
+}
+
+func (l *epLoop) adopt(p *epPair) {
+	if hi := int(max(p.client.fd, p.backend.fd)); hi >= len(l.table) {
+		l.table = append(l.table, make([]*epPair, hi+1-len(l.table)+len(l.table)/2)...)
+	}
+	l.table[p.client.fd], l.table[p.backend.fd] = p, p
+	l.live++
+	p.last = l.now
+	if d := p.deadline(); d != 0 {
+		l.wheel.add(p, d)
+	}
+	p.client.writable, p.backend.writable = true, true
+	if p.in.pending() { // Pair.Pending: the backend is writable
+		l.service(p)
+	}
+}
+
+// event records what epoll says of one socket and services its pair.
+func (l *epLoop) event(ev *unix.EpollEvent) {
+	fd := int(ev.Fd)
+	if fd == l.efd {
+		return // its commands were taken by intake
+	}
+	if fd >= len(l.table) || l.table[fd] == nil {
+		return
+	}
+	p := l.table[fd]
+	s := &p.client
+	if fd == int(p.backend.fd) {
+		s = &p.backend
+	}
+	if ev.Events&unix.EPOLLERR != 0 {
+		if e, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+			l.finish(p, p.opErr("socket error on", s, syscall.Errno(e)))
+			return
+		}
+	}
+	if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.hup = true
+	}
+	if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.readable = true
+	}
+	if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.writable = true
+	}
+	l.service(p)
+}
+
+// runReady services once more the pairs that spent their budget.
+func (l *epLoop) runReady() {
+	batch := l.ready
+	l.ready = l.spareR[:0]
+	for _, p := range batch {
+		p.queued = false
+		if !p.closed {
+			l.service(p)
+		}
+	}
+	clear(batch)
+	l.spareR = batch[:0]
+}
+
+// expire is called by the wheel when p's tick has come: p times out, or is
+// filed again if it moved bytes meanwhile.
+func (l *epLoop) expire(p *epPair) {
+	d := p.deadline()
+	switch {
+	case d == 0:
+	case d > l.now:
+		l.wheel.add(p, d)
+	default:
+		l.finish(p, ErrIdle)
+	}
+}
+
+// arm sets the file's read deadline to the next tick that has pairs, so
+// that the parked loop wakes for it. An engine whose pairs have no timeout
+// never wakes on its own.
+func (l *epLoop) arm() {
+	t, ok := l.wheel.next()
+	if !ok {
+		t = 0
+	}
+	if t == l.armed {
+		return
+	}
+	l.armed = t
+	if !ok {
+		l.file.SetReadDeadline(time.Time{})
+		return
+	}
+	l.file.SetReadDeadline(l.e.base.Add(time.Duration(t * l.wheel.tick)))
+}
+
+// finish closes both sockets of p and queues its Done. Pipes with bytes
+// left are closed, not pooled.
+func (l *epLoop) finish(p *epPair, err error) {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	l.wheel.remove(p)
+	l.fromSplice(&p.in)
+	l.fromSplice(&p.out)
+	p.in.pend, p.out.pend = nil, nil
+	l.table[p.client.fd], l.table[p.backend.fd] = nil, nil
+	unix.Close(int(p.client.fd)) // also removes it from the epoll set
+	unix.Close(int(p.backend.fd))
+	l.live--
+	if p.done != nil {
+		l.notes.push(p.done, Stats{BytesIn: p.in.n, BytesOut: p.out.n, Err: err})
+		p.done = nil
+	}
+}
+
+// closePairs finishes every pair of the loop (CloseAll, Close).
+func (l *epLoop) closePairs() {
+	for fd, p := range l.table {
+		if p != nil && fd == int(p.client.fd) {
+			l.finish(p, epErrCloseAll)
+		}
+	}
+}
+
+// epNotifier runs Done callbacks on a goroutine of their own, one per loop,
+// in the order the pairs closed, so a slow callback never stalls I/O.
+type epNotifier struct {
+	mu   sync.Mutex
+	q    []epNote // guarded by mu
+	kick chan struct{}
+}
+
+type epNote struct {
+	fn func(Stats)
+	st Stats
+}
+
+func newEpNotifier() *epNotifier {
+	return &epNotifier{kick: make(chan struct{}, 1)}
+}
+
+// push queues one callback. Safe from any goroutine before stop.
+func (n *epNotifier) push(fn func(Stats), st Stats) {
+	n.mu.Lock()
+	n.q = append(n.q, epNote{fn, st})
+	n.mu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run calls queued callbacks until stop is called, then drains the queue.
+func (n *epNotifier) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	var batch []epNote
+	for range n.kick {
+		batch = n.drain(batch)
+	}
+	n.drain(batch)
+}
+
+func (n *epNotifier) drain(batch []epNote) []epNote {
+	n.mu.Lock()
+	batch, n.q = n.q, batch[:0]
+	n.mu.Unlock()
+	for _, note := range batch {
+		note.fn(note.st)
+	}
+	clear(batch)
+	return batch[:0]
+}
+
+// stop ends run once the queue is drained. No push may follow.
+func (n *epNotifier) stop() { close(n.kick) }

@@ -1,0 +1,69 @@
+package relay
+
+import (
+	"runtime"
+	"time"
+)
+
+// EpollOptions configures NewEpollEngine. The zero value is ready to use:
+// every zero field means the default documented on it, resolved by the
+// accessors below and never written back.
+type EpollOptions struct {
+	// Loops is the number of event loops, each one goroutine with its own
+	// epoll set. Zero means runtime.GOMAXPROCS(0).
+	Loops int
+	// BufferSize is the size of each loop's shared read buffer. Small
+	// transfers go through it with read(2)/write(2); a read that fills it
+	// switches that direction to splice(2) until the source is drained.
+	// Zero means 64 KiB.
+	BufferSize int
+	// PipeSize is the capacity asked of each splice pipe (F_SETPIPE_SZ).
+	// Zero means 1 MiB, as Go's own splice does; the kernel may give less
+	// (fs.pipe-max-size, pipe-user-pages-soft).
+	PipeSize int
+	// PoolPipes is how many idle pipes each loop keeps for the next bulk
+	// transfer; pipes past that are closed when their transfer ends.
+	// Zero means 4; negative means none (every pipe is closed after use).
+	PoolPipes int
+	// Tick is the resolution of idle and linger timeouts: a timeout fires
+	// between its duration and its duration plus Tick late. Zero means 50ms.
+	Tick time.Duration
+}
+
+func (o EpollOptions) loops() int {
+	if o.Loops > 0 {
+		return o.Loops
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+func (o EpollOptions) bufferSize() int {
+	if o.BufferSize > 0 {
+		return o.BufferSize
+	}
+	return 64 << 10
+}
+
+func (o EpollOptions) pipeSize() int {
+	if o.PipeSize > 0 {
+		return o.PipeSize
+	}
+	return 1 << 20
+}
+
+func (o EpollOptions) poolPipes() int {
+	switch {
+	case o.PoolPipes > 0:
+		return o.PoolPipes
+	case o.PoolPipes < 0:
+		return 0
+	}
+	return 4
+}
+
+func (o EpollOptions) tick() time.Duration {
+	if o.Tick > 0 {
+		return o.Tick
+	}
+	return 50 * time.Millisecond
+}

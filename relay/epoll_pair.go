@@ -1,0 +1,306 @@
+//go:build linux
+
+package relay
+
+import (
+	"fmt"
+	"io"
+
+	"golang.org/x/sys/unix"
+)
+
+// epSock is one socket of a pair as its loop sees it. The readiness flags
+// follow edge-triggered epoll: an event sets them, and only an EAGAIN (or a
+// short read, see fill) clears them.
+type epSock struct {
+	fd       int32
+	readable bool
+	writable bool // assumed at first; EAGAIN clears it
+	hup      bool // the peer's FIN (or an error) was seen: read on until EOF
+	outArmed bool // EPOLLOUT is in the socket's event mask
+}
+
+// epFlow is one direction of a pair. Between events it holds nothing unless
+// bytes are pending: pend (a heap copy, made only when the destination was
+// full) or a pipe with inPipe bytes (splice mode, only while a bulk transfer
+// is under way).
+type epFlow struct {
+	pend   []byte
+	n      int64 // bytes written to the destination
+	pipe   epPipe
+	inPipe int32
+	piped  bool // pipe is held: read with splice(2), not into the buffer
+	eof    bool // the source reached end of stream
+	shut   bool // eof, flushed, and the destination's write side is shut
+}
+
+func (f *epFlow) pending() bool { return len(f.pend) > 0 || f.inPipe > 0 }
+
+// epPair is a relayed pair, owned by one loop after Start.
+type epPair struct {
+	client, backend epSock
+	in, out         epFlow // in: client -> backend, out: backend -> client
+	idle, linger    int64  // timeouts in ns; 0: none
+	last            int64  // loop time a byte last moved
+	done            func(Stats)
+
+	// timing wheel links (epWheel)
+	tprev, tnext *epPair
+	tick         int64
+
+	half   bool // one flow has ended: linger applies
+	closed bool
+	queued bool // in the loop's ready list
+	filed  bool // in the wheel
+}
+
+// deadline is the loop time at which p times out, or 0 for never.
+func (p *epPair) deadline() int64 {
+	period := p.idle
+	if p.half {
+		period = p.linger
+	}
+	if period == 0 {
+		return 0
+	}
+	return p.last + period
+}
+
+// name says which side s is, for errors.
+func (p *epPair) name(s *epSock) string {
+	if s == &p.client {
+		return "client"
+	}
+	return "backend"
+}
+
+func (p *epPair) opErr(op string, s *epSock, err error) error {
+	return fmt.Errorf("relay: %s %s: %w", op, p.name(s), err)
+}
+
+// epBudget caps the bytes one flow moves per service call, so that one
+// fast pair cannot starve the others of its loop.
+const epBudget = 1 << 20
+
+// service moves whatever both flows of p can move now, then half-closes
+// ended flows and finishes p when both have ended or one failed.
+func (l *epLoop) service(p *epPair) {
+	moreIn, err := l.pump(p, &p.in, &p.client, &p.backend)
+	moreOut := false
+	if err == nil {
+		moreOut, err = l.pump(p, &p.out, &p.backend, &p.client)
+	}
+	if err != nil {
+		l.finish(p, err)
+		return
+	}
+	l.endFlow(p, &p.in, &p.out, &p.backend)
+	l.endFlow(p, &p.out, &p.in, &p.client)
+	if p.in.shut && p.out.shut {
+		l.finish(p, nil)
+		return
+	}
+	if (moreIn || moreOut) && !p.queued {
+		p.queued = true
+		l.ready = append(l.ready, p)
+	}
+}
+
+// pump moves bytes of f from src to dst until src is drained, dst is full,
+// src ended, or epBudget bytes were read; more reports the last case.
+func (l *epLoop) pump(p *epPair, f *epFlow, src, dst *epSock) (more bool, err error) {
+	budget := epBudget
+	for {
+		if f.pending() {
+			if !dst.writable {
+				return false, nil
+			}
+			if err := l.flush(p, f, dst); err != nil {
+				return false, err
+			}
+			continue
+		}
+		if f.eof || !src.readable || !dst.writable {
+			return false, nil
+		}
+		if budget <= 0 {
+			return true, nil
+		}
+		n, err := l.fill(p, f, src, dst)
+		if err != nil {
+			return false, err
+		}
+		budget -= n
+	}
+}
+
+// fill reads once from src. In buffer mode the bytes go through the loop's
+// buffer straight to dst, and what dst does not take is copied to f.pend;
+// a read that fills the buffer turns f to splice mode. In splice mode the
+// bytes go into f's pipe, for the caller to flush.
+func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
+	if f.piped {
+		return l.spliceIn(p, f, src)
+	}
+	n, err := epIgnoringEINTR(func() (int, error) { return unix.Read(int(src.fd), l.buf) })
+	switch {
+	case err == unix.EAGAIN:
+		src.readable = false
+		return 0, nil
+	case err != nil:
+		return 0, p.opErr("read", src, err)
+	case n == 0:
+		f.eof = true
+		return 0, nil
+	}
+	// A short read emptied the socket: epoll reports every later arrival
+	// as a new edge, so there is no need to read on to EAGAIN. Not after a
+	// FIN was seen, though: its edge may be spent already.
+	if n < len(l.buf) && !src.hup {
+		src.readable = false
+	}
+	m, err := l.write(p, f, dst, l.buf[:n])
+	if err != nil {
+		return n, err
+	}
+	if m < n {
+		f.pend = append([]byte(nil), l.buf[m:n]...)
+	}
+	if n == len(l.buf) {
+		l.toSplice(f)
+	}
+	return n, nil
+}
+
+// spliceIn fills f's empty pipe from src. Only an empty pipe is filled, so
+// EAGAIN surely means src is drained (not that the pipe is full); the pipe
+// then goes back to the pool.
+func (l *epLoop) spliceIn(p *epPair, f *epFlow, src *epSock) (int, error) {
+	n, err := epIgnoringEINTR(func() (int, error) {
+		n, err := unix.Splice(int(src.fd), nil, int(f.pipe.w), nil, l.pipes.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		return int(n), err
+	})
+	switch {
+	case err == unix.EAGAIN:
+		src.readable = false
+		l.fromSplice(f)
+		return 0, nil
+	case err != nil:
+		return 0, p.opErr("splice from", src, err)
+	case n == 0:
+		f.eof = true
+		l.fromSplice(f)
+		return 0, nil
+	}
+	f.inPipe = int32(n)
+	return n, nil
+}
+
+// flush writes f's pending bytes (pend first, then the pipe) to dst once.
+func (l *epLoop) flush(p *epPair, f *epFlow, dst *epSock) error {
+	if len(f.pend) > 0 {
+		m, err := l.write(p, f, dst, f.pend)
+		f.pend = f.pend[m:]
+		if len(f.pend) == 0 {
+			f.pend = nil // drop the heap copy (or the caller's Pending)
+		}
+		return err
+	}
+	n, err := epIgnoringEINTR(func() (int, error) {
+		n, err := unix.Splice(int(f.pipe.r), nil, int(dst.fd), nil, int(f.inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		return int(n), err
+	})
+	switch {
+	case err == unix.EAGAIN:
+		return l.blocked(p, dst)
+	case err != nil:
+		return p.opErr("splice to", dst, err)
+	case n == 0: // the pipe is empty: the count is wrong, do not spin
+		return p.opErr("splice to", dst, io.ErrNoProgress)
+	}
+	f.inPipe -= int32(n)
+	f.n += int64(n)
+	p.last = l.now
+	return nil
+}
+
+// write writes b to dst once and returns how much it took; EAGAIN clears
+// dst.writable and is not an error.
+func (l *epLoop) write(p *epPair, f *epFlow, dst *epSock, b []byte) (int, error) {
+	m, err := epIgnoringEINTR(func() (int, error) { return unix.Write(int(dst.fd), b) })
+	switch {
+	case err == unix.EAGAIN:
+		return 0, l.blocked(p, dst)
+	case err != nil:
+		return 0, p.opErr("write", dst, err)
+	}
+	f.n += int64(m)
+	p.last = l.now
+	return m, nil
+}
+
+// blocked records that dst is full. Sockets are registered without
+// EPOLLOUT (a fresh socket is writable, and its registration would only
+// cost the loop a wake-up), so the first time dst fills up EPOLLOUT is
+// added; being edge-triggered, the change reports dst at once if it has
+// drained meanwhile.
+func (l *epLoop) blocked(p *epPair, dst *epSock) error {
+	dst.writable = false
+	if dst.outArmed {
+		return nil
+	}
+	dst.outArmed = true
+	ev := unix.EpollEvent{Events: epIn | unix.EPOLLOUT, Fd: dst.fd}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(dst.fd), &ev); err != nil {
+		return p.opErr("epoll_ctl mod", dst, err)
+	}
+	return nil
+}
+
+// toSplice gives f a pipe for a bulk transfer. Without one (no descriptors
+// left) f stays in buffer mode, slower but correct.
+func (l *epLoop) toSplice(f *epFlow) {
+	if pp, err := l.pipes.get(); err == nil {
+		f.pipe, f.piped = pp, true
+	}
+}
+
+// fromSplice returns f's pipe to the pool; f is back in buffer mode.
+func (l *epLoop) fromSplice(f *epFlow) {
+	if f.piped {
+		l.pipes.put(f.pipe, f.inPipe == 0)
+		f.pipe, f.piped, f.inPipe = epPipe{}, false, 0
+	}
+}
+
+// endFlow half-closes dst once f has ended and is flushed. When the other
+// flow has ended too, the pair is about to close, and close(2) sends the
+// FIN anyway, so the shutdown(2) is skipped. The first flow to end starts
+// the linger period.
+func (l *epLoop) endFlow(p *epPair, f, other *epFlow, dst *epSock) {
+	if !f.eof || f.shut || f.pending() {
+		return
+	}
+	f.shut = true
+	l.fromSplice(f)
+	if other.shut {
+		return
+	}
+	unix.Shutdown(int(dst.fd), unix.SHUT_WR) // ENOTCONN: the peer is gone; the other flow will say so
+	if !p.half {
+		p.half = true
+		l.wheel.remove(p)
+		if d := p.deadline(); d != 0 {
+			l.wheel.add(p, d)
+		}
+	}
+}
+
+func epIgnoringEINTR(f func() (int, error)) (int, error) {
+	for {
+		n, err := f()
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}

@@ -1,0 +1,165 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrIdle is Stats.Err for a pair closed by its idle timeout.
+var ErrIdle = errors.New("relay: idle timeout")
+
+// GoroutineEngine relays each pair with two goroutines, one per direction,
+// each an io.Copy between the raw sockets so that Go uses splice(2). It is
+// simple and fast for busy connections, but an idle pair still holds two
+// goroutine stacks and two splice pipes (4 descriptors). See EpollEngine for
+// many idle connections.
+type GoroutineEngine struct {
+	mu    sync.Mutex
+	pairs map[*goPair]struct{} // guarded by mu
+}
+
+// NewGoroutineEngine returns an Engine with two goroutines per pair.
+func NewGoroutineEngine() *GoroutineEngine {
+	return &GoroutineEngine{pairs: make(map[*goPair]struct{})}
+}
+
+type goPair struct {
+	*Pair
+	// idle[0] is client->backend, idle[1] backend->client: set when that
+	// direction saw a whole idle period without a byte (or has ended).
+	idle [2]atomic.Bool
+	// ended counts finished directions; the second one switches the
+	// survivor to the linger timeout.
+	ended atomic.Int32
+	// aborted is set when one direction failed; the other then stops
+	// without reporting an error of its own.
+	aborted atomic.Bool
+}
+
+// Start implements Engine.
+func (e *GoroutineEngine) Start(p *Pair) {
+	gp := &goPair{Pair: p}
+	e.mu.Lock()
+	e.pairs[gp] = struct{}{}
+	e.mu.Unlock()
+	go e.run(gp)
+}
+
+func (e *GoroutineEngine) run(gp *goPair) {
+	var st Stats
+	var outErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.BytesOut, outErr = gp.copyDir(1, gp.Client, gp.Backend)
+	}()
+	var inErr error
+	if len(gp.Pending) > 0 {
+		n, err := gp.Backend.Write(gp.Pending)
+		st.BytesIn += int64(n)
+		inErr = err
+	}
+	if inErr == nil {
+		n, err := gp.copyDir(0, gp.Backend, gp.Client)
+		st.BytesIn += n
+		inErr = err
+	} else {
+		gp.abort()
+	}
+	<-done
+	st.Err = errors.Join(inErr, outErr)
+	gp.Client.Close()
+	gp.Backend.Close()
+	e.mu.Lock()
+	delete(e.pairs, gp)
+	e.mu.Unlock()
+	if gp.Done != nil {
+		gp.Done(st)
+	}
+}
+
+// copyDir copies src to dst (direction dir) until src ends, then half-closes
+// dst. A read deadline implements the idle timeout without wrapping the
+// sockets, so io.Copy still splices.
+func (gp *goPair) copyDir(dir int, dst, src Conn) (int64, error) {
+	var total int64
+	for {
+		if d := gp.timeout(); d > 0 {
+			src.SetReadDeadline(time.Now().Add(d))
+		}
+		n, err := io.Copy(dst, src)
+		total += n
+		if n > 0 {
+			gp.idle[dir].Store(false)
+		}
+		if err == nil { // clean EOF
+			dst.CloseWrite()
+			gp.finish(dir)
+			return total, nil
+		}
+		if gp.aborted.Load() {
+			return total, nil // the other direction failed and reports why
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			gp.abort()
+			return total, err
+		}
+		// A whole idle period without a byte this way: the pair is idle
+		// once the other direction has had one too (or has ended).
+		if n == 0 {
+			gp.idle[dir].Store(true)
+			if gp.idle[1-dir].Load() {
+				gp.abort()
+				return total, ErrIdle
+			}
+		}
+	}
+}
+
+// timeout is the read deadline for one idle period: Idle, or Linger once
+// one direction has ended.
+func (gp *goPair) timeout() time.Duration {
+	if gp.ended.Load() > 0 && gp.Linger > 0 {
+		return gp.Linger
+	}
+	return gp.Idle
+}
+
+// finish marks direction dir ended and moves the other direction's deadline
+// to the linger bound.
+func (gp *goPair) finish(dir int) {
+	gp.idle[dir].Store(true)
+	gp.ended.Add(1)
+	if d := gp.timeout(); d > 0 {
+		other := gp.Backend
+		if dir == 1 {
+			other = gp.Client
+		}
+		other.SetReadDeadline(time.Now().Add(d))
+	}
+}
+
+// abort unblocks both directions: their reads fail at once.
+func (gp *goPair) abort() {
+	gp.aborted.Store(true)
+	now := time.Now()
+	gp.Client.SetReadDeadline(now)
+	gp.Backend.SetReadDeadline(now)
+}
+
+// CloseAll implements Engine.
+func (e *GoroutineEngine) CloseAll() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for gp := range e.pairs {
+		gp.Client.Close()
+		gp.Backend.Close()
+	}
+}
+
+// Close implements Engine.
+func (e *GoroutineEngine) Close() error { return nil }

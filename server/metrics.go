@@ -1,0 +1,72 @@
+package server
+
+import (
+	"errors"
+	"sync/atomic"
+
+	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/proxyproto"
+)
+
+// Header error kinds counted by Metrics.HeaderErrors.
+const (
+	HeaderTimeout    = "timeout"
+	HeaderTruncated  = "truncated"
+	HeaderMissing    = "missing"    // a trusted peer sent no PROXY header
+	HeaderUntrusted  = "untrusted"  // an untrusted peer sent one
+	HeaderTooLong    = "too_long"   // v1 over 107 bytes, or an HTTP block over the limit
+	HeaderMalformed  = "malformed"  // anything the parser refused
+	HeaderHTTPNoAddr = "http_no_ip" // client_ip_header missing or unusable
+)
+
+var headerKinds = []string{HeaderTimeout, HeaderTruncated, HeaderMissing, HeaderUntrusted,
+	HeaderTooLong, HeaderMalformed, HeaderHTTPNoAddr}
+
+// Metrics are the server's counters, read by the admin endpoint.
+type Metrics struct {
+	Accepted  atomic.Int64 // connections relayed to a backend
+	NoBackend atomic.Int64 // connections refused because no backend answered
+	BytesIn   atomic.Int64 // client -> backend, finished connections
+	BytesOut  atomic.Int64 // backend -> client, finished connections
+	headerErr map[string]*atomic.Int64
+}
+
+// NewMetrics returns zeroed counters.
+func NewMetrics() *Metrics {
+	m := &Metrics{headerErr: make(map[string]*atomic.Int64, len(headerKinds))}
+	for _, k := range headerKinds {
+		m.headerErr[k] = new(atomic.Int64)
+	}
+	return m
+}
+
+// HeaderErrors returns the count of header errors per kind.
+func (m *Metrics) HeaderErrors() map[string]int64 {
+	out := make(map[string]int64, len(m.headerErr))
+	for k, v := range m.headerErr {
+		out[k] = v.Load()
+	}
+	return out
+}
+
+func (m *Metrics) headerError(err error) {
+	m.headerErr[headerKind(err)].Add(1)
+}
+
+func headerKind(err error) string {
+	switch {
+	case errors.Is(err, proxyproto.ErrTimeout), errors.Is(err, errHTTPTimeout):
+		return HeaderTimeout
+	case errors.Is(err, proxyproto.ErrTruncated):
+		return HeaderTruncated
+	case errors.Is(err, proxyproto.ErrNoHeader):
+		return HeaderMissing
+	case errors.Is(err, proxyproto.ErrUnexpected):
+		return HeaderUntrusted
+	case errors.Is(err, proxyproto.ErrV1TooLong), errors.Is(err, pp.ErrVersion1HeaderTooLong), errors.Is(err, errHTTPTooLarge):
+		return HeaderTooLong
+	case errors.Is(err, errNoClientIP):
+		return HeaderHTTPNoAddr
+	}
+	return HeaderMalformed
+}

@@ -1,0 +1,254 @@
+// Package server is stickyd's accept loop and per-connection handshake: it
+// accepts a client, finds its real address (socket, trusted upstream PROXY
+// header, or an HTTP header), asks the backend set for that address's
+// backend, writes the PROXY header to it and hands both sockets to the relay
+// engine.
+//
+//	srv := server.New(server.Options{...}, set, relay.NewGoroutineEngine(), log)
+//	go srv.Serve(ln)          // returns ErrServerClosed after Shutdown
+//	srv.Shutdown(ctx)         // stop accepting, drain until ctx is done, then close the rest
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/relay"
+	"go.uber.org/zap"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("server: closed")
+
+// Options configure a Server. Zero values mean the documented defaults.
+type Options struct {
+	// Trusted upstreams must send a PROXY header; others must not.
+	Trusted []netip.Prefix
+	// HeaderTimeout bounds reading an upstream PROXY header or an HTTP
+	// header block. Default 5s.
+	HeaderTimeout time.Duration
+	// SendProxy is the PROXY version written to backends: 2, 1, or 0.
+	SendProxy byte
+	// ForwardTLVs copies the upstream's v2 TLVs into the backend's header.
+	ForwardTLVs bool
+	// ClientIPHeader, when set, routes by this HTTP request header.
+	ClientIPHeader string
+	// IgnoreMissingHeader routes by the socket address when ClientIPHeader
+	// is absent, instead of answering 400.
+	IgnoreMissingHeader bool
+	// MaxHeaderBytes bounds the HTTP header block read in ClientIPHeader
+	// mode. Default 16 KiB.
+	MaxHeaderBytes int
+	// SniffWait is how long a silent untrusted client may take to send its
+	// first bytes once its backend is ready, so that a PROXY header it
+	// sends is refused rather than relayed. Default 100ms; it delays only
+	// server-speaks-first protocols, once per connection.
+	SniffWait time.Duration
+	// Idle and Linger are passed to the relay engine.
+	Idle, Linger time.Duration
+	// MaxConnections caps open client connections; accepting pauses at the
+	// cap (clients wait in the kernel backlog). 0 means no cap.
+	MaxConnections int
+}
+
+func (o Options) headerTimeout() time.Duration {
+	if o.HeaderTimeout <= 0 {
+		return 5 * time.Second
+	}
+	return o.HeaderTimeout
+}
+
+func (o Options) sniffWait() time.Duration {
+	if o.SniffWait <= 0 {
+		return 100 * time.Millisecond
+	}
+	return o.SniffWait
+}
+
+func (o Options) maxHeaderBytes() int {
+	if o.MaxHeaderBytes <= 0 {
+		return 16 << 10
+	}
+	return o.MaxHeaderBytes
+}
+
+// Server accepts client connections and relays them to backends.
+type Server struct {
+	opts     Options
+	backends atomic.Pointer[backend.Set]
+	engine   relay.Engine
+	log      *zap.Logger
+	metrics  *Metrics
+
+	slots chan struct{} // one per open connection when MaxConnections > 0
+
+	ctx    context.Context // cancelled when the drain period ends
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{} // guarded by mu
+	closing   bool                      // guarded by mu
+
+	conns sync.WaitGroup // handshakes and relayed pairs
+	open  atomic.Int64   // client connections open now
+}
+
+// New returns a Server relaying to the backends in set through engine.
+// The Server owns engine and closes it at the end of Shutdown.
+func New(opts Options, set *backend.Set, engine relay.Engine, log *zap.Logger) *Server {
+	s := &Server{opts: opts, engine: engine, log: log, metrics: NewMetrics(),
+		listeners: make(map[net.Listener]struct{})}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.backends.Store(set)
+	if opts.MaxConnections > 0 {
+		s.slots = make(chan struct{}, opts.MaxConnections)
+	}
+	return s
+}
+
+// SetBackends swaps in a new backend set (reload). Connections already
+// established keep their backend.
+func (s *Server) SetBackends(set *backend.Set) { s.backends.Store(set) }
+
+// Backends returns the current backend set.
+func (s *Server) Backends() *backend.Set { return s.backends.Load() }
+
+// Metrics returns the server's counters.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Open returns the number of client connections open now.
+func (s *Server) Open() int64 { return s.open.Load() }
+
+// Serve accepts connections on ln until Shutdown or a permanent accept
+// error. Temporary errors (EMFILE, ECONNABORTED) back off from 5 ms to 1 s.
+// Serve closes ln before returning.
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.track(ln) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.untrack(ln)
+	var backoff time.Duration
+	for {
+		if !s.acquire() {
+			return ErrServerClosed
+		}
+		conn, err := ln.Accept()
+		if err != nil {
+			s.releaseSlot()
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Temporary() || isTemporaryAccept(err) {
+				backoff = nextBackoff(backoff)
+				s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		tc, ok := conn.(*net.TCPConn)
+		if !ok {
+			conn.Close()
+			s.releaseSlot()
+			continue
+		}
+		s.conns.Add(1)
+		s.open.Add(1)
+		go s.handle(tc)
+	}
+}
+
+func nextBackoff(d time.Duration) time.Duration {
+	if d == 0 {
+		return 5 * time.Millisecond
+	}
+	return min(2*d, time.Second)
+}
+
+// acquire takes a connection slot, blocking at MaxConnections. It returns
+// false once the server is shutting down.
+func (s *Server) acquire() bool {
+	if s.slots == nil {
+		return true
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+func (s *Server) releaseSlot() {
+	if s.slots != nil {
+		<-s.slots
+	}
+}
+
+// connDone releases everything a client connection held.
+func (s *Server) connDone() {
+	s.open.Add(-1)
+	s.releaseSlot()
+	s.conns.Done()
+}
+
+func (s *Server) track(ln net.Listener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.listeners[ln] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(ln net.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.listeners, ln)
+	ln.Close()
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting at once, waits for open connections to finish
+// until ctx is done, then closes the rest. It returns ctx.Err() when
+// connections had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.log.Info("draining", zap.Int64("open", s.open.Load()))
+
+	drained := make(chan struct{})
+	go func() { s.conns.Wait(); close(drained) }()
+	var err error
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.log.Warn("drain timeout; closing open connections", zap.Int64("open", s.open.Load()))
+		s.cancel()
+		s.engine.CloseAll()
+		<-drained
+	}
+	s.cancel()
+	s.engine.Close()
+	return err
+}
