@@ -1,7 +1,8 @@
 // Package backend owns stickyd's backends: the set the balancer chooses from,
-// their state (up, cooling down after a failed dial, draining, not ready),
-// dialing with a timeout and fail-over along a client IP's preference order,
-// and the worker processes stickyd may launch itself (workers.go).
+// their state (up, cooling down after failed dials, draining, not ready,
+// failing active health checks), dialing with a timeout and fail-over along
+// a client IP's preference order, active health checks (health.go), and the
+// worker processes stickyd may launch itself (workers.go).
 //
 //	set, _ := backend.NewSet(backends, backend.Options{DialTimeout: 5 * time.Second}, log)
 //	b, conn, err := set.Dial(ctx, clientIP) // conn is the caller's to close; call b.Release() when done
@@ -41,12 +42,14 @@ type Backend struct {
 	Spec
 	network, addr string
 
-	ready     atomic.Bool
-	draining  atomic.Bool
-	downUntil atomic.Int64 // unix nanos; passive cool-down after a failed dial
-	active    atomic.Int64
-	total     atomic.Int64
-	failures  atomic.Int64
+	ready      atomic.Bool
+	unhealthy  atomic.Bool // set by active health checks; zero value: healthy
+	draining   atomic.Bool
+	downUntil  atomic.Int64 // unix nanos; passive cool-down after failed dials
+	failStreak atomic.Int64 // consecutive failed dials
+	active     atomic.Int64
+	total      atomic.Int64
+	failures   atomic.Int64
 }
 
 // Active returns the number of open connections to the backend.
@@ -61,34 +64,74 @@ func (b *Backend) DialFailures() int64 { return b.failures.Load() }
 // Release records that a connection obtained from Set.Dial has closed.
 func (b *Backend) Release() { b.active.Add(-1) }
 
-// SetReady puts the backend in (true) or out of (false) rotation.
-func (b *Backend) SetReady(ready bool) { b.ready.Store(ready) }
+// SetReady puts the backend in (true) or out of (false) rotation. The
+// worker supervisor owns this flag for launched workers; static backends are
+// always ready.
+// A backend that becomes ready (a restarted worker) also leaves any
+// cool-down from dials that failed while it was away.
+func (b *Backend) SetReady(ready bool) {
+	if ready {
+		b.downUntil.Store(0)
+	}
+	b.ready.Store(ready)
+}
+
+// Ready reports the flag set by SetReady.
+func (b *Backend) Ready() bool { return b.ready.Load() }
+
+// SetHealthy records the verdict of active health checks (the
+// HealthChecker owns this flag). A backend starts healthy. It takes new
+// connections only while it is both ready and healthy.
+func (b *Backend) SetHealthy(healthy bool) { b.unhealthy.Store(!healthy) }
+
+// Healthy reports the flag set by SetHealthy.
+func (b *Backend) Healthy() bool { return !b.unhealthy.Load() }
 
 // SetDraining stops (true) or resumes (false) new connections to the backend;
 // open ones are untouched.
 func (b *Backend) SetDraining(d bool) { b.draining.Store(d) }
 
-// State is "up", "down" (not ready), "cooldown" (a recent dial failed) or
-// "draining".
+// Draining reports the flag set by SetDraining.
+func (b *Backend) Draining() bool { return b.draining.Load() }
+
+// Backend states returned by State.
+const (
+	StateUp        = "up"
+	StateDown      = "down"      // not ready (a launched worker not accepting yet)
+	StateUnhealthy = "unhealthy" // failing active health checks
+	StateCooldown  = "cooldown"  // ejected after failed dials
+	StateDraining  = "draining"  // no new connections, open ones finish
+)
+
+// States lists every value State returns.
+var States = []string{StateUp, StateDown, StateUnhealthy, StateCooldown, StateDraining}
+
+// State is one of the State* constants; the first that applies wins, in the
+// order draining, down, unhealthy, cooldown, up.
 func (b *Backend) State() string {
 	switch {
 	case b.draining.Load():
-		return "draining"
+		return StateDraining
 	case !b.ready.Load():
-		return "down"
+		return StateDown
+	case b.unhealthy.Load():
+		return StateUnhealthy
 	case time.Now().UnixNano() < b.downUntil.Load():
-		return "cooldown"
+		return StateCooldown
 	}
-	return "up"
+	return StateUp
 }
 
 // Up reports whether the backend takes new connections now.
-func (b *Backend) Up() bool { return b.State() == "up" }
+func (b *Backend) Up() bool { return b.State() == StateUp }
 
 // Options tune a Set. Zero values mean the documented defaults.
 type Options struct {
 	DialTimeout time.Duration // default 5s
-	Cooldown    time.Duration // passive ejection after a failed dial, default 5s
+	Cooldown    time.Duration // passive ejection after failed dials, default 5s
+	// EjectAfter is how many consecutive failed dials put a backend in
+	// Cooldown; default 1.
+	EjectAfter int
 	// BalanceFactor > 1 caps each backend at ceil(factor x its weighted share
 	// of the active connections); 0 disables the cap.
 	BalanceFactor float64
@@ -97,6 +140,7 @@ type Options struct {
 
 func (o Options) dialTimeout() time.Duration { return orDefault(o.DialTimeout, 5*time.Second) }
 func (o Options) cooldown() time.Duration    { return orDefault(o.Cooldown, 5*time.Second) }
+func (o Options) ejectAfter() int64          { return int64(max(o.EjectAfter, 1)) }
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
@@ -189,7 +233,8 @@ func (s *Set) Preferred(ip netip.Addr) *Backend {
 }
 
 // usable returns the predicate for a pick: not yet tried, and either up
-// (strict) or at least not draining/down (last resort, cool-down ignored).
+// (strict) or at least not draining/down (last resort: cool-down and failed
+// health checks ignored, since a dial will tell).
 func (s *Set) usable(tried []int, strict bool) func(int) bool {
 	now := time.Now().UnixNano()
 	limit := s.loadLimit()
@@ -206,7 +251,7 @@ func (s *Set) usable(tried []int, strict bool) func(int) bool {
 		if !strict {
 			return true
 		}
-		if now < b.downUntil.Load() {
+		if b.unhealthy.Load() || now < b.downUntil.Load() {
 			return false
 		}
 		return limit == nil || b.active.Load() < limit(i)
@@ -230,9 +275,10 @@ func (s *Set) loadLimit() func(i int) int64 {
 }
 
 // Dial connects to ip's backend. It walks ip's preference order: backends
-// that are down, draining or cooling down are skipped; a refused or timed-out
-// dial puts that backend in cool-down and the next one is tried. Only when
-// every backend is cooling down are they tried regardless. On success the
+// that are down, draining, unhealthy or cooling down are skipped; a refused or
+// timed-out dial is tried on the next one, and Options.EjectAfter such
+// failures in a row put the backend in cool-down. Only when no backend is up
+// are the unhealthy and cooling-down ones tried regardless. On success the
 // caller owns conn and must call b.Release() once it is closed.
 func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Conn, err error) {
 	var triedBuf [8]int
@@ -269,11 +315,19 @@ func (s *Set) dialOne(ctx context.Context, b *Backend) (net.Conn, error) {
 	conn, err := d.DialContext(ctx, b.network, b.addr)
 	if err != nil {
 		b.failures.Add(1)
-		b.downUntil.Store(time.Now().Add(s.opts.cooldown()).UnixNano())
-		s.log.Warn("backend dial failed; cooling down",
-			zap.String("backend", b.Name), zap.String("address", b.Address),
-			zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err))
+		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {
+			b.downUntil.Store(time.Now().Add(s.opts.cooldown()).UnixNano())
+			s.log.Warn("backend dial failed; cooling down",
+				zap.String("backend", b.Name), zap.String("address", b.Address),
+				zap.Int64("failures_in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err))
+		} else {
+			s.log.Warn("backend dial failed", zap.String("backend", b.Name), zap.String("address", b.Address),
+				zap.Int64("failures_in_a_row", n), zap.Error(err))
+		}
 		return nil, fmt.Errorf("dial backend %s: %w", b.Name, err)
+	}
+	if b.failStreak.Load() != 0 {
+		b.failStreak.Store(0)
 	}
 	b.active.Add(1)
 	b.total.Add(1)

@@ -31,7 +31,9 @@ const agent = process.env.PROXY_FROM ? new ProxyHeaderAgent({ keepAlive: true })
 
 let pending = clients;
 for (let i = 0; i < clients; i++) {
-  const socket = io(url, { transports, agent, reconnection: false, timeout: 5000 });
+  // forceNew: a connection per client. Without it io() hands every client
+  // the same Manager, and they all share one engine.io connection.
+  const socket = io(url, { forceNew: true, transports, agent, reconnection: false, timeout: 5000 });
   socket.on('welcome', (info) => {
     console.log(`client ${i}: welcome ${JSON.stringify(info)} via ${socket.io.engine.transport.name}`);
     socket.emit('ping', { client: i }, (reply) => {

@@ -1,0 +1,207 @@
+package integration_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runStickyd runs the binary to completion in dir with extra environment
+// and returns its exit code, stdout and stderr.
+func runStickyd(t *testing.T, dir string, env []string, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(stickydBin, args...)
+	cmd.Dir = dir
+	if dir == "" {
+		cmd.Dir = t.TempDir()
+	}
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(hangGuard):
+		cmd.Process.Kill()
+		t.Fatalf("stickyd %v did not exit", args)
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	bad := writeFile(t, dir, "bad.toml", "listen = \"127.0.0.1:0\"\n\nsend_proxy = \"v9\"\n[[backend]]\naddress = \"127.0.0.1:1\"\n")
+	unknown := writeFile(t, dir, "unknown.toml", "listen = \"127.0.0.1:0\"\nlisen = \"x\"\n")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{"unknown flag", []string{"--bogus"}, 2, "bogus"},
+		{"bad send-proxy flag", []string{"--backend", "127.0.0.1:1", "--send-proxy", "v3"}, 2, "send-proxy"},
+		{"bad backend flag", []string{"--backend", "x="}, 2, "--backend"},
+		{"no backends", []string{"--listen", "127.0.0.1:0"}, 2, "backend"},
+		{"bad value in file", []string{"--config", bad}, 2, "line 3"},
+		{"unknown key in file", []string{"--config", unknown}, 2, "line 2"},
+		{"port in use", []string{"--listen", busy.Addr().String(), "--backend", "127.0.0.1:1"}, 1, "address already in use"},
+		{"check-config bad", []string{"check-config", bad}, 2, "send_proxy"},
+		{"stray arguments", []string{"--backend", "127.0.0.1:1", "node", "app.js"}, 2, "--workers"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runStickyd(t, dir, nil, "", tc.args...)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d; stderr: %s", code, tc.code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q does not mention %q", stderr, tc.want)
+			}
+		})
+	}
+}
+
+func TestCheckConfigAndVersion(t *testing.T) {
+	repoConfig, err := filepath.Abs("../config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runStickyd(t, "", nil, "", "check-config", repoConfig)
+	if code != 0 || !strings.Contains(out, "config ok") {
+		t.Errorf("repo config.toml: exit %d, %q %q", code, out, stderr)
+	}
+	code, out, _ = runStickyd(t, "", nil, "", "version")
+	if code != 0 || !strings.HasPrefix(out, "stickyd ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}
+
+// Environment twins and the config file are honoured; flags override both.
+func TestEnvAndFileAndFlagPrecedence(t *testing.T) {
+	b := startBackend(t, "only")
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "c.toml", fmt.Sprintf("send_proxy = \"v2\"\n[[backend]]\nname = \"file\"\naddress = %q\n", b.addr()))
+
+	// The file says v2, the environment says v1: the environment wins.
+	t.Setenv("STICKYD_SEND_PROXY", "v1")
+	p := startStickyd(t, "--config", cfg)
+	c := dialFrom(t, "127.0.0.1", p.addr)
+	greeting(t, c)
+	c.Close()
+	if v := b.headers()[0].Version; v != 1 {
+		t.Errorf("STICKYD_SEND_PROXY=v1: backend got v%d", v)
+	}
+	// A flag beats the environment.
+	p = startStickyd(t, "--config", cfg, "--send-proxy", "v2")
+	c = dialFrom(t, "127.0.0.1", p.addr)
+	greeting(t, c)
+	c.Close()
+	if v := b.headers()[1].Version; v != 2 {
+		t.Errorf("--send-proxy v2 over env v1: backend got v%d", v)
+	}
+}
+
+func lookupArgs(names []string) []string {
+	args := []string{"lookup"}
+	for i, n := range names {
+		args = append(args, "--backend", fmt.Sprintf("%s=10.0.0.%d:80", n, i+1))
+	}
+	return args
+}
+
+// stickyd lookup: same answer whatever the backend order, IPv4-mapped maps
+// like IPv4, removing a backend moves only its addresses, bad lines are
+// reported with their line number.
+func TestLookup(t *testing.T) {
+	names := make([]string, 16)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%02d", i)
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	var in strings.Builder
+	const n = 100000
+	for range n {
+		if rng.IntN(4) == 0 {
+			var a [16]byte
+			for j := range a {
+				a[j] = byte(rng.Uint32())
+			}
+			fmt.Fprintln(&in, netip.AddrFrom16(a).String())
+		} else {
+			fmt.Fprintln(&in, netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String())
+		}
+	}
+	code, out1, stderr := runStickyd(t, "", nil, in.String(), lookupArgs(names)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	shuffled := append([]string(nil), names...)
+	rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	_, out2, _ := runStickyd(t, "", nil, in.String(), lookupArgs(shuffled)...)
+	if out1 != out2 {
+		t.Error("lookup output depends on backend order")
+	}
+	lines := strings.Split(strings.TrimSpace(out1), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d lines for %d addresses", len(lines), n)
+	}
+	count := map[string]int{}
+	for _, l := range lines {
+		count[strings.Fields(l)[1]]++
+	}
+	for name, c := range count {
+		if dev := float64(c)/float64(n/16) - 1; dev > 0.05 || dev < -0.05 {
+			t.Errorf("%s got %d of %d (%+.1f%%)", name, c, n, 100*dev)
+		}
+	}
+	// Remove node-03: only its addresses move.
+	_, out3, _ := runStickyd(t, "", nil, in.String(), lookupArgs(append(append([]string{}, names[:3]...), names[4:]...))...)
+	moved := 0
+	for i, l := range strings.Split(strings.TrimSpace(out3), "\n") {
+		was := strings.Fields(lines[i])[1]
+		now := strings.Fields(l)[1]
+		if was != "node-03" && was != now {
+			moved++
+		}
+	}
+	if float64(moved) > 0.005*float64(n) {
+		t.Errorf("removing one backend moved %d other addresses", moved)
+	}
+	// Mapped addresses, arguments, and bad input.
+	code, out, stderr := runStickyd(t, "", nil, "", append(lookupArgs(names), "::ffff:198.51.100.7", "198.51.100.7")...)
+	f := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(f) != 2 || strings.Fields(f[0])[1] != strings.Fields(f[1])[1] {
+		t.Errorf("mapped address: exit %d, %q %q", code, out, stderr)
+	}
+	code, out, stderr = runStickyd(t, "", nil, "10.1.1.1\nnot-an-ip\n10.1.1.2\n", lookupArgs(names)...)
+	if code != 1 || !strings.Contains(stderr, "line 2") || strings.Count(out, "\n") != 2 {
+		t.Errorf("bad line: exit %d, out %q, stderr %q", code, out, stderr)
+	}
+}
