@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t stickyd .
 # Run:   docker run --rm -p 3000:3000 stickyd
-#        (mount your own config at /etc/stickyd/config.toml)
+#        (mount your own config at /etc/stickyd/config.toml; for the admin
+#        API add -p 127.0.0.1:9000:9000 -e STICKYD_ADMIN=0.0.0.0:9000)
+# integration_test/ops_test.go checks the build line below against test.sh
+# and that the binary it makes is static.
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src

@@ -21,7 +21,7 @@ func proxyFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: envName("config"), Usage: "TOML config `FILE` (default ./config.toml when it exists)"},
 		&cli.StringFlag{Name: "listen", EnvVars: envName("listen"), Usage: "listen `ADDR` (default :3000)"},
-		&cli.StringSliceFlag{Name: "backend", EnvVars: envName("backend"), Usage: "backend `ADDR` or name=ADDR (repeatable; unix:/path for Unix sockets)"},
+		&cli.StringSliceFlag{Name: "backend", EnvVars: envName("backend"), Usage: "backend `ADDR` or name=ADDR (repeatable; unix:/path for Unix sockets; dns:HOST:PORT or dns:_service._proto.name for every address a DNS name resolves to)"},
 		&cli.StringFlag{Name: "send-proxy", EnvVars: envName("send-proxy"), Usage: "PROXY header sent to backends: v2, v1 or none (default v2)"},
 		&cli.StringSliceFlag{Name: "accept-proxy", EnvVars: envName("accept-proxy"), Usage: "`CIDR` of an upstream trusted to send PROXY headers (repeatable)"},
 		&cli.BoolFlag{Name: "forward-tlvs", EnvVars: envName("forward-tlvs"), Usage: "pass the upstream's PROXY v2 TLVs on to backends"},
@@ -37,6 +37,19 @@ func proxyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "engine", EnvVars: envName("engine"), Usage: "connection engine: epoll (default) or goroutine"},
 		&cli.StringFlag{Name: "admin", EnvVars: envName("admin"), Usage: "admin and metrics listen `ADDR` (off by default; bind it to loopback)"},
 		&cli.StringFlag{Name: "workers", EnvVars: envName("workers"), Usage: "launch `N` (or auto) worker processes running the command after --"},
+		&cli.StringFlag{Name: "health-check", EnvVars: envName("health-check"), Usage: "active health check of each backend: tcp, http or none (default none)"},
+		&cli.DurationFlag{Name: "health-interval", EnvVars: envName("health-interval"), Usage: "time between health checks of a backend (default 2s)"},
+		&cli.DurationFlag{Name: "health-timeout", EnvVars: envName("health-timeout"), Usage: "deadline for one health check (default 1s)"},
+		&cli.IntFlag{Name: "health-rise", EnvVars: envName("health-rise"), Usage: "passed checks in a row that bring a backend back (default 2)"},
+		&cli.IntFlag{Name: "health-fall", EnvVars: envName("health-fall"), Usage: "failed checks in a row that take a backend out (default 3)"},
+		&cli.StringFlag{Name: "health-path", EnvVars: envName("health-path"), Usage: "HTTP health check request `PATH` (default /)"},
+		&cli.IntFlag{Name: "health-expect-status", EnvVars: envName("health-expect-status"), Usage: "HTTP health check status (default: any 2xx or 3xx)"},
+		&cli.StringFlag{Name: "health-send-proxy", EnvVars: envName("health-send-proxy"), Usage: "PROXY LOCAL header opening each check: v2, v1 or none (default: as --send-proxy)"},
+		&cli.DurationFlag{Name: "health-cooldown", EnvVars: envName("health-cooldown"), Usage: "how long failed dials keep a backend out (default 5s)"},
+		&cli.IntFlag{Name: "health-eject-after", EnvVars: envName("health-eject-after"), Usage: "failed dials in a row that start the cool-down (default 1)"},
+		&cli.StringFlag{Name: "dns-server", EnvVars: envName("dns-server"), Usage: "DNS server `ADDR` (host:port) for dns: backends (default: the system resolver)"},
+		&cli.DurationFlag{Name: "dns-interval", EnvVars: envName("dns-interval"), Usage: "how often dns: backends are resolved again (default 10s)"},
+		&cli.StringFlag{Name: "pid-file", EnvVars: envName("pid-file"), Usage: "write the process id to `FILE` while serving (follows SIGUSR2 upgrades)"},
 		&cli.StringFlag{Name: "log-level", EnvVars: envName("log-level"), Usage: "debug, info, warn or error (default info)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: envName("log-format"), Usage: "console or json (default: console on a TTY, json otherwise)"},
 	}
@@ -86,6 +99,8 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 		"listen": &cfg.Listen, "send-proxy": &cfg.SendProxy, "client-ip-header": &cfg.ClientIPHeader,
 		"hash-key": &cfg.HashKey, "engine": &cfg.Engine, "admin": &cfg.Admin,
 		"log-level": &cfg.LogLevel, "log-format": &cfg.LogFormat,
+		"health-check": &cfg.Health.Check, "health-path": &cfg.Health.Path, "health-send-proxy": &cfg.Health.SendProxy,
+		"dns-server": &cfg.DNSServer, "pid-file": &cfg.PIDFile,
 	}
 	for name, p := range str {
 		if c.IsSet(name) {
@@ -95,6 +110,8 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 	dur := map[string]*config.Duration{
 		"proxy-header-timeout": &cfg.ProxyHeaderTimeout, "connect-timeout": &cfg.ConnectTimeout,
 		"idle-timeout": &cfg.IdleTimeout, "drain-timeout": &cfg.DrainTimeout,
+		"health-interval": &cfg.Health.Interval, "health-timeout": &cfg.Health.Timeout,
+		"health-cooldown": &cfg.Health.Cooldown, "dns-interval": &cfg.DNSInterval,
 	}
 	for name, p := range dur {
 		if c.IsSet(name) {
@@ -113,8 +130,14 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 	if c.IsSet("balance-factor") {
 		cfg.BalanceFactor = c.Float64("balance-factor")
 	}
-	if c.IsSet("max-connections") {
-		cfg.MaxConnections = c.Int("max-connections")
+	ints := map[string]*int{
+		"max-connections": &cfg.MaxConnections, "health-rise": &cfg.Health.Rise, "health-fall": &cfg.Health.Fall,
+		"health-expect-status": &cfg.Health.ExpectStatus, "health-eject-after": &cfg.Health.EjectAfter,
+	}
+	for name, p := range ints {
+		if c.IsSet(name) {
+			*p = c.Int(name)
+		}
 	}
 	if c.IsSet("accept-proxy") {
 		cfg.AcceptProxy = c.StringSlice("accept-proxy")

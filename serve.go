@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
+	"time"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/balancer"
 	"github.com/stickyd/stickyd/config"
@@ -19,9 +23,32 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// daemon is a running proxy: the server, its listeners, the workers, and
+// the background loops (health checks, DNS) of the config in force.
+type daemon struct {
+	c       *cli.Context
+	argv    []string // worker command after --
+	log     *zap.Logger
+	boot    *config.Config // as started: what only a restart changes
+	srv     *server.Server
+	sup     *backend.Supervisor // nil without [workers]
+	workers []backend.Spec      // the worker slots, fixed for the process's life
+	ln      net.Listener
+	adminLn net.Listener // nil when admin is off
+	admin   *http.Server
+
+	mu    sync.Mutex
+	cfg   *config.Config      // the config in force; guarded by mu
+	dns   map[string][]string // dns backend answers in force; guarded by mu
+	loops *loops              // of cfg; guarded by mu
+}
+
 // serve is the default action: run the proxy until SIGTERM or SIGINT.
+// SIGHUP reloads the config file; SIGUSR2 hands the listening socket to a
+// new copy of the binary and drains (upgrade.go).
 func serve(c *cli.Context) error {
-	cfg, err := loadConfig(c, c.Args().Slice())
+	argv := c.Args().Slice()
+	cfg, err := loadConfig(c, argv)
 	if err != nil {
 		return err
 	}
@@ -30,13 +57,35 @@ func serve(c *cli.Context) error {
 		return usageError("log: %v", err)
 	}
 	defer log.Sync()
+	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2) // until run handles them
+	inh, err := takeInherited()
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	d := &daemon{c: c, argv: argv, log: log, boot: cfg, cfg: cfg}
+	if err := d.start(inh); err != nil {
+		inh.close()
+		return err
+	}
+	return d.run(inh)
+}
 
-	var srv *server.Server // set below, before any worker can report
-	specs, sup, err := backendSpecs(cfg, log, func() *backend.Set { return srv.Backends() })
+// start builds the backend set, the server and the listeners.
+func (d *daemon) start(inh *inherited) error {
+	cfg := d.cfg
+	var err error
+	d.workers, d.sup, err = workerSpecs(cfg, d.log, func() *backend.Set { return d.srv.Backends() })
 	if err != nil {
 		return usageError("%v", err)
 	}
-	set, err := newSet(cfg, specs, log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	d.dns = d.firstDNS(ctx, cfg)
+	stopped := ctx.Err() != nil
+	stop()
+	if stopped {
+		return nil // stopped while waiting for DNS; run returns at once
+	}
+	set, err := d.buildSet(cfg, d.dns, nil)
 	if err != nil {
 		return usageError("%v", err)
 	}
@@ -44,54 +93,128 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("start engine: %w", err)
 	}
-	ln, err := net.Listen("tcp", cfg.ListenAddr())
-	if err != nil {
+	if d.ln, err = inh.listener(cfg.ListenAddr()); err != nil {
 		engine.Close()
 		return fmt.Errorf("listen %s: %w", cfg.ListenAddr(), err)
 	}
-	srv = server.New(serverOptions(cfg), set, engine, log.Named("server"))
-	log.Info("stickyd listening", zap.String("listen", ln.Addr().String()),
-		zap.Int("backends", len(specs)), zap.String("send_proxy", sendProxyName(cfg)),
-		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.String("version", buildVersion()))
-	return run(cfg, log, srv, ln, sup)
+	if d.adminLn, err = inh.adminListener(cfg.Admin); err != nil {
+		engine.Close()
+		d.ln.Close()
+		return fmt.Errorf("admin listen %s: %w", cfg.Admin, err)
+	}
+	d.srv = server.New(serverOptions(cfg), set, engine, d.log.Named("server"))
+	d.loops = d.startLoops(cfg)
+	d.startAdmin()
+	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
+		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", sendProxyName(cfg)),
+		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", inh != nil),
+		zap.String("version", buildVersion()))
+	return nil
 }
 
-// run serves until a stop signal, then drains and stops the workers.
-func run(cfg *config.Config, log *zap.Logger, srv *server.Server, ln net.Listener, sup *backend.Supervisor) error {
+// startAdmin serves the admin API when admin is set.
+func (d *daemon) startAdmin() {
+	if d.adminLn == nil {
+		return
+	}
+	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
+		MaxConnections: maxConnections(d.boot), Workers: d.sup}, d.log.Named("admin"))
+	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: zap.NewStdLog(d.log.Named("admin"))}
+	go d.admin.Serve(d.adminLn)
+	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()))
+}
+
+// run serves until a stop signal or a completed upgrade, then drains and
+// stops the workers.
+func (d *daemon) run(inh *inherited) error {
+	if d.srv == nil {
+		return nil // stopped during start
+	}
 	workersCtx, stopWorkers := context.WithCancel(context.Background())
 	workersDone := make(chan error, 1)
-	if sup != nil {
-		go func() { workersDone <- sup.Run(workersCtx) }()
+	if d.sup != nil {
+		go func() { workersDone <- d.sup.Run(workersCtx) }()
 	} else {
 		workersDone <- nil
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() { serveErr <- d.srv.Serve(d.ln) }()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
-	var err error
-	select {
-	case sig := <-sigs:
-		log.Info("stopping", zap.Stringer("signal", sig), zap.Duration("drain_timeout", cfg.Drain()))
-	case err = <-serveErr:
-		log.Error("accept loop failed", zap.Error(err))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Drain())
+	pid := writePIDFile(d.boot.PIDFile, d.log)
+	inh.signalReady(d.log)
+
+	err := d.signals(sigs, serveErr)
+	d.mu.Lock()
+	drain := d.cfg.Drain()
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	if derr := srv.Shutdown(ctx); derr != nil {
-		log.Warn("drain cut short", zap.Error(derr))
+	if derr := d.srv.Shutdown(ctx); derr != nil {
+		d.log.Warn("drain cut short", zap.Error(derr))
 	}
+	d.stopAdmin()
+	d.stopLoops()
 	stopWorkers()
 	if werr := <-workersDone; werr != nil && !errors.Is(werr, context.Canceled) {
-		log.Error("workers", zap.Error(werr))
+		d.log.Error("workers", zap.Error(werr))
 	}
-	log.Info("stopped")
+	removePIDFile(d.boot.PIDFile, pid)
+	d.log.Info("stopped")
 	if err != nil && !errors.Is(err, server.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// signals handles SIGHUP (reload) and SIGUSR2 (upgrade) until SIGTERM or
+// SIGINT, a completed upgrade, or a failed accept loop (returned).
+func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
+	var upgrading chan error // non-nil while an upgrade runs
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGHUP:
+				d.reload()
+			case syscall.SIGUSR2:
+				if upgrading != nil {
+					d.log.Warn("upgrade already in progress; SIGUSR2 ignored")
+					continue
+				}
+				upgrading = make(chan error, 1)
+				go func() { upgrading <- d.upgrade() }()
+			default:
+				d.mu.Lock()
+				drain := d.cfg.Drain()
+				d.mu.Unlock()
+				d.log.Info("stopping", zap.Stringer("signal", sig), zap.Duration("drain_timeout", drain))
+				return nil
+			}
+		case err := <-upgrading:
+			upgrading = nil
+			if err != nil {
+				d.log.Error("upgrade failed; this process keeps serving", zap.Error(err))
+				continue
+			}
+			d.log.Info("upgrade: the new process serves; draining this one")
+			return nil
+		case err := <-serveErr:
+			d.log.Error("accept loop failed", zap.Error(err))
+			return err
+		}
+	}
+}
+
+func (d *daemon) stopAdmin() {
+	if d.admin == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d.admin.Shutdown(ctx)
 }
 
 func serverOptions(cfg *config.Config) server.Options {
@@ -131,29 +254,45 @@ func maxConnections(cfg *config.Config) int {
 	return max(1, (int(lim.Cur)-128)/perConn)
 }
 
-// newSet builds the backend set from specs.
-func newSet(cfg *config.Config, specs []backend.Spec, log *zap.Logger) (*backend.Set, error) {
+// newSet builds the backend set from specs, reusing the Backend values of
+// reuse (with their state and counters) where name and address match.
+func newSet(cfg *config.Config, specs []backend.Spec, log *zap.Logger, reuse ...*backend.Backend) (*backend.Set, error) {
 	key, err := balancer.ParseKeyMode(cfg.HashKey)
 	if err != nil {
 		return nil, fmt.Errorf("hash_key: %w", err)
 	}
 	return backend.NewSet(specs, backend.Options{
 		DialTimeout:   cfg.DialTimeout(),
+		Cooldown:      cfg.Health.Cooldown.Duration,
+		EjectAfter:    cfg.Health.EjectAfter,
 		BalanceFactor: cfg.BalanceFactor,
 		Balancer:      balancer.Options{Key: key},
-	}, log.Named("backend"))
+	}, log.Named("backend"), reuse...)
 }
 
-// backendSpecs lists the static backends and, with [workers], the worker
-// slots (out of rotation until ready) and their supervisor.
-// current returns the backend set in force when a worker changes state.
+// backendSpecs lists every backend of cfg: the static ones, the addresses
+// its dns backends resolve to now (failures are logged), and with
+// [workers] the worker slots (out of rotation until ready) and their
+// supervisor. current returns the backend set in force when a worker
+// changes state.
 func backendSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Set) ([]backend.Spec, *backend.Supervisor, error) {
-	var specs []backend.Spec
-	for _, b := range cfg.Backends {
-		specs = append(specs, backend.Spec{Name: b.BackendName(), Address: b.Address, Weight: b.BackendWeight()})
+	specs := staticSpecs(cfg)
+	if targets := cfg.DNSTargets(); len(targets) > 0 {
+		answers, err := newResolver(cfg).ResolveAll(context.Background(), targets)
+		if err != nil {
+			log.Warn("dns backends did not resolve", zap.Error(err))
+		}
+		specs = append(specs, dnsSpecs(cfg, answers, specs)...)
 	}
+	workers, sup, err := workerSpecs(cfg, log, current)
+	return append(specs, workers...), sup, err
+}
+
+// workerSpecs returns the worker slots of [workers] (out of rotation until
+// ready) and their supervisor, or nothing without [workers].
+func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Set) ([]backend.Spec, *backend.Supervisor, error) {
 	if cfg.Workers == nil {
-		return specs, nil, nil
+		return nil, nil, nil
 	}
 	var sup *backend.Supervisor
 	sup, err := backend.NewSupervisor(workerConfig(cfg.Workers), log.Named("worker"), func(slot int, ready bool) {
@@ -164,6 +303,7 @@ func backendSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.S
 	if err != nil {
 		return nil, nil, fmt.Errorf("workers: %w", err)
 	}
+	var specs []backend.Spec
 	for _, w := range sup.Slots() {
 		specs = append(specs, backend.Spec{Name: w.Name, Address: w.Address, Weight: 1, NotReady: true})
 	}

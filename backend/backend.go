@@ -281,6 +281,16 @@ func (s *Set) loadLimit() func(i int) int64 {
 // are the unhealthy and cooling-down ones tried regardless. On success the
 // caller owns conn and must call b.Release() once it is closed.
 func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Conn, err error) {
+	return s.DialWith(ctx, ip, nil)
+}
+
+// DialFunc connects like net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// DialWith is Dial with dial making the connections (nil: a net.Dialer).
+// The server passes its relay engine's dialer, whose sockets the engine
+// adopts without system calls.
+func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Backend, conn net.Conn, err error) {
 	var triedBuf [8]int
 	tried := triedBuf[:0]
 	var errs []error
@@ -292,7 +302,7 @@ func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Con
 			}
 			tried = append(tried, i)
 			b = s.backends[i]
-			conn, err = s.dialOne(ctx, b)
+			conn, err = s.dialOne(ctx, b, dial)
 			if err == nil {
 				return b, conn, nil
 			}
@@ -308,11 +318,14 @@ func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Con
 	return nil, nil, fmt.Errorf("%w: %w", ErrNoBackend, errors.Join(errs...))
 }
 
-func (s *Set) dialOne(ctx context.Context, b *Backend) (net.Conn, error) {
+func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.dialTimeout())
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, b.network, b.addr)
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	conn, err := dial(ctx, b.network, b.addr)
 	if err != nil {
 		b.failures.Add(1)
 		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {

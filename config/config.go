@@ -77,21 +77,67 @@ type Config struct {
 	Engine string `toml:"engine"`
 	// Admin is the admin/metrics listener address; empty disables it.
 	Admin string `toml:"admin"`
+	// Health is the [health] table: active and passive health checks.
+	Health Health `toml:"health"`
+	// DNSServer is the DNS server (host:port) that resolves dns backends.
+	// Default: the system resolver (/etc/resolv.conf).
+	DNSServer string `toml:"dns_server"`
+	// DNSInterval is how often dns backends are resolved again. Default 10s.
+	DNSInterval Duration `toml:"dns_interval"`
+	// PIDFile, when set, is written with the process id once stickyd
+	// serves (again by the new process after a SIGUSR2 upgrade) and removed
+	// at exit.
+	PIDFile string `toml:"pid_file"`
 	// Workers, when present, makes stickyd launch its own backends.
 	Workers *Workers `toml:"workers"`
 
 	lines map[string]int // key path -> line in the file, for error messages
 }
 
-// Backend is one [[backend]] table.
+// Backend is one [[backend]] table: a static backend (Address) or a DNS
+// name that stands for as many backends as it resolves to (DNS).
 type Backend struct {
 	// Name identifies the backend to the balancer; it decides which client
-	// IPs the backend gets. Default: Address.
+	// IPs the backend gets. Default: Address. Not allowed with DNS.
 	Name string `toml:"name"`
 	// Address is host:port, or unix:/path for a Unix socket.
 	Address string `toml:"address"`
-	// Weight is the relative share of clients. Default 1.
+	// DNS is "host:port" (every A/AAAA address of host, on port) or an SRV
+	// name "_service._proto.name" (every target and port). Each address
+	// found is a backend named by its "ip:port", so replicas that resolve
+	// the same name agree on the names. Re-resolved every dns_interval.
+	DNS string `toml:"dns"`
+	// Weight is the relative share of clients (of each address, for DNS).
+	// Default 1.
 	Weight int `toml:"weight"`
+}
+
+// Health is the [health] table. Each key has a flag twin prefixed with
+// "health-" (check is --health-check).
+type Health struct {
+	// Check is the active check: "tcp" (connect), "http" (GET Path) or
+	// "none" (default).
+	Check string `toml:"check"`
+	// Interval between checks of a backend. Default 2s.
+	Interval Duration `toml:"interval"`
+	// Timeout bounds one check. Default 1s; at most Interval.
+	Timeout Duration `toml:"timeout"`
+	// Rise passes in a row bring a backend back. Default 2.
+	Rise int `toml:"rise"`
+	// Fall failures in a row take a backend out. Default 3.
+	Fall int `toml:"fall"`
+	// Path is the HTTP check's path. Default "/".
+	Path string `toml:"path"`
+	// ExpectStatus is the HTTP check's status; default any 2xx or 3xx.
+	ExpectStatus int `toml:"expect_status"`
+	// SendProxy is the PROXY header opening each check connection, as a
+	// LOCAL header: "v2", "v1" or "none". Default: as send_proxy.
+	SendProxy string `toml:"send_proxy"`
+	// Cooldown is the passive ejection after failed dials. Default 5s.
+	Cooldown Duration `toml:"cooldown"`
+	// EjectAfter is how many failed dials in a row start the cool-down.
+	// Default 1.
+	EjectAfter int `toml:"eject_after"`
 }
 
 // Workers is the [workers] table: worker processes stickyd launches.
@@ -179,8 +225,10 @@ func (c *Config) ListenAddr() string {
 }
 
 // ProxyVersion returns the outgoing PROXY version: 2, 1 or 0 for none.
-func (c *Config) ProxyVersion() byte {
-	switch c.SendProxy {
+func (c *Config) ProxyVersion() byte { return versionOf(c.SendProxy) }
+
+func versionOf(s string) byte {
+	switch s {
 	case "v1":
 		return 1
 	case "none":
@@ -200,6 +248,29 @@ func (c *Config) Idle() time.Duration { return c.IdleTimeout.Duration }
 
 // Drain is drain_timeout, default 30s.
 func (c *Config) Drain() time.Duration { return orDefault(c.DrainTimeout, 30*time.Second) }
+
+// DNSRefresh is dns_interval, default 10s.
+func (c *Config) DNSRefresh() time.Duration { return orDefault(c.DNSInterval, 10*time.Second) }
+
+// DNSTargets lists the dns keys of the [[backend]] tables, in order.
+func (c *Config) DNSTargets() []string {
+	var out []string
+	for _, b := range c.Backends {
+		if b.DNS != "" {
+			out = append(out, b.DNS)
+		}
+	}
+	return out
+}
+
+// HealthSendProxy is the PROXY version of health-check connections:
+// health.send_proxy, defaulting to send_proxy.
+func (c *Config) HealthSendProxy() byte {
+	if c.Health.SendProxy == "" {
+		return c.ProxyVersion()
+	}
+	return versionOf(c.Health.SendProxy)
+}
 
 // Trusted parses accept_proxy into prefixes. Validate has checked them.
 func (c *Config) Trusted() []netip.Prefix {
@@ -250,8 +321,15 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// ParseBackendFlag parses a --backend value: "ADDR" or "name=ADDR".
+// ParseBackendFlag parses a --backend value: "ADDR", "name=ADDR", or
+// "dns:HOST:PORT" / "dns:_service._proto.name" for a DNS backend.
 func ParseBackendFlag(s string) (Backend, error) {
+	if target, ok := strings.CutPrefix(s, "dns:"); ok {
+		if target == "" {
+			return Backend{}, fmt.Errorf("want dns:HOST:PORT or dns:_service._proto.name, got %q", s)
+		}
+		return Backend{DNS: target}, nil
+	}
 	name, addr, ok := strings.Cut(s, "=")
 	if !ok {
 		addr, name = s, s

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2/unstable"
 	"go.uber.org/zap/zapcore"
@@ -13,7 +14,7 @@ import (
 // Validate checks every value. The error names the key and, when the value
 // came from the file, its line.
 func (c *Config) Validate() error {
-	checks := []func() error{c.checkScalars, c.checkBackends, c.checkWorkers}
+	checks := []func() error{c.checkScalars, c.checkBackends, c.checkWorkers, c.checkHealth, c.checkDNS}
 	for _, check := range checks {
 		if err := check(); err != nil {
 			return err
@@ -67,19 +68,96 @@ func (c *Config) checkBackends() error {
 		return c.errorf("backend", "no backends: give [[backend]] tables, --backend, or [workers]")
 	}
 	seen := make(map[string]int)
+	seenDNS := make(map[string]int)
 	for i, b := range c.Backends {
 		key := fmt.Sprintf("backend[%d]", i)
-		if err := checkBackendAddress(b.Address); err != nil {
-			return c.errorf(key+".address", "%v", err)
-		}
 		if b.Weight < 0 {
 			return c.errorf(key+".weight", "want >= 1, got %d", b.Weight)
+		}
+		if b.DNS != "" {
+			if j, dup := seenDNS[b.DNS]; dup {
+				return c.errorf(key+".dns", "duplicate dns backend %q (also backend[%d])", b.DNS, j)
+			}
+			seenDNS[b.DNS] = i
+			if err := c.checkDNSBackend(key, b); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := checkBackendAddress(b.Address); err != nil {
+			return c.errorf(key+".address", "%v", err)
 		}
 		name := b.BackendName()
 		if j, dup := seen[name]; dup {
 			return c.errorf(key+".name", "duplicate backend name %q (also backend[%d])", name, j)
 		}
 		seen[name] = i
+	}
+	return nil
+}
+
+// checkDNSBackend checks a [[backend]] table with a dns key.
+func (c *Config) checkDNSBackend(key string, b Backend) error {
+	switch {
+	case b.Address != "":
+		return c.errorf(key+".dns", "give address or dns, not both")
+	case b.Name != "":
+		return c.errorf(key+".name", "a dns backend has no name: each address it resolves to is named by its ip:port")
+	}
+	if strings.HasPrefix(b.DNS, "_") {
+		if strings.ContainsAny(b.DNS, ": /") || !strings.Contains(b.DNS, ".") {
+			return c.errorf(key+".dns", "want an SRV name _service._proto.name (no port), got %q", b.DNS)
+		}
+		return nil
+	}
+	host, _, err := net.SplitHostPort(b.DNS)
+	if err != nil || host == "" || checkHostPort(b.DNS) != nil {
+		return c.errorf(key+".dns", "want host:port or _service._proto.name, got %q", b.DNS)
+	}
+	return nil
+}
+
+func (c *Config) checkHealth() error {
+	h := c.Health
+	if !oneOf(h.Check, "", "none", "tcp", "http") {
+		return c.errorf("health.check", "want tcp, http or none, got %q", h.Check)
+	}
+	if h.Interval.Duration != 0 && h.Interval.Duration < 10*time.Millisecond {
+		return c.errorf("health.interval", "want at least 10ms, got %v", h.Interval.Duration)
+	}
+	interval := orDefault(h.Interval, 2*time.Second)
+	if h.Timeout.Duration > interval {
+		return c.errorf("health.timeout", "%v is longer than health.interval %v", h.Timeout.Duration, interval)
+	}
+	counts := []struct {
+		key string
+		n   int
+	}{{"health.rise", h.Rise}, {"health.fall", h.Fall}, {"health.eject_after", h.EjectAfter}}
+	for _, kn := range counts {
+		if kn.n < 0 || kn.n > 1000 {
+			return c.errorf(kn.key, "want 1..1000, got %d", kn.n)
+		}
+	}
+	if h.Path != "" && (!strings.HasPrefix(h.Path, "/") || strings.ContainsAny(h.Path, " \r\n\t")) {
+		return c.errorf("health.path", "want an absolute request path such as /healthz, got %q", h.Path)
+	}
+	if h.ExpectStatus != 0 && (h.ExpectStatus < 100 || h.ExpectStatus > 599) {
+		return c.errorf("health.expect_status", "want an HTTP status 100..599, got %d", h.ExpectStatus)
+	}
+	if !oneOf(h.SendProxy, "", "v1", "v2", "none") {
+		return c.errorf("health.send_proxy", "want v2, v1 or none, got %q", h.SendProxy)
+	}
+	return nil
+}
+
+func (c *Config) checkDNS() error {
+	if c.DNSServer != "" {
+		if err := checkHostPort(c.DNSServer); err != nil {
+			return c.errorf("dns_server", "%v", err)
+		}
+	}
+	if d := c.DNSInterval.Duration; d != 0 && d < 100*time.Millisecond {
+		return c.errorf("dns_interval", "want at least 100ms, got %v", d)
 	}
 	return nil
 }
@@ -138,7 +216,18 @@ func (c *Config) errorf(key, format string, args ...any) error {
 			return fmt.Errorf("%w: line %d: key %q: %s", ErrInvalid, line, key, msg)
 		}
 	}
-	return fmt.Errorf("%w: %s (flag --%s): %s", ErrInvalid, key, strings.ReplaceAll(baseKey(key), "_", "-"), msg)
+	return fmt.Errorf("%w: %s (flag --%s): %s", ErrInvalid, key, flagOf(key), msg)
+}
+
+// flagOf names the flag twin of key: send_proxy is --send-proxy,
+// health.rise is --health-rise, backend[2].address is --backend.
+func flagOf(key string) string {
+	if rest, ok := strings.CutPrefix(key, "health."); ok {
+		key = "health_" + rest
+	} else {
+		key = baseKey(key)
+	}
+	return strings.ReplaceAll(key, "_", "-")
 }
 
 func baseKey(key string) string {

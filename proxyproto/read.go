@@ -23,6 +23,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
@@ -39,8 +40,8 @@ var (
 	ErrTruncated = errors.New("proxyproto: header truncated")
 	// ErrTimeout: the header did not complete within the timeout.
 	ErrTimeout = errors.New("proxyproto: header timeout")
-	// ErrEmpty: the peer closed the connection before sending a byte (a
-	// port probe, a TCP health check).
+	// ErrEmpty: the peer closed (or reset) the connection before sending a
+	// byte (a port probe, a TCP health check).
 	ErrEmpty = errors.New("proxyproto: connection closed before any byte")
 	// ErrUnexpected: an untrusted peer sent a PROXY header.
 	ErrUnexpected = errors.New("proxyproto: PROXY header from untrusted peer")
@@ -97,12 +98,17 @@ func Parse(raw []byte) (*Header, error) {
 		if errors.Is(err, pp.ErrNoProxyProtocol) {
 			return nil, fmt.Errorf("%w: %w", ErrNoHeader, err)
 		}
-		return nil, err
+		return nil, fmt.Errorf("parse %s: %w", describe(raw), err)
 	}
 	h := &Header{Version: ph.Version, Local: ph.Command.IsLocal(), Raw: raw}
 	if ph.Version == 2 {
 		if h.TLVs, err = ph.TLVs(); err != nil {
-			return nil, err
+			if !h.Local {
+				return nil, fmt.Errorf("parse %s: %w", describe(raw), err)
+			}
+			// LOCAL: the receiver discards the whole block (spec 2.2), so a
+			// health check with a malformed TLV vector is still served.
+			h.TLVs = nil
 		}
 	}
 	if h.Local {
@@ -158,6 +164,11 @@ func headerLen(buf []byte) (int, error) {
 	if len(buf) < v2FixedLen {
 		return 0, nil
 	}
+	// Refuse at once a length the library would refuse once read: a lying
+	// length must not hold the connection (and 64 KiB) until the timeout.
+	if n := int(binary.BigEndian.Uint16(buf[14:16])); n > int(pp.MaxV2HeaderSize) {
+		return 0, fmt.Errorf("%w: v2 length %d over %d", pp.ErrInvalidLength, n, pp.MaxV2HeaderSize)
+	}
 	return v2FixedLen + int(binary.BigEndian.Uint16(buf[14:16])), nil
 }
 
@@ -182,13 +193,23 @@ func LooksLikeHeader(buf []byte) (maybe, certain bool) {
 	return true, bytes.HasPrefix(buf, pp.SIGV1) || (len(buf) >= len(pp.SIGV2) && bytes.HasPrefix(buf, pp.SIGV2))
 }
 
+// describe names a header that failed to parse, for the log line: a v1
+// line quoted, or a v2 header's command, family and length bytes.
+func describe(raw []byte) string {
+	if len(raw) >= v2FixedLen && bytes.HasPrefix(raw, pp.SIGV2) {
+		return fmt.Sprintf("v2 header (command 0x%02x, family 0x%02x, length %d)",
+			raw[12], raw[13], binary.BigEndian.Uint16(raw[14:16]))
+	}
+	return fmt.Sprintf("v1 header %q", clip(raw, v1MaxLen))
+}
+
 func readError(err error, got int) error {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return fmt.Errorf("%w after %d bytes", ErrTimeout, got)
 	}
-	if got == 0 && errors.Is(err, io.EOF) {
-		return ErrEmpty
+	if got == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		return ErrEmpty // HAProxy and NLB health checks close with a reset
 	}
 	return fmt.Errorf("%w after %d bytes: %w", ErrTruncated, got, err)
 }

@@ -40,6 +40,22 @@ func v2Header(t *testing.T, src, dst string, tlvs ...pp.TLV) []byte {
 	return buf.Bytes()
 }
 
+// v2Local builds a v2 LOCAL header with the given family byte and block.
+func v2Local(t *testing.T, family byte, block []byte) []byte {
+	t.Helper()
+	h := append(append([]byte{}, pp.SIGV2...), 0x20, family, byte(len(block)>>8), byte(len(block)))
+	return append(h, block...)
+}
+
+func tlvBytes(t *testing.T, tlvs ...pp.TLV) []byte {
+	t.Helper()
+	raw, err := pp.JoinTLVs(tlvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
 func TestReadHeader(t *testing.T) {
 	nlbTLVs := []pp.TLV{{Type: 0xEA, Value: append([]byte{0x01}, "vpce-0123456789abcdef0"...)}, {Type: pp.PP2_TYPE_NOOP, Value: make([]byte, 300)}}
 	tests := []struct {
@@ -58,6 +74,9 @@ func TestReadHeader(t *testing.T) {
 		{name: "v2 nlb tlvs over 256 bytes", in: v2Header(t, "203.0.113.5:999", "10.0.0.1:80", nlbTLVs...), src: "203.0.113.5:999", dst: "10.0.0.1:80", tlvs: 2},
 		{name: "v2 local", in: append(append([]byte{}, pp.SIGV2...), 0x20, 0, 0, 0), local: true},
 		{name: "v2 local with dummy addresses", in: append(append([]byte{}, pp.SIGV2...), 0x20, 0x11, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2), local: true},
+		{name: "v2 local with nlb tlvs", in: v2Local(t, 0x11, append(make([]byte, 12), tlvBytes(t, nlbTLVs...)...)), local: true, tlvs: 2},
+		{name: "v2 local with junk block", in: v2Local(t, 0x11, append(make([]byte, 12), "junk!"...)), local: true},
+		{name: "v2 local unspec with junk", in: v2Local(t, 0x00, []byte("\xff\xff\xffjunk")), local: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -129,7 +148,7 @@ func TestReadHeaderErrors(t *testing.T) {
 		{"v2 bad command", append(append([]byte{}, sig...), 0x2F, 0x11, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2), false, nil},
 		{"v2 length too short", append(append([]byte{}, sig...), 0x21, 0x11, 0, 4, 1, 2, 3, 4), false, pp.ErrInvalidLength},
 		{"v2 length lies long", append(append([]byte{}, sig...), 0x21, 0x11, 0, 200, 1, 2, 3, 4), true, ErrTruncated},
-		{"v2 length 65535", append(append([]byte{}, sig...), 0x21, 0x11, 0xFF, 0xFF, 1, 2, 3, 4), true, ErrTruncated},
+		{"v2 length 65535 refused before it is read", append(append([]byte{}, sig...), 0x21, 0x11, 0xFF, 0xFF, 1, 2, 3, 4), false, pp.ErrInvalidLength},
 		{"v2 truncated address", append(append([]byte{}, sig...), 0x21, 0x21, 0, 36, 1, 2, 3, 4), true, ErrTruncated},
 		{"v2 unknown family", append(append([]byte{}, sig...), 0x21, 0x71, 0, 0), false, nil},
 		{"garbage", []byte{0xde, 0xad, 0xbe, 0xef}, false, ErrNoHeader},
@@ -220,4 +239,15 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip %v->%v became %v->%v", h.Source, h.Destination, h2.Source, h2.Destination)
 		}
 	})
+}
+
+// A peer that resets before sending a byte (HAProxy's and the NLB's TCP
+// health checks) is a probe, like one that closes: ErrEmpty, not an error.
+func TestReadHeaderResetBeforeAnyByte(t *testing.T) {
+	c, s := pipePair(t)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	if _, _, err := ReadHeader(s, 2*time.Second); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("err = %v, want ErrEmpty", err)
+	}
 }

@@ -13,17 +13,26 @@ import (
 // are sent as IPv6 with the IPv4 side mapped. tlvs are included in a v2
 // header only.
 func Write(w io.Writer, version byte, src, dst netip.AddrPort, tlvs []pp.TLV) error {
+	b, err := Format(version, src, dst, tlvs)
+	if err == nil && len(b) > 0 {
+		_, err = w.Write(b)
+	}
+	return err
+}
+
+// Format returns the header Write writes, for a caller that sends it along
+// with other bytes (nil for version 0).
+func Format(version byte, src, dst netip.AddrPort, tlvs []pp.TLV) ([]byte, error) {
 	if version == 0 {
-		return nil
+		return nil, nil
 	}
 	h := pp.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
 	if version == 2 && len(tlvs) > 0 {
 		if err := h.SetTLVs(tlvs); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	_, err := h.WriteTo(w)
-	return err
+	return h.Format()
 }
 
 // WriteLocal writes a v2 LOCAL header (used by health checks), or nothing

@@ -5,8 +5,10 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,11 +50,15 @@ import (
 // non-blocking epoll fd, readable while it has events), and the loop runs
 // inside RawConn.Read: epoll_wait with timeout 0 until nothing is left, then
 // it returns false and parks like any goroutine reading a socket. Timer
-// wake-ups are the file's read deadline. Start puts the pair in the loop's
-// inbox, registers the sockets from the caller's goroutine, and writes the
-// loop's eventfd only if the loop is parked; the loop adopts the inbox after
-// every epoll_wait, so any event of a pair finds it adopted. CloseAll, Close
-// and a failed registration also go through the inbox and the eventfd.
+// wake-ups are the file's read deadline. Start writes Pair.Header and
+// Pair.Pending to the backend itself (one write(2), from the caller's
+// goroutine), puts the pair in the loop's inbox, registers the sockets, and
+// writes the loop's eventfd only if the loop is parked and has work of its
+// own for the pair (bytes the backend did not take, an idle timeout to
+// arm); the loop adopts the inbox after every epoll_wait, so any event of a
+// pair finds it adopted. CloseAll, Close and a failed registration also go
+// through the inbox and the eventfd. All the loop's system calls are
+// non-blocking and made with RawSyscall (see epoll_sys.go).
 //
 // Data. A direction starts in buffer mode: read(2) into the loop's shared
 // buffer (BufferSize, 64 KiB) and write(2) straight to the destination; a
@@ -71,9 +77,10 @@ import (
 // Back-pressure. While a direction has bytes pending (heap slice or pipe)
 // and its destination is not writable, its source is not read; EPOLLOUT on
 // the destination resumes it. Bytes are never dropped or reordered:
-// Pair.Pending is the first pending slice of the client -> backend
-// direction. One pair moves at most 1 MiB per direction per turn, then
-// waits behind the other ready pairs of its loop.
+// Pair.Header and Pair.Pending, joined, are the first pending slice of the
+// client -> backend direction (one write for both). One pair moves at most
+// 1 MiB per direction per turn, then waits behind the other ready pairs of
+// its loop.
 //
 // Ends. EOF on a source, once its bytes are flushed, shuts the destination
 // down for writing (half-close) and switches the pair's timeout to Linger;
@@ -126,26 +133,46 @@ func NewEpollEngine(opts EpollOptions) (Engine, error) {
 // (closing the net.Conns) and hands them to a loop; it never blocks on I/O.
 // p itself is not kept, only its fields.
 func (e *EpollEngine) Start(p *Pair) {
-	l := e.loops[e.next.Add(1)%uint32(len(e.loops))]
 	ep := &epPair{idle: int64(p.Idle), linger: int64(p.Linger), done: p.Done}
 	if ep.linger == 0 {
 		ep.linger = ep.idle
 	}
-	if len(p.Pending) > 0 {
-		ep.in.pend = p.Pending
+	if len(p.Header)+len(p.Pending) > 0 {
+		ep.in.pend = joinFirst(p.Header, p.Pending)
+		ep.header = int32(len(p.Header))
 	}
 	cfd, cerr := epDetach(p.Client)
-	bfd, berr := epDetach(p.Backend)
+	bfd, home, berr := epDetachHome(p.Backend)
+	l := home // the backend waited for its connection there: re-arm it
+	if l == nil || l.e != e {
+		l, home = e.loops[e.next.Add(1)%uint32(len(e.loops))], nil
+	}
 	if err := errors.Join(cerr, berr); err != nil || e.closed.Load() {
 		e.failStart(l, ep, err, cfd, bfd)
 		return
 	}
 	ep.client.fd, ep.backend.fd = int32(cfd), int32(bfd)
+	if len(ep.in.pend) > 0 { // the PROXY header and the client's first bytes
+		if n, e := epWrite(ep.backend.fd, ep.in.pend); e == 0 {
+			ep.in.n += int64(n)
+			if ep.in.pend = ep.in.pend[n:]; len(ep.in.pend) == 0 {
+				ep.in.pend = nil
+			}
+		} // else the loop meets the error (or EAGAIN) again
+	}
+	// A parked loop adopts the pair at the first event of any of its
+	// sockets. It must wake now only for work of its own: bytes still to
+	// write, or an idle timeout to arm.
+	wake := len(ep.in.pend) > 0 || ep.idle > 0
 	l.mu.Lock()
-	l.inbox = append(l.inbox, ep)
+	l.inbox = append(l.inbox, ep) // ep is the loop's from here
 	l.mu.Unlock()
 	err := l.register(cfd)
-	if err == nil {
+	switch {
+	case err != nil:
+	case home != nil:
+		err = l.rearm(bfd)
+	default:
 		err = l.register(bfd)
 	}
 	if err != nil { // the loop finishes the pair it has adopted
@@ -155,7 +182,9 @@ func (e *EpollEngine) Start(p *Pair) {
 		l.wake()
 		return
 	}
-	l.wakeIfParked()
+	if wake {
+		l.wakeIfParked()
+	}
 }
 
 // failStart ends a pair that never reached its loop: it closes the
@@ -181,31 +210,56 @@ func (e *EpollEngine) failStart(l *epLoop, ep *epPair, err error, fds ...int) {
 }
 
 // epDetach returns a dup of c's descriptor, non-blocking, and closes c.
-// It returns -1 and an error if c has no usable descriptor.
+// It returns -1 and an error if c has no usable descriptor. A Socket's own
+// descriptor is taken as it is.
 func epDetach(c Conn) (int, error) {
+	fd, _, err := epDetachHome(c)
+	return fd, err
+}
+
+// epDetachHome is epDetach that also returns the loop whose epoll set
+// already holds the descriptor, disabled (a Socket from DialContext), or nil.
+func epDetachHome(c Conn) (int, *epLoop, error) {
+	if s, ok := c.(*Socket); ok {
+		fd, home, conn := s.take()
+		switch {
+		case fd >= 0:
+			return fd, home, nil
+		case conn == nil:
+			return -1, nil, fmt.Errorf("detach socket: %w", net.ErrClosed)
+		}
+		c = conn // converted: detach its *net.TCPConn
+	}
+	fd, err := epDetachConn(c)
+	return fd, nil, err
+}
+
+// epDetachConn detaches a net.Conn's socket: it dups the descriptor.
+func epDetachConn(c Conn) (int, error) {
 	defer c.Close() // the dup keeps the socket open
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, fmt.Errorf("detach socket: %w", err)
 	}
-	nfd, derr := -1, error(nil)
+	nfd, flags, derr := -1, 0, syscall.Errno(0)
 	if err := rc.Control(func(fd uintptr) {
-		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		if nfd, derr = epFcntl(fd, unix.F_DUPFD_CLOEXEC, 0); derr == 0 {
+			flags, derr = epFcntl(fd, unix.F_GETFL, 0)
+		}
 	}); err != nil {
 		return -1, fmt.Errorf("detach socket: %w", err)
 	}
-	if derr != nil {
+	if derr != 0 && nfd < 0 {
 		return -1, fmt.Errorf("detach socket: dup: %w", derr)
 	}
 	// Sockets from package net are non-blocking, unless someone called
 	// File().Fd() on them; the flag is shared by the dup.
-	flags, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0)
-	if err == nil && flags&unix.O_NONBLOCK == 0 {
-		err = unix.SetNonblock(nfd, true)
+	if derr == 0 && flags&unix.O_NONBLOCK == 0 {
+		_, derr = epFcntl(uintptr(nfd), unix.F_SETFL, flags|unix.O_NONBLOCK)
 	}
-	if err != nil {
-		unix.Close(nfd)
-		return -1, fmt.Errorf("detach socket: set non-blocking: %w", err)
+	if derr != 0 {
+		epClose(int32(nfd))
+		return -1, fmt.Errorf("detach socket: set non-blocking: %w", derr)
 	}
 	return nfd, nil
 }

@@ -36,8 +36,9 @@ type epLoop struct {
 	inbox    []*epPair   // started, registered, not yet adopted
 	failed   []epFailed  // started, but a registration failed
 	closeAll []chan struct{}
-	stop     bool // Close asked the loop to end
-	stopped  bool // the loop took stop: no closeAll will be answered
+	dials    map[int32]*epDial // connecting sockets (DialContext), by descriptor
+	stop     bool              // Close asked the loop to end
+	stopped  bool              // the loop took stop: no closeAll will be answered
 
 	events []unix.EpollEvent
 	buf    []byte
@@ -52,6 +53,7 @@ type epLoop struct {
 	armed  int64 // tick the file's read deadline is set for; 0: none
 	live   int
 	notes  *epNotifier
+	ended  []epNote // Done calls of this batch, for notes
 }
 
 type epFailed struct {
@@ -80,6 +82,7 @@ func newEpLoop(e *EpollEngine, opts EpollOptions) (*epLoop, error) {
 		wheel:  epWheel{tick: int64(opts.tick())},
 		notes:  newEpNotifier(),
 		efd:    -1,
+		dials:  make(map[int32]*epDial),
 	}
 	l.pollFn = l.poll
 	if l.rc, err = l.file.SyscallConn(); err != nil {
@@ -104,9 +107,8 @@ const epIn = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 // register adds fd to the loop's epoll set with epIn. It is safe from any
 // goroutine.
 func (l *epLoop) register(fd int) error {
-	ev := unix.EpollEvent{Events: epIn, Fd: int32(fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl add: %w", err)
+	if e := epCtl(l.epfd, unix.EPOLL_CTL_ADD, int32(fd), epIn); e != 0 {
+		return fmt.Errorf("epoll_ctl add: %w", e)
 	}
 	return nil
 }
@@ -116,7 +118,7 @@ func (l *epLoop) register(fd int) error {
 // reads it (the counter would need 2^64 writes to fill).
 func (l *epLoop) wake() {
 	one := [8]byte{1}
-	unix.Write(l.efd, one[:])
+	epWrite(int32(l.efd), one[:])
 }
 
 // wakeIfParked wakes the loop if it is parked; a running loop runs its
@@ -160,9 +162,12 @@ func (l *epLoop) run() {
 func (l *epLoop) poll(uintptr) bool {
 	l.parked.Store(false)
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, 0)
-		if err != nil && err != unix.EINTR {
-			panic(fmt.Sprintf("relay: epoll_wait: %v", err)) // EBADF, EFAULT, EINVAL: a bug
+		n, e := epWaitNow(l.epfd, l.events)
+		if e != 0 {
+			if e != unix.EINTR {
+				panic(fmt.Sprintf("relay: epoll_wait: %v", e)) // EBADF, EFAULT, EINVAL: a bug
+			}
+			n = 0
 		}
 		l.now = int64(time.Since(l.e.base))
 		closeAll, stop := l.intake()
@@ -176,6 +181,9 @@ func (l *epLoop) poll(uintptr) bool {
 			for _, ch := range closeAll {
 				close(ch)
 			}
+		}
+		if len(l.ended) > 0 { // one hand-off (and wake-up) per batch
+			l.ended = l.notes.pushAll(l.ended)
 		}
 		if stop {
 			return true
@@ -212,6 +220,9 @@ func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 	closeAll, stop = l.closeAll, l.stop
 	l.inbox, l.failed, l.closeAll = l.spareI[:0], nil, nil
 	l.stopped = stop
+	if stop {
+		l.failDials()
+	}
 	l.mu.Unlock()
 	for _, p := range inbox {
 		l.adopt(p)
@@ -247,6 +258,7 @@ func (l *epLoop) event(ev *unix.EpollEvent) {
 		return // its commands were taken by intake
 	}
 	if fd >= len(l.table) || l.table[fd] == nil {
+		l.dialEvent(ev.Fd, ev.Events)
 		return
 	}
 	p := l.table[fd]
@@ -330,11 +342,11 @@ func (l *epLoop) finish(p *epPair, err error) {
 	l.fromSplice(&p.out)
 	p.in.pend, p.out.pend = nil, nil
 	l.table[p.client.fd], l.table[p.backend.fd] = nil, nil
-	unix.Close(int(p.client.fd)) // also removes it from the epoll set
-	unix.Close(int(p.backend.fd))
+	epClose(p.client.fd) // also removes it from the epoll set
+	epClose(p.backend.fd)
 	l.live--
 	if p.done != nil {
-		l.notes.push(p.done, Stats{BytesIn: p.in.n, BytesOut: p.out.n, Err: err})
+		l.ended = append(l.ended, epNote{p.done, Stats{BytesIn: max(p.in.n-int64(p.header), 0), BytesOut: p.out.n, Err: err}})
 		p.done = nil
 	}
 }
@@ -374,6 +386,20 @@ func (n *epNotifier) push(fn func(Stats), st Stats) {
 	case n.kick <- struct{}{}:
 	default:
 	}
+}
+
+// pushAll queues a batch of callbacks, in order, and returns batch emptied
+// for reuse. Safe from any goroutine before stop.
+func (n *epNotifier) pushAll(batch []epNote) []epNote {
+	n.mu.Lock()
+	n.q = append(n.q, batch...)
+	n.mu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+	clear(batch)
+	return batch[:0]
 }
 
 // run calls queued callbacks until stop is called, then drains the queue.

@@ -9,3 +9,6 @@ import "errors"
 func NewEpollEngine(opts EpollOptions) (Engine, error) {
 	return nil, errors.New("relay: the epoll engine needs linux")
 }
+
+// plainConn is the identity where Socket does not exist.
+func plainConn(c Conn) Conn { return c }

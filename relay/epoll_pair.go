@@ -48,7 +48,8 @@ type epPair struct {
 	tprev, tnext *epPair
 	tick         int64
 
-	half   bool // one flow has ended: linger applies
+	header int32 // bytes of Pair.Header at the start of in: not counted in Stats
+	half   bool  // one flow has ended: linger applies
 	closed bool
 	queued bool // in the loop's ready list
 	filed  bool // in the wheel
@@ -142,13 +143,13 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 	if f.piped {
 		return l.spliceIn(p, f, src)
 	}
-	n, err := epIgnoringEINTR(func() (int, error) { return unix.Read(int(src.fd), l.buf) })
+	n, e := epRead(src.fd, l.buf)
 	switch {
-	case err == unix.EAGAIN:
+	case e == unix.EAGAIN:
 		src.readable = false
 		return 0, nil
-	case err != nil:
-		return 0, p.opErr("read", src, err)
+	case e != 0:
+		return 0, p.opErr("read", src, e)
 	case n == 0:
 		f.eof = true
 		return 0, nil
@@ -176,17 +177,14 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 // EAGAIN surely means src is drained (not that the pipe is full); the pipe
 // then goes back to the pool.
 func (l *epLoop) spliceIn(p *epPair, f *epFlow, src *epSock) (int, error) {
-	n, err := epIgnoringEINTR(func() (int, error) {
-		n, err := unix.Splice(int(src.fd), nil, int(f.pipe.w), nil, l.pipes.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		return int(n), err
-	})
+	n, e := epSplice(src.fd, f.pipe.w, l.pipes.size)
 	switch {
-	case err == unix.EAGAIN:
+	case e == unix.EAGAIN:
 		src.readable = false
 		l.fromSplice(f)
 		return 0, nil
-	case err != nil:
-		return 0, p.opErr("splice from", src, err)
+	case e != 0:
+		return 0, p.opErr("splice from", src, e)
 	case n == 0:
 		f.eof = true
 		l.fromSplice(f)
@@ -206,15 +204,12 @@ func (l *epLoop) flush(p *epPair, f *epFlow, dst *epSock) error {
 		}
 		return err
 	}
-	n, err := epIgnoringEINTR(func() (int, error) {
-		n, err := unix.Splice(int(f.pipe.r), nil, int(dst.fd), nil, int(f.inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		return int(n), err
-	})
+	n, e := epSplice(f.pipe.r, dst.fd, int(f.inPipe))
 	switch {
-	case err == unix.EAGAIN:
+	case e == unix.EAGAIN:
 		return l.blocked(p, dst)
-	case err != nil:
-		return p.opErr("splice to", dst, err)
+	case e != 0:
+		return p.opErr("splice to", dst, e)
 	case n == 0: // the pipe is empty: the count is wrong, do not spin
 		return p.opErr("splice to", dst, io.ErrNoProgress)
 	}
@@ -227,12 +222,12 @@ func (l *epLoop) flush(p *epPair, f *epFlow, dst *epSock) error {
 // write writes b to dst once and returns how much it took; EAGAIN clears
 // dst.writable and is not an error.
 func (l *epLoop) write(p *epPair, f *epFlow, dst *epSock, b []byte) (int, error) {
-	m, err := epIgnoringEINTR(func() (int, error) { return unix.Write(int(dst.fd), b) })
+	m, e := epWrite(dst.fd, b)
 	switch {
-	case err == unix.EAGAIN:
+	case e == unix.EAGAIN:
 		return 0, l.blocked(p, dst)
-	case err != nil:
-		return 0, p.opErr("write", dst, err)
+	case e != 0:
+		return 0, p.opErr("write", dst, e)
 	}
 	f.n += int64(m)
 	p.last = l.now
@@ -250,9 +245,8 @@ func (l *epLoop) blocked(p *epPair, dst *epSock) error {
 		return nil
 	}
 	dst.outArmed = true
-	ev := unix.EpollEvent{Events: epIn | unix.EPOLLOUT, Fd: dst.fd}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(dst.fd), &ev); err != nil {
-		return p.opErr("epoll_ctl mod", dst, err)
+	if e := epCtl(l.epfd, unix.EPOLL_CTL_MOD, dst.fd, epIn|unix.EPOLLOUT); e != 0 {
+		return p.opErr("epoll_ctl mod", dst, e)
 	}
 	return nil
 }
@@ -286,21 +280,12 @@ func (l *epLoop) endFlow(p *epPair, f, other *epFlow, dst *epSock) {
 	if other.shut {
 		return
 	}
-	unix.Shutdown(int(dst.fd), unix.SHUT_WR) // ENOTCONN: the peer is gone; the other flow will say so
+	epShutdownWrite(dst.fd) // ENOTCONN: the peer is gone; the other flow will say so
 	if !p.half {
 		p.half = true
 		l.wheel.remove(p)
 		if d := p.deadline(); d != 0 {
 			l.wheel.add(p, d)
-		}
-	}
-}
-
-func epIgnoringEINTR(f func() (int, error)) (int, error) {
-	for {
-		n, err := f()
-		if err != unix.EINTR {
-			return n, err
 		}
 	}
 }

@@ -42,6 +42,7 @@ type goPair struct {
 
 // Start implements Engine.
 func (e *GoroutineEngine) Start(p *Pair) {
+	p.Client, p.Backend = plainConn(p.Client), plainConn(p.Backend)
 	gp := &goPair{Pair: p}
 	e.mu.Lock()
 	e.pairs[gp] = struct{}{}
@@ -58,9 +59,9 @@ func (e *GoroutineEngine) run(gp *goPair) {
 		st.BytesOut, outErr = gp.copyDir(1, gp.Client, gp.Backend)
 	}()
 	var inErr error
-	if len(gp.Pending) > 0 {
-		n, err := gp.Backend.Write(gp.Pending)
-		st.BytesIn += int64(n)
+	if first := len(gp.Header) + len(gp.Pending); first > 0 {
+		n, err := gp.Backend.Write(joinFirst(gp.Header, gp.Pending))
+		st.BytesIn += int64(max(n-len(gp.Header), 0))
 		inErr = err
 	}
 	if inErr == nil {
@@ -163,3 +164,16 @@ func (e *GoroutineEngine) CloseAll() {
 
 // Close implements Engine.
 func (e *GoroutineEngine) Close() error { return nil }
+
+// joinFirst returns header followed by pending, the first bytes a backend
+// gets, copying only when both are present.
+func joinFirst(header, pending []byte) []byte {
+	switch {
+	case len(header) == 0:
+		return pending
+	case len(pending) == 0:
+		return header
+	}
+	b := make([]byte, 0, len(header)+len(pending))
+	return append(append(b, header...), pending...)
+}

@@ -32,13 +32,20 @@ type Conn interface {
 type Pair struct {
 	// Client is the accepted connection. Owned by the Engine after Start.
 	Client Conn
-	// Backend is the dialed backend connection, with the outgoing PROXY
-	// header already written. Owned by the Engine after Start.
+	// Backend is the dialed backend connection. Owned by the Engine after
+	// Start.
 	Backend Conn
+	// Header, if not empty, is written to the backend before anything else
+	// (the outgoing PROXY header). It is not counted in Stats.BytesIn. The
+	// Engine may send it together with Pending in one write, so that a
+	// short exchange costs the backend one segment and one wake-up. Same
+	// ownership as Pending.
+	Header []byte
 	// Pending holds bytes already read from the client (while sniffing a
 	// PROXY or HTTP header) that the backend has not seen yet. The Engine
-	// writes them to the backend before anything else. The Engine may keep
-	// the slice; the caller must not modify it after Start.
+	// writes them to the backend right after Header, before any other
+	// byte. The Engine may keep the slice; the caller must not modify it
+	// after Start.
 	Pending []byte
 	// Idle closes the pair when no byte moved in either direction for this
 	// long. Zero means no idle timeout.

@@ -2,10 +2,13 @@ package server
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
-	"sync/atomic"
+	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	pp "github.com/pires/go-proxyproto"
 	"github.com/stickyd/stickyd/backend"
@@ -21,35 +24,39 @@ type client struct {
 	dst     netip.AddrPort // the address the client connected to
 	tlvs    []pp.TLV
 	pending []byte // client bytes read during the handshake
+	header  []byte // the PROXY header for the backend, sent with pending
 	via     string // "socket", "proxy-v1", "proxy-v2", "local", "header"
 }
 
 // handle runs the handshake for one accepted connection in its own
 // goroutine, then hands the pair to the engine. It owns conn until then.
-func (s *Server) handle(conn *net.TCPConn) {
+func (s *Server) handle(conn relay.Conn) {
 	start := time.Now()
-	peer := addrPortOf(conn.RemoteAddr())
-	c := &client{peer: peer, addr: peer, dst: addrPortOf(conn.LocalAddr()), via: "socket"}
-	log := s.log.With(zap.Stringer("peer", peer))
+	local, peer := connAddrs(conn)
+	c := &client{peer: peer, addr: peer, dst: local, via: "socket"}
 	b, bconn, err := s.handshake(conn, c)
 	if err != nil {
 		conn.Close()
 		s.connDone()
 		if !errors.Is(err, errQuiet) {
-			log.Warn("connection refused", zap.Stringer("client", c.addr), zap.Error(err))
+			s.log.Warn("connection refused", zap.Stringer("peer", peer), zap.Stringer("client", c.addr), zap.Error(err))
 		}
 		return
 	}
 	s.metrics.Accepted.Add(1)
+	// Done captures only what it logs, not c: an idle pair must not keep
+	// the handshake's buffers alive (no per-connection logger either: its
+	// fields would cost ~1.5 KB per idle connection).
+	addr, via := c.addr, c.via
 	s.engine.Start(&relay.Pair{
-		Client: conn, Backend: bconn, Pending: c.pending,
+		Client: conn, Backend: bconn, Header: c.header, Pending: c.pending,
 		Idle: s.opts.Idle, Linger: s.opts.Linger,
 		Done: func(st relay.Stats) {
 			b.Release()
 			s.metrics.BytesIn.Add(st.BytesIn)
 			s.metrics.BytesOut.Add(st.BytesOut)
-			if ce := log.Check(zap.DebugLevel, "connection closed"); ce != nil {
-				ce.Write(zap.Stringer("client", c.addr), zap.String("via", c.via),
+			if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+				ce.Write(zap.Stringer("peer", peer), zap.Stringer("client", addr), zap.String("via", via),
 					zap.String("backend", b.Name), zap.Int64("bytes_in", st.BytesIn),
 					zap.Int64("bytes_out", st.BytesOut), zap.Duration("duration", time.Since(start)),
 					zap.NamedError("end", st.Err))
@@ -63,16 +70,21 @@ func (s *Server) handle(conn *net.TCPConn) {
 // client went away).
 var errQuiet = errors.New("server: quiet")
 
-// handshake finds the client address, dials its backend and writes the
-// PROXY header. On success it returns the backend and its connection with
-// the header written; the caller owns conn in every case.
-func (s *Server) handshake(conn *net.TCPConn, c *client) (*backend.Backend, relay.Conn, error) {
+// handshake finds the client address, dials its backend and formats the
+// PROXY header into c.header (the engine sends it with c.pending, in one
+// write). On success it returns the backend and its connection; the caller
+// owns conn in every case.
+func (s *Server) handshake(conn relay.Conn, c *client) (*backend.Backend, relay.Conn, error) {
 	var b *backend.Backend
 	var bconn net.Conn
 	var err error
 	switch {
 	case s.opts.ClientIPHeader != "":
-		if err = s.readHTTPClient(conn, c); err == nil {
+		var tc *net.TCPConn
+		if tc, err = tcpConn(conn); err == nil {
+			err = s.readHTTPClient(tc, c)
+		}
+		if err == nil {
 			b, bconn, err = s.dial(c)
 		}
 	case s.trusted(c.peer.Addr()):
@@ -85,16 +97,16 @@ func (s *Server) handshake(conn *net.TCPConn, c *client) (*backend.Backend, rela
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := proxyproto.Write(bconn, s.opts.SendProxy, c.addr, c.dst, c.tlvs); err != nil {
+	if c.header, err = proxyproto.Format(s.opts.SendProxy, c.addr, c.dst, c.tlvs); err != nil {
 		bconn.Close()
 		b.Release()
-		return nil, nil, errors.New("write PROXY header to backend " + b.Name + ": " + err.Error())
+		return nil, nil, errors.New("PROXY header for backend " + b.Name + ": " + err.Error())
 	}
 	return b, bconn.(relay.Conn), nil
 }
 
 // readUpstreamHeader reads the PROXY header a trusted upstream must send.
-func (s *Server) readUpstreamHeader(conn *net.TCPConn, c *client) error {
+func (s *Server) readUpstreamHeader(conn relay.Conn, c *client) error {
 	h, rest, err := proxyproto.ReadHeader(conn, s.opts.headerTimeout())
 	if errors.Is(err, proxyproto.ErrEmpty) {
 		return errQuiet // a port probe
@@ -121,7 +133,7 @@ func (s *Server) readUpstreamHeader(conn *net.TCPConn, c *client) error {
 }
 
 func (s *Server) dial(c *client) (*backend.Backend, net.Conn, error) {
-	b, conn, err := s.backends.Load().Dial(s.ctx, c.addr.Addr())
+	b, conn, err := s.backends.Load().DialWith(s.ctx, c.addr.Addr(), s.dialer)
 	if err != nil {
 		s.metrics.NoBackend.Add(1)
 		return nil, nil, err
@@ -129,52 +141,83 @@ func (s *Server) dial(c *client) (*backend.Backend, net.Conn, error) {
 	return b, conn, nil
 }
 
-// dialWhileSniffing serves an untrusted peer: the backend is dialed at once,
-// and meanwhile the client's first bytes are read to refuse a PROXY header
-// it has no right to send. A client still silent when the backend is ready
-// gets Options.SniffWait more to speak; then the pair is relayed anyway, so
+// dialWhileSniffing serves an untrusted peer: its first bytes are checked,
+// to refuse a PROXY header it has no right to send, around the backend dial.
+// What has arrived is read before the dial (a header is then refused without
+// dialing) and again once the backend is ready. A client still silent then
+// gets Options.SniffWait more to speak, then the pair is relayed anyway, so
 // server-speaks-first protocols work (their first exchange waits that long).
-func (s *Server) dialWhileSniffing(conn *net.TCPConn, c *client) (*backend.Backend, net.Conn, error) {
-	type dialed struct {
-		b    *backend.Backend
-		conn net.Conn
-		err  error
+// Only that wait blocks on the client: a client that speaks first costs no
+// helper goroutine, deadline or netpoller registration.
+func (s *Server) dialWhileSniffing(conn relay.Conn, c *client) (*backend.Backend, net.Conn, error) {
+	settled, err := s.sniffNow(conn, c)
+	if err != nil {
+		return nil, nil, err
 	}
-	sniffing := atomic.Bool{}
-	sniffing.Store(true)
-	result := make(chan dialed, 1)
-	interrupted := make(chan struct{})
-	go func() {
-		b, bconn, err := s.dial(c)
-		if sniffing.CompareAndSwap(true, false) {
-			conn.SetReadDeadline(time.Unix(1, 0)) // interrupt the sniffing read
+	b, bconn, err := s.dial(c)
+	if err != nil {
+		if !settled { // a header sent during the dial is the first news
+			if _, serr := s.sniffNow(conn, c); serr != nil {
+				err = serr
+			}
 		}
-		close(interrupted)
-		result <- dialed{b, bconn, err}
-	}()
-	sniffErr := s.sniff(conn, c, &sniffing, interrupted)
-	sniffing.Store(false)
-	d := <-result // after this, nobody else touches conn's deadline
-	conn.SetReadDeadline(time.Time{})
-	if sniffErr == nil {
-		sniffErr = d.err
+		return nil, nil, err
 	}
-	if sniffErr != nil {
-		if d.err == nil {
-			d.conn.Close()
-			d.b.Release()
+	if !settled {
+		if settled, err = s.sniffNow(conn, c); err == nil && !settled {
+			err = s.sniffWait(conn, c)
 		}
-		return nil, nil, sniffErr
 	}
-	return d.b, d.conn, nil
+	if err != nil {
+		bconn.Close()
+		b.Release()
+		return nil, nil, err
+	}
+	return b, bconn, nil
 }
 
-// sniff reads what the client sends before the backend is ready, into
-// c.pending. It fails if those bytes are a PROXY header.
-func (s *Server) sniff(conn *net.TCPConn, c *client, sniffing *atomic.Bool, interrupted <-chan struct{}) error {
-	conn.SetReadDeadline(time.Now().Add(s.opts.headerTimeout()))
-	buf := make([]byte, 0, 512)
-	extended := false
+// sniffSize bounds the client bytes read before the pair is relayed.
+const sniffSize = 512
+
+// sniffNow adds what the client has sent so far to c.pending, without
+// waiting. It reports settled once that decides the sniff: err refuses the
+// client (a PROXY header, it left before a byte, or it left in the middle
+// of what could be one), nil lets it through (bytes that cannot start a
+// header, or sniffSize of them).
+func (s *Server) sniffNow(conn relay.Conn, c *client) (settled bool, err error) {
+	if len(c.pending) < sniffSize {
+		r := sniffReads.Get().(*sniffRead)
+		n, rerr := r.readNow(conn, sniffSize-len(c.pending))
+		c.pending = append(c.pending, r.buf[:n]...)
+		sniffReads.Put(r)
+		if rerr != nil && len(c.pending) == 0 {
+			return true, errQuiet // the client left before saying anything
+		}
+		err = rerr
+	}
+	maybe, certain := proxyproto.LooksLikeHeader(c.pending)
+	switch {
+	case certain:
+		s.metrics.headerError(proxyproto.ErrUnexpected)
+		return true, proxyproto.ErrUnexpected
+	case len(c.pending) > 0 && !maybe || len(c.pending) == sniffSize:
+		return true, nil // a read error shows again in the engine
+	}
+	return err != nil, err
+}
+
+// sniffWait waits for a client that has not settled the sniff by the time
+// its backend is ready: a silent one Options.SniffWait for its first bytes
+// (a proxy would send its header at once), one whose bytes could start a
+// header the header timeout for the rest.
+func (s *Server) sniffWait(conn relay.Conn, c *client) error {
+	wait := s.opts.sniffWait()
+	if len(c.pending) > 0 {
+		wait = s.opts.headerTimeout()
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	defer conn.SetReadDeadline(time.Time{})
+	buf := append(make([]byte, 0, sniffSize), c.pending...)
 	for {
 		n, err := conn.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -197,26 +240,62 @@ func (s *Server) sniff(conn *net.TCPConn, c *client, sniffing *atomic.Bool, inte
 			}
 			return err
 		}
-		if extended || sniffing.Load() {
-			if len(buf) == 0 {
-				return nil // a silent client: the server speaks first
-			}
-		} else {
-			// The backend is ready. Wait a moment for a client that has
-			// not spoken yet (a proxy sends its header at once), or the
-			// header timeout for one whose first bytes could start one.
-			<-interrupted // the dial's past deadline is set; now replace it
-			extended = true
-			wait := s.opts.sniffWait()
-			if len(buf) > 0 {
-				wait = s.opts.headerTimeout()
-			}
-			conn.SetReadDeadline(time.Now().Add(wait))
-			continue
+		if len(buf) == 0 {
+			return nil // a silent client: the server speaks first
 		}
 		s.metrics.headerError(proxyproto.ErrTimeout)
 		return proxyproto.ErrTimeout
 	}
+}
+
+// nowReader is a connection that can read without waiting (relay.Socket).
+type nowReader interface {
+	ReadNow(b []byte) (int, error)
+}
+
+// sniffRead is a pooled buffer for one non-blocking read; fn, the read(2)
+// for a net.Conn's RawConn, is bound once, so that a read allocates nothing.
+type sniffRead struct {
+	buf [sniffSize]byte
+	max int
+	n   int
+	err syscall.Errno
+	fn  func(fd uintptr) bool
+}
+
+var sniffReads = sync.Pool{New: func() any {
+	r := &sniffRead{}
+	r.fn = func(fd uintptr) bool {
+		n, _, e := syscall.Syscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.buf[0])), uintptr(r.max))
+		r.n, r.err = int(n), e
+		return true // one try: never wait
+	}
+	return r
+}}
+
+// readNow reads at most max bytes into r.buf without waiting: 0, nil when
+// nothing has arrived, 0, io.EOF at the end of the stream.
+func (r *sniffRead) readNow(conn relay.Conn, max int) (int, error) {
+	if nr, ok := conn.(nowReader); ok {
+		return nr.ReadNow(r.buf[:max])
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	r.max = max
+	if err := rc.Read(r.fn); err != nil {
+		return 0, err
+	}
+	switch {
+	case r.err == syscall.EAGAIN:
+		return 0, nil
+	case r.err != 0:
+		return 0, r.err
+	case r.n == 0:
+		return 0, io.EOF
+	}
+	return r.n, nil
 }
 
 func (s *Server) trusted(ip netip.Addr) bool {
@@ -226,6 +305,28 @@ func (s *Server) trusted(ip netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// connAddrs returns conn's local and peer addresses, normalised.
+func connAddrs(conn relay.Conn) (local, peer netip.AddrPort) {
+	if s, ok := conn.(interface {
+		AddrPorts() (local, remote netip.AddrPort)
+	}); ok {
+		return s.AddrPorts() // normalised by the accepter, no allocation
+	}
+	return addrPortOf(conn.LocalAddr()), addrPortOf(conn.RemoteAddr())
+}
+
+// tcpConn returns conn as the *net.TCPConn the HTTP path works on,
+// converting a relay.Socket.
+func tcpConn(conn relay.Conn) (*net.TCPConn, error) {
+	if s, ok := conn.(interface{ TCPConn() (*net.TCPConn, error) }); ok {
+		return s.TCPConn()
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		return tc, nil
+	}
+	return nil, errors.New("server: not a TCP connection")
 }
 
 // addrPortOf returns a socket address with IPv4-mapped IPv6 normalised.

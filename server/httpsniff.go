@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/stickyd/stickyd/proxyproto"
 )
 
 var (
@@ -23,12 +26,20 @@ func (s *Server) readHTTPClient(conn *net.TCPConn, c *client) error {
 	conn.SetReadDeadline(time.Now().Add(s.opts.headerTimeout()))
 	limit := s.opts.maxHeaderBytes()
 	buf := make([]byte, 0, 2048)
+	searched := 0 // buf[:searched] holds no end of the block
 	for {
-		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
+		if _, certain := proxyproto.LooksLikeHeader(buf); certain {
+			// Header mode reads no PROXY header: relaying it would put a
+			// second, client-chosen header behind ours.
+			s.metrics.headerError(proxyproto.ErrUnexpected)
+			return proxyproto.ErrUnexpected
+		}
+		if end := bytes.Index(buf[searched:], []byte("\r\n\r\n")); end >= 0 {
 			conn.SetReadDeadline(time.Time{})
 			c.pending = buf
-			return s.routeByHeader(conn, c, buf[:end+2])
+			return s.routeByHeader(conn, c, buf[:searched+end+2])
 		}
+		searched = max(0, len(buf)-3)
 		if len(buf) >= limit {
 			s.metrics.headerError(errHTTPTooLarge)
 			s.reply400(conn, fmt.Sprintf("request header block over %d bytes", limit))
@@ -62,8 +73,10 @@ func (s *Server) routeByHeader(conn *net.TCPConn, c *client, block []byte) error
 	}
 	ip, err := ClientIP(block, s.opts.ClientIPHeader, c.peer.Addr(), trusted)
 	if err == nil {
-		c.addr = netip.AddrPortFrom(ip, 0)
-		c.via = "header"
+		if ip != c.peer.Addr() { // else the socket address, port included, stands
+			c.addr = netip.AddrPortFrom(ip, 0)
+			c.via = "header"
+		}
 		return nil
 	}
 	if s.opts.IgnoreMissingHeader {
@@ -74,83 +87,90 @@ func (s *Server) routeByHeader(conn *net.TCPConn, c *client, block []byte) error
 	return err
 }
 
+// reply400 answers a request stickyd will not relay, then closes its write
+// side and discards what the client still sends for a moment, so that the
+// close does not reset the connection before the client has read the answer
+// (a lingering close, as in net/http and nginx). The caller closes conn.
 func (s *Server) reply400(conn *net.TCPConn, reason string) {
 	body := reason + "\n"
 	conn.SetWriteDeadline(time.Now().Add(time.Second))
-	fmt.Fprintf(conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	_, err := fmt.Fprintf(conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	if err != nil || conn.CloseWrite() != nil {
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(lingerAfter400))
+	io.Copy(io.Discard, io.LimitReader(conn, 1<<20))
 }
+
+// lingerAfter400 bounds the lingering close after a 400.
+const lingerAfter400 = 500 * time.Millisecond
 
 // ClientIP finds the client address in an HTTP request header block (request
 // line and header lines, CRLF separated). The header named name holds a
 // chain of addresses, the nearest hop last; peer is the socket's peer, the
 // nearest of all. Walking from the nearest hop, addresses in trusted are
-// proxies and are skipped; the first one that is not is the client. If the
-// peer itself is not trusted, the header is ignored: anybody could have
-// written it. X-Forwarded-For, X-Real-IP and Forwarded (for=) are understood.
+// proxies and are skipped; the first one that is not is the client, and
+// entries left of it are never looked at (a client may write anything
+// there). If every address is trusted, the farthest is the client. If the
+// peer itself is not trusted, the header is ignored and the peer returned:
+// anybody could have written it. X-Forwarded-For, X-Real-IP and Forwarded
+// (for=) are understood; several lines of the header form one chain.
+// IPv4-mapped addresses are returned as IPv4, without any zone.
 func ClientIP(block []byte, name string, peer netip.Addr, trusted func(netip.Addr) bool) (netip.Addr, error) {
 	if !trusted(peer) {
 		return peer, nil
 	}
-	values, found := headerValues(block, name)
+	elems, found := headerElems(block, name)
 	if !found {
 		return netip.Addr{}, fmt.Errorf("%w: no %s header", errNoClientIP, name)
 	}
-	chain, err := parseChain(values, strings.EqualFold(name, "Forwarded"))
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("%w: %s header: %w", errNoClientIP, name, err)
-	}
-	for i := len(chain) - 1; i >= 0; i-- {
-		if !trusted(chain[i]) || i == 0 {
-			return chain[i], nil
+	forwarded := strings.EqualFold(name, "Forwarded")
+	var farthest netip.Addr
+	for i := len(elems) - 1; i >= 0; i-- {
+		elem := strings.TrimSpace(elems[i])
+		if forwarded {
+			elem = forwardedFor(elem)
 		}
+		if elem == "" {
+			continue
+		}
+		ip, err := parseHostAddr(elem)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("%w: %s header: %w", errNoClientIP, name, err)
+		}
+		if ip = ip.Unmap().WithZone(""); !trusted(ip) {
+			return ip, nil
+		}
+		farthest = ip
+	}
+	if farthest.IsValid() {
+		return farthest, nil
 	}
 	return netip.Addr{}, fmt.Errorf("%w: empty %s header", errNoClientIP, name)
 }
 
-// headerValues returns the values of every line of header name, in order.
-func headerValues(block []byte, name string) ([]string, bool) {
+// headerElems returns the comma-separated elements of every line of header
+// name, in order (RFC 9110: several lines are one comma-joined list).
+func headerElems(block []byte, name string) ([]string, bool) {
 	lines := strings.Split(string(block), "\r\n")
-	var values []string
+	var elems []string
+	found := false
 	for _, line := range lines[1:] { // lines[0] is the request line
 		k, v, ok := strings.Cut(line, ":")
 		if ok && strings.EqualFold(strings.TrimSpace(k), name) {
-			values = append(values, v)
+			found = true
+			elems = append(elems, strings.Split(v, ",")...)
 		}
 	}
-	return values, len(values) > 0
-}
-
-// parseChain splits header values into addresses, nearest hop last.
-func parseChain(values []string, forwarded bool) ([]netip.Addr, error) {
-	var chain []netip.Addr
-	for _, v := range values {
-		for _, elem := range strings.Split(v, ",") {
-			elem = strings.TrimSpace(elem)
-			if forwarded {
-				elem = forwardedFor(elem)
-			}
-			if elem == "" {
-				continue
-			}
-			ip, err := parseHostAddr(elem)
-			if err != nil {
-				return nil, err
-			}
-			chain = append(chain, ip.Unmap())
-		}
-	}
-	if len(chain) == 0 {
-		return nil, errors.New("no address")
-	}
-	return chain, nil
+	return elems, found
 }
 
 // forwardedFor returns the for= parameter of one RFC 7239 element.
 func forwardedFor(elem string) string {
 	for _, pair := range strings.Split(elem, ";") {
 		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
-		if ok && strings.EqualFold(k, "for") {
-			return strings.Trim(v, `"`)
+		if ok && strings.EqualFold(strings.TrimSpace(k), "for") {
+			return strings.Trim(strings.TrimSpace(v), `"`)
 		}
 	}
 	return ""

@@ -28,7 +28,10 @@ type Metrics struct {
 	NoBackend atomic.Int64 // connections refused because no backend answered
 	BytesIn   atomic.Int64 // client -> backend, finished connections
 	BytesOut  atomic.Int64 // backend -> client, finished connections
-	headerErr map[string]*atomic.Int64
+	// LimitWaits counts the times accepting paused because MaxConnections
+	// were open (new clients then wait in the kernel backlog).
+	LimitWaits atomic.Int64
+	headerErr  map[string]*atomic.Int64
 }
 
 // NewMetrics returns zeroed counters.

@@ -83,6 +83,7 @@ type Server struct {
 	opts     Options
 	backends atomic.Pointer[backend.Set]
 	engine   relay.Engine
+	dialer   backend.DialFunc // the engine's, if it dials sockets it adopts cheaply
 	log      *zap.Logger
 	metrics  *Metrics
 
@@ -106,6 +107,11 @@ func New(opts Options, set *backend.Set, engine relay.Engine, log *zap.Logger) *
 		listeners: make(map[net.Listener]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.backends.Store(set)
+	if d, ok := engine.(interface {
+		DialContext(ctx context.Context, network, address string) (net.Conn, error)
+	}); ok {
+		s.dialer = d.DialContext
+	}
 	if opts.MaxConnections > 0 {
 		s.slots = make(chan struct{}, opts.MaxConnections)
 	}
@@ -129,6 +135,9 @@ func (s *Server) Open() int64 { return s.open.Load() }
 // error. Temporary errors (EMFILE, ECONNABORTED) back off from 5 ms to 1 s.
 // Serve closes ln before returning.
 func (s *Server) Serve(ln net.Listener) error {
+	if s.opts.ClientIPHeader == "" { // the HTTP path reads a *net.TCPConn
+		ln = rawListenerFor(ln)
+	}
 	if !s.track(ln) {
 		ln.Close()
 		return ErrServerClosed
@@ -155,7 +164,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		tc, ok := conn.(*net.TCPConn)
+		cc, ok := clientConn(conn)
 		if !ok {
 			conn.Close()
 			s.releaseSlot()
@@ -163,7 +172,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		s.conns.Add(1)
 		s.open.Add(1)
-		go s.handle(tc)
+		go s.handle(cc)
 	}
 }
 
@@ -179,6 +188,12 @@ func nextBackoff(d time.Duration) time.Duration {
 func (s *Server) acquire() bool {
 	if s.slots == nil {
 		return true
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+		s.metrics.LimitWaits.Add(1)
 	}
 	select {
 	case s.slots <- struct{}{}:

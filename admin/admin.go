@@ -1,0 +1,186 @@
+// Package admin is stickyd's admin and metrics HTTP API. It reads the live
+// state (the backend set in force, the server's counters, the worker
+// supervisor) and can drain and re-enable backends; it never holds state of
+// its own.
+//
+//	h := admin.NewHandler(admin.Source{Backends: srv.Backends, Metrics: srv.Metrics(), Open: srv.Open}, log)
+//	go (&http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
+//
+// Endpoints:
+//
+//	GET  /metrics                  Prometheus text format
+//	GET  /healthz                  200 while at least one backend is up, else 503
+//	GET  /backends                 JSON: name, address, state, weight, connections
+//	GET  /lookup?ip=IP             JSON: the backend IP gets now, and its home backend
+//	POST /backends/NAME/drain      no new connections to NAME; open ones finish
+//	POST /backends/NAME/enable     undo drain
+//
+// Security posture: there is no authentication, and drain changes routing.
+// Bind the admin listener to loopback (or a network only operators and the
+// metrics scraper reach). Cross-origin browser POSTs are refused (403), so
+// a web page cannot drain backends through an operator's browser.
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/server"
+	"go.uber.org/zap"
+)
+
+// Source is what the admin API reads. Backends is required; the other
+// fields may be zero (their metrics are then left out or zero).
+type Source struct {
+	// Backends returns the backend set in force (it follows reloads).
+	Backends func() *backend.Set
+	// Metrics are the server's counters.
+	Metrics *server.Metrics
+	// Open returns the number of client connections open now.
+	Open func() int64
+	// MaxConnections is the cap on open client connections; 0: none.
+	MaxConnections int
+	// Workers is the worker supervisor, nil without [workers].
+	Workers *backend.Supervisor
+}
+
+// BackendInfo is one entry of GET /backends.
+type BackendInfo struct {
+	Name         string `json:"name"`
+	Address      string `json:"address"`
+	State        string `json:"state"`
+	Weight       int    `json:"weight"`
+	Ready        bool   `json:"ready"`
+	Healthy      bool   `json:"healthy"`
+	Active       int64  `json:"active"`
+	Total        int64  `json:"total"`
+	DialFailures int64  `json:"dial_failures"`
+}
+
+// LookupResult is the answer of GET /lookup.
+type LookupResult struct {
+	IP string `json:"ip"`
+	// Backend is where a connection from IP goes now; "" when none is up.
+	Backend string `json:"backend"`
+	// Home is IP's backend when every backend is up.
+	Home string `json:"home"`
+}
+
+// NewHandler returns the admin API's handler. log receives the drain and
+// enable actions.
+func NewHandler(src Source, log *zap.Logger) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &api{src: src, log: log}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("GET /backends", a.backends)
+	mux.HandleFunc("GET /lookup", a.lookup)
+	mux.HandleFunc("POST /backends/{rest...}", a.action)
+	// A web page open in an operator's browser must not drain backends.
+	return http.NewCrossOriginProtection().Handler(mux)
+}
+
+type api struct {
+	src Source
+	log *zap.Logger
+}
+
+func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
+	set := a.src.Backends()
+	up := 0
+	for _, b := range set.Backends() {
+		if b.Up() {
+			up++
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if up == 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "no backend up (of %d)\n", len(set.Backends()))
+		return
+	}
+	fmt.Fprintf(w, "ok: %d of %d backends up\n", up, len(set.Backends()))
+}
+
+func (a *api) backends(w http.ResponseWriter, r *http.Request) {
+	set := a.src.Backends()
+	out := make([]BackendInfo, 0, len(set.Backends()))
+	for i, b := range set.Backends() {
+		out = append(out, info(set, i, b))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func info(set *backend.Set, i int, b *backend.Backend) BackendInfo {
+	return BackendInfo{Name: b.Name, Address: b.Address, State: b.State(), Weight: set.Weight(i),
+		Ready: b.Ready(), Healthy: b.Healthy(), Active: b.Active(), Total: b.Total(), DialFailures: b.DialFailures()}
+}
+
+func (a *api) lookup(w http.ResponseWriter, r *http.Request) {
+	s := r.URL.Query().Get("ip")
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("want ?ip=IP, got %q", s), http.StatusBadRequest)
+		return
+	}
+	ip = ip.Unmap().WithZone("")
+	set := a.src.Backends()
+	res := LookupResult{IP: ip.String(), Home: set.Preferred(ip).Name}
+	status := http.StatusOK
+	if b := set.Lookup(ip); b != nil {
+		res.Backend = b.Name
+	} else {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, res)
+}
+
+// action serves POST /backends/NAME/drain and /backends/NAME/enable. NAME
+// may contain slashes (unix:/path) and colons (an address).
+func (a *api) action(w http.ResponseWriter, r *http.Request) {
+	rest := r.PathValue("rest")
+	i := strings.LastIndexByte(rest, '/')
+	if i < 0 {
+		http.NotFound(w, r)
+		return
+	}
+	name, verb := rest[:i], rest[i+1:]
+	if verb != "drain" && verb != "enable" {
+		http.NotFound(w, r)
+		return
+	}
+	set := a.src.Backends()
+	for j, b := range set.Backends() {
+		if b.Name != name {
+			continue
+		}
+		b.SetDraining(verb == "drain")
+		msg := "backend enabled via the admin API"
+		if verb == "drain" {
+			msg = "backend drained via the admin API"
+		}
+		a.log.Info(msg, zap.String("backend", name),
+			zap.String("remote", r.RemoteAddr), zap.Int64("active", b.Active()))
+		writeJSON(w, http.StatusOK, info(set, j, b))
+		return
+	}
+	http.Error(w, fmt.Sprintf("no backend named %q", name), http.StatusNotFound)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,233 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/server"
+	"go.uber.org/zap"
+)
+
+type fixture struct {
+	set     *backend.Set
+	metrics *server.Metrics
+	srv     *httptest.Server
+}
+
+// newFixture serves the admin API over a set of three backends; "a"
+// listens for real, so that a dial can be counted.
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	set, err := backend.NewSet([]backend.Spec{
+		{Name: "a", Address: ln.Addr().String(), Weight: 2},
+		{Name: "b", Address: "127.0.0.1:1"},
+		{Name: "w/0", Address: "unix:/tmp/w0.sock"},
+	}, backend.Options{DialTimeout: time.Second}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{set: set, metrics: server.NewMetrics()}
+	h := NewHandler(Source{Backends: func() *backend.Set { return f.set }, Metrics: f.metrics,
+		Open: func() int64 { return 7 }, MaxConnections: 100}, zap.NewNop())
+	f.srv = httptest.NewServer(h)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fixture) do(t *testing.T, method, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, f.srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// ipOf returns a client IP whose home backend is name.
+func (f *fixture) ipOf(t *testing.T, name string) string {
+	t.Helper()
+	for i := range 1000 {
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		if f.set.Preferred(ip).Name == name {
+			return ip.String()
+		}
+	}
+	t.Fatal("no IP for", name)
+	return ""
+}
+
+func TestAdminMetrics(t *testing.T) {
+	f := newFixture(t)
+	ip := netip.MustParseAddr(f.ipOf(t, "a"))
+	b, conn, err := f.set.Dial(context.Background(), ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { conn.Close(); b.Release() }()
+	f.metrics.Accepted.Add(3)
+	f.metrics.BytesIn.Add(100)
+	f.metrics.BytesOut.Add(2000)
+	f.metrics.NoBackend.Add(1)
+	f.metrics.LimitWaits.Add(4)
+	f.set.ByName("b").SetDraining(true)
+	f.set.ByName("w/0").SetHealthy(false)
+
+	code, body := f.do(t, "GET", "/metrics") // promhttp answers 500 if a metric is inconsistent
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	for _, want := range []string{
+		`stickyd_backend_connections_active{backend="a"} 1`,
+		`stickyd_backend_connections_total{backend="a"} 1`,
+		`stickyd_backend_dial_failures_total{backend="a"} 0`,
+		`stickyd_backend_weight{backend="a"} 2`,
+		`stickyd_backend_up{backend="a"} 1`,
+		`stickyd_backend_up{backend="b"} 0`,
+		`stickyd_backend_state{backend="b",state="draining"} 1`,
+		`stickyd_backend_state{backend="b",state="up"} 0`,
+		`stickyd_backend_healthy{backend="w/0"} 0`,
+		`stickyd_backend_state{backend="w/0",state="unhealthy"} 1`,
+		`stickyd_connections_open 7`,
+		`stickyd_connections_max 100`,
+		`stickyd_connections_relayed_total 3`,
+		`stickyd_connections_rejected_total{reason="no_backend"} 1`,
+		`stickyd_connections_rejected_total{reason="header"} 0`,
+		`stickyd_max_connections_reached_total 4`,
+		`stickyd_bytes_total{direction="in"} 100`,
+		`stickyd_bytes_total{direction="out"} 2000`,
+		`stickyd_header_errors_total{kind="untrusted"} 0`,
+		`go_goroutines `,
+		`process_open_fds `,
+	} {
+		if !strings.Contains(body, want+"\n") && !(strings.HasSuffix(want, " ") && strings.Contains(body, want)) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "stickyd_worker_restarts_total") {
+		t.Error("worker metrics without workers")
+	}
+}
+
+func TestAdminHealthz(t *testing.T) {
+	f := newFixture(t)
+	if code, body := f.do(t, "GET", "/healthz"); code != 200 || !strings.Contains(body, "3 of 3") {
+		t.Errorf("all up: %d %q", code, body)
+	}
+	for _, b := range f.set.Backends() {
+		b.SetDraining(true)
+	}
+	if code, _ := f.do(t, "GET", "/healthz"); code != 503 {
+		t.Errorf("all draining: %d, want 503", code)
+	}
+	f.set.ByName("b").SetDraining(false)
+	f.set.ByName("b").SetHealthy(false)
+	if code, _ := f.do(t, "GET", "/healthz"); code != 503 {
+		t.Errorf("only an unhealthy one: %d, want 503", code)
+	}
+}
+
+func TestAdminBackendsAndDrain(t *testing.T) {
+	f := newFixture(t)
+	list := func() map[string]BackendInfo {
+		code, body := f.do(t, "GET", "/backends")
+		if code != 200 {
+			t.Fatalf("status %d", code)
+		}
+		var out []BackendInfo
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]BackendInfo{}
+		for _, b := range out {
+			m[b.Name] = b
+		}
+		return m
+	}
+	got := list()
+	if a := got["a"]; a.State != "up" || a.Weight != 2 || !a.Ready || !a.Healthy || len(got) != 3 {
+		t.Errorf("backends: %+v", got)
+	}
+	ip := f.ipOf(t, "w/0")
+	if code, body := f.do(t, "POST", "/backends/w/0/drain"); code != 200 || !strings.Contains(body, `"draining"`) {
+		t.Fatalf("drain: %d %s", code, body)
+	}
+	if got := list()["w/0"]; got.State != "draining" {
+		t.Errorf("after drain: %+v", got)
+	}
+	var res LookupResult
+	code, body := f.do(t, "GET", "/lookup?ip="+ip)
+	if err := json.Unmarshal([]byte(body), &res); err != nil || code != 200 {
+		t.Fatalf("lookup: %d %s", code, body)
+	}
+	if res.Home != "w/0" || res.Backend == "w/0" || res.Backend == "" {
+		t.Errorf("lookup of a drained home: %+v", res)
+	}
+	if code, _ := f.do(t, "POST", "/backends/w/0/enable"); code != 200 {
+		t.Fatalf("enable: %d", code)
+	}
+	f.do(t, "GET", "/lookup?ip="+ip)
+	if code, body := f.do(t, "GET", "/lookup?ip=::ffff:"+ip); code != 200 || !strings.Contains(body, `"backend": "w/0"`) {
+		t.Errorf("lookup after enable (mapped IP): %d %s", code, body)
+	}
+}
+
+func TestAdminErrors(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		method, path string
+		code         int
+	}{
+		{"GET", "/lookup?ip=nope", 400},
+		{"GET", "/lookup", 400},
+		{"POST", "/backends/zz/drain", 404},
+		{"POST", "/backends/a/explode", 404},
+		{"POST", "/backends/a", 404},
+		{"GET", "/backends/a/drain", 405},
+		{"POST", "/metrics", 405},
+		{"GET", "/nothing", 404},
+	}
+	for _, tc := range tests {
+		if code, body := f.do(t, tc.method, tc.path); code != tc.code {
+			t.Errorf("%s %s: %d %q, want %d", tc.method, tc.path, code, body, tc.code)
+		}
+	}
+	req, _ := http.NewRequest("POST", f.srv.URL+"/backends/a/drain", nil)
+	req.Header.Set("Sec-Fetch-Site", "cross-site")
+	resp, err := f.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 || f.set.ByName("a").Draining() {
+		t.Errorf("cross-site drain: %d, draining %v", resp.StatusCode, f.set.ByName("a").Draining())
+	}
+	for _, b := range f.set.Backends() {
+		b.SetDraining(true)
+	}
+	if code, _ := f.do(t, "GET", "/lookup?ip=10.0.0.1"); code != 503 {
+		t.Errorf("lookup with nothing up: %d, want 503", code)
+	}
+}

@@ -1,0 +1,112 @@
+package admin
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stickyd/stickyd/backend"
+)
+
+// collector is a prometheus.Collector that reads stickyd's own atomic
+// counters at scrape time, so nothing is counted twice.
+type collector struct {
+	src Source
+
+	backendUp, backendHealthy, backendState, backendWeight *prometheus.Desc
+	backendActive, backendTotal, backendDialFailures       *prometheus.Desc
+	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
+	headerErrors, workerRestarts                           *prometheus.Desc
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("stickyd_"+name, help, labels, nil)
+}
+
+// NewCollector returns the collector of src's metrics (registered by
+// NewHandler; exported for embedding stickyd's metrics elsewhere).
+func NewCollector(src Source) prometheus.Collector {
+	return &collector{
+		src:                 src,
+		backendUp:           desc("backend_up", "1 if the backend takes new connections (ready, healthy, not draining or cooling down).", "backend"),
+		backendHealthy:      desc("backend_healthy", "1 unless active health checks failed.", "backend"),
+		backendState:        desc("backend_state", "1 for the backend's current state: up, down (not ready), unhealthy, cooldown or draining.", "backend", "state"),
+		backendWeight:       desc("backend_weight", "The backend's weight.", "backend"),
+		backendActive:       desc("backend_connections_active", "Open connections to the backend.", "backend"),
+		backendTotal:        desc("backend_connections_total", "Connections made to the backend.", "backend"),
+		backendDialFailures: desc("backend_dial_failures_total", "Failed dials to the backend.", "backend"),
+		open:                desc("connections_open", "Client connections open now."),
+		max:                 desc("connections_max", "The cap on open client connections (max_connections); 0: none."),
+		relayed:             desc("connections_relayed_total", "Client connections relayed to a backend."),
+		rejected:            desc("connections_rejected_total", "Client connections closed without a backend, by reason (no_backend: every dial failed; header: see stickyd_header_errors_total).", "reason"),
+		limitWaits:          desc("max_connections_reached_total", "Times accepting paused because max_connections were open (clients waited in the backlog)."),
+		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
+		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
+		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
+	}
+}
+
+// Describe sends every descriptor (prometheus.Collector).
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
+		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
+		c.limitWaits, c.bytes, c.headerErrors, c.workerRestarts} {
+		ch <- d
+	}
+}
+
+// Collect reads the counters (prometheus.Collector).
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.collectBackends(ch)
+	gauge := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+	}
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	if c.src.Open != nil {
+		gauge(c.open, c.src.Open())
+	}
+	gauge(c.max, int64(c.src.MaxConnections))
+	if m := c.src.Metrics; m != nil {
+		counter(c.relayed, m.Accepted.Load())
+		counter(c.limitWaits, m.LimitWaits.Load())
+		counter(c.bytes, m.BytesIn.Load(), "in")
+		counter(c.bytes, m.BytesOut.Load(), "out")
+		var headers int64
+		for kind, n := range m.HeaderErrors() {
+			counter(c.headerErrors, n, kind)
+			headers += n
+		}
+		counter(c.rejected, m.NoBackend.Load(), "no_backend")
+		counter(c.rejected, headers, "header")
+	}
+	if sup := c.src.Workers; sup != nil {
+		for _, w := range sup.Slots() {
+			counter(c.workerRestarts, sup.Restarts(w.Slot), w.Name)
+		}
+	}
+}
+
+func (c *collector) collectBackends(ch chan<- prometheus.Metric) {
+	set := c.src.Backends()
+	for i, b := range set.Backends() {
+		gauge := func(d *prometheus.Desc, v int64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), append([]string{b.Name}, labels...)...)
+		}
+		state := b.State()
+		gauge(c.backendUp, b2i(state == backend.StateUp))
+		gauge(c.backendHealthy, b2i(b.Healthy()))
+		for _, s := range backend.States {
+			gauge(c.backendState, b2i(s == state), s)
+		}
+		gauge(c.backendWeight, int64(set.Weight(i)))
+		gauge(c.backendActive, b.Active())
+		ch <- prometheus.MustNewConstMetric(c.backendTotal, prometheus.CounterValue, float64(b.Total()), b.Name)
+		ch <- prometheus.MustNewConstMetric(c.backendDialFailures, prometheus.CounterValue, float64(b.DialFailures()), b.Name)
+	}
+}
+
+func b2i(v bool) int64 {
+	if v {
+		return 1
+	}
+	return 0
+}

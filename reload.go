@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+
+	"github.com/stickyd/stickyd/config"
+	"go.uber.org/zap"
+)
+
+// liveKeys are the settings a reload applies; a change to any other key is
+// logged and ignored until a restart or a SIGUSR2 upgrade.
+var liveKeys = map[string]bool{
+	"backend": true, "hash_key": true, "balance_factor": true, "connect_timeout": true,
+	"drain_timeout": true, "dns_server": true, "dns_interval": true,
+	"health.check": true, "health.interval": true, "health.timeout": true, "health.rise": true,
+	"health.fall": true, "health.path": true, "health.expect_status": true,
+	"health.send_proxy": true, "health.cooldown": true, "health.eject_after": true,
+}
+
+// reload re-reads the config (SIGHUP). A valid config replaces the backend
+// set, reusing the Backend values that did not change, so no established
+// connection is touched; an invalid one is logged and the config in force
+// stays.
+func (d *daemon) reload() {
+	cfg, err := loadConfig(d.c, d.argv)
+	if err != nil {
+		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
+		return
+	}
+	var ignored []string
+	for _, k := range config.ChangedKeys(d.boot, cfg) {
+		if !liveKeys[k] {
+			ignored = append(ignored, k)
+		}
+	}
+	if len(ignored) > 0 {
+		d.log.Warn("reload: these settings need a restart (or a SIGUSR2 upgrade) and were ignored",
+			zap.Strings("keys", ignored))
+	}
+	answers := d.reloadDNS(cfg)
+
+	d.mu.Lock()
+	old := d.srv.Backends()
+	set, err := d.buildSet(cfg, answers, old)
+	if err != nil {
+		d.mu.Unlock()
+		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
+		return
+	}
+	d.cfg, d.dns = cfg, answers
+	d.srv.SetBackends(set)
+	oldLoops := d.loops
+	d.mu.Unlock()
+
+	oldLoops.stop()
+	l := d.startLoops(cfg)
+	d.mu.Lock()
+	d.loops = l
+	d.mu.Unlock()
+	added, removed := setDiff(old, set)
+	d.log.Info("config reloaded", zap.Strings("added", added), zap.Strings("removed", removed),
+		zap.Int("backends", len(set.Backends())))
+}
+
+// reloadDNS resolves cfg's dns backends. A name that fails keeps the
+// answer it had, if any.
+func (d *daemon) reloadDNS(cfg *config.Config) map[string][]string {
+	targets := cfg.DNSTargets()
+	if len(targets) == 0 {
+		return nil
+	}
+	answers, err := newResolver(cfg).ResolveAll(context.Background(), targets)
+	if err != nil {
+		d.log.Warn("reload: dns backends did not resolve", zap.Error(err))
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string][]string, len(targets))
+	for _, t := range targets {
+		if a, ok := answers[t]; ok {
+			out[t] = a
+		} else if prev, ok := d.dns[t]; ok {
+			out[t] = prev
+		}
+	}
+	return out
+}
