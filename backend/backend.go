@@ -284,8 +284,17 @@ func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Con
 	return s.DialWith(ctx, ip, nil)
 }
 
-// DialFunc connects like net.Dialer.DialContext.
-type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+// DialFunc connects to address (network as for net.Dial) within timeout,
+// unless ctx ends first.
+type DialFunc func(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error)
+
+// dialNet is the DialFunc of Dial: a net.Dialer.
+func dialNet(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
 
 // DialWith is Dial with dial making the connections (nil: a net.Dialer).
 // The server passes its relay engine's dialer, whose sockets the engine
@@ -319,13 +328,10 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 }
 
 func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.dialTimeout())
-	defer cancel()
 	if dial == nil {
-		var d net.Dialer
-		dial = d.DialContext
+		dial = dialNet
 	}
-	conn, err := dial(ctx, b.network, b.addr)
+	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
 	if err != nil {
 		b.failures.Add(1)
 		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {

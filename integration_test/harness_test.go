@@ -139,6 +139,20 @@ func (p *proc) fdCount(t *testing.T) int {
 	return len(ents)
 }
 
+// fdTargets lists what the process's descriptors point to, for failure
+// messages.
+func (p *proc) fdTargets(t *testing.T) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		out = append(out, e.Name()+"->"+target)
+	}
+	return out
+}
+
 // waitFor polls cond until it holds or the hang guard expires.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

@@ -14,28 +14,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DialContext connects to address like net.Dialer.DialContext, for
-// backend.Set.DialWith, and returns a *Socket that Start takes as it is.
-// Only "tcp", "tcp4" and "tcp6" to an IP literal are dialed here; anything
-// else (a host name, a unix socket) goes to a net.Dialer.
+// DialTimeout connects to address within timeout (zero: no limit) unless
+// ctx ends first, like net.Dialer.DialContext; it is the dialer the server
+// hands to backend.Set.DialWith. It returns a *Socket that Start takes as
+// it is. Only "tcp", "tcp4" and "tcp6" to an IP literal are dialed here;
+// anything else (a host name, a unix socket) goes to a net.Dialer.
 //
 // A net.Conn would cost the engine, per connection, a netpoller registration
 // and its removal, getsockname, getpeername, the dup, fcntl and close of
-// epDetach, and the allocations and context plumbing of package net. Here
-// the connecting socket waits in one of the engine's own epoll sets,
-// registered with EPOLLONESHOT: once the loop has reported the connection,
-// the registration lies disabled, and Start re-arms it with one epoll_ctl
-// instead of adding the socket again. The socket gets the options package
-// net gives a dialed TCP connection (TCP_NODELAY, keep-alive 15s/15s/9).
-func (e *EpollEngine) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+// epDetach, and the allocations and context plumbing of package net. Here a
+// connection that completes inside connect(2) (loopback) needs no wait at
+// all; otherwise the socket waits in one of the engine's own epoll sets,
+// registered with EPOLLONESHOT (see epoll_wait.go): once the loop has
+// reported the connection, the registration lies disabled, and Start
+// re-arms it with one epoll_ctl instead of adding the socket again. The
+// wait allocates nothing (pooled channel and timer). The socket gets the
+// options package net gives a dialed TCP connection (TCP_NODELAY,
+// keep-alive 15s/15s/9).
+func (e *EpollEngine) DialTimeout(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || network != "tcp" && network != "tcp4" && network != "tcp6" || e.closed.Load() {
-		var d net.Dialer
+		d := net.Dialer{Timeout: timeout}
 		return d.DialContext(ctx, network, address)
 	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	fail := func(err error) (net.Conn, error) {
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
 	}
 	if ap.Addr().Is4() != (network != "tcp6") && network != "tcp" {
 		return fail(net.UnknownNetworkError(network + " for " + ap.Addr().String()))
@@ -47,18 +54,31 @@ func (e *EpollEngine) DialContext(ctx context.Context, network, address string) 
 		}
 		return fail(os.NewSyscallError("connect", errno))
 	}
-	if errno == 0 { // connected at once: nothing registered
-		return &Socket{fd: int(fd), remote: ap}, nil
+	if errno == unix.EINPROGRESS {
+		// On loopback the whole handshake runs inside connect(2).
+		if errno = epConnectAgain(fd, ap); errno != 0 && errno != unix.EALREADY {
+			epClose(fd)
+			return fail(os.NewSyscallError("connect", errno))
+		}
 	}
-	l := e.loops[e.next.Add(1)%uint32(len(e.loops))]
-	events, err := l.waitConnect(ctx, fd)
+	if errno == 0 { // connected at once: nothing registered, no wait
+		return &Socket{fd: int(fd), remote: ap, eng: e}, nil
+	}
+	l := e.pick()
+	events, err := l.wait(fd, unix.EPOLL_CTL_ADD, unix.EPOLLOUT, ctx.Done(), timeout)
+	if err == errWaitTimeout {
+		err = errDialTimeout
+	} else if err == errWaitDone {
+		err = ctx.Err()
+	}
 	if err != nil {
+		epClose(fd)
 		return fail(err)
 	}
 	if events == unix.EPOLLOUT { // connected: a failure also reports EPOLLERR
-		return &Socket{fd: int(fd), remote: ap, home: l}, nil
+		return &Socket{fd: int(fd), remote: ap, eng: e, home: l}, nil
 	}
-	if soerr, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != nil || soerr != 0 || events&unix.EPOLLOUT == 0 {
+	if soerr, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != nil || soerr != 0 || events&(unix.EPOLLOUT|unix.EPOLLHUP) != unix.EPOLLOUT {
 		epClose(fd)
 		switch {
 		case e != nil:
@@ -68,7 +88,7 @@ func (e *EpollEngine) DialContext(ctx context.Context, network, address string) 
 		}
 		return fail(os.NewSyscallError("connect", unix.ECONNREFUSED))
 	}
-	return &Socket{fd: int(fd), remote: ap, home: l}, nil
+	return &Socket{fd: int(fd), remote: ap, eng: e, home: l}, nil
 }
 
 // epDialSocket makes a non-blocking TCP socket with package net's options
@@ -106,6 +126,22 @@ func epDialSocket(ap netip.AddrPort) (int32, syscall.Errno) {
 	return fd, e
 }
 
+// epConnectAgain asks again after a connect(2) that returned EINPROGRESS:
+// 0 once connected (EISCONN is reported as 0), EALREADY while in progress,
+// or the error that ended the attempt (which this call consumes: the
+// caller must report it). On loopback the whole three-way handshake runs in
+// the first call's softirq, so this one system call saves the wait's
+// epoll_ctl, two goroutine switches and the loop's wake-up.
+func epConnectAgain(fd int32, ap netip.AddrPort) syscall.Errno {
+	var sa unix.RawSockaddrAny
+	n := epSockaddr(&sa, ap)
+	_, _, e := syscall.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n))
+	if e == unix.EISCONN {
+		return 0
+	}
+	return e
+}
+
 // epSockaddr fills sa with ap and returns its length.
 func epSockaddr(sa *unix.RawSockaddrAny, ap netip.AddrPort) int {
 	port := ap.Port()
@@ -123,90 +159,14 @@ func epSockaddr(sa *unix.RawSockaddrAny, ap netip.AddrPort) int {
 	return unix.SizeofSockaddrInet6
 }
 
-// epDial is a connect(2) in progress, waiting for its loop's report.
-type epDial struct {
-	events chan uint32 // the epoll events; 0: the engine closed
-}
+// errDialTimeout is what a dial that outlives its timeout returns, like
+// package net's (a net.Error with Timeout true, wrapping
+// os.ErrDeadlineExceeded).
+var errDialTimeout error = &timeoutError{}
 
-// epDialOut is the mask a connecting socket waits with.
-const epDialOut = unix.EPOLLOUT | unix.EPOLLONESHOT
+type timeoutError struct{}
 
-// waitConnect files fd in the loop's epoll set until it connects or fails,
-// and returns the events epoll reported. On ctx's end it returns ctx's error
-// and has closed fd.
-func (l *epLoop) waitConnect(ctx context.Context, fd int32) (uint32, error) {
-	w := &epDial{events: make(chan uint32, 1)}
-	l.mu.Lock()
-	if l.stopped {
-		l.mu.Unlock()
-		epClose(fd)
-		return 0, net.ErrClosed
-	}
-	l.dials[fd] = w
-	l.mu.Unlock()
-	if e := epCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, epDialOut); e != 0 {
-		l.dropDial(fd, w)
-		epClose(fd)
-		return 0, os.NewSyscallError("epoll_ctl", e)
-	}
-	select {
-	case ev := <-w.events:
-		if ev == 0 {
-			epClose(fd)
-			return 0, net.ErrClosed
-		}
-		return ev, nil
-	case <-ctx.Done():
-		if !l.dropDial(fd, w) { // the loop has answered meanwhile
-			if ev := <-w.events; ev != 0 {
-				return ev, nil
-			}
-		}
-		epClose(fd)
-		return 0, ctx.Err()
-	}
-}
-
-// dropDial forgets w; false if the loop took it first (and answers it).
-func (l *epLoop) dropDial(fd int32, w *epDial) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.dials[fd] != w {
-		return false
-	}
-	delete(l.dials, fd)
-	return true
-}
-
-// dialEvent answers the dial waiting on fd, if any. An event for a
-// descriptor that is neither a pair's nor a dial's is stale: ignored.
-func (l *epLoop) dialEvent(fd int32, events uint32) {
-	l.mu.Lock()
-	w := l.dials[fd]
-	delete(l.dials, fd)
-	l.mu.Unlock()
-	if w != nil {
-		if events == 0 { // 0 means "engine closed"
-			events = unix.EPOLLERR
-		}
-		w.events <- events
-	}
-}
-
-// failDials answers every dial still waiting: the engine is closing.
-// Called with l.mu held.
-func (l *epLoop) failDials() {
-	for fd, w := range l.dials {
-		delete(l.dials, fd)
-		w.events <- 0
-	}
-}
-
-// rearm re-enables a socket that waited for its connection in this loop's
-// set (see DialContext) with the mask of a relayed socket.
-func (l *epLoop) rearm(fd int) error {
-	if e := epCtl(l.epfd, unix.EPOLL_CTL_MOD, int32(fd), epIn); e != 0 {
-		return os.NewSyscallError("epoll_ctl mod", e)
-	}
-	return nil
-}
+func (*timeoutError) Error() string   { return "i/o timeout" }
+func (*timeoutError) Timeout() bool   { return true }
+func (*timeoutError) Temporary() bool { return true }
+func (*timeoutError) Unwrap() error   { return os.ErrDeadlineExceeded }

@@ -36,7 +36,7 @@ type epLoop struct {
 	inbox    []*epPair   // started, registered, not yet adopted
 	failed   []epFailed  // started, but a registration failed
 	closeAll []chan struct{}
-	dials    map[int32]*epDial // connecting sockets (DialContext), by descriptor
+	waits    map[int32]*epWait // sockets waiting before Start (see epoll_wait.go)
 	stop     bool              // Close asked the loop to end
 	stopped  bool              // the loop took stop: no closeAll will be answered
 
@@ -82,7 +82,7 @@ func newEpLoop(e *EpollEngine, opts EpollOptions) (*epLoop, error) {
 		wheel:  epWheel{tick: int64(opts.tick())},
 		notes:  newEpNotifier(),
 		efd:    -1,
-		dials:  make(map[int32]*epDial),
+		waits:  make(map[int32]*epWait),
 	}
 	l.pollFn = l.poll
 	if l.rc, err = l.file.SyscallConn(); err != nil {
@@ -221,7 +221,7 @@ func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 	l.inbox, l.failed, l.closeAll = l.spareI[:0], nil, nil
 	l.stopped = stop
 	if stop {
-		l.failDials()
+		l.failWaits()
 	}
 	l.mu.Unlock()
 	for _, p := range inbox {
@@ -258,7 +258,7 @@ func (l *epLoop) event(ev *unix.EpollEvent) {
 		return // its commands were taken by intake
 	}
 	if fd >= len(l.table) || l.table[fd] == nil {
-		l.dialEvent(ev.Fd, ev.Events)
+		l.waitEvent(ev.Fd, ev.Events)
 		return
 	}
 	p := l.table[fd]

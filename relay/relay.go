@@ -2,10 +2,16 @@
 // client connection and its backend connection until both directions end.
 //
 // The rest of stickyd sees only the Engine interface. The handler goroutine
-// reads the client address, dials the backend and writes the PROXY header;
-// then it hands both sockets to an Engine with Start and returns. From that
-// moment the Engine owns both connections: it closes them, and calls
-// Pair.Done exactly once when the pair is finished.
+// reads the client address, dials the backend and formats the PROXY header
+// (Pair.Header); then it hands both sockets to an Engine with Start and
+// returns. From that moment the Engine owns both connections: it closes
+// them, and calls Pair.Done exactly once when the pair is finished.
+//
+// The epoll engine also makes the sockets cheaply: a Socket is a bare
+// descriptor (the server accepts with accept4(2) into one), and
+// EpollEngine.DialTimeout dials one; Start takes them without a system call
+// of its own, where a net.Conn costs it a dup(2), an fcntl(2) and a close(2)
+// with its netpoller unregistration.
 //
 //	eng := relay.NewGoroutineEngine()
 //	eng.Start(&relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,

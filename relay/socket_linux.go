@@ -19,33 +19,46 @@ import (
 // its close an epoll_ctl(2) (see EpollEngine).
 //
 // A Socket is a complete net.Conn all the same. Read and ReadNow first try a
-// non-blocking read(2); the first call that has to wait (a Read that finds
-// nothing, a Write, SyscallConn, TCPConn) converts it, once, into a
-// *net.TCPConn (net.FileConn), which every later call uses. Deadlines set
-// before the conversion carry over. So a handshake that finds its bytes
-// already arrived never pays for the netpoller.
+// non-blocking read(2). A Read that finds nothing waits in one of the loops
+// of the Socket's engine, if it has one (EpollEngine.NewSocket,
+// EpollEngine.DialTimeout; see epoll_wait.go), under its read deadline. Any
+// other call that has to wait (a Write, SyscallConn, TCPConn; a Read without
+// an engine) converts it, once, into a *net.TCPConn (net.FileConn), which
+// every later call uses; deadlines set before carry over. So a handshake
+// that only reads never pays for the netpoller.
 //
 //	nfd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-//	s := relay.NewSocket(nfd, local, remote) // s owns nfd
-//	eng.Start(&relay.Pair{Client: s, ...})   // the engine owns s
+//	s := eng.NewSocket(nfd, local, remote) // s owns nfd
+//	eng.Start(&relay.Pair{Client: s, ...}) // the engine owns s
 //
-// Its methods are safe for concurrent use.
+// Its methods are safe for concurrent use, but a deadline set while a Read
+// waits in a loop applies from the next Read.
 type Socket struct {
 	local, remote netip.AddrPort
 
-	home *epLoop // the loop whose epoll set holds fd, disabled (DialContext)
+	eng     *EpollEngine // waits take place in its loops; nil: convert instead
+	home    *epLoop      // the loop whose epoll set holds fd (disabled), if any
+	waiting bool         // a Read waits in home (guarded by mu)
 
-	mu       sync.Mutex
-	fd       int          // the bare descriptor; -1 once converted, taken or closed
-	conn     *net.TCPConn // after conversion
-	closed   bool
-	rdl, wdl time.Time // deadlines set before conversion
+	mu     sync.Mutex
+	fd     int          // the bare descriptor; -1 once converted, taken or closed
+	conn   *net.TCPConn // after conversion
+	closed bool
+	dl     *[2]time.Time // read and write deadlines set before conversion
 }
 
 // NewSocket returns a Socket owning fd, a connected non-blocking TCP socket
 // from local to remote (addresses as the caller knows them, not checked).
+// Its Reads convert it when they must wait; see EpollEngine.NewSocket.
 func NewSocket(fd int, local, remote netip.AddrPort) *Socket {
 	return &Socket{fd: fd, local: local, remote: remote}
+}
+
+// NewSocket is relay.NewSocket for a socket meant for e: a Read that must
+// wait does so in one of e's loops, and Start then re-arms the socket there
+// instead of adding it.
+func (e *EpollEngine) NewSocket(fd int, local, remote netip.AddrPort) *Socket {
+	return &Socket{fd: fd, local: local, remote: remote, eng: e}
 }
 
 // AddrPorts returns the local and remote addresses given to NewSocket
@@ -99,18 +112,35 @@ func (s *Socket) readRaw(b []byte) (int, error) {
 	return n, nil
 }
 
-// Read implements net.Conn: bytes already arrived are read at once;
-// waiting for more converts the Socket.
+// Read implements net.Conn: bytes already arrived are read at once; for
+// more, it waits in a loop of the Socket's engine, or converts the Socket.
 func (s *Socket) Read(b []byte) (int, error) {
 	s.mu.Lock()
-	if s.conn == nil && !s.closed && len(b) > 0 {
-		if !s.rdl.IsZero() && !time.Now().Before(s.rdl) {
+	for {
+		if s.conn != nil || s.closed {
+			break
+		}
+		if len(b) == 0 {
+			s.mu.Unlock()
+			return 0, nil
+		}
+		var deadline time.Time
+		if s.dl != nil {
+			deadline = s.dl[0]
+		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
 			s.mu.Unlock()
 			return 0, s.opErr("read", os.ErrDeadlineExceeded)
 		}
 		if n, err := s.readRaw(b); n > 0 || err != nil {
 			s.mu.Unlock()
 			return n, err
+		}
+		if s.eng == nil || s.waiting || s.eng.closed.Load() {
+			break
+		}
+		if err := s.waitReadable(deadline); err != nil {
+			return 0, err // s.mu released
 		}
 	}
 	c, err := s.convertLocked()
@@ -119,6 +149,34 @@ func (s *Socket) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.Read(b)
+}
+
+// waitReadable waits in a loop of s.eng until s is readable or deadline
+// passes. Called with s.mu held; it releases it, and retakes it only when
+// it returns nil.
+func (s *Socket) waitReadable(deadline time.Time) error {
+	op := unix.EPOLL_CTL_MOD
+	if s.home == nil {
+		s.home, op = s.eng.pick(), unix.EPOLL_CTL_ADD
+	}
+	l, fd := s.home, int32(s.fd)
+	s.waiting = true
+	s.mu.Unlock()
+	var timeout time.Duration
+	if !deadline.IsZero() {
+		timeout = max(time.Until(deadline), time.Nanosecond)
+	}
+	_, err := l.wait(fd, op, unix.EPOLLIN|unix.EPOLLRDHUP, nil, timeout)
+	s.mu.Lock()
+	s.waiting = false
+	if err == nil {
+		return nil
+	}
+	s.mu.Unlock()
+	if err == errWaitTimeout {
+		err = os.ErrDeadlineExceeded
+	}
+	return s.opErr("read", err)
 }
 
 // Write implements net.Conn; it converts the Socket.
@@ -140,6 +198,9 @@ func (s *Socket) Close() error {
 	s.closed = true
 	if s.conn != nil {
 		return s.conn.Close()
+	}
+	if s.waiting {
+		s.home.abortWait(int32(s.fd)) // the Read returns net.ErrClosed
 	}
 	epClose(int32(s.fd))
 	s.fd = -1
@@ -186,11 +247,14 @@ func (s *Socket) setDeadline(t time.Time, r, w bool) error {
 	case s.conn != nil:
 		return s.conn.SetWriteDeadline(t)
 	}
+	if s.dl == nil {
+		s.dl = new([2]time.Time)
+	}
 	if r {
-		s.rdl = t
+		s.dl[0] = t
 	}
 	if w {
-		s.wdl = t
+		s.dl[1] = t
 	}
 	return nil
 }
@@ -234,11 +298,13 @@ func (s *Socket) convertLocked() (*net.TCPConn, error) {
 		return nil, s.opErr("convert", syscall.EPROTOTYPE)
 	}
 	s.conn = tc
-	if !s.rdl.IsZero() {
-		tc.SetReadDeadline(s.rdl)
-	}
-	if !s.wdl.IsZero() {
-		tc.SetWriteDeadline(s.wdl)
+	if s.dl != nil {
+		if !s.dl[0].IsZero() {
+			tc.SetReadDeadline(s.dl[0])
+		}
+		if !s.dl[1].IsZero() {
+			tc.SetWriteDeadline(s.dl[1])
+		}
 	}
 	return tc, nil
 }
@@ -250,7 +316,7 @@ func (s *Socket) convertLocked() (*net.TCPConn, error) {
 func (s *Socket) take() (fd int, home *epLoop, conn *net.TCPConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.waiting {
 		return -1, nil, nil
 	}
 	s.closed = true

@@ -30,6 +30,7 @@ type rawListener struct {
 	file             *os.File
 	rc               syscall.RawConn
 	local            netip.AddrPort // the listening address, unless unspecified
+	eng              *relay.EpollEngine
 	fn               func(fd uintptr) bool
 
 	// results of fn; Serve is the only caller of Accept
@@ -38,11 +39,13 @@ type rawListener struct {
 	err syscall.Errno
 }
 
-// rawListenerFor returns a rawListener over ln, or ln itself when ln is not
-// a TCP listener or the dup fails.
-func rawListenerFor(ln net.Listener) net.Listener {
+// rawListenerFor returns a rawListener over ln for the epoll engine, or ln
+// itself: for another engine (which would convert each Socket back into a
+// *net.TCPConn), when ln is not a TCP listener, or when the dup fails.
+func rawListenerFor(ln net.Listener, engine relay.Engine) net.Listener {
 	tl, ok := ln.(*net.TCPListener)
-	if !ok {
+	eng, epoll := engine.(*relay.EpollEngine)
+	if !ok || !epoll {
 		return ln
 	}
 	src, err := tl.SyscallConn()
@@ -58,7 +61,7 @@ func rawListenerFor(ln net.Listener) net.Listener {
 	if dup < 0 {
 		return ln
 	}
-	l := &rawListener{TCPListener: tl, file: os.NewFile(uintptr(dup), "listener")}
+	l := &rawListener{TCPListener: tl, file: os.NewFile(uintptr(dup), "listener"), eng: eng}
 	if l.rc, err = l.file.SyscallConn(); err != nil {
 		l.file.Close()
 		return ln
@@ -66,9 +69,13 @@ func rawListenerFor(ln net.Listener) net.Listener {
 	if ap := tl.Addr().(*net.TCPAddr).AddrPort(); !ap.Addr().IsUnspecified() {
 		l.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
-	l.fn = func(fd uintptr) bool { // unix.Accept4 would add a getsockopt
+	// unix.Accept4 would add a getsockopt. Not RawSyscall: the listening
+	// socket turns blocking while an upgrade hands it to a child (exec puts
+	// the child's copy in blocking mode, and the flag is shared), and a
+	// blocking accept4 must not hold a P.
+	l.fn = func(fd uintptr) bool {
 		n := uint32(unix.SizeofSockaddrAny)
-		r, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.sa)),
+		r, _, e := syscall.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.sa)),
 			uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 		l.nfd, l.err = int(r), e
 		return e != unix.EAGAIN
@@ -113,7 +120,7 @@ func (l *rawListener) Accept() (net.Conn, error) {
 				local = sockaddrAddrPort(sa)
 			}
 		}
-		return relay.NewSocket(l.nfd, local, rawAddrPort(&l.sa)), nil
+		return l.eng.NewSocket(l.nfd, local, rawAddrPort(&l.sa)), nil
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 )
 
 // rawListenerFor returns ln: accepting with accept4(2) is Linux-only.
-func rawListenerFor(ln net.Listener) net.Listener { return ln }
+func rawListenerFor(ln net.Listener, engine relay.Engine) net.Listener { return ln }
 
 // clientConn returns an accepted connection as the handshake takes it, or
 // false for one that is not TCP.

@@ -1,6 +1,6 @@
 set terminal pngcairo size 800,500 noenhanced
 set output '/work/main/bench/results/mem-per-conn.png'
-set title 'Proxy RSS growth per idle proxied connection (median of 1)'
+set title 'Proxy RSS growth per idle proxied connection (median of 5)'
 set xlabel 'idle connections'
 set ylabel 'RSS KB per connection'
 set grid
