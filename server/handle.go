@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -100,7 +101,7 @@ func (s *Server) handshake(conn relay.Conn, c *client) (*backend.Backend, relay.
 	if c.header, err = proxyproto.Format(s.opts.SendProxy, c.addr, c.dst, c.tlvs); err != nil {
 		bconn.Close()
 		b.Release()
-		return nil, nil, errors.New("PROXY header for backend " + b.Name + ": " + err.Error())
+		return nil, nil, fmt.Errorf("PROXY header for backend %s: %w", b.Name, err)
 	}
 	return b, bconn.(relay.Conn), nil
 }

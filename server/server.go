@@ -28,7 +28,9 @@ var ErrServerClosed = errors.New("server: closed")
 
 // Options configure a Server. Zero values mean the documented defaults.
 type Options struct {
-	// Trusted upstreams must send a PROXY header; others must not.
+	// Trusted are the upstreams stickyd believes: peers inside must send a
+	// PROXY header and others must not; in ClientIPHeader mode they are the
+	// trusted HTTP proxy hops instead.
 	Trusted []netip.Prefix
 	// HeaderTimeout bounds reading an upstream PROXY header or an HTTP
 	// header block. Default 5s.
