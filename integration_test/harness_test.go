@@ -89,11 +89,18 @@ func freePort(t *testing.T) string {
 func startStickyd(t *testing.T, args ...string) *proc {
 	t.Helper()
 	addr := freePort(t)
+	return launch(t, t.TempDir(), addr, append([]string{"--listen", addr, "--log-format", "json"}, args...)...)
+}
+
+// launch runs stickyd with args in dir (t.TempDir() has no ./config.toml)
+// and waits for its "stickyd listening" log line: a probe connection would
+// reach a backend. It is SIGKILLed at cleanup if still running.
+func launch(t *testing.T, dir, addr string, args ...string) *proc {
+	t.Helper()
 	p := &proc{addr: addr, stderr: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(stickydBin, append([]string{"--listen", addr, "--log-format", "json"}, args...)...)
-	p.cmd.Dir = t.TempDir() // no ./config.toml there
-	p.cmd.Stderr = p.stderr
-	p.cmd.Stdout = p.stderr
+	p.cmd = exec.Command(stickydBin, args...)
+	p.cmd.Dir = dir
+	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +112,6 @@ func startStickyd(t *testing.T, args ...string) *proc {
 			t.Logf("stickyd log:\n%s", p.stderr.String())
 		}
 	})
-	// Ready when it says so: a probe connection would reach a backend.
 	waitFor(t, "stickyd listening", func() bool {
 		select {
 		case <-p.exited:

@@ -340,28 +340,5 @@ func replaceLine(t *testing.T, s, pattern, repl string) string {
 // it listens. It is SIGKILLed at cleanup if still running.
 func launchStickydIn(t *testing.T, dir, addr string) *proc {
 	t.Helper()
-	p := &proc{addr: addr, stderr: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(stickydBin)
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-		if t.Failed() {
-			t.Logf("stickyd log:\n%s", p.stderr.String())
-		}
-	})
-	waitFor(t, "stickyd listening", func() bool {
-		select {
-		case <-p.exited:
-			t.Fatalf("stickyd exited: %v\n%s", p.err, p.stderr.String())
-		default:
-		}
-		return strings.Contains(p.stderr.String(), `"msg":"stickyd listening"`)
-	})
-	return p
+	return launch(t, dir, addr)
 }
