@@ -38,48 +38,13 @@ func TestStickinessThousandClients(t *testing.T) {
 	_, args := fourBackends(t)
 	p := startStickyd(t, append(args, "--send-proxy", "v2")...)
 	const clients = 1000
-	home := make([]string, clients)
-	perBackend := map[string]int{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	sem := make(chan struct{}, 64)
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			ip := clientIP(i)
-			for round := range 3 {
-				name, addr, err := hello(ip, p.addr)
-				if err != nil {
-					errs <- err
-					return
-				}
-				if addr.Addr().String() != ip {
-					errs <- fmt.Errorf("client %s: backend saw %s", ip, addr)
-					return
-				}
-				mu.Lock()
-				if round == 0 {
-					home[i] = name
-					perBackend[name]++
-				} else if home[i] != name {
-					errs <- fmt.Errorf("client %s: round %d went to %s, first to %s", ip, round, name, home[i])
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if len(perBackend) != 4 {
-		t.Fatalf("backends used: %v", perBackend)
-	}
+	perBackend := checkStickyThrough(t, clients, 3, 4, func(ip string, _ int) (string, error) {
+		name, addr, err := hello(ip, p.addr)
+		if err == nil && addr.Addr().String() != ip {
+			err = fmt.Errorf("client %s: backend saw %s", ip, addr)
+		}
+		return name, err
+	})
 	mean := float64(clients) / 4
 	for name, n := range perBackend {
 		if dev := float64(n)/mean - 1; dev > 0.15 || dev < -0.15 {

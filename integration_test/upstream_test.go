@@ -175,7 +175,8 @@ func visit(ip, addr string) (name string, told, self netip.AddrPort, err error) 
 // distinct IPs (in parallel) with connect, which returns the backend that
 // answered and fails if it was told the wrong client address. Every IP must
 // always reach the same backend, and every one of the backends get clients.
-func checkStickyThrough(t *testing.T, clients, rounds, backends int, connect func(ip string, round int) (string, error)) {
+// It returns the number of clients per backend.
+func checkStickyThrough(t *testing.T, clients, rounds, backends int, connect func(ip string, round int) (string, error)) map[string]int {
 	t.Helper()
 	home := make([]string, clients)
 	var wg sync.WaitGroup
@@ -214,6 +215,7 @@ func checkStickyThrough(t *testing.T, clients, rounds, backends int, connect fun
 	if len(used) != backends {
 		t.Errorf("clients per backend %v: all %d backends should get clients", used, backends)
 	}
+	return used
 }
 
 // viaProxyHeader connects through addr, an upstream sending PROXY
