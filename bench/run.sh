@@ -6,16 +6,19 @@
 #   bench/run.sh --quick         # smoke run, ~1-2 minutes
 #   bench/run.sh --reps 5 --proxies "haproxy nginx"
 #
+# The proxy "floor" (bench/floor, in the default list) is a measuring stick,
+# not a proxy: it runs the short-connection scenario only.
+#
 # Writes bench/results/{raw.csv,summary.csv,table.md,mem-per-conn.dat,mem-per-conn.png}
 # and prints the table. Idempotent: installs what is missing, rebuilds, and
 # starts every process it needs on fresh ports; stops them on exit.
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
 REPS=""
-PROXIES="stickyd haproxy nginx"
+PROXIES="stickyd haproxy nginx floor"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) QUICK=1 ;;
@@ -95,6 +98,9 @@ ensure_packages() {
 build() {
 	log "building loadgen"
 	(cd "$REPO" && go build -o "$LG" ./bench/loadgen)
+	if [[ " $PROXIES " == *" floor "* ]]; then
+		(cd "$REPO" && go build -o "$WORK/floor" ./bench/floor) || log "SKIP floor: it does not build"
+	fi
 	if [[ " $PROXIES " == *" stickyd "* ]]; then
 		log "building stickyd"
 		if ! (cd "$REPO" && go build -o "$WORK/stickyd" .) >"$WORK/stickyd-build.log" 2>&1; then
@@ -156,6 +162,7 @@ write_configs() {
 available() {
 	case "$1" in
 	stickyd) [ -x "$WORK/stickyd" ] ;;
+	floor) [ -x "$WORK/floor" ] ;;
 	haproxy) command -v haproxy >/dev/null ;;
 	nginx) command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] ;;
 	*) return 1 ;;
@@ -179,6 +186,7 @@ start_proxy() {
 		) >>"$WORK/stickyd.log" 2>&1 &
 		;;
 	haproxy) haproxy -db -f "$WORK/haproxy.cfg" >>"$WORK/haproxy.log" 2>&1 & ;;
+	floor) "$WORK/floor" -listen "127.0.0.1:${!port}" -b0 "127.0.0.1:$BP0" -b1 "127.0.0.1:$BP1" >>"$WORK/floor.log" 2>&1 & ;;
 	nginx) nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" >>"$WORK/nginx.log" 2>&1 & ;;
 	esac
 	PROXY_PID=$!
@@ -242,6 +250,7 @@ wait_quiet() {
 
 run_idle() {
 	local name=$1 rep=$2 port=PORT_$1
+	[ "$name" = floor ] && return # rate scenario only
 	start_proxy "$name" || { SKIPPED+=" $name"; return; }
 	log "$name rep $rep: idle $LEVELS"
 	"$LG" idle -target "127.0.0.1:${!port}" -pid "$PROXY_PID" -levels "$LEVELS" -settle "$SETTLE" \
@@ -258,7 +267,7 @@ run_traffic() {
 	local common=(-target "127.0.0.1:${!port}" -pid "$PROXY_PID" -out "$RESULTS/raw.csv" -proxy "$name" -rep "$rep")
 	"$LG" rate "${common[@]}" -c "$RATE_C" -d "$RATE_D" -warmup "$WARMUP" >>"$WORK/client.log" 2>&1 ||
 		log "$name rep $rep: rate failed (see $WORK/client.log)"
-	"$LG" stream "${common[@]}" -bytes "$STREAM_BYTES" >>"$WORK/client.log" 2>&1 ||
+	[ "$name" = floor ] || "$LG" stream "${common[@]}" -bytes "$STREAM_BYTES" >>"$WORK/client.log" 2>&1 ||
 		log "$name rep $rep: stream failed (see $WORK/client.log)"
 	stop_proxy
 }
@@ -271,6 +280,17 @@ rotate() {
 	for i in "${!a[@]}"; do printf '%s ' "${a[$(((i + n) % ${#a[@]}))]}"; done
 }
 
+# ratios PROXIES...: the table's ratio rows: the first proxy over each other,
+# and the floor over the real proxies.
+ratios() {
+	local first=$1 p out=()
+	for p in "${@:2}"; do out+=("$first/$p"); done
+	if [[ " $* " == *" floor "* && "$first" != floor ]]; then
+		for p in "$@"; do [ "$p" = floor ] || [ "$p" = "$first" ] || out+=("floor/$p"); done
+	fi
+	(IFS=,; echo "${out[*]}")
+}
+
 plot() {
 	command -v gnuplot >/dev/null || { log "no gnuplot: skipping the PNG"; return; }
 	gnuplot "$RESULTS/mem-per-conn.gp"
@@ -279,7 +299,7 @@ plot() {
 main() {
 	ensure_packages
 	build
-	read -r BP0 BP1 PORT_stickyd PORT_haproxy PORT_nginx < <("$LG" ports -n 5)
+	read -r BP0 BP1 PORT_stickyd PORT_haproxy PORT_nginx PORT_floor < <("$LG" ports -n 6)
 	write_configs
 	mkdir -p "$RESULTS"
 	rm -rf "$RESULTS/raw.csv" "$RESULTS/logs"
@@ -311,7 +331,7 @@ main() {
 	grep -h "^backend:" "$WORK/backend.log" >&2 || true
 
 	log "report (median of $REPS; load $(cut -d' ' -f1-3 /proc/loadavg))"
-	"$LG" report -in "$RESULTS/raw.csv" -outdir "$RESULTS" -proxies "$(echo $PROXIES | tr ' ' ,)" -levels "$LEVELS"
+	"$LG" report -in "$RESULTS/raw.csv" -outdir "$RESULTS" -proxies "$(echo $PROXIES | tr ' ' ,)" -levels "$LEVELS" -ratios "$(ratios $PROXIES)"
 	plot
 	[ -z "$SKIPPED" ] || log "skipped at least once:$(echo "$SKIPPED" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
 	[ -z "$BUSY" ] || log "machine was busy before:$BUSY"

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,17 +186,33 @@ haproxy,1,rss_KB_per_conn@1000,3.5
 		{head: "conn/s", metric: "conns_per_s"},
 		{head: "RSS", metric: "rss_KB_per_conn@1000", digits: 2, level: 1000},
 	}
-	got := renderTable(s, []string{"stickyd", "haproxy", "nginx"}, cols)
+	names := []string{"stickyd", "haproxy", "nginx"}
+	pairs, err := parseRatios("", names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, err := parseRatios("haproxy/stickyd", names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseRatios("floor/nginx", names); err == nil {
+		t.Error("a ratio naming a proxy not in the list was accepted")
+	}
+	got := renderTable(s, names, append(pairs, more...), cols)
 	for _, want := range []string{
 		"| stickyd | 200 | fail@340 |",
 		"| haproxy | 100 | 3.50 |",
 		"| nginx (not run) | – | – |",
 		"| stickyd ÷ haproxy | 2.00x | 1.43x |",
 		"| stickyd ÷ nginx | – | – |",
+		"| haproxy ÷ stickyd | 0.50x | 0.70x |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
 		}
+	}
+	if got := idleProxies(s, names, []int{1000}); !slices.Equal(got, []string{"stickyd", "haproxy"}) {
+		t.Errorf("idleProxies = %v, want the two with idle rows", got)
 	}
 	gp := renderPlotScript(s, []string{"stickyd", "haproxy"}, []int{1000}, "/r/mem")
 	for _, want := range []string{"set output '/r/mem.png'", "title 'stickyd (failed at 340 connections)'", "using 1:3"} {

@@ -33,6 +33,7 @@ func runReport(args []string) error {
 	outdir := fs.String("outdir", ".", "output directory")
 	proxies := fs.String("proxies", "stickyd,haproxy,nginx", "row order; ratios compare the first to each other")
 	levels := fs.String("levels", "1000,5000,9000", "idle connection counts")
+	ratioList := fs.String("ratios", "", "ratio rows as a/b pairs, comma-separated (default: the first proxy over each other)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,17 +51,21 @@ func runReport(args []string) error {
 		return fmt.Errorf("%s: %w", *in, err)
 	}
 	names := strings.Split(*proxies, ",")
+	pairs, err := parseRatios(*ratioList, names)
+	if err != nil {
+		return err
+	}
 	plotBase, err := filepath.Abs(filepath.Join(*outdir, "mem-per-conn"))
 	if err != nil {
 		return err
 	}
-	table := renderTable(s, names, tableColumns(counts))
+	table := renderTable(s, names, pairs, tableColumns(counts))
 	fmt.Print(table)
 	writes := map[string]string{
 		"table.md":         table,
 		"summary.csv":      renderSummary(s, names),
-		"mem-per-conn.dat": renderPlotData(s, names, counts),
-		"mem-per-conn.gp":  renderPlotScript(s, names, counts, plotBase),
+		"mem-per-conn.dat": renderPlotData(s, idleProxies(s, names, counts), counts),
+		"mem-per-conn.gp":  renderPlotScript(s, idleProxies(s, names, counts), counts, plotBase),
 	}
 	for name, content := range writes {
 		if err := os.WriteFile(filepath.Join(*outdir, name), []byte(content), 0o644); err != nil {
@@ -143,7 +148,38 @@ func (s samples) cell(proxy string, c column) string {
 	return strconv.FormatFloat(v, 'f', c.digits, 64)
 }
 
-func renderTable(s samples, proxies []string, cols []column) string {
+// parseRatios reads "a/b,c/d"; empty means names[0] over each other name.
+func parseRatios(list string, names []string) ([][2]string, error) {
+	var pairs [][2]string
+	if list == "" {
+		for _, other := range names[1:] {
+			pairs = append(pairs, [2]string{names[0], other})
+		}
+		return pairs, nil
+	}
+	for _, r := range strings.Split(list, ",") {
+		a, b, ok := strings.Cut(r, "/")
+		if !ok || !slices.Contains(names, a) || !slices.Contains(names, b) {
+			return nil, fmt.Errorf("ratio %q: want a/b with both in -proxies", r)
+		}
+		pairs = append(pairs, [2]string{a, b})
+	}
+	return pairs, nil
+}
+
+// idleProxies are the proxies with idle measurements: the plot's lines
+// (bench/floor only runs the rate scenario).
+func idleProxies(s samples, names []string, levels []int) []string {
+	var out []string
+	for _, p := range names {
+		if len(s[p][fmt.Sprintf("reached@%d", levels[0])]) > 0 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func renderTable(s samples, proxies []string, pairs [][2]string, cols []column) string {
 	var b strings.Builder
 	heads := []string{"proxy"}
 	for _, c := range cols {
@@ -161,10 +197,10 @@ func renderTable(s samples, proxies []string, cols []column) string {
 		}
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
-	for _, other := range proxies[1:] {
-		row := []string{fmt.Sprintf("%s ÷ %s", proxies[0], other)}
+	for _, pr := range pairs {
+		row := []string{fmt.Sprintf("%s ÷ %s", pr[0], pr[1])}
 		for _, c := range cols {
-			row = append(row, ratio(s.value(proxies[0], c.metric), s.value(other, c.metric)))
+			row = append(row, ratio(s.value(pr[0], c.metric), s.value(pr[1], c.metric)))
 		}
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
