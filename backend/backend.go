@@ -221,7 +221,8 @@ func (s *Set) ByName(name string) *Backend {
 // Lookup returns the backend that ip gets now (state and load considered),
 // or nil when none is up.
 func (s *Set) Lookup(ip netip.Addr) *Backend {
-	if i := s.table.Pick(ip, s.usable(nil, true)); i >= 0 {
+	f := s.filter(nil, true)
+	if i := s.table.Pick(ip, f.ok); i >= 0 {
 		return s.backends[i]
 	}
 	return nil
@@ -232,30 +233,40 @@ func (s *Set) Preferred(ip netip.Addr) *Backend {
 	return s.backends[s.table.Pick(ip, nil)]
 }
 
-// usable returns the predicate for a pick: not yet tried, and either up
+// pickFilter is the predicate for a pick: not yet tried, and either up
 // (strict) or at least not draining/down (last resort: cool-down and failed
-// health checks ignored, since a dial will tell).
-func (s *Set) usable(tried []int, strict bool) func(int) bool {
-	now := time.Now().UnixNano()
-	limit := s.loadLimit()
-	return func(i int) bool {
-		for _, t := range tried {
-			if t == i {
-				return false
-			}
-		}
-		b := s.backends[i]
-		if b.draining.Load() || !b.ready.Load() {
+// health checks ignored, since a dial will tell). A struct with a method,
+// not a returned closure: the balancer does not keep the predicate, so a
+// pickFilter and its tried list stay on the caller's stack.
+type pickFilter struct {
+	s      *Set
+	tried  []int
+	strict bool
+	now    int64
+	limit  func(i int) int64 // bounded load; nil when off
+}
+
+func (s *Set) filter(tried []int, strict bool) pickFilter {
+	return pickFilter{s: s, tried: tried, strict: strict, now: time.Now().UnixNano(), limit: s.loadLimit()}
+}
+
+func (f *pickFilter) ok(i int) bool {
+	for _, t := range f.tried {
+		if t == i {
 			return false
 		}
-		if !strict {
-			return true
-		}
-		if b.unhealthy.Load() || now < b.downUntil.Load() {
-			return false
-		}
-		return limit == nil || b.active.Load() < limit(i)
 	}
+	b := f.s.backends[i]
+	if b.draining.Load() || !b.ready.Load() {
+		return false
+	}
+	if !f.strict {
+		return true
+	}
+	if b.unhealthy.Load() || f.now < b.downUntil.Load() {
+		return false
+	}
+	return f.limit == nil || b.active.Load() < f.limit(i)
 }
 
 // loadLimit returns the bounded-load cap per backend, or nil when off.
@@ -305,7 +316,8 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 	var errs []error
 	for _, strict := range []bool{true, false} {
 		for {
-			i := s.table.Pick(ip, s.usable(tried, strict))
+			f := s.filter(tried, strict)
+			i := s.table.Pick(ip, f.ok)
 			if i < 0 {
 				break
 			}

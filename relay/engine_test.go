@@ -231,6 +231,45 @@ func TestEnginePendingFirst(t *testing.T) {
 	})
 }
 
+// A header and pending bytes larger than the socket buffers: the engine's
+// first write takes only part of them (inside the header, or inside the
+// pending bytes), and the rest must follow in order, before the client's
+// next bytes.
+func TestEngineLargeHeaderAndPending(t *testing.T) {
+	const big = 8 << 20
+	for _, tc := range []struct {
+		name            string
+		header, pending int
+	}{
+		{"pending", 64, big},
+		{"header", big, 4096},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			forEachEngine(t, func(t *testing.T, r *rig) {
+				e, p := r.connect()
+				p.Header = bytes.Repeat([]byte{'H'}, tc.header)
+				p.Pending = make([]byte, tc.pending)
+				for i := range p.Pending {
+					p.Pending[i] = byte(i % 251)
+				}
+				want := append(append(append([]byte(nil), p.Header...), p.Pending...), "after"...)
+				r.eng.Start(p) // the backend is not reading yet
+				write(t, e.client, "after")
+				if got := readN(t, e.backend, len(want)); !bytes.Equal(got, want) {
+					i := 0
+					for i < len(got) && got[i] == want[i] {
+						i++
+					}
+					t.Fatalf("backend stream differs from header+pending+client bytes at byte %d of %d", i, len(want))
+				}
+				if s := e.closeClean(t); s.BytesIn != int64(tc.pending+5) {
+					t.Errorf("BytesIn = %d, want %d (header excluded)", s.BytesIn, tc.pending+5)
+				}
+			})
+		})
+	}
+}
+
 // sendStream writes total bytes of numbered random blocks to c, then
 // half-closes it, and returns their hash.
 func sendStream(c *net.TCPConn, total int, seed uint64) ([32]byte, error) {

@@ -143,10 +143,7 @@ func (e *EpollEngine) Start(p *Pair) {
 	if ep.linger == 0 {
 		ep.linger = ep.idle
 	}
-	if len(p.Header)+len(p.Pending) > 0 {
-		ep.in.pend = joinFirst(p.Header, p.Pending)
-		ep.header = int32(len(p.Header))
-	}
+	ep.header = int32(len(p.Header))
 	// A socket that waited in one of our loops (DialTimeout, a Socket's
 	// Read) is re-armed there; the pair goes to the backend's loop, or the
 	// client's, or the next one.
@@ -164,13 +161,20 @@ func (e *EpollEngine) Start(p *Pair) {
 		return
 	}
 	ep.client.fd, ep.backend.fd = int32(cfd), int32(bfd)
-	if len(ep.in.pend) > 0 { // the PROXY header and the client's first bytes
-		if n, e := epWrite(ep.backend.fd, ep.in.pend); e == 0 {
-			ep.in.n += int64(n)
-			if ep.in.pend = ep.in.pend[n:]; len(ep.in.pend) == 0 {
-				ep.in.pend = nil
-			}
-		} // else the loop meets the error (or EAGAIN) again
+	if len(p.Header)+len(p.Pending) > 0 { // the PROXY header and the client's first bytes
+		// One writev from the caller's slices: joining them would cost an
+		// allocation per connection. Only what the socket did not take is
+		// kept, for the loop to write.
+		n, e := epWritev2(ep.backend.fd, p.Header, p.Pending)
+		if e != 0 {
+			n = 0 // the loop meets the error (or EAGAIN) again
+		}
+		ep.in.n += int64(n)
+		if h := len(p.Header); n < h {
+			ep.in.pend = joinFirst(p.Header[n:], p.Pending)
+		} else if n-h < len(p.Pending) {
+			ep.in.pend = p.Pending[n-h:]
+		}
 	}
 	// A parked loop adopts the pair at the first event of any of its
 	// sockets. It must wake now only for work of its own: bytes still to

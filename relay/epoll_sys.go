@@ -39,6 +39,25 @@ func epWrite(fd int32, b []byte) (int, syscall.Errno) {
 	}
 }
 
+// epWritev2 writes a then b with one writev(2); either may be empty.
+func epWritev2(fd int32, a, b []byte) (int, syscall.Errno) {
+	var iov [2]unix.Iovec
+	n := 0
+	for _, p := range [2][]byte{a, b} {
+		if len(p) > 0 {
+			iov[n].Base = unsafe.SliceData(p)
+			iov[n].SetLen(len(p))
+			n++
+		}
+	}
+	for {
+		m, _, e := syscall.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		if e != unix.EINTR {
+			return int(m), e
+		}
+	}
+}
+
 // epSplice moves up to n bytes from rfd to wfd, one of them a pipe.
 func epSplice(rfd, wfd int32, n int) (int, syscall.Errno) {
 	for {
