@@ -21,12 +21,28 @@ func Write(w io.Writer, version byte, src, dst netip.AddrPort, tlvs []pp.TLV) er
 }
 
 // Format returns the header Write writes, for a caller that sends it along
-// with other bytes (nil for version 0).
+// with other bytes (nil for version 0). It builds the same header as
+// pp.HeaderProxyFromAddrs (IPv4 when both ends are IPv4, else IPv6; LOCAL
+// when an address is missing), but on the stack: go-proxyproto allocates
+// only the returned bytes. It runs once per proxied connection.
 func Format(version byte, src, dst netip.AddrPort, tlvs []pp.TLV) ([]byte, error) {
 	if version == 0 {
 		return nil, nil
 	}
-	h := pp.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
+	h := pp.Header{Version: version, Command: pp.LOCAL, TransportProtocol: pp.UNSPEC}
+	var sIP, dIP [16]byte
+	var sa, da net.TCPAddr
+	if src.Addr().IsValid() && dst.Addr().IsValid() {
+		h.Command, h.TransportProtocol = pp.PROXY, pp.TCPv6
+		sIP, dIP = src.Addr().As16(), dst.Addr().As16()
+		sa.IP, da.IP = sIP[:], dIP[:]
+		if src.Addr().Unmap().Is4() && dst.Addr().Unmap().Is4() {
+			h.TransportProtocol = pp.TCPv4
+			sa.IP, da.IP = sIP[12:], dIP[12:]
+		}
+		sa.Port, da.Port = int(src.Port()), int(dst.Port())
+		h.SourceAddr, h.DestinationAddr = &sa, &da
+	}
 	if version == 2 && len(tlvs) > 0 {
 		if err := h.SetTLVs(tlvs); err != nil {
 			return nil, err
