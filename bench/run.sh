@@ -5,23 +5,27 @@
 #   bench/run.sh                 # full run, ~8-10 minutes
 #   bench/run.sh --quick         # smoke run, ~1-2 minutes
 #   bench/run.sh --reps 5 --proxies "haproxy nginx"
+#   bench/run.sh --rate-only --reps 6 --proxies "stickyd haproxy"   # A/B of conn/s, p99, CPU/conn
 #
 # The proxy "floor" (bench/floor, in the default list) is a measuring stick,
 # not a proxy: it runs the short-connection scenario only.
 #
 # Writes bench/results/{raw.csv,summary.csv,table.md,mem-per-conn.dat,mem-per-conn.png}
+# (--rate-only: bench/results/rate-only/, short connections only, no plot)
 # and prints the table. Idempotent: installs what is missing, rebuilds, and
 # starts every process it needs on fresh ports; stops them on exit.
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
+RATE_ONLY=0
 REPS=""
 PROXIES="stickyd haproxy nginx floor"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) QUICK=1 ;;
+	--rate-only) RATE_ONLY=1 ;;
 	--reps) REPS="$2"; shift ;;
 	--proxies) PROXIES="$2"; shift ;;
 	-h | --help) usage; exit 0 ;;
@@ -41,6 +45,7 @@ RATE_C=16
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
 RESULTS=$BENCH/results
+[ "$RATE_ONLY" = 1 ] && RESULTS=$BENCH/results/rate-only
 WORK=$(mktemp -d /tmp/stickyd-bench.XXXXXX)
 LG=$WORK/loadgen
 BACKEND_PID=""
@@ -267,7 +272,7 @@ run_traffic() {
 	local common=(-target "127.0.0.1:${!port}" -pid "$PROXY_PID" -out "$RESULTS/raw.csv" -proxy "$name" -rep "$rep")
 	"$LG" rate "${common[@]}" -c "$RATE_C" -d "$RATE_D" -warmup "$WARMUP" >>"$WORK/client.log" 2>&1 ||
 		log "$name rep $rep: rate failed (see $WORK/client.log)"
-	[ "$name" = floor ] || "$LG" stream "${common[@]}" -bytes "$STREAM_BYTES" >>"$WORK/client.log" 2>&1 ||
+	[ "$name" = floor ] || [ "$RATE_ONLY" = 1 ] || "$LG" stream "${common[@]}" -bytes "$STREAM_BYTES" >>"$WORK/client.log" 2>&1 ||
 		log "$name rep $rep: stream failed (see $WORK/client.log)"
 	stop_proxy
 }
@@ -318,8 +323,15 @@ main() {
 
 	SKIPPED="" BUSY=""
 	local rep
-	if [ "$QUICK" = 1 ]; then log "quick: not waiting for TIME_WAIT sockets to expire (slab figures are rougher)"; else wait_tw_drain; fi
+	if [ "$RATE_ONLY" = 1 ]; then
+		log "rate only: no idle or streaming scenario"
+	elif [ "$QUICK" = 1 ]; then
+		log "quick: not waiting for TIME_WAIT sockets to expire (slab figures are rougher)"
+	else
+		wait_tw_drain
+	fi
 	for rep in $(seq "$REPS"); do
+		[ "$RATE_ONLY" = 1 ] && break
 		for p in $(rotate "$rep" "${run[@]}"); do run_idle "$p" "$rep"; done
 	done
 	for rep in $(seq "$REPS"); do
@@ -332,7 +344,7 @@ main() {
 
 	log "report (median of $REPS; load $(cut -d' ' -f1-3 /proc/loadavg))"
 	"$LG" report -in "$RESULTS/raw.csv" -outdir "$RESULTS" -proxies "$(echo $PROXIES | tr ' ' ,)" -levels "$LEVELS" -ratios "$(ratios $PROXIES)"
-	plot
+	[ "$RATE_ONLY" = 1 ] || plot
 	[ -z "$SKIPPED" ] || log "skipped at least once:$(echo "$SKIPPED" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
 	[ -z "$BUSY" ] || log "machine was busy before:$BUSY"
 	mkdir -p "$RESULTS/logs"
