@@ -125,7 +125,7 @@ func (r *rig) pair(cfg func(*Pair)) *ends {
 	if cfg != nil {
 		cfg(p)
 	}
-	r.eng.Start(p)
+	r.eng.Start(*p)
 	return e
 }
 
@@ -221,7 +221,7 @@ func TestEnginePendingFirst(t *testing.T) {
 		e, p := r.connect()
 		p.Pending = []byte("PENDING-")
 		write(t, e.client, "after") // already queued on the engine's socket
-		r.eng.Start(p)
+		r.eng.Start(*p)
 		if got := readN(t, e.backend, 13); string(got) != "PENDING-after" {
 			t.Fatalf("backend got %q", got)
 		}
@@ -253,7 +253,7 @@ func TestEngineLargeHeaderAndPending(t *testing.T) {
 					p.Pending[i] = byte(i % 251)
 				}
 				want := append(append(append([]byte(nil), p.Header...), p.Pending...), "after"...)
-				r.eng.Start(p) // the backend is not reading yet
+				r.eng.Start(*p) // the backend is not reading yet
 				write(t, e.client, "after")
 				if got := readN(t, e.backend, len(want)); !bytes.Equal(got, want) {
 					i := 0
@@ -522,7 +522,7 @@ func TestEngineClientGoneBeforeStart(t *testing.T) {
 		e, p := r.connect()
 		write(t, e.client, "bye")
 		e.client.Close()
-		r.eng.Start(p)
+		r.eng.Start(*p)
 		if got := readN(t, e.backend, 3); string(got) != "bye" {
 			t.Fatalf("backend got %q", got)
 		}
@@ -557,7 +557,7 @@ func TestEngineUnixSockets(t *testing.T) {
 		client, proxyClient := pairUnix("front")
 		proxyBackend, backend := pairUnix("back")
 		done := make(chan Stats, 1)
-		r.eng.Start(&Pair{Client: proxyClient, Backend: proxyBackend, Done: func(s Stats) { done <- s }})
+		r.eng.Start(Pair{Client: proxyClient, Backend: proxyBackend, Done: func(s Stats) { done <- s }})
 		client.Write([]byte("ping"))
 		buf := make([]byte, 4)
 		backend.SetDeadline(time.Now().Add(guard))
@@ -751,7 +751,7 @@ func BenchmarkEngineEcho(b *testing.B) {
 					buf := make([]byte, 64)
 					for pb.Next() {
 						e, p := r.connect()
-						r.eng.Start(p)
+						r.eng.Start(*p)
 						echoOnce(e, buf)
 					}
 				})
@@ -777,7 +777,7 @@ func benchRelayOnly(b *testing.B, r *rig) {
 		c0 := cpuTime()
 		b.StartTimer()
 		for j, e := range es {
-			r.eng.Start(ps[j])
+			r.eng.Start(*ps[j])
 			echoOnce(e, buf)
 		}
 		cpu += cpuTime() - c0

@@ -21,7 +21,7 @@ import (
 //	eng, err := relay.NewEpollEngine(relay.EpollOptions{})
 //	if err != nil { ... }
 //	defer eng.Close()
-//	eng.Start(&relay.Pair{Client: c, Backend: b, Idle: time.Hour, Done: done})
+//	eng.Start(relay.Pair{Client: c, Backend: b, Idle: time.Hour, Done: done})
 //
 // # Design
 //
@@ -137,8 +137,8 @@ func NewEpollEngine(opts EpollOptions) (Engine, error) {
 
 // Start implements Engine. It takes the sockets out of p's connections
 // (closing the net.Conns) and hands them to a loop; it never blocks on I/O.
-// p itself is not kept, only its fields.
-func (e *EpollEngine) Start(p *Pair) {
+// It keeps only p's fields.
+func (e *EpollEngine) Start(p Pair) {
 	ep := &epPair{idle: int64(p.Idle), linger: int64(p.Linger), done: p.Done}
 	if ep.linger == 0 {
 		ep.linger = ep.idle

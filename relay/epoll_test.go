@@ -65,7 +65,7 @@ func measureIdle(t *testing.T, r *rig, n int) idleCost {
 	}
 	memConns, _ := memNow() // four *net.TCPConn per pair, two of them the test's
 	for _, p := range ps {
-		r.eng.Start(p)
+		r.eng.Start(*p)
 	}
 	ps = nil
 	if err := echoAll(all); err != nil { // every pair is running, then idle

@@ -41,9 +41,9 @@ type goPair struct {
 }
 
 // Start implements Engine.
-func (e *GoroutineEngine) Start(p *Pair) {
+func (e *GoroutineEngine) Start(p Pair) {
 	p.Client, p.Backend = plainConn(p.Client), plainConn(p.Backend)
-	gp := &goPair{Pair: p}
+	gp := &goPair{Pair: &p}
 	e.mu.Lock()
 	e.pairs[gp] = struct{}{}
 	e.mu.Unlock()

@@ -14,7 +14,7 @@
 // with its netpoller unregistration.
 //
 //	eng := relay.NewGoroutineEngine()
-//	eng.Start(&relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,
+//	eng.Start(relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,
 //		Done: func(s relay.Stats) { log.Debug("closed", zap.Int64("bytes_in", s.BytesIn)) }})
 package relay
 
@@ -78,8 +78,9 @@ type Stats struct {
 // Engine moves bytes for many pairs.
 type Engine interface {
 	// Start takes ownership of p's connections and begins relaying. It does
-	// not block on I/O.
-	Start(p *Pair)
+	// not block on I/O. p is passed by value, so that handing a pair over
+	// costs the caller no allocation.
+	Start(p Pair)
 	// CloseAll closes every pair still open (their Done callbacks still
 	// run). Used to end the drain period at shutdown.
 	CloseAll()

@@ -29,7 +29,7 @@ import (
 //
 //	nfd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 //	s := eng.NewSocket(nfd, local, remote) // s owns nfd
-//	eng.Start(&relay.Pair{Client: s, ...}) // the engine owns s
+//	eng.Start(relay.Pair{Client: s, ...}) // the engine owns s
 //
 // Its methods are safe for concurrent use, but a deadline set while a Read
 // waits in a loop applies from the next Read.

@@ -87,7 +87,7 @@ func TestSocketWaitsInEngineAndStarts(t *testing.T) {
 	backend.SetDeadline(time.Now().Add(guard))
 	client.SetDeadline(time.Now().Add(guard))
 	done := make(chan Stats, 1)
-	eng.Start(&Pair{Client: s, Backend: bc.(Conn), Header: []byte("HDR "), Pending: []byte("hello"),
+	eng.Start(Pair{Client: s, Backend: bc.(Conn), Header: []byte("HDR "), Pending: []byte("hello"),
 		Done: func(st Stats) { done <- st }})
 	got := make([]byte, 9)
 	if _, err := io.ReadFull(backend, got); err != nil || string(got) != "HDR hello" {
@@ -164,7 +164,7 @@ func TestSocketConverts(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.SetReadDeadline(time.Time{})
-		r.eng.Start(p)
+		r.eng.Start(*p)
 		e.client.SetDeadline(time.Now().Add(guard))
 		e.backend.SetDeadline(time.Now().Add(guard))
 		e.client.Write([]byte("ab"))

@@ -49,7 +49,7 @@ func (s *Server) handle(conn relay.Conn) {
 	// the handshake's buffers alive (no per-connection logger either: its
 	// fields would cost ~1.5 KB per idle connection).
 	addr, via := c.addr, c.via
-	s.start(relay.Pair{
+	s.engine.Start(relay.Pair{
 		Client: conn, Backend: bconn, Header: c.header, Pending: c.pending,
 		Idle: s.opts.Idle, Linger: s.opts.Linger,
 		Done: func(st relay.Stats) {
@@ -65,19 +65,6 @@ func (s *Server) handle(conn relay.Conn) {
 			s.connDone()
 		},
 	})
-}
-
-// start hands p to the engine. The epoll engine is called directly, so that
-// p stays on this goroutine's stack (EpollEngine.Start keeps only p's
-// fields; through the Engine interface p would be one more allocation per
-// connection).
-func (s *Server) start(p relay.Pair) {
-	if e, ok := s.engine.(*relay.EpollEngine); ok {
-		e.Start(&p)
-		return
-	}
-	q := p
-	s.engine.Start(&q)
 }
 
 // errQuiet marks handshake failures already logged or not worth a line (the
