@@ -8,11 +8,10 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/stickyd/stickyd/server"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
 // Zero-downtime upgrade (SIGUSR2). The running process starts a new copy
@@ -199,7 +198,7 @@ func (d *daemon) upgradeFiles() ([]*os.File, []string, error) {
 		if l.ln == nil {
 			continue
 		}
-		f, err := dupListener(l.ln)
+		f, err := server.DupListener(l.ln)
 		if err != nil {
 			closeAll(files)
 			return nil, nil, err
@@ -208,30 +207,6 @@ func (d *daemon) upgradeFiles() ([]*os.File, []string, error) {
 		files = append(files, f)
 	}
 	return files, env, nil
-}
-
-// dupListener duplicates ln's socket for a child process. Not with
-// (*net.TCPListener).File: exec calls Fd on that *os.File, which puts the
-// descriptor in blocking mode, and the flag is shared with the listener
-// this process still accepts from with raw accept4 (server/accept_raw_linux.go).
-// A descriptor wrapped by os.NewFile keeps its non-blocking flag through Fd.
-func dupListener(ln net.Listener) (*os.File, error) {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return nil, fmt.Errorf("listener %s cannot be handed over", ln.Addr())
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("listener %s: %w", ln.Addr(), err)
-	}
-	dup, derr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, fmt.Errorf("dup listener %s: %w", ln.Addr(), err)
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("dup listener %s: %w", ln.Addr(), derr)
-	}
-	return os.NewFile(uintptr(dup), "listener"), nil
 }
 
 // awaitReady waits for the readiness byte.

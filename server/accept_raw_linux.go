@@ -52,16 +52,15 @@ func rawListenerFor(ln net.Listener, engine relay.Engine) net.Listener {
 	if err != nil {
 		return ln
 	}
-	dup := -1
-	src.Control(func(fd uintptr) {
-		if inheritedOptions(int(fd)) == nil {
-			dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-		}
-	})
-	if dup < 0 {
+	var oerr error
+	if err := src.Control(func(fd uintptr) { oerr = inheritedOptions(int(fd)) }); err != nil || oerr != nil {
 		return ln
 	}
-	l := &rawListener{TCPListener: tl, file: os.NewFile(uintptr(dup), "listener"), eng: eng}
+	file, err := DupListener(tl)
+	if err != nil {
+		return ln
+	}
+	l := &rawListener{TCPListener: tl, file: file, eng: eng}
 	if l.rc, err = l.file.SyscallConn(); err != nil {
 		l.file.Close()
 		return ln
@@ -73,9 +72,9 @@ func rawListenerFor(ln net.Listener, engine relay.Engine) net.Listener {
 	// socket is non-blocking, and Syscall's bookkeeping wakes the runtime's
 	// sysmon thread whenever it sleeps deeply, which then polls every 20 us
 	// for a while: measured, 5-7% of the CPU per short connection. Nothing
-	// puts the listener in blocking mode: an upgrade hands it over with a
-	// plain dup (dupListener in the main package), not net's File, whose
-	// Fd would clear O_NONBLOCK on the description this shares.
+	// puts the listener in blocking mode: an upgrade hands it over with
+	// DupListener, not net's File, whose Fd would clear O_NONBLOCK on the
+	// description this shares.
 	l.fn = func(fd uintptr) bool {
 		n := uint32(unix.SizeofSockaddrAny)
 		r, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.sa)),

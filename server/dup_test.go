@@ -1,4 +1,6 @@
-package main
+//go:build unix
+
+package server
 
 import (
 	"net"
@@ -19,7 +21,7 @@ func TestDupListenerKeepsNonBlocking(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	f, err := dupListener(ln)
+	f, err := DupListener(ln)
 	if err != nil {
 		t.Fatal(err)
 	}
