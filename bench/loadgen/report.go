@@ -60,12 +60,13 @@ func runReport(args []string) error {
 		return err
 	}
 	table := renderTable(s, names, pairs, tableColumns(counts))
+	plotted := idleProxies(s, names, counts)
 	fmt.Print(table)
 	writes := map[string]string{
 		"table.md":         table,
 		"summary.csv":      renderSummary(s, names),
-		"mem-per-conn.dat": renderPlotData(s, idleProxies(s, names, counts), counts),
-		"mem-per-conn.gp":  renderPlotScript(s, idleProxies(s, names, counts), counts, plotBase),
+		"mem-per-conn.dat": renderPlotData(s, plotted, counts),
+		"mem-per-conn.gp":  renderPlotScript(s, plotted, counts, plotBase),
 	}
 	for name, content := range writes {
 		if err := os.WriteFile(filepath.Join(*outdir, name), []byte(content), 0o644); err != nil {
