@@ -53,10 +53,7 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestErrorsNameKeyAndLine(t *testing.T) {
-	tests := []struct {
-		name, src string
-		want      []string
-	}{
+	tests := []invalidCase{
 		{"unknown key", "listen = \":1\"\nbogus = 1\n", []string{"line 2", "bogus"}},
 		{"wrong type", "listen = 3\n", []string{"line 1", "listen"}},
 		{"bad send_proxy", "listen = \":1\"\n\nsend_proxy = \"v3\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 3", "send_proxy", "v3"}},
@@ -70,6 +67,18 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"syntax", "listen = \"unterminated\n", []string{"line 1"}},
 		{"unknown worker key", "[workers]\ncommand = [\"x\"]\ncolor = \"red\"\n", []string{"line 3", "color"}},
 	}
+	checkInvalid(t, tests)
+}
+
+// invalidCase is a config that must fail to load with an error that wraps
+// ErrInvalid and mentions every string in want.
+type invalidCase struct {
+	name, src string
+	want      []string
+}
+
+func checkInvalid(t *testing.T, tests []invalidCase) {
+	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := load(t, tc.src)

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -70,10 +69,7 @@ address = "10.0.0.1:80"
 
 func TestHealthAndDNSErrorsNameKeyAndLine(t *testing.T) {
 	const be = "[[backend]]\naddress = \"a:1\"\n"
-	tests := []struct {
-		name, src string
-		want      []string
-	}{
+	tests := []invalidCase{
 		{"check", be + "[health]\ncheck = \"icmp\"\n", []string{"line 4", "health.check", "icmp"}},
 		{"timeout over interval", be + "[health]\ninterval = \"1s\"\ntimeout = \"2s\"\n", []string{"line 5", "health.timeout"}},
 		{"timeout over default interval", be + "[health]\ntimeout = \"3s\"\n", []string{"line 4", "health.timeout"}},
@@ -94,22 +90,7 @@ func TestHealthAndDNSErrorsNameKeyAndLine(t *testing.T) {
 		{"dns_interval", "dns_interval = \"1ms\"\n" + be, []string{"line 1", "dns_interval"}},
 		{"pid_file type", "pid_file = 3\n" + be, []string{"line 1", "pid_file"}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := load(t, tc.src)
-			if err == nil {
-				t.Fatal("no error")
-			}
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("%v does not wrap ErrInvalid", err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
-	}
+	checkInvalid(t, tests)
 }
 
 // Values set by flags (no line) name the flag twin.
