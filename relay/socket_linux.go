@@ -62,7 +62,8 @@ func (e *EpollEngine) NewSocket(fd int, local, remote netip.AddrPort) *Socket {
 }
 
 // AddrPorts returns the local and remote addresses given to NewSocket
-// (a dialed Socket learns its local address on the first call).
+// (a Socket given no local address, such as a dialed one or one accepted
+// on an unspecified address, learns it on the first call).
 func (s *Socket) AddrPorts() (local, remote netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

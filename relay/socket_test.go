@@ -215,3 +215,38 @@ func TestDialTimeoutErrors(t *testing.T) {
 	}
 	c.Close()
 }
+
+// A Socket given no local address (an accept on an unspecified listening
+// address, a dial) learns it from the socket; a given one is kept.
+func TestSocketAddrPorts(t *testing.T) {
+	ln := listen(t)
+	client, accepted := dialAccept(t, ln)
+	defer client.Close()
+	defer accepted.Close()
+	rc, err := accepted.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := func() int {
+		fd := -1
+		rc.Control(func(f uintptr) { fd, err = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	remote := client.LocalAddr().(*net.TCPAddr).AddrPort()
+	want := ln.Addr().(*net.TCPAddr).AddrPort()
+
+	s := NewSocket(dup(), netip.AddrPort{}, remote)
+	defer s.Close()
+	if l, r := s.AddrPorts(); l != want || r != remote {
+		t.Errorf("no local given: AddrPorts = %v, %v; want %v, %v", l, r, want, remote)
+	}
+	given := netip.MustParseAddrPort("192.0.2.1:80")
+	g := NewSocket(dup(), given, remote)
+	defer g.Close()
+	if l, _ := g.AddrPorts(); l != given {
+		t.Errorf("local given: AddrPorts local = %v, want %v", l, given)
+	}
+}

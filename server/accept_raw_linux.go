@@ -116,13 +116,10 @@ func (l *rawListener) Accept() (net.Conn, error) {
 		default:
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", l.err)}
 		}
-		local := l.local
-		if !local.IsValid() {
-			if sa, err := unix.Getsockname(l.nfd); err == nil {
-				local = sockaddrAddrPort(sa)
-			}
-		}
-		return l.eng.NewSocket(l.nfd, local, rawAddrPort(&l.sa)), nil
+		// On an unspecified listening address, l.local is not valid: the
+		// Socket learns its local address (getsockname) when the handshake
+		// first asks for it.
+		return l.eng.NewSocket(l.nfd, l.local, rawAddrPort(&l.sa)), nil
 	}
 }
 
@@ -141,16 +138,6 @@ func rawAddrPort(sa *unix.RawSockaddrAny) netip.AddrPort {
 	case unix.AF_INET6:
 		in := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
 		return netip.AddrPortFrom(netip.AddrFrom16(in.Addr).Unmap(), in.Port<<8|in.Port>>8)
-	}
-	return netip.AddrPort{}
-}
-
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
 	return netip.AddrPort{}
 }
