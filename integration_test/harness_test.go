@@ -175,48 +175,72 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // recorded; the connection then gets "<name> <client addr>\n" and, after
 // that, an echo of everything it sends.
 type testBackend struct {
-	name  string
-	ln    net.Listener
-	mu    sync.Mutex
-	seen  []*pp.Header // guarded by mu
-	conns map[net.Conn]struct{}
+	tracked
+	name string
+	seen []*pp.Header // guarded by mu
 }
 
 func startBackend(t *testing.T, name string) *testBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &testBackend{name: name, ln: ln, conns: make(map[net.Conn]struct{})}
-	go b.serve()
-	t.Cleanup(b.close)
+	return serveBackend(t, name, listenOn(t, "127.0.0.1:0"))
+}
+
+// serveBackend serves a testBackend on ln until the test ends.
+func serveBackend(t *testing.T, name string, ln net.Listener) *testBackend {
+	b := &testBackend{name: name}
+	b.serve(t, ln, b.handle)
 	return b
 }
 
-func (b *testBackend) addr() string { return b.ln.Addr().String() }
+// listenOn listens on a loopback address.
+func listenOn(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
 
 func (b *testBackend) flag() string { return b.name + "=" + b.addr() }
 
-func (b *testBackend) close() {
-	b.ln.Close()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for c := range b.conns {
+// tracked is a loopback listener that keeps the connections it accepted,
+// so that closing it (at the latest when the test ends) closes them too.
+type tracked struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // guarded by mu
+}
+
+// serve accepts on ln until the test ends and serves each connection with
+// handle on a goroutine of its own.
+func (tr *tracked) serve(t *testing.T, ln net.Listener, handle func(net.Conn)) {
+	tr.ln, tr.conns = ln, make(map[net.Conn]struct{})
+	go tr.accept(handle)
+	t.Cleanup(tr.close)
+}
+
+func (tr *tracked) addr() string { return tr.ln.Addr().String() }
+
+func (tr *tracked) close() {
+	tr.ln.Close()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for c := range tr.conns {
 		c.Close()
 	}
 }
 
-func (b *testBackend) serve() {
+func (tr *tracked) accept(handle func(net.Conn)) {
 	for {
-		c, err := b.ln.Accept()
+		c, err := tr.ln.Accept()
 		if err != nil {
 			return
 		}
-		b.mu.Lock()
-		b.conns[c] = struct{}{}
-		b.mu.Unlock()
-		go b.handle(c)
+		tr.mu.Lock()
+		tr.conns[c] = struct{}{}
+		tr.mu.Unlock()
+		go handle(c)
 	}
 }
 

@@ -411,44 +411,13 @@ func dropMany(t *testing.T, h *hostile, n int) {
 
 // resetBackend is a PROXY-aware echo backend that resets the connection
 // (SO_LINGER 0) when a read returns exactly "RESET\n".
-type resetBackend struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns map[net.Conn]struct{} // guarded by mu
-}
+type resetBackend struct{ tracked }
 
 func startResetBackend(t *testing.T) *resetBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &resetBackend{ln: ln, conns: map[net.Conn]struct{}{}}
-	go b.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		for c := range b.conns {
-			c.Close()
-		}
-	})
+	b := &resetBackend{}
+	b.serve(t, listenOn(t, "127.0.0.1:0"), func(c net.Conn) { b.handle(c.(*net.TCPConn)) })
 	return b
-}
-
-func (b *resetBackend) addr() string { return b.ln.Addr().String() }
-
-func (b *resetBackend) serve() {
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		b.mu.Lock()
-		b.conns[c] = struct{}{}
-		b.mu.Unlock()
-		go b.handle(c.(*net.TCPConn))
-	}
 }
 
 func (b *resetBackend) handle(c *net.TCPConn) {

@@ -37,14 +37,7 @@ import (
 // opsBackendAt starts a testBackend (greeting, then echo) listening on addr.
 func opsBackendAt(t *testing.T, name, addr string) *testBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &testBackend{name: name, ln: ln, conns: make(map[net.Conn]struct{})}
-	go b.serve()
-	t.Cleanup(b.close)
-	return b
+	return serveBackend(t, name, listenOn(t, addr))
 }
 
 var opsHTTP = &http.Client{Timeout: hangGuard}
@@ -471,10 +464,7 @@ func opsSamePort(t *testing.T) (port string, b2, b3 *testBackend) {
 			b2.close()
 			continue
 		}
-		b3 = &testBackend{name: "pod3", ln: ln, conns: make(map[net.Conn]struct{})}
-		go b3.serve()
-		t.Cleanup(b3.close)
-		return port, b2, b3
+		return port, b2, serveBackend(t, "pod3", ln)
 	}
 	t.Fatal("no port free on both 127.0.0.2 and 127.0.0.3")
 	return
