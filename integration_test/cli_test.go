@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -54,10 +53,7 @@ func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	bad := writeFile(t, dir, "bad.toml", "listen = \"127.0.0.1:0\"\n\nsend_proxy = \"v9\"\n[[backend]]\naddress = \"127.0.0.1:1\"\n")
 	unknown := writeFile(t, dir, "unknown.toml", "listen = \"127.0.0.1:0\"\nlisen = \"x\"\n")
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	busy := listenOn(t, "127.0.0.1:0")
 	defer busy.Close()
 	tests := []struct {
 		name string

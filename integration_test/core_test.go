@@ -102,10 +102,7 @@ func TestSendProxyVersions(t *testing.T) {
 
 // --send-proxy none sends the client's bytes only.
 func TestSendProxyNone(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenOn(t, "127.0.0.1:0")
 	defer ln.Close()
 	p := startStickyd(t, "--backend", ln.Addr().String(), "--send-proxy", "none")
 	c := dialFrom(t, "127.0.0.1", p.addr)
@@ -250,10 +247,7 @@ func TestHalfClose(t *testing.T) {
 		}
 	})
 	t.Run("backend-first", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := listenOn(t, "127.0.0.1:0")
 		defer ln.Close()
 		p := startStickyd(t, "--backend", ln.Addr().String(), "--send-proxy", "none")
 		c := dialFrom(t, "127.0.0.1", p.addr)
@@ -281,10 +275,7 @@ func TestHalfClose(t *testing.T) {
 
 // 100 MB each way at once, checksummed.
 func TestStream100MB(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenOn(t, "127.0.0.1:0")
 	defer ln.Close()
 	p := startStickyd(t, "--backend", ln.Addr().String(), "--send-proxy", "none")
 	const size = 100 << 20

@@ -75,10 +75,7 @@ func (b *syncBuffer) String() string {
 // freePort reserves a loopback port and releases it.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenOn(t, "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr

@@ -198,10 +198,7 @@ type opsHTTPBackend struct {
 
 func opsStartHTTPBackend(t *testing.T, name string) *opsHTTPBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenOn(t, "127.0.0.1:0")
 	b := &opsHTTPBackend{name: name, addr: ln.Addr().String()}
 	b.status.Store(200)
 	mux := http.NewServeMux()

@@ -457,10 +457,7 @@ func checkStopLeavesNoWorker(t *testing.T, p *proc) {
 // returns the listen address; everything is closed at cleanup.
 func startRoundRobin(t *testing.T, targets []string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenOn(t, "127.0.0.1:0")
 	rr := &roundRobin{targets: targets, conns: map[net.Conn]struct{}{}}
 	rr.wg.Go(func() { rr.serve(ln) })
 	t.Cleanup(func() {

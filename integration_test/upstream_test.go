@@ -297,10 +297,7 @@ func TestBehindNginxHTTPForwardedFor(t *testing.T) {
 // the --backend flag value.
 func startHTTPBackend(t *testing.T, name string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenOn(t, "127.0.0.1:0")
 	pln := &pp.Listener{
 		Listener:          ln,
 		ConnPolicy:        func(pp.ConnPolicyOptions) (pp.Policy, error) { return pp.REQUIRE, nil },
