@@ -169,14 +169,21 @@ func splitAddress(a string) (network, addr string) {
 	return "tcp", a
 }
 
-// askEnv asks the fake worker at address for its environment.
-func askEnv(t *testing.T, address string) fakeEnv {
+// dialWorker connects to the fake worker at address ("unix:" for a socket).
+func dialWorker(t *testing.T, address string) net.Conn {
 	t.Helper()
 	network, addr := splitAddress(address)
 	c, err := net.DialTimeout(network, addr, guard)
 	if err != nil {
 		t.Fatalf("dial %s: %v", address, err)
 	}
+	return c
+}
+
+// askEnv asks the fake worker at address for its environment.
+func askEnv(t *testing.T, address string) fakeEnv {
+	t.Helper()
+	c := dialWorker(t, address)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(guard))
 	fmt.Fprintln(c, "env")
@@ -190,11 +197,7 @@ func askEnv(t *testing.T, address string) fakeEnv {
 // send writes one command line to the fake worker at address.
 func send(t *testing.T, address, cmd string) {
 	t.Helper()
-	network, addr := splitAddress(address)
-	c, err := net.DialTimeout(network, addr, guard)
-	if err != nil {
-		t.Fatalf("dial %s: %v", address, err)
-	}
+	c := dialWorker(t, address)
 	defer c.Close()
 	fmt.Fprintln(c, cmd)
 	c.SetReadDeadline(time.Now().Add(guard))
