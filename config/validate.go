@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -268,22 +269,26 @@ func oneOf(s string, options ...string) bool {
 }
 
 // keyLines maps each key path in a TOML document to its line: "listen",
-// "backend[1]", "backend[1].address", "workers.count".
+// "backend[1]", "backend[1].address", "workers.count". It is linear in the
+// size of the document: a key's line comes from a binary search over the
+// offsets of the newlines, found once (the parser's own Shape rescans the
+// document from its start for every call).
 func keyLines(src []byte) map[string]int {
 	lines := make(map[string]int)
 	counts := make(map[string]int)
+	nl := newlineOffsets(src)
 	var p unstable.Parser
 	p.Reset(src)
 	table := ""
 	for p.NextExpression() {
 		e := p.Expression()
-		name, line := keyOf(&p, e)
+		name, line := keyOf(e, nl)
 		switch e.Kind {
 		case unstable.Table:
 			table = name
 			lines[table] = line
 		case unstable.ArrayTable:
-			table = fmt.Sprintf("%s[%d]", name, counts[name])
+			table = name + "[" + strconv.Itoa(counts[name]) + "]"
 			counts[name]++
 			lines[table] = line
 			if _, ok := lines[name]; !ok {
@@ -300,13 +305,26 @@ func keyLines(src []byte) map[string]int {
 	return lines
 }
 
-func keyOf(p *unstable.Parser, e *unstable.Node) (string, int) {
+// newlineOffsets lists the offset of every '\n' in src, in order.
+func newlineOffsets(src []byte) []int {
+	var out []int
+	for i, b := range src {
+		if b == '\n' {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// keyOf returns e's dotted key and the line (1-based) where it starts; nl
+// are the document's newline offsets.
+func keyOf(e *unstable.Node, nl []int) (string, int) {
 	var parts []string
 	line := 0
 	for it := e.Key(); it.Next(); {
 		n := it.Node()
 		if line == 0 {
-			line = p.Shape(n.Raw).Start.Line
+			line = sort.SearchInts(nl, int(n.Raw.Offset)) + 1
 		}
 		parts = append(parts, string(n.Data))
 	}
