@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -118,22 +117,22 @@ func (d *daemon) applyDNS(cfg *config.Config, answers map[string][]string) {
 
 // setDiff returns the names in b and not in a, and in a and not in b.
 func setDiff(a, b *backend.Set) (added, removed []string) {
-	names := func(s *backend.Set) []string {
-		var out []string
+	names := func(s *backend.Set) map[string]bool {
+		out := make(map[string]bool, len(s.Backends()))
 		for _, x := range s.Backends() {
-			out = append(out, x.Name)
+			out[x.Name] = true
 		}
 		return out
 	}
 	an, bn := names(a), names(b)
-	for _, n := range bn {
-		if !slices.Contains(an, n) {
-			added = append(added, n)
+	for _, x := range b.Backends() {
+		if !an[x.Name] {
+			added = append(added, x.Name)
 		}
 	}
-	for _, n := range an {
-		if !slices.Contains(bn, n) {
-			removed = append(removed, n)
+	for _, x := range a.Backends() {
+		if !bn[x.Name] {
+			removed = append(removed, x.Name)
 		}
 	}
 	return added, removed
@@ -164,14 +163,20 @@ func (d *daemon) startLoops(cfg *config.Config) *loops {
 }
 
 func (l *loops) stop() {
+	if l == nil {
+		return
+	}
 	l.cancel()
 	l.done.Wait()
 }
 
-// stopLoops stops the loops in force (at shutdown).
+// stopLoops stops the loops in force (at shutdown); a reload that finishes
+// later installs nothing.
 func (d *daemon) stopLoops() {
 	d.mu.Lock()
 	l := d.loops
+	d.loops = nil
+	d.stopping = true
 	d.mu.Unlock()
 	if l != nil {
 		l.stop()

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"time"
 
+	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
 	"go.uber.org/zap"
 )
@@ -17,11 +19,32 @@ var liveKeys = map[string]bool{
 	"health.send_proxy": true, "health.cooldown": true, "health.eject_after": true,
 }
 
+// requestReload asks the reloader for a reload (SIGHUP) without waiting
+// for it: a slow reload (a big file, DNS) never delays the signal loop, so
+// SIGTERM is acted on at once. A SIGHUP that arrives while a reload is
+// pending is folded into it.
+func (d *daemon) requestReload() {
+	select {
+	case d.reloads <- struct{}{}:
+	default:
+	}
+}
+
+// reloader runs the requested reloads one at a time until d.reloads is
+// closed (at shutdown).
+func (d *daemon) reloader() {
+	for range d.reloads {
+		d.reload()
+	}
+}
+
 // reload re-reads the config (SIGHUP). A valid config replaces the backend
 // set, reusing the Backend values that did not change, so no established
 // connection is touched; an invalid one is logged and the config in force
 // stays.
 func (d *daemon) reload() {
+	start := time.Now()
+	d.log.Info("reloading config")
 	cfg, err := loadConfig(d.c, d.argv)
 	if err != nil {
 		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
@@ -39,27 +62,47 @@ func (d *daemon) reload() {
 	}
 	answers := d.reloadDNS(cfg)
 
+	old, set, ok := d.install(cfg, answers)
+	if !ok {
+		return
+	}
+	added, removed := setDiff(old, set)
+	d.log.Info("config reloaded", zap.Strings("added", added), zap.Strings("removed", removed),
+		zap.Int("backends", len(set.Backends())), zap.Duration("took", time.Since(start)))
+}
+
+// install makes cfg the config in force: its backend set and its loops.
+// It reports false, and changes nothing, when the set cannot be built or
+// shutdown has begun.
+func (d *daemon) install(cfg *config.Config, answers map[string][]string) (old, set *backend.Set, ok bool) {
 	d.mu.Lock()
-	old := d.srv.Backends()
+	if d.stopping {
+		d.mu.Unlock()
+		return nil, nil, false
+	}
+	old = d.srv.Backends()
 	set, err := d.buildSet(cfg, answers, old)
 	if err != nil {
 		d.mu.Unlock()
 		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
-		return
+		return nil, nil, false
 	}
 	d.cfg, d.dns = cfg, answers
 	d.srv.SetBackends(set)
 	oldLoops := d.loops
+	d.loops = nil
 	d.mu.Unlock()
 
 	oldLoops.stop()
 	l := d.startLoops(cfg)
 	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping { // stopLoops has run meanwhile
+		l.stop()
+		return old, set, true
+	}
 	d.loops = l
-	d.mu.Unlock()
-	added, removed := setDiff(old, set)
-	d.log.Info("config reloaded", zap.Strings("added", added), zap.Strings("removed", removed),
-		zap.Int("backends", len(set.Backends())))
+	return old, set, true
 }
 
 // reloadDNS resolves cfg's dns backends. A name that fails keeps the

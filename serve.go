@@ -37,10 +37,13 @@ type daemon struct {
 	adminLn net.Listener // nil when admin is off
 	admin   *http.Server
 
-	mu    sync.Mutex
-	cfg   *config.Config      // the config in force; guarded by mu
-	dns   map[string][]string // dns backend answers in force; guarded by mu
-	loops *loops              // of cfg; guarded by mu
+	reloads chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
+
+	mu       sync.Mutex
+	cfg      *config.Config      // the config in force; guarded by mu
+	dns      map[string][]string // dns backend answers in force; guarded by mu
+	loops    *loops              // of cfg; guarded by mu
+	stopping bool                // shutdown began: a reload in flight is dropped; guarded by mu
 }
 
 // serve is the default action: run the proxy until SIGTERM or SIGINT.
@@ -146,7 +149,10 @@ func (d *daemon) run(inh *inherited) error {
 	pid := writePIDFile(d.boot.PIDFile, d.log)
 	inh.signalReady(d.log)
 
+	d.reloads = make(chan struct{}, 1)
+	go d.reloader()
 	err := d.signals(sigs, serveErr)
+	close(d.reloads)
 	d.mu.Lock()
 	drain := d.cfg.Drain()
 	d.mu.Unlock()
@@ -178,7 +184,7 @@ func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				d.reload()
+				d.requestReload()
 			case syscall.SIGUSR2:
 				if upgrading != nil {
 					d.log.Warn("upgrade already in progress; SIGUSR2 ignored")
