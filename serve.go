@@ -20,7 +20,6 @@ import (
 	"github.com/stickyd/stickyd/server"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
 // daemon is a running proxy: the server, its listeners, the workers, and
@@ -36,6 +35,7 @@ type daemon struct {
 	ln      net.Listener
 	adminLn net.Listener // nil when admin is off
 	admin   *http.Server
+	budget  fdBudget // connections and pipes under the open-file limit
 
 	reloads chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
 
@@ -92,7 +92,8 @@ func (d *daemon) start(inh *inherited) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
-	engine, err := newEngine(cfg)
+	d.budget = newFDBudget(cfg, d.log)
+	engine, err := newEngine(cfg, d.budget)
 	if err != nil {
 		return fmt.Errorf("start engine: %w", err)
 	}
@@ -105,7 +106,7 @@ func (d *daemon) start(inh *inherited) error {
 		d.ln.Close()
 		return fmt.Errorf("admin listen %s: %w", cfg.Admin, err)
 	}
-	d.srv = server.New(serverOptions(cfg), set, engine, d.log.Named("server"))
+	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
 	d.loops = d.startLoops(cfg)
 	d.startAdmin()
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
@@ -121,7 +122,7 @@ func (d *daemon) startAdmin() {
 		return
 	}
 	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
-		MaxConnections: maxConnections(d.boot), Workers: d.sup}, d.log.Named("admin"))
+		MaxConnections: d.budget.conns, Workers: d.sup}, d.log.Named("admin"))
 	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: zap.NewStdLog(d.log.Named("admin"))}
 	go d.admin.Serve(d.adminLn)
@@ -223,7 +224,7 @@ func (d *daemon) stopAdmin() {
 	d.admin.Shutdown(ctx)
 }
 
-func serverOptions(cfg *config.Config) server.Options {
+func serverOptions(cfg *config.Config, budget fdBudget) server.Options {
 	return server.Options{
 		Trusted:             cfg.Trusted(),
 		HeaderTimeout:       cfg.HeaderTimeout(),
@@ -232,7 +233,7 @@ func serverOptions(cfg *config.Config) server.Options {
 		ClientIPHeader:      cfg.ClientIPHeader,
 		IgnoreMissingHeader: cfg.IgnoreMissingHeader,
 		Idle:                cfg.Idle(),
-		MaxConnections:      maxConnections(cfg),
+		MaxConnections:      budget.conns,
 	}
 }
 
@@ -241,23 +242,6 @@ func sendProxyName(cfg *config.Config) string {
 		return "v2"
 	}
 	return cfg.SendProxy
-}
-
-// maxConnections is max_connections, or by default what the open-file
-// limit allows: each proxied connection costs fdsPerConn descriptors.
-func maxConnections(cfg *config.Config) int {
-	if cfg.MaxConnections > 0 {
-		return cfg.MaxConnections
-	}
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<24 {
-		return 0
-	}
-	perConn := 6 // goroutine engine: two sockets and two splice pipes
-	if engineName(cfg) == "epoll" {
-		perConn = 2
-	}
-	return max(1, (int(lim.Cur)-128)/perConn)
 }
 
 // newSet builds the backend set from specs, reusing the Backend values of
@@ -338,9 +322,9 @@ func engineName(cfg *config.Config) string {
 	return cfg.Engine
 }
 
-func newEngine(cfg *config.Config) (relay.Engine, error) {
+func newEngine(cfg *config.Config, budget fdBudget) (relay.Engine, error) {
 	if engineName(cfg) == "goroutine" {
 		return relay.NewGoroutineEngine(), nil
 	}
-	return relay.NewEpollEngine(relay.EpollOptions{})
+	return relay.NewEpollEngine(relay.EpollOptions{MaxPipes: budget.pipes})
 }

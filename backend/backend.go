@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/stickyd/stickyd/balancer"
@@ -25,6 +26,17 @@ import (
 
 // ErrNoBackend is returned by Dial when no backend accepted the connection.
 var ErrNoBackend = errors.New("backend: no backend available")
+
+// ErrNoDescriptors is returned by Dial when this process (EMFILE) or the
+// system (ENFILE) is out of file descriptors: no backend is at fault, none
+// is counted as failed, and no other is tried.
+var ErrNoDescriptors = errors.New("backend: out of file descriptors")
+
+// localDialFailure reports whether a dial failed for want of a local
+// resource rather than because of the backend.
+func localDialFailure(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
 
 // Spec describes one backend.
 type Spec struct {
@@ -328,7 +340,7 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 				return b, conn, nil
 			}
 			errs = append(errs, err)
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, ErrNoDescriptors) {
 				return nil, nil, errors.Join(errs...)
 			}
 		}
@@ -344,6 +356,9 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn,
 		dial = dialNet
 	}
 	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
+	if err != nil && localDialFailure(err) {
+		return nil, fmt.Errorf("dial backend %s: %w: %w", b.Name, ErrNoDescriptors, err)
+	}
 	if err != nil {
 		b.failures.Add(1)
 		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {

@@ -94,8 +94,17 @@ func startStickyd(t *testing.T, args ...string) *proc {
 // reach a backend. It is SIGKILLed at cleanup if still running.
 func launch(t *testing.T, dir, addr string, args ...string) *proc {
 	t.Helper()
+	return launchVia(t, nil, dir, addr, args...)
+}
+
+// launchVia is launch with the command run through wrap, a command that
+// execs its arguments (a shell that lowers a limit first, say), so that
+// the process is still stickyd's.
+func launchVia(t *testing.T, wrap []string, dir, addr string, args ...string) *proc {
+	t.Helper()
 	p := &proc{addr: addr, stderr: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(stickydBin, args...)
+	argv := append(append(append([]string(nil), wrap...), stickydBin), args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Dir = dir
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -71,7 +71,9 @@ import (
 // are the rest copied to a heap slice, held until written. A read that fills
 // the buffer means a bulk transfer: the direction takes a pipe from the
 // loop's pool and splices (socket -> pipe -> socket, SPLICE_F_MOVE) until the
-// source is drained and the pipe empty, then returns the pipe. Like
+// source is drained and the pipe empty, then returns the pipe. The engine
+// holds at most EpollOptions.MaxPipes pipes, pooled or in use; a direction
+// that finds none stays in buffer mode. Like
 // HAProxy's splice-auto, small exchanges cost one read and one write, and
 // bulk costs no copy through user space. The pipe is only refilled when
 // empty, so EAGAIN from splice means the source is drained, never that the
@@ -107,6 +109,7 @@ type EpollEngine struct {
 	base    time.Time // loop clocks count from here
 	loops   []*epLoop
 	next    atomic.Uint32
+	pipes   atomic.Int32 // splice pipes held by the loops (EpollOptions.MaxPipes)
 	closed  atomic.Bool
 	loopsWG sync.WaitGroup
 	notesWG sync.WaitGroup

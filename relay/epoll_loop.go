@@ -78,7 +78,7 @@ func newEpLoop(e *EpollEngine, opts EpollOptions) (*epLoop, error) {
 		file:   os.NewFile(uintptr(epfd), "epoll"),
 		events: make([]unix.EpollEvent, epEvents),
 		buf:    make([]byte, opts.bufferSize()),
-		pipes:  epPipePool{max: opts.poolPipes(), size: opts.pipeSize()},
+		pipes:  epPipePool{max: opts.poolPipes(), size: opts.pipeSize(), open: &e.pipes, budget: opts.maxPipes()},
 		wheel:  epWheel{tick: int64(opts.tick())},
 		notes:  newEpNotifier(),
 		efd:    -1,

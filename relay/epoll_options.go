@@ -25,6 +25,12 @@ type EpollOptions struct {
 	// transfer; pipes past that are closed when their transfer ends.
 	// Zero means 4; negative means none (every pipe is closed after use).
 	PoolPipes int
+	// MaxPipes caps the splice pipes the whole engine holds at once, in use
+	// or pooled (2 descriptors each): a bulk direction that finds none left
+	// copies through its loop's buffer instead, slower but correct. Count
+	// 2*MaxPipes descriptors on top of the 2 per pair when sizing a
+	// connection cap. Zero means 256; negative means none (no splice).
+	MaxPipes int
 	// Tick is the resolution of idle and linger timeouts: a timeout fires
 	// between its duration and its duration plus Tick late. Zero means 50ms.
 	Tick time.Duration
@@ -60,6 +66,19 @@ func (o EpollOptions) poolPipes() int {
 	}
 	return 4
 }
+
+func (o EpollOptions) maxPipes() int32 {
+	switch {
+	case o.MaxPipes > 0:
+		return int32(min(o.MaxPipes, 1<<30))
+	case o.MaxPipes < 0:
+		return 0
+	}
+	return DefaultMaxPipes
+}
+
+// DefaultMaxPipes is EpollOptions.MaxPipes when zero.
+const DefaultMaxPipes = 256
 
 func (o EpollOptions) tick() time.Duration {
 	if o.Tick > 0 {

@@ -134,3 +134,51 @@ func TestEpollBulkUsesPipesOnlyWhileMoving(t *testing.T) {
 		e.wait(t)
 	}
 }
+
+// TestEpollPipeBudget checks that the engine never holds more than
+// MaxPipes splice pipes, however many directions turn bulk at once, and
+// that a direction left without one still delivers every byte (buffered).
+func TestEpollPipeBudget(t *testing.T) {
+	eng, err := NewEpollEngine(EpollOptions{Loops: 2, MaxPipes: 1, PoolPipes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, eng)
+	_, pipes0 := settleFDs(t)
+	const pairs = 4
+	var sent, got []chan streamResult
+	var all []*ends
+	for i := range pairs {
+		e := r.pair(nil)
+		all = append(all, e)
+		// Slow readers: every direction fills its destination and waits,
+		// holding its pipe (or its buffered bytes) meanwhile.
+		s, g := stream(e.backend, e.client, 8<<20, uint64(i), 64<<10, time.Millisecond)
+		sent, got = append(sent, s), append(got, g)
+	}
+	most := 0
+	for done := 0; done < pairs; {
+		select {
+		case res := <-got[done]:
+			got[done] <- res // for checkStream
+			done++
+		case <-time.After(time.Millisecond):
+		}
+		_, pipes := countFDs(t)
+		most = max(most, pipes-pipes0)
+	}
+	for i := range pairs {
+		checkStream(t, "backend->client", sent[i], got[i])
+	}
+	if most > 2 {
+		t.Errorf("%d pipe descriptors open at once, want at most 2 (MaxPipes 1)", most)
+	}
+	if n := eng.(*EpollEngine).pipes.Load(); n > 1 {
+		t.Errorf("engine counts %d pipes after the transfers, want at most 1", n)
+	}
+	for _, e := range all {
+		e.client.Close()
+		e.backend.Close()
+		e.wait(t)
+	}
+}

@@ -1,6 +1,15 @@
 package relay
 
-import "golang.org/x/sys/unix"
+import (
+	"errors"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// errPipeBudget is what epPipePool.get returns when the engine holds
+// EpollOptions.MaxPipes pipes already.
+var errPipeBudget = errors.New("relay: pipe budget spent")
 
 // epPipe is a non-blocking pipe used to splice one direction of a pair.
 type epPipe struct {
@@ -10,12 +19,18 @@ type epPipe struct {
 // epPipePool is one loop's free list of empty pipes. Only the loop
 // goroutine uses it, so it needs no lock. A pair takes a pipe when a
 // direction turns bulk and gives it back as soon as the pipe is empty and
-// the source is drained, so idle pairs hold none.
+// the source is drained, so idle pairs hold none. Every pipe the engine
+// holds, pooled or in use, counts against the engine-wide budget (open,
+// shared by the loops' pools): past it a bulk direction keeps copying
+// through the loop's buffer, so the descriptors a connection can hold stay
+// within what the caller counted (EpollOptions.MaxPipes).
 type epPipePool struct {
-	free []epPipe
-	max  int // pipes kept; the rest are closed on put
-	size int // capacity asked with F_SETPIPE_SZ
-	live int // pipes out of the pool (in use by pairs)
+	free   []epPipe
+	max    int // pipes kept; the rest are closed on put
+	size   int // capacity asked with F_SETPIPE_SZ
+	live   int // pipes out of the pool (in use by pairs)
+	open   *atomic.Int32
+	budget int32 // most pipes the engine may hold
 }
 
 // get returns an empty pipe, from the free list or new. It fails when the
@@ -28,8 +43,13 @@ func (pp *epPipePool) get() (epPipe, error) {
 		pp.live++
 		return p, nil
 	}
+	if pp.open.Add(1) > pp.budget {
+		pp.open.Add(-1)
+		return epPipe{}, errPipeBudget
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		pp.open.Add(-1)
 		return epPipe{}, err
 	}
 	// A bigger pipe halves the splice calls per megabyte; failure (EPERM
@@ -48,6 +68,7 @@ func (pp *epPipePool) put(p epPipe, empty bool) {
 		return
 	}
 	p.close()
+	pp.open.Add(-1)
 }
 
 // closeAll closes the free pipes (at engine Close).
@@ -55,6 +76,7 @@ func (pp *epPipePool) closeAll() {
 	for _, p := range pp.free {
 		p.close()
 	}
+	pp.open.Add(-int32(len(pp.free)))
 	pp.free = nil
 }
 

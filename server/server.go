@@ -103,6 +103,9 @@ type Server struct {
 
 	handoff chan relay.Conn // to a handshake goroutine waiting for work
 	waiting atomic.Int32    // handshake goroutines waiting on handoff
+
+	capLogged atomic.Int64 // unix nanos of the last "max_connections reached" line
+	capWaits  atomic.Int64 // pauses at the cap since that line
 }
 
 // New returns a Server relaying to the backends in set through engine.
@@ -232,6 +235,7 @@ func (s *Server) acquire() bool {
 		return true
 	default:
 		s.metrics.LimitWaits.Add(1)
+		s.logCapReached()
 	}
 	select {
 	case s.slots <- struct{}{}:
@@ -239,6 +243,26 @@ func (s *Server) acquire() bool {
 	case <-s.ctx.Done():
 		return false
 	}
+}
+
+// capLogEvery is the least time between two "max_connections reached"
+// lines; the pauses in between are counted in the next one.
+const capLogEvery = time.Minute
+
+// logCapReached says, at most once per capLogEvery, that accepting paused
+// at MaxConnections.
+func (s *Server) logCapReached() {
+	n := s.capWaits.Add(1)
+	now := time.Now().UnixNano()
+	last := s.capLogged.Load()
+	if last != 0 && now-last < int64(capLogEvery) || !s.capLogged.CompareAndSwap(last, now) {
+		return
+	}
+	s.capWaits.Add(-n)
+	s.log.Warn("max_connections reached; accepting paused, new clients wait in the listen backlog",
+		zap.Int("max_connections", s.opts.MaxConnections), zap.Int64("open", s.open.Load()),
+		zap.Int64("pauses", n), zap.Duration("next_report_after", capLogEvery),
+		zap.String("fix", "raise max_connections and the open-file limit, or add stickyd instances"))
 }
 
 func (s *Server) releaseSlot() {

@@ -1,0 +1,44 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// TestDialOutOfDescriptorsIsNotTheBackends checks that a dial failing
+// with EMFILE or ENFILE (stickyd's own shortage) counts against no backend,
+// puts none in cool-down and tries no other.
+func TestDialOutOfDescriptorsIsNotTheBackends(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE} {
+		set, err := NewSet([]Spec{{Name: "a", Address: "127.0.0.1:1"}, {Name: "b", Address: "127.0.0.1:2"}},
+			Options{EjectAfter: 1}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		dials := 0
+		dial := func(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
+			dials++
+			return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("socket", errno)}
+		}
+		_, _, err = set.DialWith(context.Background(), netip.MustParseAddr("127.9.9.9"), dial)
+		if !errors.Is(err, ErrNoDescriptors) || !errors.Is(err, errno) {
+			t.Errorf("%v: DialWith error %v, want ErrNoDescriptors wrapping the errno", errno, err)
+		}
+		if dials != 1 {
+			t.Errorf("%v: %d dials, want 1 (no other backend tried)", errno, dials)
+		}
+		for _, b := range set.Backends() {
+			if b.DialFailures() != 0 || b.State() != StateUp {
+				t.Errorf("%v: backend %s has %d failures, state %s; want 0, %s", errno, b.Name, b.DialFailures(), b.State(), StateUp)
+			}
+		}
+	}
+}
