@@ -4,18 +4,21 @@ import (
 	"os"
 
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/logging"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
 // newLogger builds the root logger: JSON unless the format is console or
-// stderr is a terminal.
-func newLogger(cfg *config.Config) (*zap.Logger, error) {
+// stderr is a terminal. Warnings are sampled per cause and the output is
+// written asynchronously, dropping (and counting) lines when it blocks
+// (package logging).
+func newLogger(cfg *config.Config) (*zap.Logger, *logging.Logs, error) {
 	level := zapcore.InfoLevel
 	if cfg.LogLevel != "" {
 		var err error
 		if level, err = zapcore.ParseLevel(cfg.LogLevel); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	format := cfg.LogFormat
@@ -25,14 +28,6 @@ func newLogger(cfg *config.Config) (*zap.Logger, error) {
 			format = "console"
 		}
 	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(level)
-	zc.Encoding = format
-	zc.Sampling = nil
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	if format == "console" {
-		zc.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
-	}
-	zc.DisableStacktrace = true
-	return zc.Build()
+	log, logs := logging.New(logging.Options{Level: level, Format: format}, os.Stderr)
+	return log, logs, nil
 }

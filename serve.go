@@ -16,6 +16,7 @@ import (
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/balancer"
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/logging"
 	"github.com/stickyd/stickyd/relay"
 	"github.com/stickyd/stickyd/server"
 	"github.com/urfave/cli/v2"
@@ -28,6 +29,7 @@ type daemon struct {
 	c       *cli.Context
 	argv    []string // worker command after --
 	log     *zap.Logger
+	logs    *logging.Logs
 	boot    *config.Config // as started: what only a restart changes
 	srv     *server.Server
 	sup     *backend.Supervisor // nil without [workers]
@@ -55,17 +57,18 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg)
+	log, logs, err := newLogger(cfg)
 	if err != nil {
 		return usageError("log: %v", err)
 	}
-	defer log.Sync()
+	stopReport := logs.Report(log)
+	defer func() { stopReport(); logs.Close(2 * time.Second) }() // the output may be blocked for good
 	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2) // until run handles them
 	inh, err := takeInherited()
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}
-	d := &daemon{c: c, argv: argv, log: log, boot: cfg, cfg: cfg}
+	d := &daemon{c: c, argv: argv, log: log, logs: logs, boot: cfg, cfg: cfg}
 	if err := d.start(inh); err != nil {
 		inh.close()
 		return err
@@ -122,7 +125,8 @@ func (d *daemon) startAdmin() {
 		return
 	}
 	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
-		MaxConnections: d.budget.conns, Workers: d.sup}, d.log.Named("admin"))
+		MaxConnections: d.budget.conns, Workers: d.sup,
+		Logs: d.logs.Counts}, d.log.Named("admin"))
 	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: zap.NewStdLog(d.log.Named("admin"))}
 	go d.admin.Serve(d.adminLn)

@@ -49,6 +49,9 @@ type Source struct {
 	MaxConnections int
 	// Workers is the worker supervisor, nil without [workers].
 	Workers *backend.Supervisor
+	// Logs returns the log lines suppressed by sampling and dropped
+	// because the output did not keep up; nil leaves the metric out.
+	Logs func() (suppressed, dropped int64)
 }
 
 // BackendInfo is one entry of GET /backends.

@@ -14,6 +14,7 @@ type collector struct {
 	backendActive, backendTotal, backendDialFailures       *prometheus.Desc
 	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
 	headerErrors, workerRestarts                           *prometheus.Desc
+	logLinesDropped                                        *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -40,6 +41,7 @@ func NewCollector(src Source) prometheus.Collector {
 		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
 		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
 		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
+		logLinesDropped:     desc("log_lines_dropped_total", "Log lines not written, by reason (rate_limited: over the per-cause rate; output_blocked: the log output did not keep up).", "reason"),
 	}
 }
 
@@ -47,7 +49,7 @@ func NewCollector(src Source) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.bytes, c.headerErrors, c.workerRestarts} {
+		c.limitWaits, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped} {
 		ch <- d
 	}
 }
@@ -77,6 +79,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.rejected, m.NoBackend.Load(), "no_backend")
 		counter(c.rejected, headers, "header")
+	}
+	if c.src.Logs != nil {
+		suppressed, dropped := c.src.Logs()
+		counter(c.logLinesDropped, suppressed, "rate_limited")
+		counter(c.logLinesDropped, dropped, "output_blocked")
 	}
 	if sup := c.src.Workers; sup != nil {
 		for _, w := range sup.Slots() {

@@ -325,7 +325,7 @@ func dialNet(ctx context.Context, network, address string, timeout time.Duration
 func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Backend, conn net.Conn, err error) {
 	var triedBuf [8]int
 	tried := triedBuf[:0]
-	var errs []error
+	var errs dialErrors
 	for _, strict := range []bool{true, false} {
 		for {
 			f := s.filter(tried, strict)
@@ -339,16 +339,16 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 			if err == nil {
 				return b, conn, nil
 			}
-			errs = append(errs, err)
+			errs.add(err)
 			if ctx.Err() != nil || errors.Is(err, ErrNoDescriptors) {
-				return nil, nil, errors.Join(errs...)
+				return nil, nil, errs.err(false)
 			}
 		}
 	}
-	if len(errs) == 0 {
+	if errs.n == 0 {
 		return nil, nil, ErrNoBackend
 	}
-	return nil, nil, fmt.Errorf("%w: %w", ErrNoBackend, errors.Join(errs...))
+	return nil, nil, errs.err(true)
 }
 
 func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn, error) {

@@ -13,6 +13,7 @@ import (
 
 	pp "github.com/pires/go-proxyproto"
 	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/logging"
 	"github.com/stickyd/stickyd/proxyproto"
 	"github.com/stickyd/stickyd/relay"
 	"go.uber.org/zap"
@@ -40,7 +41,8 @@ func (s *Server) handle(conn relay.Conn) {
 		conn.Close()
 		s.connDone()
 		if !errors.Is(err, errQuiet) {
-			s.log.Warn("connection refused", zap.Stringer("peer", peer), zap.Stringer("client", c.addr), zap.Error(err))
+			s.log.Warn("connection refused", zap.String(logging.CauseKey, refusalCause(err)),
+				zap.Stringer("peer", peer), zap.Stringer("client", c.addr), zap.Error(err))
 		}
 		return
 	}
@@ -66,6 +68,24 @@ func (s *Server) handle(conn relay.Conn) {
 		},
 	})
 }
+
+// refusalCause names why a handshake failed: the log sampler keeps the
+// causes apart, so that a flood of one never hides another.
+func refusalCause(err error) string {
+	var de dialError
+	switch {
+	case errors.Is(err, backend.ErrNoBackend):
+		return "no_backend"
+	case errors.As(err, &de):
+		return "dial"
+	}
+	return headerKind(err)
+}
+
+// dialError marks an error of the backend dial (its text unchanged).
+type dialError struct{ error }
+
+func (e dialError) Unwrap() error { return e.error }
 
 // errQuiet marks handshake failures already logged or not worth a line (the
 // client went away).
@@ -137,7 +157,7 @@ func (s *Server) dial(c *client) (*backend.Backend, net.Conn, error) {
 	b, conn, err := s.backends.Load().DialWith(s.ctx, c.addr.Addr(), s.dialer)
 	if err != nil {
 		s.metrics.NoBackend.Add(1)
-		return nil, nil, err
+		return nil, nil, dialError{err}
 	}
 	return b, conn, nil
 }
