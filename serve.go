@@ -63,7 +63,7 @@ func serve(c *cli.Context) error {
 	}
 	stopReport := logs.Report(log)
 	defer func() { stopReport(); logs.Close(2 * time.Second) }() // the output may be blocked for good
-	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2) // until run handles them
+	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)               // until run handles them
 	inh, err := takeInherited()
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
