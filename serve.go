@@ -62,8 +62,9 @@ func serve(c *cli.Context) error {
 		return usageError("log: %v", err)
 	}
 	stopReport := logs.Report(log)
-	defer func() { stopReport(); logs.Close(2 * time.Second) }() // the output may be blocked for good
-	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)               // until run handles them
+	// At exit, wait a bounded time for the log output: it may be blocked for good.
+	defer func() { stopReport(); logs.Close(2 * time.Second) }()
+	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2) // until run handles them
 	inh, err := takeInherited()
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
