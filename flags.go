@@ -51,6 +51,7 @@ func proxyFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "dns-interval", EnvVars: envName("dns-interval"), Usage: "how often dns: backends are resolved again (default 10s)"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: envName("pid-file"), Usage: "write the process id to `FILE` while serving (follows SIGUSR2 upgrades)"},
 		&cli.StringFlag{Name: "log-level", EnvVars: envName("log-level"), Usage: "debug, info, warn or error (default info)"},
+		&cli.IntFlag{Name: "log-rate-limit", EnvVars: envName("log-rate-limit"), Usage: "warnings and errors written per second for each cause; the rest are counted (default 10)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: envName("log-format"), Usage: "console or json (default: console on a TTY, json otherwise)"},
 	}
 }
@@ -131,7 +132,7 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 		cfg.BalanceFactor = c.Float64("balance-factor")
 	}
 	ints := map[string]*int{
-		"max-connections": &cfg.MaxConnections, "health-rise": &cfg.Health.Rise, "health-fall": &cfg.Health.Fall,
+		"max-connections": &cfg.MaxConnections, "log-rate-limit": &cfg.LogRateLimit, "health-rise": &cfg.Health.Rise, "health-fall": &cfg.Health.Fall,
 		"health-expect-status": &cfg.Health.ExpectStatus, "health-eject-after": &cfg.Health.EjectAfter,
 	}
 	for name, p := range ints {

@@ -28,6 +28,6 @@ func newLogger(cfg *config.Config) (*zap.Logger, *logging.Logs, error) {
 			format = "console"
 		}
 	}
-	log, logs := logging.New(logging.Options{Level: level, Format: format}, os.Stderr)
+	log, logs := logging.New(logging.Options{Level: level, Format: format, Burst: cfg.LogRateLimit}, os.Stderr)
 	return log, logs, nil
 }

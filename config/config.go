@@ -72,6 +72,9 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// LogFormat is "console" or "json"; default console on a TTY, else json.
 	LogFormat string `toml:"log_format"`
+	// LogRateLimit is how many warnings and errors of one cause are
+	// written per second; the rest are counted. Default 10.
+	LogRateLimit int `toml:"log_rate_limit"`
 	// Engine selects the connection engine: "epoll" (default where
 	// available) or "goroutine".
 	Engine string `toml:"engine"`

@@ -50,6 +50,9 @@ func (c *Config) checkScalars() error {
 			return c.errorf("log_level", "want debug, info, warn or error, got %q", c.LogLevel)
 		}
 	}
+	if c.LogRateLimit < 0 || c.LogRateLimit >= 1<<24 {
+		return c.errorf("log_rate_limit", "want 1 to 16777215 lines a second (0: the default 10), got %d", c.LogRateLimit)
+	}
 	if !oneOf(c.LogFormat, "", "console", "json") {
 		return c.errorf("log_format", "want console or json, got %q", c.LogFormat)
 	}

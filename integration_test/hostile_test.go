@@ -257,7 +257,8 @@ func garbage(n int) []byte {
 
 func TestHostileBattery(t *testing.T) {
 	h := &hostile{backend: startResetBackend(t), used: map[string]string{}}
-	common := []string{"--backend", "b=" + h.backend.addr(), "--proxy-header-timeout", hostileTimeout.String(), "--log-level", "debug"}
+	common := []string{"--backend", "b=" + h.backend.addr(), "--proxy-header-timeout", hostileTimeout.String(), "--log-level", "debug",
+		"--log-rate-limit", "100000"} // a line for every case, back to back
 	h.proxy = startStickyd(t, append(common, "--accept-proxy", "127.1.0.0/16")...)
 	h.http = startStickyd(t, append(common, "--client-ip-header", "X-Forwarded-For")...)
 	baseProxy, baseHTTP := settledFDs(t, h.proxy), settledFDs(t, h.http)

@@ -15,7 +15,8 @@ type Options struct {
 	Level  zapcore.Level
 	Format string // "json" (default) or "console"
 	// Burst is how many lines of one cause (level, message, "cause" field)
-	// at warn level or above are written per second. Default 10.
+	// at warn level or above are written per second. Default 10; at most
+	// 1<<24-1.
 	Burst int
 	// BufferBytes bounds the lines waiting for the output. Default 1 MiB.
 	BufferBytes int
@@ -24,7 +25,7 @@ type Options struct {
 	ReportEvery time.Duration
 }
 
-func (o Options) burst() int64 { return int64(orInt(o.Burst, 10)) }
+func (o Options) burst() int64 { return int64(min(orInt(o.Burst, 10), 1<<24-1)) }
 
 func (o Options) bufferBytes() int { return orInt(o.BufferBytes, 1<<20) }
 

@@ -155,3 +155,21 @@ func TestWriterNeverBlocks(t *testing.T) {
 		t.Errorf("written %d + dropped %d != 10000", got, w.Dropped())
 	}
 }
+
+// TestSlotWindowMovesForward: a line stamped in an earlier second (it
+// waited between Check and Write) counts in the current second instead of
+// opening a new window.
+func TestSlotWindowMovesForward(t *testing.T) {
+	var sl slot
+	for i := 0; i < 3; i++ {
+		if !sl.take(53, 3) {
+			t.Fatalf("line %d of second 53 refused", i)
+		}
+	}
+	if sl.take(53, 3) || sl.take(52, 3) || sl.take(53, 3) {
+		t.Error("a line over the burst was let through")
+	}
+	if !sl.take(54, 3) {
+		t.Error("a new second did not open a new window")
+	}
+}

@@ -17,9 +17,8 @@ const sampleSlots = 1024
 
 // slot counts the lines of the causes hashed to it in the current second.
 type slot struct {
-	second  atomic.Int64 // unix second the count belongs to
-	n       atomic.Int64 // lines in that second
-	dropped atomic.Int64 // lines suppressed since the last report
+	window  atomic.Uint64 // unix second << 24 | lines written in it
+	dropped atomic.Int64  // lines suppressed since the last report
 	key     atomic.Pointer[string]
 }
 
@@ -40,11 +39,7 @@ func (s *sampler) allow(ent zapcore.Entry, fields []zapcore.Field) bool {
 	cause := causeOf(fields)
 	h := fnv32a(fnv32a(fnvOffset^uint32(ent.Level+2)*fnvPrime, ent.Message)^0xff*fnvPrime, cause)
 	sl := &s.slots[h%sampleSlots]
-	sec := ent.Time.Unix()
-	if old := sl.second.Load(); old != sec && sl.second.CompareAndSwap(old, sec) {
-		sl.n.Store(0)
-	}
-	if sl.n.Add(1) <= s.burst {
+	if sl.take(uint64(ent.Time.Unix()), uint64(s.burst)) {
 		return true
 	}
 	s.suppressed.Add(1)
@@ -56,6 +51,27 @@ func (s *sampler) allow(ent zapcore.Entry, fields []zapcore.Field) bool {
 		sl.key.Store(&key)
 	}
 	return false
+}
+
+// take counts one line in second sec and reports whether it is within
+// burst. The second and its count change together, in one atomic word. A
+// line stamped before the current second (it waited between its entry's
+// time and Write) counts in the current second: the window only moves
+// forward.
+func (sl *slot) take(sec, burst uint64) bool {
+	for {
+		old := sl.window.Load()
+		next := sec<<24 | 1
+		if old>>24 >= sec {
+			if old&(1<<24-1) >= burst {
+				return false
+			}
+			next = old + 1
+		}
+		if sl.window.CompareAndSwap(old, next) {
+			return true
+		}
+	}
 }
 
 func causeOf(fields []zapcore.Field) string {
