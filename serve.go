@@ -113,6 +113,7 @@ func (d *daemon) start(inh *inherited) error {
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
 	d.loops = d.startLoops(cfg)
 	d.startAdmin()
+	warnRiskySetup(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
 		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", sendProxyName(cfg)),
 		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", inh != nil),

@@ -17,6 +17,11 @@ var (
 	errHTTPTimeout  = errors.New("server: HTTP header block not complete before the timeout")
 	errHTTPTooLarge = errors.New("server: HTTP header block over the size limit")
 	errNoClientIP   = errors.New("server: no client address in the HTTP request")
+	// errHTTPMalformed: a header block RFC 9112 says to reject with 400
+	// (obs-fold, whitespace before a colon, bare CR or LF): parsers
+	// disagree on such a block, so stickyd could route by a header the
+	// backend does not see.
+	errHTTPMalformed = errors.New("server: malformed HTTP header block")
 )
 
 // readHTTPClient reads the first request's header block (bounded in size
@@ -27,6 +32,7 @@ func (s *Server) readHTTPClient(conn *net.TCPConn, c *client) error {
 	limit := s.opts.maxHeaderBytes()
 	buf := make([]byte, 0, 2048)
 	searched := 0 // buf[:searched] holds no end of the block
+	checked := 0  // buf[:checked] holds no bare CR or LF
 	for {
 		if _, certain := proxyproto.LooksLikeHeader(buf); certain {
 			// Header mode reads no PROXY header: relaying it would put a
@@ -34,12 +40,24 @@ func (s *Server) readHTTPClient(conn *net.TCPConn, c *client) error {
 			s.metrics.headerError(proxyproto.ErrUnexpected)
 			return proxyproto.ErrUnexpected
 		}
-		if end := bytes.Index(buf[searched:], []byte("\r\n\r\n")); end >= 0 {
+		end := bytes.Index(buf[searched:], []byte("\r\n\r\n"))
+		blockEnd := len(buf)
+		if end >= 0 {
+			blockEnd = searched + end + 4
+		}
+		if err := lineEndError(buf[:blockEnd], checked); err != nil {
+			return s.refuseMalformed(conn, err)
+		}
+		if end >= 0 {
 			conn.SetReadDeadline(time.Time{})
 			c.pending = buf
-			return s.routeByHeader(conn, c, buf[:searched+end+2])
+			if err := fieldLinesError(buf[:blockEnd-2]); err != nil {
+				return s.refuseMalformed(conn, err)
+			}
+			return s.routeByHeader(conn, c, buf[:blockEnd-2])
 		}
 		searched = max(0, len(buf)-3)
+		checked = max(0, len(buf)-1) // a CR at the end waits for its LF
 		if len(buf) >= limit {
 			s.metrics.headerError(errHTTPTooLarge)
 			s.reply400(conn, fmt.Sprintf("request header block over %d bytes", limit))
@@ -85,6 +103,67 @@ func (s *Server) routeByHeader(conn *net.TCPConn, c *client, block []byte) error
 	s.metrics.headerError(errNoClientIP)
 	s.reply400(conn, err.Error())
 	return err
+}
+
+// refuseMalformed answers 400 to a block that breaks RFC 9112's syntax.
+func (s *Server) refuseMalformed(conn *net.TCPConn, err error) error {
+	s.metrics.headerError(err)
+	s.reply400(conn, strings.TrimPrefix(err.Error(), "server: "))
+	return err
+}
+
+// lineEndError reports a bare LF, or a CR not followed by LF, in
+// buf[from:] (a CR in the last byte waits for the next). RFC 9112 section
+// 2.2 lets a recipient accept a bare LF; stickyd refuses both, at once, so
+// that its idea of where a line ends is the backend's.
+func lineEndError(buf []byte, from int) error {
+	for i := from; i < len(buf); i++ {
+		switch {
+		case buf[i] == '\n' && (i == 0 || buf[i-1] != '\r'):
+			return fmt.Errorf("%w: bare LF at byte %d (lines must end with CRLF)", errHTTPMalformed, i)
+		case buf[i] == '\r' && i+1 < len(buf) && buf[i+1] != '\n':
+			return fmt.Errorf("%w: CR without LF at byte %d", errHTTPMalformed, i)
+		}
+	}
+	return nil
+}
+
+// fieldLinesError checks the field lines of a header block (request line,
+// then CRLF-terminated lines) against RFC 9112 section 5: a line starting
+// with whitespace is obs-fold (5.2) and whitespace between the field name
+// and the colon is forbidden (5.1); both must be answered with 400.
+func fieldLinesError(block []byte) error {
+	lines := strings.Split(strings.TrimLeft(string(block), "\r\n"), "\r\n")
+	for _, line := range lines[1:] { // lines[0] is the request line
+		if line == "" {
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return fmt.Errorf("%w: obs-fold (a field line starting with whitespace) is not allowed", errHTTPMalformed)
+		}
+		name, _, ok := strings.Cut(line, ":")
+		if !ok {
+			return fmt.Errorf("%w: field line without a colon: %q", errHTTPMalformed, clipString(line, 64))
+		}
+		if !isToken(name) {
+			return fmt.Errorf("%w: invalid field name %q (no whitespace before the colon)", errHTTPMalformed, clipString(name, 64))
+		}
+	}
+	return nil
+}
+
+// isToken reports whether s is an RFC 9110 token (a field name).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // reply400 answers a request stickyd will not relay, then closes its write

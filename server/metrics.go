@@ -17,10 +17,13 @@ const (
 	HeaderTooLong    = "too_long"   // v1 over 107 bytes, or an HTTP block over the limit
 	HeaderMalformed  = "malformed"  // anything the parser refused
 	HeaderHTTPNoAddr = "http_no_ip" // client_ip_header missing or unusable
+	// HeaderHTTPMalformed: an HTTP header block RFC 9112 rejects (obs-fold,
+	// whitespace before a colon, bare CR or LF).
+	HeaderHTTPMalformed = "http_malformed"
 )
 
 var headerKinds = []string{HeaderTimeout, HeaderTruncated, HeaderMissing, HeaderUntrusted,
-	HeaderTooLong, HeaderMalformed, HeaderHTTPNoAddr}
+	HeaderTooLong, HeaderMalformed, HeaderHTTPNoAddr, HeaderHTTPMalformed}
 
 // Metrics are the server's counters, read by the admin endpoint.
 type Metrics struct {
@@ -70,6 +73,8 @@ func headerKind(err error) string {
 		return HeaderTooLong
 	case errors.Is(err, errNoClientIP):
 		return HeaderHTTPNoAddr
+	case errors.Is(err, errHTTPMalformed):
+		return HeaderHTTPMalformed
 	}
 	return HeaderMalformed
 }

@@ -250,6 +250,13 @@ func TestHeaderErrorKinds(t *testing.T) {
 		{"http bad address", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Forwarded-For: nope\r\n\r\n", false, HeaderHTTPNoAddr, "HTTP/1.1 400 Bad Request\r\n"},
 		{"http too long", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Pad: " + strings.Repeat("x", 2000), false, HeaderTooLong, "HTTP/1.1 400 Bad Request\r\n"},
 		{"http timeout", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nHost: x\r\n", false, HeaderTimeout, ""},
+		{"http obs-fold", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nHost: x\r\nX-Foo: bar\r\n X-Forwarded-For: 6.6.6.6\r\n\r\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
+		{"http obs-fold tab", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1,\r\n\t6.6.6.6\r\n\r\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
+		{"http space before colon", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Forwarded-For : 6.6.6.6\r\n\r\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
+		{"http line without colon", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Forwarded-For 6.6.6.6\r\n\r\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
+		{"http bare LF", httpMode, "127.0.0.1", "GET / HTTP/1.1\nHost: x\nX-Forwarded-For: 6.6.6.6\n\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
+		{"http bare LF unfinished", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nHost: x\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
+		{"http bare CR", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Foo: a\rX-Forwarded-For: 6.6.6.6\r\n\r\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
 		{"http proxy header", httpMode, "127.0.0.1", "PROXY TCP4 1.2.3.4 1.2.3.5 1 2\r\nGET / HTTP/1.1\r\n\r\n", false, HeaderUntrusted, ""},
 	}
 	for _, tc := range tests {
@@ -298,5 +305,30 @@ func TestPortProbeQuiet(t *testing.T) {
 		if n != 0 {
 			t.Errorf("HeaderErrors[%s] = %d", kind, n)
 		}
+	}
+}
+
+// A well-formed header block sent in pieces (one piece ending between CR
+// and LF) is routed by its header, and the request reaches the backend byte
+// for byte: bare CR and LF in the body are the body's business.
+func TestHTTPBlockInPiecesRelayed(t *testing.T) {
+	b := startBackend(t, "b0")
+	r := startServer(t, Options{ClientIPHeader: "X-Forwarded-For", Trusted: local}, nil, b)
+	c := dial(t, "127.0.0.1", r.addr)
+	body := "a\nb\rc\r\n"
+	req := "POST / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nContent-Length: 7\r\n\r\n" + body
+	cut := strings.Index(req, "\r\nContent") + 1 // after the CR
+	for _, piece := range []string{req[:cut], req[cut : cut+5], req[cut+5:]} {
+		c.Write([]byte(piece))
+		time.Sleep(20 * time.Millisecond) // separate reads on stickyd's side (not a wait for a result)
+	}
+	c.CloseWrite()
+	name, client, br := greet(t, c)
+	if name != "b0" || client.Addr().String() != "203.0.113.9" {
+		t.Fatalf("routed to %s as %v, want b0 as 203.0.113.9", name, client)
+	}
+	rest, _ := io.ReadAll(br)
+	if string(rest) != req {
+		t.Errorf("backend got %q, want %q", rest, req)
 	}
 }
