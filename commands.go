@@ -8,26 +8,34 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/hello"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 )
 
-// checkConfig validates a config file: `stickyd check-config [FILE]`.
+// checkConfig validates a config file: `stickyd check-config [FLAGS]
+// [FILE] [-- COMMAND ...]`, with the flags and worker command stickyd
+// itself takes, through the same path as serve: it accepts exactly what
+// serve accepts.
 func checkConfig(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return usageError("check-config takes at most one FILE")
-	}
-	if c.NArg() == 1 {
-		if err := c.Set("config", c.Args().First()); err != nil {
+	args, argv := splitCommand(c)
+	switch {
+	case len(args) > 1 && strings.HasPrefix(args[1], "-"):
+		return usageError("check-config: put the flags before FILE (got %q after it)", args[1:])
+	case len(args) > 1:
+		return usageError("check-config takes at most one FILE, got %q (a worker command goes after --)", args)
+	case len(args) == 1:
+		if err := c.Set("config", args[0]); err != nil {
 			return usageError("%v", err)
 		}
 	}
-	cfg, err := loadConfig(c, nil)
+	cfg, err := loadConfig(c, argv)
 	if err != nil {
 		return err
 	}
@@ -40,20 +48,20 @@ func checkConfig(c *cli.Context) error {
 }
 
 // lookup prints "<ip> <backend name>" for each IP given as an argument, or
-// read from stdin one per line. Every backend counts as up: the answer is
-// the IP's home backend. Invalid IPs are reported on stderr with their line
+// read from stdin one per line. It takes stickyd's own flags and worker
+// command (`stickyd lookup --workers 4 [IP ...] [-- node app.js]`); the
+// command is not needed, since a worker's name depends only on its slot.
+// Every backend counts as up: the answer is the IP's home backend, the one
+// the live proxy picks. Invalid IPs are reported on stderr with their line
 // number and skipped; the exit status is then 1.
 func lookup(c *cli.Context) error {
-	cfg, err := loadConfig(c, nil)
+	ips, argv := splitCommand(c)
+	cfg, err := loadRoutingConfig(c, argv)
 	if err != nil {
 		return err
 	}
 	nop := zap.NewNop()
-	specs, _, err := backendSpecs(cfg, nop, func() *backend.Set { return nil })
-	if err != nil {
-		return usageError("%v", err)
-	}
-	set, err := newSet(cfg, specs, nop)
+	set, err := newSet(cfg, lookupSpecs(cfg, nop), nop)
 	if err != nil {
 		return usageError("%v", err)
 	}
@@ -72,8 +80,8 @@ func lookup(c *cli.Context) error {
 		out.WriteString(set.Preferred(ip.Unmap()).Name)
 		out.WriteByte('\n')
 	}
-	if c.NArg() > 0 {
-		for i, s := range c.Args().Slice() {
+	if len(ips) > 0 {
+		for i, s := range ips {
 			each(i+1, s)
 		}
 	} else if err := eachLine(os.Stdin, each); err != nil {
@@ -84,6 +92,40 @@ func lookup(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("stickyd lookup: %d invalid IPs", bad), 1)
 	}
 	return nil
+}
+
+// lookupSpecs lists the backends of cfg as the live proxy names them: the
+// static ones, the addresses its dns backends resolve to now, and the
+// worker slots worker-0..worker-<count-1>.
+func lookupSpecs(cfg *config.Config, log *zap.Logger) []backend.Spec {
+	specs := staticSpecs(cfg)
+	if targets := cfg.DNSTargets(); len(targets) > 0 {
+		answers, err := newResolver(cfg).ResolveAll(context.Background(), targets)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "stickyd lookup: dns backends did not resolve:", err)
+		}
+		specs = append(specs, dnsSpecs(cfg, answers, specs)...)
+	}
+	if cfg.Workers != nil {
+		for i := range cfg.Workers.WorkerCount() {
+			specs = append(specs, backend.Spec{Name: backend.WorkerName(i), Weight: 1})
+		}
+	}
+	return specs
+}
+
+// splitCommand splits a subcommand's arguments into its own (IPs, a FILE)
+// and the worker command after "--". The flag parser drops a "--" that
+// directly follows the flags, so os.Args tells where it was.
+func splitCommand(c *cli.Context) (args, command []string) {
+	all := c.Args().Slice()
+	if i := slices.Index(all, "--"); i >= 0 {
+		return all[:i], all[i+1:]
+	}
+	if i := slices.Index(os.Args, "--"); i >= 0 && len(all) > 0 && slices.Equal(os.Args[i+1:], all) {
+		return nil, all
+	}
+	return all, nil
 }
 
 // eachLine calls fn for every non-empty line of r.

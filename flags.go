@@ -37,6 +37,8 @@ func proxyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "engine", EnvVars: envName("engine"), Usage: "connection engine: epoll (default) or goroutine"},
 		&cli.StringFlag{Name: "admin", EnvVars: envName("admin"), Usage: "admin and metrics listen `ADDR` (off by default; bind it to loopback)"},
 		&cli.StringFlag{Name: "workers", EnvVars: envName("workers"), Usage: "launch `N` (or auto) worker processes running the command after --"},
+		&cli.IntFlag{Name: "port-base", EnvVars: envName("port-base"), Usage: "worker i listens on 127.0.0.1:<port-base + i> (default: free ports chosen at start)"},
+		&cli.StringFlag{Name: "socket-dir", EnvVars: envName("socket-dir"), Usage: "give workers Unix sockets `DIR`/worker-<i>.sock instead of ports"},
 		&cli.StringFlag{Name: "health-check", EnvVars: envName("health-check"), Usage: "active health check of each backend: tcp, http or none (default none)"},
 		&cli.DurationFlag{Name: "health-interval", EnvVars: envName("health-interval"), Usage: "time between health checks of a backend (default 2s)"},
 		&cli.DurationFlag{Name: "health-timeout", EnvVars: envName("health-timeout"), Usage: "deadline for one health check (default 1s)"},
@@ -62,8 +64,30 @@ func usageError(format string, args ...any) error {
 }
 
 // loadConfig reads the config file (the --config flag, or ./config.toml
-// when it exists), applies the flags that are set, and validates.
+// when it exists), applies the flags that are set, and validates: the one
+// path of serve, reload and check-config, so that check-config accepts
+// exactly what serve accepts. With [workers], the command must be runnable.
 func loadConfig(c *cli.Context, workerArgv []string) (*config.Config, error) {
+	cfg, err := loadConfigFor(c, workerArgv, true)
+	if err != nil || cfg.Workers == nil {
+		return cfg, err
+	}
+	wc := workerConfig(cfg.Workers)
+	if err := wc.Validate(); err != nil {
+		return nil, usageError("%v", err)
+	}
+	return cfg, nil
+}
+
+// loadRoutingConfig is loadConfig for stickyd lookup: everything that
+// decides which backend a client gets is checked, but [workers] needs no
+// command (only the count names the workers).
+func loadRoutingConfig(c *cli.Context, workerArgv []string) (*config.Config, error) {
+	return loadConfigFor(c, workerArgv, false)
+}
+
+// loadConfigFor is loadConfig; withCommand false skips the worker command.
+func loadConfigFor(c *cli.Context, workerArgv []string, withCommand bool) (*config.Config, error) {
 	cfg := &config.Config{}
 	path := c.String("config")
 	if path == "" {
@@ -85,7 +109,11 @@ func loadConfig(c *cli.Context, workerArgv []string) (*config.Config, error) {
 	if err := applyFlags(c, cfg, workerArgv); err != nil {
 		return nil, err
 	}
-	if err := cfg.Validate(); err != nil {
+	validate := cfg.Validate
+	if !withCommand {
+		validate = cfg.ValidateRouting
+	}
+	if err := validate(); err != nil {
 		if path != "" {
 			return nil, usageError("%s: %v", path, err)
 		}
@@ -159,7 +187,10 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 			cfg.Backends = append(cfg.Backends, b)
 		}
 	}
-	return applyWorkerFlags(c, cfg, workerArgv)
+	if err := applyWorkerFlags(c, cfg, workerArgv); err != nil {
+		return err
+	}
+	return applyWorkerAddressFlags(c, cfg)
 }
 
 // applyWorkerFlags handles --workers N|auto and the worker command given
@@ -181,6 +212,23 @@ func applyWorkerFlags(c *cli.Context, cfg *config.Config, argv []string) error {
 	cfg.Workers.Count = count
 	if len(argv) > 0 {
 		cfg.Workers.Command = argv
+	}
+	return nil
+}
+
+// applyWorkerAddressFlags handles --port-base and --socket-dir, which need
+// workers (--workers or a [workers] table).
+func applyWorkerAddressFlags(c *cli.Context, cfg *config.Config) error {
+	for _, name := range []string{"port-base", "socket-dir"} {
+		if c.IsSet(name) && cfg.Workers == nil {
+			return usageError("flag --%s: no workers to give it to (add --workers N|auto or a [workers] table)", name)
+		}
+	}
+	if c.IsSet("port-base") {
+		cfg.Workers.PortBase = c.Int("port-base")
+	}
+	if c.IsSet("socket-dir") {
+		cfg.Workers.SocketDir = c.String("socket-dir")
 	}
 	return nil
 }

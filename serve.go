@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -39,7 +40,8 @@ type daemon struct {
 	admin   *http.Server
 	budget  fdBudget // connections and pipes under the open-file limit
 
-	reloads chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
+	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
+	firstReady chan struct{} // closed once a worker is ready
 
 	mu       sync.Mutex
 	cfg      *config.Config      // the config in force; guarded by mu
@@ -81,10 +83,17 @@ func serve(c *cli.Context) error {
 func (d *daemon) start(inh *inherited) error {
 	cfg := d.cfg
 	var err error
-	d.workers, d.sup, err = workerSpecs(cfg, d.log, func() *backend.Set { return d.srv.Backends() })
+	d.firstReady = make(chan struct{})
+	var once sync.Once
+	d.workers, d.sup, err = workerSpecs(cfg, d.log, func() *backend.Set { return d.srv.Backends() },
+		func() { once.Do(func() { close(d.firstReady) }) })
+	if errors.Is(err, backend.ErrWorkerPortInUse) {
+		return fmt.Errorf("%w (stop that program, choose another --port-base, or leave it unset for free ports)", err)
+	}
 	if err != nil {
 		return usageError("%v", err)
 	}
+	d.logWorkerAddresses()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	d.dns = d.firstDNS(ctx, cfg)
 	stopped := ctx.Err() != nil
@@ -121,6 +130,45 @@ func (d *daemon) start(inh *inherited) error {
 	return nil
 }
 
+// awaitWorkers holds the accept loop back at start while the launched
+// workers are the only backends and none is ready yet: a client that comes
+// early waits in the listen backlog instead of being refused. It gives up
+// after the workers' startup timeout (clients are then refused until a
+// worker is ready) or when stop is closed.
+func (d *daemon) awaitWorkers(stop <-chan struct{}) {
+	if d.sup == nil || d.srv.Backends().Lookup(netip.IPv4Unspecified()) != nil {
+		return
+	}
+	timeout := d.boot.Workers.StartupTimeout.Duration
+	if timeout == 0 {
+		timeout = backend.DefaultWorkerStartupTimeout
+	}
+	d.log.Info("no worker ready yet: clients wait until one is", zap.Duration("startup_timeout", timeout))
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-d.firstReady:
+		d.log.Info("a worker is ready: accepting")
+	case <-t.C:
+		d.log.Warn("no worker ready within startup_timeout; accepting anyway, clients are refused until one is",
+			zap.Duration("startup_timeout", timeout))
+	case <-stop:
+	}
+}
+
+// logWorkerAddresses logs where the workers are told to listen (chosen at
+// start when port_base is unset).
+func (d *daemon) logWorkerAddresses() {
+	if d.sup == nil {
+		return
+	}
+	var addrs []string
+	for _, s := range d.sup.Slots() {
+		addrs = append(addrs, s.Address)
+	}
+	d.log.Info("worker addresses", zap.Strings("addresses", addrs))
+}
+
 // startAdmin serves the admin API when admin is set.
 func (d *daemon) startAdmin() {
 	if d.adminLn == nil {
@@ -149,7 +197,11 @@ func (d *daemon) run(inh *inherited) error {
 		workersDone <- nil
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- d.srv.Serve(d.ln) }()
+	stopWaiting := make(chan struct{})
+	go func() {
+		d.awaitWorkers(stopWaiting)
+		serveErr <- d.srv.Serve(d.ln)
+	}()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
@@ -159,6 +211,7 @@ func (d *daemon) run(inh *inherited) error {
 	d.reloads = make(chan struct{}, 1)
 	go d.reloader()
 	err := d.signals(sigs, serveErr)
+	close(stopWaiting)
 	close(d.reloads)
 	d.mu.Lock()
 	drain := d.cfg.Drain()
@@ -266,27 +319,10 @@ func newSet(cfg *config.Config, specs []backend.Spec, log *zap.Logger, reuse ...
 	}, log.Named("backend"), reuse...)
 }
 
-// backendSpecs lists every backend of cfg: the static ones, the addresses
-// its dns backends resolve to now (failures are logged), and with
-// [workers] the worker slots (out of rotation until ready) and their
-// supervisor. current returns the backend set in force when a worker
-// changes state.
-func backendSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Set) ([]backend.Spec, *backend.Supervisor, error) {
-	specs := staticSpecs(cfg)
-	if targets := cfg.DNSTargets(); len(targets) > 0 {
-		answers, err := newResolver(cfg).ResolveAll(context.Background(), targets)
-		if err != nil {
-			log.Warn("dns backends did not resolve", zap.Error(err))
-		}
-		specs = append(specs, dnsSpecs(cfg, answers, specs)...)
-	}
-	workers, sup, err := workerSpecs(cfg, log, current)
-	return append(specs, workers...), sup, err
-}
-
 // workerSpecs returns the worker slots of [workers] (out of rotation until
 // ready) and their supervisor, or nothing without [workers].
-func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Set) ([]backend.Spec, *backend.Supervisor, error) {
+// onReady is called each time a worker becomes ready.
+func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Set, onReady func()) ([]backend.Spec, *backend.Supervisor, error) {
 	if cfg.Workers == nil {
 		return nil, nil, nil
 	}
@@ -294,6 +330,9 @@ func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Se
 	sup, err := backend.NewSupervisor(workerConfig(cfg.Workers), log.Named("worker"), func(slot int, ready bool) {
 		if b := current().ByName(sup.Slots()[slot].Name); b != nil {
 			b.SetReady(ready)
+		}
+		if ready {
+			onReady()
 		}
 	})
 	if err != nil {

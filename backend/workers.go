@@ -29,7 +29,6 @@ var (
 
 // Defaults of WorkerConfig, applied by its accessors when a field is zero.
 const (
-	DefaultWorkerPortBase       = 3001
 	DefaultWorkerStartupTimeout = 30 * time.Second
 	DefaultWorkerStopTimeout    = 10 * time.Second
 )
@@ -47,7 +46,10 @@ type WorkerConfig struct {
 	// Count is the number of workers (default 1). The caller resolves
 	// "auto" to runtime.NumCPU().
 	Count int
-	// PortBase: worker i listens on PortBase+i (default 3001).
+	// PortBase: worker i listens on 127.0.0.1:<PortBase+i>. Zero (the
+	// default) picks a block of free ports at a random base below the
+	// ephemeral range when the Supervisor is made; either way a slot keeps
+	// its port for the Supervisor's life.
 	PortBase int
 	// SocketDir, if set, switches to unix sockets: worker i gets
 	// SOCKET=<SocketDir>/worker-<i>.sock instead of PORT, and its address is
@@ -72,13 +74,6 @@ func (c *WorkerConfig) count() int {
 		return 1
 	}
 	return c.Count
-}
-
-func (c *WorkerConfig) portBase() int {
-	if c.PortBase == 0 {
-		return DefaultWorkerPortBase
-	}
-	return c.PortBase
 }
 
 func (c *WorkerConfig) startupTimeout() time.Duration {
@@ -110,8 +105,8 @@ func (c *WorkerConfig) Validate() error {
 		return bad("command", "is required")
 	case c.Count < 0:
 		return bad("count", "must be >= 1, got %d", c.Count)
-	case c.PortBase < 0 || c.portBase()+c.count()-1 > 65535:
-		return bad("port_base", "%d workers from port %d exceed port 65535", c.count(), c.portBase())
+	case c.PortBase < 0 || c.PortBase+c.count()-1 > 65535:
+		return bad("port_base", "%d workers from port %d exceed port 65535", c.count(), c.PortBase)
 	case c.StartupTimeout < 0:
 		return bad("startup_timeout", "must not be negative")
 	case c.StopTimeout < 0:
@@ -147,6 +142,10 @@ type WorkerSlot struct {
 	Address string
 }
 
+// WorkerName is the backend name of worker slot i, "worker-<i>": the hash
+// goes by it, so a client keeps its worker across restarts.
+func WorkerName(i int) string { return "worker-" + strconv.Itoa(i) }
+
 // workerTiming holds the supervisor's internal durations; tests shrink them.
 type workerTiming struct {
 	backoffMin  time.Duration // first restart delay
@@ -155,15 +154,19 @@ type workerTiming struct {
 	readyPoll   time.Duration // interval between readiness dials
 	dialTimeout time.Duration // bound of one readiness dial
 	outputGrace time.Duration // wait for output pipes to drain after exit
+	// misplacedAfter: a worker not ready this long after its start is
+	// checked for a listener on another address (logged once)
+	misplacedAfter time.Duration
 }
 
 var defaultWorkerTiming = workerTiming{
-	backoffMin:  100 * time.Millisecond,
-	backoffMax:  30 * time.Second,
-	stableAfter: time.Minute,
-	readyPoll:   50 * time.Millisecond,
-	dialTimeout: 250 * time.Millisecond,
-	outputGrace: 2 * time.Second,
+	backoffMin:     100 * time.Millisecond,
+	backoffMax:     30 * time.Second,
+	stableAfter:    time.Minute,
+	readyPoll:      50 * time.Millisecond,
+	dialTimeout:    250 * time.Millisecond,
+	outputGrace:    2 * time.Second,
+	misplacedAfter: time.Second,
 }
 
 // supervisedWorker is the per-slot state. Only the slot's supervise goroutine touches
@@ -172,6 +175,8 @@ type supervisedWorker struct {
 	slot     WorkerSlot
 	network  string // "tcp" or "unix"
 	dialAddr string // host:port or socket path
+	port     int    // the TCP port; 0 with unix sockets
+	reserved int    // socket holding an automatic port until the first start; -1 when none
 	env      []string
 	restarts atomic.Int64
 }
@@ -207,8 +212,11 @@ type Supervisor struct {
 	ran     atomic.Bool
 }
 
-// NewSupervisor validates cfg and prepares one slot per worker; nothing is
-// started until Run.
+// NewSupervisor validates cfg and prepares one slot per worker; no process
+// is started until Run. It settles the ports: with PortBase 0 it picks and
+// reserves free ones (released as each worker first starts); with an
+// explicit PortBase a port that another program holds is an error wrapping
+// ErrWorkerPortInUse that names the port and the slot.
 //
 // log is used as given (stickyd names it "worker"): the supervisor's events
 // and every line the workers print go there, each with the field
@@ -228,11 +236,15 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 	if onState == nil {
 		onState = func(int, bool) {}
 	}
+	ports, reserved, err := cfg.ports()
+	if err != nil {
+		return nil, err
+	}
 	s := &Supervisor{cfg: cfg, log: log, onState: onState, timing: defaultWorkerTiming}
 	base := cfg.baseEnv()
 	n := cfg.count()
 	for i := range n {
-		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: "worker-" + strconv.Itoa(i)}}
+		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: WorkerName(i)}, reserved: -1}
 		env := append([]string(nil), base...)
 		env = append(env, "STICKYD_WORKER_ID="+strconv.Itoa(i), "STICKYD_WORKERS="+strconv.Itoa(n))
 		if cfg.SocketDir != "" {
@@ -240,15 +252,42 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 			w.slot.Address = "unix:" + w.dialAddr
 			env = append(env, "SOCKET="+w.dialAddr)
 		} else {
-			port := strconv.Itoa(cfg.portBase() + i)
-			w.network, w.dialAddr = "tcp", "127.0.0.1:"+port
+			w.port = ports[i]
+			if reserved != nil {
+				w.reserved = reserved[i]
+			}
+			w.network, w.dialAddr = "tcp", "127.0.0.1:"+strconv.Itoa(w.port)
 			w.slot.Address = w.dialAddr
-			env = append(env, "PORT="+port)
+			env = append(env, "PORT="+strconv.Itoa(w.port))
 		}
 		w.env = env
 		s.workers = append(s.workers, w)
 	}
 	return s, nil
+}
+
+// ports returns each slot's TCP port (nil with SocketDir) and, for
+// automatic ports, the sockets that reserve them.
+func (c *WorkerConfig) ports() (ports, reserved []int, err error) {
+	if c.SocketDir != "" {
+		return nil, nil, nil
+	}
+	base := c.PortBase
+	if base == 0 {
+		if base, reserved, err = reservePorts(c.count()); err != nil {
+			return nil, nil, err
+		}
+	}
+	for i := range c.count() {
+		ports = append(ports, base+i)
+		if reserved != nil {
+			continue
+		}
+		if err := checkWorkerPort(base + i); err != nil {
+			return nil, nil, fmt.Errorf("worker-%d (port_base %d + %d): %w", i, base, i, err)
+		}
+	}
+	return ports, reserved, nil
 }
 
 // baseEnv is the inherited environment plus c.Env, without the variables
@@ -320,6 +359,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		wg.Go(func() { s.supervise(ctx, sp, w) })
 	}
 	wg.Wait()
+	for _, w := range s.workers {
+		if w.reserved >= 0 { // stopped before its first start
+			closeAll([]int{w.reserved})
+			w.reserved = -1
+		}
+	}
 	return nil
 }
 
@@ -358,13 +403,19 @@ func (t workerTiming) nextBackoff(prev, up time.Duration) time.Duration {
 // workerReadiness on the way. It returns how long the worker was ready.
 func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervisedWorker) time.Duration {
 	p, err := s.spawn(sp, w)
+	if errors.Is(err, ErrWorkerPortInUse) {
+		s.log.Error("worker port in use by another program; worker not started",
+			zap.Int("worker", w.slot.Slot), zap.String("address", w.slot.Address), zap.Error(err),
+			zap.String("fix", "stop the program that holds the port, or choose another port_base (unset, stickyd picks free ports)"))
+		return 0
+	}
 	if err != nil {
 		s.log.Error("start worker", zap.Int("worker", w.slot.Slot), zap.Error(err))
 		return 0
 	}
 	log := s.log.With(zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid))
 	var readyAt time.Time
-	switch s.awaitReady(ctx, w, p) {
+	switch s.awaitReady(ctx, w, p, log) {
 	case workerReady:
 		readyAt = time.Now()
 		log.Info("worker ready", zap.String("address", w.slot.Address),
@@ -378,12 +429,14 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 		s.onState(w.slot.Slot, false)
 	case workerStartTimeout:
 		log.Error("worker not ready within startup timeout, killing it",
-			zap.Duration("startup_timeout", s.cfg.startupTimeout()), zap.String("address", w.slot.Address))
+			zap.Duration("startup_timeout", s.cfg.startupTimeout()), zap.String("address", w.slot.Address),
+			zap.String("expected", s.expectation(w)), zap.Strings("listening_on", listeningAddrs(p.pid)))
 		p.signal(syscall.SIGKILL)
 		<-p.exited
 	case workerStartCancelled:
 		p.stop(log, s.cfg.stopTimeout())
 	case workerExitedEarly:
+		log = log.With(zap.Bool("ready", false), zap.String("expected", s.expectation(w)))
 	}
 	p.cleanup(s.timing.outputGrace)
 	p.logExit(log, ctx.Err() != nil)
@@ -391,6 +444,15 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 		return 0
 	}
 	return time.Since(readyAt)
+}
+
+// expectation says what stickyd waits for from w, for log lines about a
+// worker that is not ready.
+func (s *Supervisor) expectation(w *supervisedWorker) string {
+	if w.network == "unix" {
+		return "listen on the Unix socket $SOCKET=" + w.dialAddr + " within startup_timeout"
+	}
+	return "listen on 127.0.0.1:$PORT (PORT=" + strconv.Itoa(w.port) + ") within startup_timeout"
 }
 
 // workerReadiness is how awaitReady ended.
@@ -404,12 +466,14 @@ const (
 )
 
 // awaitReady dials w's address every readyPoll until it accepts a
-// connection, the process exits, StartupTimeout passes or ctx ends.
-func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *workerProc) workerReadiness {
+// connection, the process exits, StartupTimeout passes or ctx ends. A
+// worker found listening elsewhere meanwhile is logged once.
+func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *workerProc, log *zap.Logger) workerReadiness {
 	timeout := time.NewTimer(s.cfg.startupTimeout())
 	defer timeout.Stop()
 	tick := time.NewTicker(s.timing.readyPoll)
 	defer tick.Stop()
+	misplaced := time.Now().Add(s.timing.misplacedAfter) // when to look for a listener elsewhere
 	for {
 		select {
 		case <-p.exited:
@@ -422,6 +486,14 @@ func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *wor
 		}
 		if s.accepting(w) {
 			return workerReady
+		}
+		if !misplaced.IsZero() && time.Now().After(misplaced) {
+			if addrs := listeningAddrs(p.pid); len(addrs) > 0 {
+				log.Warn("worker listens, but not on its address; it gets no traffic until it does",
+					zap.String("address", w.slot.Address), zap.Strings("listening_on", addrs),
+					zap.String("expected", s.expectation(w)))
+				misplaced = time.Time{}
+			}
 		}
 	}
 }

@@ -25,6 +25,8 @@ import (
 //	FAKE_IGNORE_TERM_ID=<id> the worker with that id ignores SIGTERM
 //	FAKE_LONG_LINE=<n>      print a line of n 'x' to stdout at start
 //	FAKE_PID_DIR=<dir>      write the pid to <dir>/<id>.pid at start
+//	FAKE_WRONG_PORT=1       listen on 127.0.0.1:0 instead of PORT
+//	FAKE_GARBAGE=1          print binary garbage (NUL, bad UTF-8, escapes, no newline) at start
 //
 // It always prints "pid=<pid>" to stdout and "hello from stderr" to stderr.
 // A client of its listener may send one line: "env" is answered with a JSON
@@ -68,6 +70,9 @@ func fakeWorker() int {
 		fmt.Sscan(n, &size)
 		fmt.Println(strings.Repeat("x", size))
 	}
+	if os.Getenv("FAKE_GARBAGE") != "" {
+		os.Stdout.Write([]byte("\x00\xff\xfe\x1b[31m{\"msg\":\"forged\"}\r\x80\xc3"))
+	}
 	if os.Getenv("FAKE_CRASH_ID") == id {
 		return 3
 	}
@@ -99,6 +104,9 @@ func fakeWorker() int {
 func fakeListen() (net.Listener, error) {
 	if s := os.Getenv("SOCKET"); s != "" {
 		return net.Listen("unix", s)
+	}
+	if os.Getenv("FAKE_WRONG_PORT") != "" {
+		return net.Listen("tcp", "127.0.0.1:0")
 	}
 	return net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
 }

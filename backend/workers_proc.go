@@ -116,17 +116,19 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker) (*workerProc,
 }
 
 // clearAddress prepares w's address for a new process: it removes a stale
-// socket file, and warns when another process already holds the port (its
-// readiness could not be told from the worker's).
+// socket file, releases the reservation of an automatic port, and refuses
+// (ErrWorkerPortInUse) a port that another program holds: the worker would
+// only fail to bind it, or, worse, stickyd would take that program's
+// answers for the worker's.
 func (s *Supervisor) clearAddress(w *supervisedWorker) error {
 	if w.network == "unix" {
 		return removeStaleWorkerSocket(w.dialAddr)
 	}
-	if s.accepting(w) {
-		s.log.Warn("worker port already accepts connections before the worker started; another process holds it",
-			zap.Int("worker", w.slot.Slot), zap.String("address", w.slot.Address))
+	if w.reserved >= 0 {
+		closeAll([]int{w.reserved})
+		w.reserved = -1
 	}
-	return nil
+	return checkWorkerPort(w.port)
 }
 
 // removeStaleWorkerSocket deletes a socket file left by an earlier worker; it

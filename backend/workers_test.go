@@ -91,6 +91,18 @@ func freePortBase(t *testing.T, n int) int {
 
 func startSupervisor(t *testing.T, cfg WorkerConfig, tweak func(*workerTiming)) *supHarness {
 	t.Helper()
+	h := newSupHarness(t, cfg)
+	if tweak != nil {
+		tweak(&h.sup.timing)
+	}
+	h.run(t)
+	return h
+}
+
+// newSupHarness makes a Supervisor for cfg with fast timing, recording
+// its logs and onState calls, and does not run it.
+func newSupHarness(t *testing.T, cfg WorkerConfig) *supHarness {
+	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := &supHarness{logs: logs, done: make(chan error, 1)}
 	for range cfg.count() {
@@ -101,15 +113,16 @@ func startSupervisor(t *testing.T, cfg WorkerConfig, tweak func(*workerTiming)) 
 		t.Fatal(err)
 	}
 	sup.timing = fastTiming()
-	if tweak != nil {
-		tweak(&sup.timing)
-	}
 	h.sup = sup
+	return h
+}
+
+// run runs h's Supervisor until the test ends.
+func (h *supHarness) run(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() { h.done <- sup.Run(ctx) }()
+	go func() { h.done <- h.sup.Run(ctx) }()
 	t.Cleanup(func() { h.stop(t) })
-	return h
 }
 
 // stop cancels Run and waits for it to return.
@@ -511,13 +524,6 @@ func TestWorkerConfigValidate(t *testing.T) {
 				t.Errorf("NewSupervisor = %v, want ErrWorkerConfig naming %s", err, tc.key)
 			}
 		})
-	}
-	sup, err := NewSupervisor(WorkerConfig{Command: []string{"sh", "-c", "true"}, Count: 2}, zap.NewNop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := sup.Slots()[1].Address; got != "127.0.0.1:3002" {
-		t.Errorf("default address of worker 1 = %q, want 127.0.0.1:3002", got)
 	}
 }
 

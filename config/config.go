@@ -149,7 +149,8 @@ type Workers struct {
 	Command []string `toml:"command"`
 	// Count is a number or "auto" (one per CPU, the default).
 	Count any `toml:"count"`
-	// PortBase: worker i listens on PortBase+i. Default 3001.
+	// PortBase: worker i listens on 127.0.0.1:<PortBase+i>. 0 (the
+	// default): stickyd picks a block of free ports at start.
 	PortBase int `toml:"port_base"`
 	// SocketDir, if set, gives workers Unix sockets instead of ports.
 	SocketDir string `toml:"socket_dir"`

@@ -9,13 +9,27 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2/unstable"
+	"github.com/stickyd/stickyd/balancer"
 	"go.uber.org/zap/zapcore"
 )
 
 // Validate checks every value. The error names the key and, when the value
-// came from the file, its line.
+// came from the file, its line. It is the one check of serve, reload and
+// check-config: a config it accepts starts (ports and the worker command's
+// existence aside, which only the machine can tell).
 func (c *Config) Validate() error {
-	checks := []func() error{c.checkScalars, c.checkBackends, c.checkWorkers, c.checkHealth, c.checkDNS}
+	return c.validate(true)
+}
+
+// ValidateRouting is Validate without the worker command: what stickyd
+// lookup needs, since a worker's name depends only on its slot.
+func (c *Config) ValidateRouting() error {
+	return c.validate(false)
+}
+
+func (c *Config) validate(withCommand bool) error {
+	checks := []func() error{c.checkScalars, c.checkBackends, func() error { return c.checkWorkers(withCommand) },
+		c.checkHealth, c.checkDNS}
 	for _, check := range checks {
 		if err := check(); err != nil {
 			return err
@@ -38,6 +52,9 @@ func (c *Config) checkScalars() error {
 	}
 	if c.ClientIPHeader != "" && strings.ContainsAny(c.ClientIPHeader, " :\r\n\t") {
 		return c.errorf("client_ip_header", "%q is not an HTTP header name", c.ClientIPHeader)
+	}
+	if _, err := balancer.ParseKeyMode(c.HashKey); c.HashKey != "" && err != nil {
+		return c.errorf("hash_key", "want ip, /N (IPv4 prefix 1..32) or /N,/M (IPv6 prefix 1..128), got %q", c.HashKey)
 	}
 	if c.BalanceFactor != 0 && c.BalanceFactor <= 1 {
 		return c.errorf("balance_factor", "want 0 (off) or a factor > 1, got %v", c.BalanceFactor)
@@ -73,10 +90,13 @@ func (c *Config) checkBackends() error {
 	}
 	seen := make(map[string]int)
 	seenDNS := make(map[string]int)
+	if n := len(c.Backends); n > balancer.MaxBackends {
+		return c.errorf("backend", "%d backends, at most %d", n, balancer.MaxBackends)
+	}
 	for i, b := range c.Backends {
-		key := fmt.Sprintf("backend[%d]", i)
-		if b.Weight < 0 {
-			return c.errorf(key+".weight", "want >= 1, got %d", b.Weight)
+		key := "backend[" + strconv.Itoa(i) + "]"
+		if err := c.checkWeight(key+".weight", b.Weight); err != nil {
+			return err
 		}
 		if b.DNS != "" {
 			if j, dup := seenDNS[b.DNS]; dup {
@@ -96,6 +116,18 @@ func (c *Config) checkBackends() error {
 			return c.errorf(key+".name", "duplicate backend name %q (also backend[%d])", name, j)
 		}
 		seen[name] = i
+	}
+	return nil
+}
+
+// checkWeight checks a backend's weight: 1..balancer.MaxWeight; a weight
+// left out is 1, and a weight of 0 written in the file is an error (a
+// backend that should get no clients is drained, not weighted 0).
+func (c *Config) checkWeight(key string, w int) error {
+	_, written := c.lines[key]
+	if w < 0 || w > balancer.MaxWeight || (w == 0 && written) {
+		return c.errorf(key, "want 1..%d (leave it out for 1; to send a backend no new clients, drain it), got %d",
+			balancer.MaxWeight, w)
 	}
 	return nil
 }
@@ -166,12 +198,12 @@ func (c *Config) checkDNS() error {
 	return nil
 }
 
-func (c *Config) checkWorkers() error {
+func (c *Config) checkWorkers(withCommand bool) error {
 	w := c.Workers
 	if w == nil {
 		return nil
 	}
-	if len(w.Command) == 0 || w.Command[0] == "" {
+	if withCommand && (len(w.Command) == 0 || w.Command[0] == "") {
 		return c.errorf("workers.command", "want the worker's argv, e.g. [\"node\", \"app.js\"]")
 	}
 	switch v := w.Count.(type) {
@@ -187,8 +219,9 @@ func (c *Config) checkWorkers() error {
 	default:
 		return c.errorf("workers.count", "want a number or \"auto\", got %v", v)
 	}
-	if w.PortBase < 0 || w.PortBase+w.WorkerCount() > 65535 {
-		return c.errorf("workers.port_base", "ports %d..%d out of range", w.PortBase, w.PortBase+w.WorkerCount()-1)
+	if w.PortBase < 0 || w.PortBase+w.WorkerCount()-1 > 65535 {
+		return c.errorf("workers.port_base", "want 1..65535 for the first worker's port (0 or unset: free ports chosen at start), and room for %d workers; got %d",
+			w.WorkerCount(), w.PortBase)
 	}
 	return nil
 }

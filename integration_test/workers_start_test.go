@@ -1,0 +1,252 @@
+package integration_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// Worker ports, start-up, `stickyd lookup` and `check-config` in the
+// --workers forms, and workers that misbehave (issue 14, items 4 to 6 and
+// "bad input"), on the stickyd binary with real worker processes.
+
+// workerAddresses returns the addresses of the "worker addresses" log line.
+func (p *proc) workerAddresses(t *testing.T) []string {
+	t.Helper()
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		var e struct {
+			Msg   string   `json:"msg"`
+			Addrs []string `json:"addresses"`
+		}
+		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "worker addresses" {
+			return e.Addrs
+		}
+	}
+	t.Fatalf("no \"worker addresses\" log line:\n%s", p.stderr.String())
+	return nil
+}
+
+// lookupOut runs `stickyd lookup` with args (and stdin) and returns its
+// lines keyed by IP.
+func lookupOut(t *testing.T, stdin string, args ...string) map[string]string {
+	t.Helper()
+	code, out, stderr := runStickyd(t, "", nil, stdin, append([]string{"lookup"}, args...)...)
+	if code != 0 {
+		t.Fatalf("stickyd lookup %v: exit %d: %s", args, code, stderr)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		ip, name, _ := strings.Cut(line, " ")
+		m[ip] = name
+	}
+	return m
+}
+
+// `stickyd lookup --workers 4 IP...` and `... | stickyd lookup --workers 4
+// -- node app.js` print, for 1000 client IPs, the worker that the live
+// proxy (started with no port settings) routes each of them to.
+func TestLookupWorkersFormsMatchLiveProxy(t *testing.T) {
+	p := startStickyd(t, "--workers", "4", "--", "stickyd", "hello-worker")
+	waitWorkersReady(t, p, 4)
+	ips := make([]string, 1000)
+	live := map[string]string{}
+	for i := range ips {
+		ips[i] = clientIP(i * 7)
+		slot, _ := helloFrom(t, ips[i], p.addr)
+		live[ips[i]] = "worker-" + strconv.Itoa(slot)
+	}
+	args := lookupOut(t, "", append([]string{"--workers", "4"}, ips...)...)
+	stdin := lookupOut(t, strings.Join(ips, "\n")+"\n", "--workers", "4", "--", "node", "app.js")
+	perWorker := map[string]int{}
+	for _, ip := range ips {
+		if args[ip] != live[ip] || stdin[ip] != live[ip] {
+			t.Fatalf("%s: live proxy %s, lookup with IP arguments %q, with stdin and a command %q",
+				ip, live[ip], args[ip], stdin[ip])
+		}
+		perWorker[live[ip]]++
+	}
+	if len(perWorker) != 4 {
+		t.Errorf("1000 IPs over 4 workers: %v", perWorker)
+	}
+	if code, out, _ := runStickyd(t, "", nil, "", "lookup", "--workers", "4", "198.51.100.7"); code != 0 ||
+		!strings.HasPrefix(out, "198.51.100.7 worker-") {
+		t.Errorf("lookup --workers 4 198.51.100.7: exit %d, %q", code, out)
+	}
+}
+
+// check-config takes stickyd's flags and worker command and agrees with
+// serve on a file holding only `[workers] port_base = N`.
+func TestCheckConfigWorkersForms(t *testing.T) {
+	dir := t.TempDir()
+	base := workerPortBase(t, 2)
+	file := writeFile(t, dir, "w.toml", fmt.Sprintf("[workers]\nport_base = %d\n", base))
+	code, _, bare := runStickyd(t, dir, nil, "", "check-config", file)
+	serveCode, _, serveBare := runStickyd(t, dir, nil, "", "--config", file)
+	if code != 2 || serveCode != 2 || bare != serveBare || !strings.Contains(bare, "workers.command") {
+		t.Errorf("no command: check-config exit %d %q; serve exit %d %q", code, bare, serveCode, serveBare)
+	}
+	code, out, stderr := runStickyd(t, dir, nil, "", "check-config", "--workers", "2", file, "--", "stickyd", "hello-worker")
+	if code != 0 || !strings.Contains(out, "2 workers") {
+		t.Errorf("check-config --workers 2 FILE -- stickyd hello-worker: exit %d %q %q", code, out, stderr)
+	}
+	p := startStickyd(t, "--config", file, "--workers", "2", "--", "stickyd", "hello-worker")
+	waitWorkersReady(t, p, 2)
+	if got := p.workerAddresses(t); got[1] != "127.0.0.1:"+strconv.Itoa(base+1) {
+		t.Errorf("worker addresses %v, want port_base %d", got, base)
+	}
+	code, _, stderr = runStickyd(t, dir, nil, "", "check-config", file, "--workers", "2")
+	if code != 2 || !strings.Contains(stderr, "before FILE") {
+		t.Errorf("flags after FILE: exit %d %q", code, stderr)
+	}
+	code, _, stderr = runStickyd(t, dir, nil, "", "check-config", "--workers", "2", file, "--", "no-such-worker-cmd")
+	if code != 2 || !strings.Contains(stderr, "no-such-worker-cmd") {
+		t.Errorf("unknown worker command: exit %d %q", code, stderr)
+	}
+}
+
+// Two stickyd instances with workers and no port settings run side by
+// side on distinct worker ports, each below the ephemeral range.
+func TestTwoInstancesNoPortSettings(t *testing.T) {
+	a := startStickyd(t, "--workers", "3", "--", "stickyd", "hello-worker")
+	b := startStickyd(t, "--workers", "3", "--", "stickyd", "hello-worker")
+	waitWorkersReady(t, a, 3)
+	waitWorkersReady(t, b, 3)
+	seen := map[string]bool{}
+	for _, p := range []*proc{a, b} {
+		for _, addr := range p.workerAddresses(t) {
+			_, port, _ := net.SplitHostPort(addr)
+			if n, _ := strconv.Atoi(port); seen[addr] || n < 10000 || n >= 32768 {
+				t.Errorf("worker address %s reused or outside 10000..32767", addr)
+			}
+			seen[addr] = true
+		}
+		helloFrom(t, clientIP(5), p.addr)
+	}
+}
+
+// --port-base and STICKYD_PORT_BASE set the ports; a port held by another
+// program is refused at start naming the port and the worker slot (exit 1,
+// no worker started); --port-base without workers is a usage error;
+// --socket-dir gives SOCKET.
+func TestWorkerPortFlags(t *testing.T) {
+	base := workerPortBase(t, 3)
+	p := startStickyd(t, "--workers", "2", "--port-base", strconv.Itoa(base), "--", "stickyd", "hello-worker")
+	waitWorkersReady(t, p, 2)
+	if got := p.workerAddresses(t); got[0] != "127.0.0.1:"+strconv.Itoa(base) {
+		t.Errorf("--port-base %d: worker addresses %v", base, got)
+	}
+	p.stop(t, syscall.SIGTERM)
+
+	busy := listenOn(t, "127.0.0.1:"+strconv.Itoa(base+2))
+	defer busy.Close()
+	env := []string{"STICKYD_PORT_BASE=" + strconv.Itoa(base)}
+	code, _, stderr := runStickyd(t, "", env, "", "--listen", freePort(t), "--workers", "3", "--", "stickyd", "hello-worker")
+	want := fmt.Sprintf("worker-2 (port_base %d + 2)", base)
+	if code != 1 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "127.0.0.1:"+strconv.Itoa(base+2)) ||
+		strings.Contains(stderr, "worker ready") {
+		t.Errorf("port in use: exit %d, stderr %q; want exit 1 naming %q", code, stderr, want)
+	}
+	code, _, stderr = runStickyd(t, "", nil, "", "--backend", "127.0.0.1:1", "--port-base", "4000")
+	if code != 2 || !strings.Contains(stderr, "--port-base") {
+		t.Errorf("--port-base without workers: exit %d %q", code, stderr)
+	}
+	code, _, stderr = runStickyd(t, "", nil, "", "check-config", "--workers", "2", "--port-base", "65535", "--", "stickyd", "hello-worker")
+	if code != 2 || !strings.Contains(stderr, "workers.port_base") {
+		t.Errorf("--port-base 65535 with 2 workers: exit %d %q", code, stderr)
+	}
+
+	sockets := filepath.Join(t.TempDir(), "s")
+	p = startStickyd(t, "--workers", "1", "--socket-dir", sockets, "--", "stickyd", "hello-worker")
+	waitWorkersReady(t, p, 1)
+	if got := p.workerAddresses(t); got[0] != "unix:"+filepath.Join(sockets, "worker-0.sock") {
+		t.Errorf("--socket-dir: worker addresses %v", got)
+	}
+	helloFrom(t, clientIP(9), p.addr)
+}
+
+// A client that connects before any worker is ready waits for one
+// (instead of being refused) and gets its answer.
+func TestEarlyClientWaitsForFirstWorker(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	script := fmt.Sprintf("while [ ! -e %q ]; do sleep 0.02; done; exec %q hello-worker", gate, stickydBin)
+	p := startStickyd(t, "--workers", "2", "--", "sh", "-c", script)
+	c := dialFrom(t, clientIP(1), p.addr)
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.readyWorkers()) != 0 {
+		t.Fatal("a worker was ready before the gate opened")
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("early client got %q, %v; want its answer once a worker is ready", line, err)
+	}
+	if opsLogged(p, "no backend available") {
+		t.Errorf("a client was refused:\n%s", p.stderr.String())
+	}
+}
+
+// Workers that misbehave, each in its own slot: one exits at once, one
+// never listens, one prints garbage and listens on the wrong port. Each
+// gets a clear line naming its slot and what stickyd expected, with
+// backoff; the good worker serves every client meanwhile.
+func TestMisbehavingWorkersLoggedOthersServe(t *testing.T) {
+	script := fmt.Sprintf(`case $STICKYD_WORKER_ID in
+0) exec %q hello-worker ;;
+1) echo starting; exit 3 ;;
+2) exec sleep 1000 ;;
+3) printf '\000\377garbage\033[31m no newline'; exec python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); time.sleep(1000)' ;;
+esac`, stickydBin)
+	cfg := writeFile(t, t.TempDir(), "w.toml", "[workers]\nstartup_timeout = \"4s\"\nstop_timeout = \"2s\"\n")
+	p := startStickyd(t, "--config", cfg, "--workers", "4", "--", "sh", "-c", script)
+	waitFor(t, "the misbehaving workers' log lines", func() bool {
+		return len(workerLines(p, "worker exited", 1)) >= 2 &&
+			len(workerLines(p, "worker not ready within startup timeout, killing it", 2)) >= 1 &&
+			len(workerLines(p, "worker listens, but not on its address; it gets no traffic until it does", 3)) >= 1
+	})
+	exit := workerLines(p, "worker exited", 1)[0]
+	if exit["ready"] != false || !strings.Contains(fmt.Sprint(exit["expected"]), "PORT=") || exit["exit_code"] != 3.0 {
+		t.Errorf("worker 1's exit line %v", exit)
+	}
+	if e := workerLines(p, "worker not ready within startup timeout, killing it", 2)[0]; !strings.Contains(fmt.Sprint(e["expected"]), "PORT=") {
+		t.Errorf("worker 2's timeout line %v", e)
+	}
+	wrong := workerLines(p, "worker listens, but not on its address; it gets no traffic until it does", 3)[0]
+	if on := fmt.Sprint(wrong["listening_on"]); !strings.Contains(on, "127.0.0.1:") || strings.Contains(on, fmt.Sprint(wrong["address"])) {
+		t.Errorf("worker 3's line %v", wrong)
+	}
+	if len(workerLines(p, "restarting worker", 1)) < 1 {
+		t.Error("worker 1 was not restarted with a backoff")
+	}
+	for i := range 40 {
+		if slot, _ := helloFrom(t, clientIP(i*13), p.addr); slot != 0 {
+			t.Fatalf("client %d answered by worker %d", i, slot)
+		}
+	}
+}
+
+// workerLines returns the fields of stickyd's log lines with msg about
+// worker slot.
+func workerLines(p *proc, msg string, slot int) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg && m["worker"] == float64(slot) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
