@@ -249,4 +249,3 @@ func workerLines(p *proc, msg string, slot int) []map[string]any {
 	}
 	return out
 }
-
