@@ -66,6 +66,13 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"no command", "[workers]\ncount = 2\n", []string{"workers.command"}},
 		{"syntax", "listen = \"unterminated\n", []string{"line 1"}},
 		{"unknown worker key", "[workers]\ncommand = [\"x\"]\ncolor = \"red\"\n", []string{"line 3", "color"}},
+		{"bad hash_key", "listen = \":1\"\nhash_key = \"bogus\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 2", "hash_key", "bogus"}},
+		{"hash_key /33", "hash_key = \"/33\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 1", "hash_key", "/33"}},
+		{"huge weight", "[[backend]]\naddress = \"a:1\"\n\nweight = 100000000\n", []string{"line 4", "backend[0].weight", "1..65535"}},
+		{"zero weight", "[[backend]]\naddress = \"a:1\"\nweight = 0\n", []string{"line 3", "backend[0].weight", "got 0"}},
+		{"negative weight", "[[backend]]\naddress = \"a:1\"\nweight = -2\n", []string{"line 3", "backend[0].weight", "1..65535"}},
+		{"dns weight", "[[backend]]\ndns = \"a:1\"\nweight = 70000\n", []string{"line 3", "backend[0].weight"}},
+		{"negative port_base", "[workers]\ncommand = [\"x\"]\nport_base = -1\n", []string{"line 3", "workers.port_base"}},
 	}
 	checkInvalid(t, tests)
 }
