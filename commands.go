@@ -61,7 +61,7 @@ func lookup(c *cli.Context) error {
 		return err
 	}
 	nop := zap.NewNop()
-	set, err := newSet(cfg, lookupSpecs(cfg, nop), nop)
+	set, err := newSet(cfg, lookupSpecs(cfg, nop), nil, nop)
 	if err != nil {
 		return usageError("%v", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -53,7 +54,8 @@ func dnsSpecs(cfg *config.Config, answers map[string][]string, taken []backend.S
 }
 
 // buildSet builds the set for cfg and answers, reusing the Backend values
-// of current (nil at start).
+// of current (nil at start). Once stickyd listens, a set with a backend
+// that reaches its own listener is refused (errSelfLoop).
 func (d *daemon) buildSet(cfg *config.Config, answers map[string][]string, current *backend.Set) (*backend.Set, error) {
 	specs := staticSpecs(cfg)
 	specs = append(specs, dnsSpecs(cfg, answers, specs)...)
@@ -62,7 +64,18 @@ func (d *daemon) buildSet(cfg *config.Config, answers map[string][]string, curre
 	if current != nil {
 		reuse = current.Backends()
 	}
-	return newSet(cfg, specs, d.log, reuse...)
+	var isSelf func(netip.AddrPort) bool
+	if d.self != nil {
+		isSelf = d.self.is
+	}
+	set, err := newSet(cfg, specs, isSelf, d.log, reuse...)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.self.check(set.Backends()); err != nil {
+		return nil, err
+	}
+	return set, nil
 }
 
 func newResolver(cfg *config.Config) *discovery.Resolver { return discovery.NewResolver(cfg.DNSServer) }

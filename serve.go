@@ -36,6 +36,7 @@ type daemon struct {
 	sup     *backend.Supervisor // nil without [workers]
 	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener
+	self    *selfAddrs   // what reaches ln; nil until it listens
 	adminLn net.Listener // nil when admin is off
 	admin   *http.Server
 	budget  fdBudget // connections and pipes under the open-file limit
@@ -82,18 +83,9 @@ func serve(c *cli.Context) error {
 // start builds the backend set, the server and the listeners.
 func (d *daemon) start(inh *inherited) error {
 	cfg := d.cfg
-	var err error
-	d.firstReady = make(chan struct{})
-	var once sync.Once
-	d.workers, d.sup, err = workerSpecs(cfg, d.log, func() *backend.Set { return d.srv.Backends() },
-		func() { once.Do(func() { close(d.firstReady) }) })
-	if errors.Is(err, backend.ErrWorkerPortInUse) {
-		return fmt.Errorf("%w (stop that program, choose another --port-base, or leave it unset for free ports)", err)
+	if err := d.prepareWorkers(); err != nil {
+		return err
 	}
-	if err != nil {
-		return usageError("%v", err)
-	}
-	d.logWorkerAddresses()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	d.dns = d.firstDNS(ctx, cfg)
 	stopped := ctx.Err() != nil
@@ -101,23 +93,23 @@ func (d *daemon) start(inh *inherited) error {
 	if stopped {
 		return nil // stopped while waiting for DNS; run returns at once
 	}
-	set, err := d.buildSet(cfg, d.dns, nil)
-	if err != nil {
-		return usageError("%v", err)
-	}
 	d.budget = newFDBudget(cfg, d.log)
 	engine, err := newEngine(cfg, d.budget)
 	if err != nil {
 		return fmt.Errorf("start engine: %w", err)
 	}
-	if d.ln, err = inh.listener(cfg.ListenAddr()); err != nil {
+	if err := d.listen(inh, cfg); err != nil {
 		engine.Close()
-		return fmt.Errorf("listen %s: %w", cfg.ListenAddr(), err)
+		return err
 	}
-	if d.adminLn, err = inh.adminListener(cfg.Admin); err != nil {
+	set, err := d.buildSet(cfg, d.dns, nil) // refuses a backend that is the listener
+	if err != nil {
 		engine.Close()
 		d.ln.Close()
-		return fmt.Errorf("admin listen %s: %w", cfg.Admin, err)
+		if d.adminLn != nil {
+			d.adminLn.Close()
+		}
+		return usageError("%v", err)
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
 	d.loops = d.startLoops(cfg)
@@ -127,6 +119,38 @@ func (d *daemon) start(inh *inherited) error {
 		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", sendProxyName(cfg)),
 		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", inh != nil),
 		zap.String("version", buildVersion()))
+	return nil
+}
+
+// prepareWorkers makes the supervisor of [workers] and its slots, which
+// settles their ports (a port held by another program: exit 1).
+func (d *daemon) prepareWorkers() error {
+	d.firstReady = make(chan struct{})
+	var once sync.Once
+	var err error
+	d.workers, d.sup, err = workerSpecs(d.cfg, d.log, func() *backend.Set { return d.srv.Backends() },
+		func() { once.Do(func() { close(d.firstReady) }) })
+	if errors.Is(err, backend.ErrWorkerPortInUse) {
+		return fmt.Errorf("%w (stop that program, choose another --port-base, or leave it unset for free ports)", err)
+	}
+	if err != nil {
+		return usageError("%v", err)
+	}
+	d.logWorkerAddresses()
+	return nil
+}
+
+// listen opens (or inherits) the proxy and admin listeners.
+func (d *daemon) listen(inh *inherited, cfg *config.Config) error {
+	var err error
+	if d.ln, err = inh.listener(cfg.ListenAddr()); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.ListenAddr(), err)
+	}
+	d.self = newSelfAddrs(d.ln.Addr())
+	if d.adminLn, err = inh.adminListener(cfg.Admin); err != nil {
+		d.ln.Close()
+		return fmt.Errorf("admin listen %s: %w", cfg.Admin, err)
+	}
 	return nil
 }
 
@@ -305,7 +329,8 @@ func sendProxyName(cfg *config.Config) string {
 
 // newSet builds the backend set from specs, reusing the Backend values of
 // reuse (with their state and counters) where name and address match.
-func newSet(cfg *config.Config, specs []backend.Spec, log *zap.Logger, reuse ...*backend.Backend) (*backend.Set, error) {
+// isSelf, if not nil, tells stickyd's own listen address.
+func newSet(cfg *config.Config, specs []backend.Spec, isSelf func(netip.AddrPort) bool, log *zap.Logger, reuse ...*backend.Backend) (*backend.Set, error) {
 	key, err := balancer.ParseKeyMode(cfg.HashKey)
 	if err != nil {
 		return nil, fmt.Errorf("hash_key: %w", err)
@@ -316,6 +341,7 @@ func newSet(cfg *config.Config, specs []backend.Spec, log *zap.Logger, reuse ...
 		EjectAfter:    cfg.Health.EjectAfter,
 		BalanceFactor: cfg.BalanceFactor,
 		Balancer:      balancer.Options{Key: key},
+		IsSelf:        isSelf,
 	}, log.Named("backend"), reuse...)
 }
 

@@ -148,6 +148,10 @@ type Options struct {
 	// of the active connections); 0 disables the cap.
 	BalanceFactor float64
 	Balancer      balancer.Options
+	// IsSelf, if set, tells whether an address is the caller's own
+	// listener: a backend host name that resolves to it fails the dial
+	// (ErrSelfLoop) instead of looping.
+	IsSelf func(netip.AddrPort) bool
 }
 
 func (o Options) dialTimeout() time.Duration { return orDefault(o.DialTimeout, 5*time.Second) }
@@ -358,6 +362,9 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn,
 	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
 	if err != nil && localDialFailure(err) {
 		return nil, fmt.Errorf("dial backend %s: %w: %w", b.Name, ErrNoDescriptors, err)
+	}
+	if err == nil {
+		err = s.notSelf(b, conn)
 	}
 	if err != nil {
 		b.failures.Add(1)
