@@ -114,6 +114,9 @@ func Parse(raw []byte) (*Header, error) {
 	if h.Local {
 		return h, nil
 	}
+	if err := verifyChecksum(raw); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", describe(raw), err)
+	}
 	if src, dst, ok := ph.TCPAddrs(); ok {
 		h.Source = normalize(src.AddrPort())
 		h.Destination = normalize(dst.AddrPort())

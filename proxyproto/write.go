@@ -21,7 +21,8 @@ func Write(w io.Writer, version byte, src, dst netip.AddrPort, tlvs []pp.TLV) er
 }
 
 // Format returns the header Write writes, for a caller that sends it along
-// with other bytes (nil for version 0). It builds the same header as
+// with other bytes (nil for version 0). A CRC32C TLV (0x03) among tlvs is
+// given the checksum of the header built here (a forwarded one is stale). It builds the same header as
 // pp.HeaderProxyFromAddrs (IPv4 when both ends are IPv4, else IPv6; LOCAL
 // when an address is missing), but on the stack: go-proxyproto allocates
 // only the returned bytes. It runs once per proxied connection.
@@ -47,6 +48,11 @@ func Format(version byte, src, dst netip.AddrPort, tlvs []pp.TLV) ([]byte, error
 		if err := h.SetTLVs(tlvs); err != nil {
 			return nil, err
 		}
+		b, err := h.Format()
+		if err == nil {
+			err = sealChecksum(b)
+		}
+		return b, err
 	}
 	return h.Format()
 }
