@@ -6,6 +6,8 @@
 //	loadgen rate    -target 127.0.0.1:8000 -c 16 -d 10s -pid 1234
 //	loadgen stream  -target 127.0.0.1:8000 -bytes 1073741824 -pid 1234
 //	loadgen idle    -target 127.0.0.1:8000 -levels 1000,5000,9000 -pid 1234
+//	loadgen mix     -target 127.0.0.1:8000 -bulk 60 -c 8 -d 10s     # short connections beside downloads
+//	loadgen open    -target 127.0.0.1:8000 -rate 1000 -d 10s -pid 1234   # open loop, fixed rate
 //	loadgen report  -in raw.csv -outdir results -proxies stickyd,haproxy,nginx
 //	loadgen ports   -n 3                                     # print free loopback ports
 //
@@ -31,13 +33,15 @@ var modes = map[string]func(args []string) error{
 	"rate":    runRate,
 	"stream":  runStream,
 	"idle":    runIdle,
+	"mix":     runMix,
+	"open":    runOpen,
 	"report":  runReport,
 	"ports":   runPorts,
 }
 
 func main() {
 	if len(os.Args) < 2 || modes[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: loadgen backend|check|rate|stream|idle|report|ports [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen backend|check|rate|stream|idle|mix|open|report|ports [flags]")
 		os.Exit(2)
 	}
 	if err := modes[os.Args[1]](os.Args[2:]); err != nil {

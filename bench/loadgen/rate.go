@@ -23,6 +23,7 @@ type rateRun struct {
 	errors  int64
 	elapsed time.Duration
 	ticks   int64 // proxy CPU over elapsed
+	marked  int64 // growth of the mark counter over elapsed
 }
 
 // runRate runs C workers that each loop connect, send size bytes, receive
@@ -45,7 +46,7 @@ func runRate(args []string) error {
 	}
 	run, err := timedRate(cf, *workers, *warmup, *dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
 		return rateWorker(phase, src, cf.target, *size, *timeout)
-	})
+	}, nil)
 	if err != nil {
 		return err
 	}
@@ -66,9 +67,10 @@ func runRate(args []string) error {
 }
 
 // timedRate runs workers through the warm-up and measured phases and samples
-// the proxy's CPU at the measured phase's edges.
+// the proxy's CPU, and mark if not nil (a counter of other work, such as
+// bytes moved), at the measured phase's edges.
 func timedRate(cf *clientFlags, workers int, warmup, dur time.Duration,
-	work func(*atomic.Int32) ([]time.Duration, int64)) (rateRun, error) {
+	work func(*atomic.Int32) ([]time.Duration, int64), mark *atomic.Int64) (rateRun, error) {
 	var phase atomic.Int32
 	lats := make([][]time.Duration, workers)
 	errs := make([]int64, workers)
@@ -83,11 +85,18 @@ func timedRate(cf *clientFlags, workers int, warmup, dur time.Duration,
 	if err != nil {
 		return rateRun{}, err
 	}
+	var mark0 int64
+	if mark != nil {
+		mark0 = mark.Load()
+	}
 	t0 := time.Now()
 	phase.Store(phaseMeasure)
 	time.Sleep(dur)
 	phase.Store(phaseStop)
 	run := rateRun{elapsed: time.Since(t0)}
+	if mark != nil {
+		run.marked = mark.Load() - mark0
+	}
 	cpu1, err := proxyTicks(cf.pid)
 	if err != nil {
 		return rateRun{}, err
