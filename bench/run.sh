@@ -6,26 +6,30 @@
 #   bench/run.sh --quick         # smoke run, ~1-2 minutes
 #   bench/run.sh --reps 5 --proxies "haproxy nginx"
 #   bench/run.sh --rate-only --reps 6 --proxies "stickyd haproxy"   # A/B of conn/s, p99, CPU/conn
+#   bench/run.sh --load-only --reps 3     # A/B of the bulk+short mix and the open-loop rates
 #
 # The proxy "floor" (bench/floor, in the default list) is a measuring stick,
 # not a proxy: it runs the short-connection scenario only.
 #
 # Writes bench/results/{raw.csv,summary.csv,table.md,mem-per-conn.dat,mem-per-conn.png}
-# (--rate-only: bench/results/rate-only/, short connections only, no plot)
+# (--rate-only: bench/results/rate-only/, short connections only, no plot;
+# --load-only: bench/results/load-only/, mix and open loop only)
 # and prints the table. Idempotent: installs what is missing, rebuilds, and
 # starts every process it needs on fresh ports; stops them on exit.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
 RATE_ONLY=0
+LOAD_ONLY=0
 REPS=""
 PROXIES="stickyd haproxy nginx floor"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) QUICK=1 ;;
 	--rate-only) RATE_ONLY=1 ;;
+	--load-only) LOAD_ONLY=1 ;;
 	--reps) REPS="$2"; shift ;;
 	--proxies) PROXIES="$2"; shift ;;
 	-h | --help) usage; exit 0 ;;
@@ -36,16 +40,20 @@ done
 
 LEVELS=1000,5000,9000
 if [ "$QUICK" = 1 ]; then
-	REPS=${REPS:-1} RATE_D=3s WARMUP=0.5s STREAM_BYTES=$((256 << 20)) SETTLE=1s
+	REPS=${REPS:-1} RATE_D=3s WARMUP=0.5s STREAM_BYTES=$((256 << 20)) SETTLE=1s LOAD_D=3s
 else
-	REPS=${REPS:-5} RATE_D=10s WARMUP=1s STREAM_BYTES=$((2 << 30)) SETTLE=2s
+	REPS=${REPS:-5} RATE_D=10s WARMUP=1s STREAM_BYTES=$((2 << 30)) SETTLE=2s LOAD_D=6s
 fi
 RATE_C=16
+# Load scenarios: MIX_BULK endless downloads beside MIX_C short-connection
+# workers; open-loop runs at each of OPEN_RATES connections/s.
+MIX_BULK=60 MIX_C=8 OPEN_RATES="1000 3000"
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
 RESULTS=$BENCH/results
 [ "$RATE_ONLY" = 1 ] && RESULTS=$BENCH/results/rate-only
+[ "$LOAD_ONLY" = 1 ] && RESULTS=$BENCH/results/load-only
 WORK=$(mktemp -d /tmp/stickyd-bench.XXXXXX)
 LG=$WORK/loadgen
 BACKEND_PID=""
@@ -268,13 +276,30 @@ run_traffic() {
 	local name=$1 rep=$2 port=PORT_$1
 	start_proxy "$name" || { SKIPPED+=" $name"; return; }
 	wait_quiet "$name rep $rep"
-	log "$name rep $rep: rate ${RATE_D} x $RATE_C workers, stream $((STREAM_BYTES >> 20)) MiB each way"
+	[ "$LOAD_ONLY" = 1 ] || log "$name rep $rep: rate ${RATE_D} x $RATE_C workers, stream $((STREAM_BYTES >> 20)) MiB each way"
 	local common=(-target "127.0.0.1:${!port}" -pid "$PROXY_PID" -out "$RESULTS/raw.csv" -proxy "$name" -rep "$rep")
-	"$LG" rate "${common[@]}" -c "$RATE_C" -d "$RATE_D" -warmup "$WARMUP" >>"$WORK/client.log" 2>&1 ||
-		log "$name rep $rep: rate failed (see $WORK/client.log)"
-	[ "$name" = floor ] || [ "$RATE_ONLY" = 1 ] || "$LG" stream "${common[@]}" -bytes "$STREAM_BYTES" >>"$WORK/client.log" 2>&1 ||
-		log "$name rep $rep: stream failed (see $WORK/client.log)"
+	if [ "$LOAD_ONLY" = 0 ]; then
+		"$LG" rate "${common[@]}" -c "$RATE_C" -d "$RATE_D" -warmup "$WARMUP" >>"$WORK/client.log" 2>&1 ||
+			log "$name rep $rep: rate failed (see $WORK/client.log)"
+		[ "$name" = floor ] || [ "$RATE_ONLY" = 1 ] || "$LG" stream "${common[@]}" -bytes "$STREAM_BYTES" >>"$WORK/client.log" 2>&1 ||
+			log "$name rep $rep: stream failed (see $WORK/client.log)"
+	fi
+	[ "$RATE_ONLY" = 1 ] || run_load "$name" "$rep" "${common[@]}"
 	stop_proxy
+}
+
+# run_load NAME REP COMMON...: short connections beside bulk downloads
+# (not through the floor, which cannot stream), then the open-loop rates.
+run_load() {
+	local name=$1 rep=$2 r
+	shift 2
+	log "$name rep $rep: mix ($MIX_BULK downloads + $MIX_C short workers, $LOAD_D), open loop at $OPEN_RATES/s"
+	[ "$name" = floor ] || "$LG" mix "$@" -bulk "$MIX_BULK" -c "$MIX_C" -d "$LOAD_D" -warmup 2s >>"$WORK/client.log" 2>&1 ||
+		log "$name rep $rep: mix failed (see $WORK/client.log)"
+	for r in $OPEN_RATES; do
+		"$LG" open "$@" -rate "$r" -d "$LOAD_D" -warmup "$WARMUP" >>"$WORK/client.log" 2>&1 ||
+			log "$name rep $rep: open $r/s failed (see $WORK/client.log)"
+	done
 }
 
 # rotate N WORDS...: the words rotated left by N, so each repetition starts
@@ -298,7 +323,8 @@ ratios() {
 
 plot() {
 	command -v gnuplot >/dev/null || { log "no gnuplot: skipping the PNG"; return; }
-	gnuplot "$RESULTS/mem-per-conn.gp"
+	[ "$LOAD_ONLY" = 1 ] || gnuplot "$RESULTS/mem-per-conn.gp"
+	gnuplot "$RESULTS/cpu-per-conn.gp" 2>/dev/null || log "cpu-per-conn plot failed"
 }
 
 main() {
@@ -323,15 +349,15 @@ main() {
 
 	SKIPPED="" BUSY=""
 	local rep
-	if [ "$RATE_ONLY" = 1 ]; then
-		log "rate only: no idle or streaming scenario"
+	if [ "$RATE_ONLY" = 1 ] || [ "$LOAD_ONLY" = 1 ]; then
+		log "rate or load only: no idle scenario"
 	elif [ "$QUICK" = 1 ]; then
 		log "quick: not waiting for TIME_WAIT sockets to expire (slab figures are rougher)"
 	else
 		wait_tw_drain
 	fi
 	for rep in $(seq "$REPS"); do
-		[ "$RATE_ONLY" = 1 ] && break
+		[ "$RATE_ONLY" = 1 ] || [ "$LOAD_ONLY" = 1 ] && break
 		for p in $(rotate "$rep" "${run[@]}"); do run_idle "$p" "$rep"; done
 	done
 	for rep in $(seq "$REPS"); do
@@ -343,7 +369,7 @@ main() {
 	grep -h "^backend:" "$WORK/backend.log" >&2 || true
 
 	log "report (median of $REPS; load $(cut -d' ' -f1-3 /proc/loadavg))"
-	"$LG" report -in "$RESULTS/raw.csv" -outdir "$RESULTS" -proxies "$(echo $PROXIES | tr ' ' ,)" -levels "$LEVELS" -ratios "$(ratios $PROXIES)"
+	"$LG" report -in "$RESULTS/raw.csv" -outdir "$RESULTS" -proxies "$(echo $PROXIES | tr ' ' ,)" -levels "$LEVELS" -ratios "$(ratios $PROXIES)" -rates "$(echo $OPEN_RATES | tr ' ' ,)"
 	[ "$RATE_ONLY" = 1 ] || plot
 	[ -z "$SKIPPED" ] || log "skipped at least once:$(echo "$SKIPPED" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
 	[ -z "$BUSY" ] || log "machine was busy before:$BUSY"

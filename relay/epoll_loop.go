@@ -45,8 +45,8 @@ type epLoop struct {
 	pipes  epPipePool
 	wheel  epWheel
 	table  []*epPair // by descriptor
-	ready  []*epPair // pairs that spent their budget and may move more
-	spareR []*epPair // ready's other half
+	ready  epQueue   // pairs with more to move, served round-robin
+	turn   int       // bytes moved since the loop last woke (epTurnBudget)
 	spareI []*epPair // inbox's other half
 	pollFn func(uintptr) bool
 	now    int64 // loop time of the current batch: ns since the engine started
@@ -161,6 +161,7 @@ func (l *epLoop) run() {
 // arms the timer and returns false to park. It returns true to stop.
 func (l *epLoop) poll(uintptr) bool {
 	l.parked.Store(false)
+	l.turn = 0
 	for {
 		n, e := epWaitNow(l.epfd, l.events)
 		if e != 0 {
@@ -188,12 +189,32 @@ func (l *epLoop) poll(uintptr) bool {
 		if stop {
 			return true
 		}
-		if n == len(l.events) || len(l.ready) > 0 || !l.park() {
+		if l.ready.n > 0 && l.turn >= epTurnBudget {
+			return l.yield()
+		}
+		if n == len(l.events) || l.ready.n > 0 || !l.park() {
 			continue
 		}
 		l.arm()
 		return false
 	}
+}
+
+// epTurnBudget bounds the bytes a loop moves per wake-up. Past it, the
+// pairs with more to move wait in the ready queue while the loop yields
+// (see yield), so that bulk transfers cannot hold a P for long: the accept
+// loop, the handshakes and the Done calls run in between, as HAProxy
+// bounds the work of one wake-up.
+const epTurnBudget = 2 << 20
+
+// yield parks the loop with work left: it wakes itself through the eventfd
+// first, so the netpoller reports its epoll set at once, and returns false
+// to park. The P then runs what is runnable, and what the netpoller has
+// (a new connection on the listener, say), before the loop again.
+func (l *epLoop) yield() bool {
+	l.wake()
+	l.arm()
+	return false
 }
 
 // park sets the parked flag, unless Start or a command has queued work
@@ -281,21 +302,64 @@ func (l *epLoop) event(ev *unix.EpollEvent) {
 	if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
 	}
-	l.service(p)
+	switch {
+	case p.queued: // served in its turn
+	case l.turn >= epTurnBudget && (p.in.piped || p.out.piped):
+		l.enqueue(p) // bulk waits its turn; short exchanges are served now
+	default:
+		l.service(p)
+	}
 }
 
-// runReady services once more the pairs that spent their budget.
+// enqueue puts p at the end of the ready queue, once.
+func (l *epLoop) enqueue(p *epPair) {
+	if !p.queued {
+		p.queued = true
+		l.ready.push(p)
+	}
+}
+
+// runReady services the queued pairs in turn, each once at most, until
+// the wake-up's budget is spent (one pair at least); the rest keep their
+// place at the head of the queue.
 func (l *epLoop) runReady() {
-	batch := l.ready
-	l.ready = l.spareR[:0]
-	for _, p := range batch {
+	for range l.ready.n {
+		if l.turn >= epTurnBudget && l.turn > 0 {
+			return
+		}
+		p := l.ready.pop()
 		p.queued = false
 		if !p.closed {
 			l.service(p)
 		}
 	}
-	clear(batch)
-	l.spareR = batch[:0]
+}
+
+// epQueue is a FIFO of pairs, a ring that grows as needed.
+type epQueue struct {
+	buf  []*epPair
+	head int
+	n    int
+}
+
+func (q *epQueue) push(p *epPair) {
+	if q.n == len(q.buf) {
+		grown := make([]*epPair, max(16, 2*len(q.buf)))
+		for i := range q.n {
+			grown[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = grown, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = p
+	q.n++
+}
+
+func (q *epQueue) pop() *epPair {
+	p := q.buf[q.head]
+	q.buf[q.head] = nil
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	return p
 }
 
 // expire is called by the wheel when p's tick has come: p times out, or is

@@ -101,9 +101,8 @@ func (l *epLoop) service(p *epPair) {
 		l.finish(p, nil)
 		return
 	}
-	if (moreIn || moreOut) && !p.queued {
-		p.queued = true
-		l.ready = append(l.ready, p)
+	if moreIn || moreOut {
+		l.enqueue(p)
 	}
 }
 
@@ -132,6 +131,7 @@ func (l *epLoop) pump(p *epPair, f *epFlow, src, dst *epSock) (more bool, err er
 			return false, err
 		}
 		budget -= n
+		l.turn += n
 	}
 }
 

@@ -182,3 +182,40 @@ func TestEpollPipeBudget(t *testing.T) {
 		e.wait(t)
 	}
 }
+
+// TestEpQueueFIFO checks the ready queue's order across wrap-around and
+// growth: pairs are served in the order they were queued.
+func TestEpQueueFIFO(t *testing.T) {
+	var q epQueue
+	ps := make([]*epPair, 100)
+	for i := range ps {
+		ps[i] = &epPair{tick: int64(i)}
+	}
+	next, want := 0, 0
+	for round := range 20 { // push 7, pop 5: the ring wraps and grows
+		for range 7 {
+			if next < len(ps) {
+				q.push(ps[next])
+				next++
+			}
+		}
+		for range 5 + round%3 {
+			if q.n == 0 {
+				break
+			}
+			if p := q.pop(); p != ps[want] {
+				t.Fatalf("popped pair %d, want %d", p.tick, want)
+			}
+			want++
+		}
+	}
+	for q.n > 0 {
+		if p := q.pop(); p != ps[want] {
+			t.Fatalf("popped pair %d, want %d", p.tick, want)
+		}
+		want++
+	}
+	if want != next {
+		t.Fatalf("popped %d pairs, pushed %d", want, next)
+	}
+}

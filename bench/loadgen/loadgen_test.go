@@ -231,3 +231,36 @@ func TestParseKB(t *testing.T) {
 		t.Errorf("missing key = %d, want 0", got)
 	}
 }
+
+func TestReportLoadTableAndCPUPlot(t *testing.T) {
+	raw := `proxy,rep,metric,value
+stickyd,1,mix_p99_ms,10
+haproxy,1,mix_p99_ms,20
+stickyd,1,open_conns_per_s@1000,999
+stickyd,1,open_cpu_us_per_conn@1000,90
+stickyd,1,conns_per_s,9000
+stickyd,1,cpu_us_per_conn,60
+`
+	s, err := readSamples(strings.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"stickyd", "haproxy"}
+	cols := loadColumns([]int{1000})
+	if !hasData(s, names, cols) || hasData(samples{}, names, cols) {
+		t.Error("hasLoad wrong")
+	}
+	got := renderTable(s, names, [][2]string{{"stickyd", "haproxy"}}, cols)
+	for _, want := range []string{"open 1k/s CPU µs/conn", "| stickyd | – | – | 10.0 | – | – | 90 |", "| stickyd ÷ haproxy | – | – | 0.50x |"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("load table lacks %q:\n%s", want, got)
+		}
+	}
+	dat := renderCPUPlotData(s, names, []int{1000})
+	if !strings.Contains(dat, "# stickyd\n999 90.00\n9000 60.00\n\n\n# haproxy\n\n\n") {
+		t.Errorf("cpu plot data:\n%s", dat)
+	}
+	if gp := renderCPUPlotScript(names, "/r/cpu"); !strings.Contains(gp, "'/r/cpu.dat' index 1 using 1:2") {
+		t.Errorf("cpu plot script:\n%s", gp)
+	}
+}

@@ -34,12 +34,17 @@ func runReport(args []string) error {
 	proxies := fs.String("proxies", "stickyd,haproxy,nginx", "row order; ratios compare the first to each other")
 	levels := fs.String("levels", "1000,5000,9000", "idle connection counts")
 	ratioList := fs.String("ratios", "", "ratio rows as a/b pairs, comma-separated (default: the first proxy over each other)")
+	rateList := fs.String("rates", "1000,3000", "open-loop rates (connections/s) for the load table")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	counts, err := parseLevels(*levels)
 	if err != nil {
 		return err
+	}
+	rates, err := parseLevels(*rateList)
+	if err != nil {
+		return fmt.Errorf("-rates: %w", err)
 	}
 	f, err := os.Open(*in)
 	if err != nil {
@@ -59,14 +64,23 @@ func runReport(args []string) error {
 	if err != nil {
 		return err
 	}
-	table := renderTable(s, names, pairs, tableColumns(counts))
+	var tables []string
+	for _, cols := range [][]column{tableColumns(counts), loadColumns(rates)} {
+		if hasData(s, names, cols) {
+			tables = append(tables, renderTable(s, names, pairs, cols))
+		}
+	}
+	table := strings.Join(tables, "\n")
 	plotted := idleProxies(s, names, counts)
 	fmt.Print(table)
+	cpuBase := filepath.Join(filepath.Dir(plotBase), "cpu-per-conn")
 	writes := map[string]string{
 		"table.md":         table,
 		"summary.csv":      renderSummary(s, names),
 		"mem-per-conn.dat": renderPlotData(s, plotted, counts),
 		"mem-per-conn.gp":  renderPlotScript(s, plotted, counts, plotBase),
+		"cpu-per-conn.dat": renderCPUPlotData(s, names, rates),
+		"cpu-per-conn.gp":  renderCPUPlotScript(names, cpuBase),
 	}
 	for name, content := range writes {
 		if err := os.WriteFile(filepath.Join(*outdir, name), []byte(content), 0o644); err != nil {
