@@ -113,6 +113,7 @@ func (d *daemon) start(inh *inherited) error {
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
 	d.loops = d.startLoops(cfg)
+	go adaptProcs(context.Background(), d.log) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
@@ -397,5 +398,7 @@ func newEngine(cfg *config.Config, budget fdBudget) (relay.Engine, error) {
 	if engineName(cfg) == "goroutine" {
 		return relay.NewGoroutineEngine(), nil
 	}
-	return relay.NewEpollEngine(relay.EpollOptions{MaxPipes: budget.pipes})
+	// The server's Done only counts and releases (atomics, a buffered
+	// channel) and logs at debug level: it may run on the loops.
+	return relay.NewEpollEngine(relay.EpollOptions{MaxPipes: budget.pipes, InlineDone: true})
 }

@@ -36,12 +36,13 @@ var engines = []struct {
 
 // testEngines adds, for the tests only, an epoll engine with tiny buffers
 // and pipes and no pipe pool: every transfer goes through its rarer paths
-// (partial writes, pending copies, pipes taken and returned).
+// (partial writes, pending copies, pipes taken and returned). It runs Done
+// on its loop (InlineDone), as the server's engine does.
 var testEngines = append(engines[:len(engines):len(engines)], struct {
 	name string
 	new  func() (Engine, error)
 }{"epoll-tiny", func() (Engine, error) {
-	return NewEpollEngine(EpollOptions{Loops: 1, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1, Tick: 10 * time.Millisecond})
+	return NewEpollEngine(EpollOptions{Loops: 1, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1, Tick: 10 * time.Millisecond, InlineDone: true})
 }})
 
 // forEachEngine runs f as a subtest per engine, each with a fresh rig.

@@ -40,20 +40,21 @@ type epLoop struct {
 	stop     bool              // Close asked the loop to end
 	stopped  bool              // the loop took stop: no closeAll will be answered
 
-	events []unix.EpollEvent
-	buf    []byte
-	pipes  epPipePool
-	wheel  epWheel
-	table  []*epPair // by descriptor
-	ready  epQueue   // pairs with more to move, served round-robin
-	turn   int       // bytes moved since the loop last woke (epTurnBudget)
-	spareI []*epPair // inbox's other half
-	pollFn func(uintptr) bool
-	now    int64 // loop time of the current batch: ns since the engine started
-	armed  int64 // tick the file's read deadline is set for; 0: none
-	live   int
-	notes  *epNotifier
-	ended  []epNote // Done calls of this batch, for notes
+	events     []unix.EpollEvent
+	buf        []byte
+	pipes      epPipePool
+	wheel      epWheel
+	table      []*epPair // by descriptor
+	ready      epQueue   // pairs with more to move, served round-robin
+	turn       int       // bytes moved since the loop last woke (epTurnBudget)
+	spareI     []*epPair // inbox's other half
+	pollFn     func(uintptr) bool
+	now        int64 // loop time of the current batch: ns since the engine started
+	armed      int64 // tick the file's read deadline is set for; 0: none
+	live       int
+	notes      *epNotifier
+	ended      []epNote // Done calls of this batch, for notify
+	inlineDone bool     // EpollOptions.InlineDone
 }
 
 type epFailed struct {
@@ -73,16 +74,17 @@ func newEpLoop(e *EpollEngine, opts EpollOptions) (*epLoop, error) {
 		return nil, fmt.Errorf("set epoll non-blocking: %w", err)
 	}
 	l := &epLoop{
-		e:      e,
-		epfd:   epfd,
-		file:   os.NewFile(uintptr(epfd), "epoll"),
-		events: make([]unix.EpollEvent, epEvents),
-		buf:    make([]byte, opts.bufferSize()),
-		pipes:  epPipePool{max: opts.poolPipes(), size: opts.pipeSize(), open: &e.pipes, budget: opts.maxPipes()},
-		wheel:  epWheel{tick: int64(opts.tick())},
-		notes:  newEpNotifier(),
-		efd:    -1,
-		waits:  make(map[int32]*epWait),
+		e:          e,
+		epfd:       epfd,
+		file:       os.NewFile(uintptr(epfd), "epoll"),
+		events:     make([]unix.EpollEvent, epEvents),
+		buf:        make([]byte, opts.bufferSize()),
+		pipes:      epPipePool{max: opts.poolPipes(), size: opts.pipeSize(), open: &e.pipes, budget: opts.maxPipes()},
+		wheel:      epWheel{tick: int64(opts.tick())},
+		notes:      newEpNotifier(),
+		inlineDone: opts.InlineDone,
+		efd:        -1,
+		waits:      make(map[int32]*epWait),
 	}
 	l.pollFn = l.poll
 	if l.rc, err = l.file.SyscallConn(); err != nil {
@@ -183,8 +185,8 @@ func (l *epLoop) poll(uintptr) bool {
 				close(ch)
 			}
 		}
-		if len(l.ended) > 0 { // one hand-off (and wake-up) per batch
-			l.ended = l.notes.pushAll(l.ended)
+		if len(l.ended) > 0 {
+			l.ended = l.notify(l.ended)
 		}
 		if stop {
 			return true
@@ -215,6 +217,20 @@ func (l *epLoop) yield() bool {
 	l.wake()
 	l.arm()
 	return false
+}
+
+// notify runs the Done calls of a batch, in close order: on the loop
+// (EpollOptions.InlineDone) or, in one hand-off and wake-up per batch, on
+// the loop's notifier goroutine. It returns batch emptied for reuse.
+func (l *epLoop) notify(batch []epNote) []epNote {
+	if !l.inlineDone {
+		return l.notes.pushAll(batch)
+	}
+	for _, n := range batch {
+		n.fn(n.st)
+	}
+	clear(batch)
+	return batch[:0]
 }
 
 // park sets the parked flag, unless Start or a command has queued work

@@ -31,6 +31,12 @@ type EpollOptions struct {
 	// 2*MaxPipes descriptors on top of the 2 per pair when sizing a
 	// connection cap. Zero means 256; negative means none (no splice).
 	MaxPipes int
+	// InlineDone runs Pair.Done on the loop itself, after each batch of
+	// events, instead of on a notifier goroutine per loop: below
+	// saturation that saves a goroutine wake-up (and often a thread
+	// wake-up) per connection. Done must then return at once and never
+	// block or call the engine: it holds up every pair of its loop.
+	InlineDone bool
 	// Tick is the resolution of idle and linger timeouts: a timeout fires
 	// between its duration and its duration plus Tick late. Zero means 50ms.
 	Tick time.Duration

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bench/scale.sh: multi-core side by side, for a larger machine. Each proxy is
+# pinned to cores 0..K-1, the load generator and backends to the others.
+# Runs from a bundle made by ../shared/scale/bundle.sh (static stickyd and lg,
+# haproxy, nginx and its stream module with their libraries in lib/) with
+# this script copied in:
+#
+#   bundle.sh .bundle bench/loadgen && cp bench/scale.sh .bundle/
+#   cd .bundle && bash scale.sh OUT_DIR "2 4 8" "RATE..."
+#
+# Per K and proxy: the short-connection scenario with 64 x K workers
+# (saturation, or the load generator's limit), then open loop at each RATE
+# connections/s. stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
+# most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"). Prints one line
+# per run: K proxy scenario conn/s p99_ms cpu_us_per_conn.
+set -u
+OUT=$(mkdir -p "$1" && cd "$1" && pwd); KS=${2:-"2 4 8"}; RATES=${3:-"20000"}
+B=$(cd "$(dirname "$0")" && pwd); cd "$B"
+LDS="$B/lib/ld-linux-x86-64.so.2 --library-path $B/lib"
+LAST=$(($(nproc) - 1))
+ulimit -n 20000 2>/dev/null
+echo "host: $(uname -r) cpus=$(nproc) nofile=$(ulimit -n)"
+sysctl -qw net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 net.ipv4.tcp_tw_reuse=1 2>/dev/null
+BP="127.0.0.1:9991,127.0.0.1:9992,127.0.0.1:9993,127.0.0.1:9994"
+PORT=3990
+
+start_proxy() { # NAME K: sets PP
+	local cpus="0-$(($2 - 1))"
+	case $1 in
+	stickyd | stickyd-fixedP)
+		local env=(); [ "$1" = stickyd-fixedP ] && env=(GOMAXPROCS="$2")
+		env "${env[@]}" taskset -c "$cpus" ./stickyd --listen 127.0.0.1:$PORT --backend b0=127.0.0.1:9991 \
+			--backend b1=127.0.0.1:9992 --backend b2=127.0.0.1:9993 --backend b3=127.0.0.1:9994 \
+			--send-proxy v2 --log-level error >"$OUT/$1-$2.log" 2>&1 &
+		PP=$! ;;
+	haproxy)
+		cat >"$OUT/h.cfg" <<-EOC
+			global
+			    maxconn 8000
+			    maxpipes 1024
+			    nbthread $2
+			defaults
+			    mode tcp
+			    option splice-auto
+			    timeout connect 5s
+			    timeout client 120s
+			    timeout server 120s
+			frontend fe
+			    bind 127.0.0.1:$PORT
+			    default_backend be
+			backend be
+			    balance source
+			    hash-type consistent
+			    server b0 127.0.0.1:9991 send-proxy-v2
+			    server b1 127.0.0.1:9992 send-proxy-v2
+			    server b2 127.0.0.1:9993 send-proxy-v2
+			    server b3 127.0.0.1:9994 send-proxy-v2
+		EOC
+		taskset -c "$cpus" $LDS ./haproxy -db -f "$OUT/h.cfg" >"$OUT/haproxy-$2.log" 2>&1 &
+		PP=$! ;;
+	nginx)
+		mkdir -p "$OUT/ngx"
+		cat >"$OUT/ngx/n.conf" <<-EOC
+			load_module $B/ngx_stream_module.so;
+			worker_processes $2;
+			worker_rlimit_nofile 20000;
+			daemon off;
+			error_log stderr error;
+			pid $OUT/ngx/n.pid;
+			events { worker_connections 9000; }
+			stream {
+			    upstream be { hash \$remote_addr consistent; server 127.0.0.1:9991; server 127.0.0.1:9992; server 127.0.0.1:9993; server 127.0.0.1:9994; }
+			    server { listen 127.0.0.1:$PORT reuseport; proxy_pass be; proxy_protocol on; }
+			}
+		EOC
+		taskset -c "$cpus" $LDS ./nginx -p "$OUT/ngx" -c "$OUT/ngx/n.conf" >"$OUT/nginx-$2.log" 2>&1 &
+		PP=$! ;;
+	esac
+	for _ in $(seq 50); do ./lg check -target 127.0.0.1:$PORT -timeout 1s >/dev/null 2>&1 && return 0; sleep 0.2; done
+	echo "$1 K=$2: no proxied connection"; kill "$PP"; return 1
+}
+
+stop_proxy() {
+	local c
+	for c in $(pgrep -P "$PP"); do kill "$c" 2>/dev/null; done
+	kill "$PP" 2>/dev/null; wait "$PP" 2>/dev/null; sleep 0.5
+}
+
+# line K NAME SCENARIO FILE: one result line from lg's output.
+line() {
+	awk -v k="$1" -v n="$2" -v s="$3" '$1 ~ /conns_per_s/ {c=$2} $1 ~ /p99_ms/ {p=$2} $1 ~ /cpu_us_per_conn/ {u=$2}
+		END {printf "K=%s %-15s %-10s conn/s %8.0f  p99 ms %7.2f  CPU us/conn %6.1f\n", k, n, s, c, p, u}' "$4"
+}
+
+for K in $KS; do
+	rest="$K-$LAST"
+	taskset -c "$rest" ./lg backend -listen "$BP" >"$OUT/backend.log" 2>&1 &
+	BPID=$!
+	sleep 0.3
+	for name in ${PROXIES:-stickyd stickyd-fixedP haproxy nginx}; do
+		start_proxy "$name" "$K" || continue
+		taskset -c "$rest" ./lg rate -target 127.0.0.1:$PORT -c $((K * 64)) -d 5s -warmup 1s -pid "$PP" >"$OUT/r.out" 2>&1
+		line "$K" "$name" rate "$OUT/r.out"
+		for r in $RATES; do
+			taskset -c "$rest" ./lg open -target 127.0.0.1:$PORT -rate "$r" -d 4s -warmup 1s -pid "$PP" >"$OUT/o.out" 2>&1
+			line "$K" "$name" "open$r" "$OUT/o.out"
+		done
+		stop_proxy
+	done
+	kill "$BPID"; wait "$BPID" 2>/dev/null
+done
+echo "== done"

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+// TestProcsControl drives the GOMAXPROCS controller with synthetic CPU
+// samples: it adds a P when the ones it has are nearly full, never goes
+// above its maximum, and drops one only after procsCalm calm samples.
+func TestProcsControl(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	c := &procsControl{max: 4, p: 4, lastAt: t0}
+	var cpu time.Duration
+	now := t0
+	feed := func(cores float64) int { // one period at this CPU use
+		now = now.Add(procsPeriod)
+		cpu += time.Duration(cores * float64(procsPeriod))
+		return c.step(cpu, now)
+	}
+	for i := 1; i < procsCalm; i++ {
+		if p := feed(0.1); p != 4 {
+			t.Fatalf("calm sample %d: %d Ps, want 4 until %d calm samples", i, p, procsCalm)
+		}
+	}
+	if p := feed(0.1); p != 3 {
+		t.Fatalf("after %d calm samples: %d Ps, want 3", procsCalm, p)
+	}
+	for range 3 * procsCalm {
+		feed(0.1)
+	}
+	if c.p != 1 {
+		t.Fatalf("idle: %d Ps, want 1", c.p)
+	}
+	if p := feed(0.95); p != 2 {
+		t.Fatalf("one full P: %d Ps, want 2", p)
+	}
+	if p := feed(1.0); p != 2 {
+		t.Fatalf("half of 2 Ps busy: %d Ps, want 2 (no growth)", p)
+	}
+	for range procsCalm {
+		feed(0.7) // above 0.6 of one P: not calm enough to drop one
+	}
+	if c.p != 2 {
+		t.Fatalf("0.7 cores on 2 Ps: %d Ps, want 2", c.p)
+	}
+	for range 10 {
+		feed(8)
+	}
+	if c.p != 4 {
+		t.Fatalf("overloaded: %d Ps, want the maximum 4", c.p)
+	}
+}
