@@ -67,7 +67,11 @@ func serve(c *cli.Context) error {
 	stopReport := logs.Report(log)
 	// At exit, wait a bounded time for the log output: it may be blocked for good.
 	defer func() { stopReport(); logs.Close(2 * time.Second) }()
-	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2) // until run handles them
+	// Signals are caught from here on: one that arrives during start (after
+	// "stickyd listening" is logged, say) is acted on once run begins.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	inh, err := takeInherited()
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
@@ -77,7 +81,7 @@ func serve(c *cli.Context) error {
 		inh.close()
 		return err
 	}
-	return d.run(inh)
+	return d.run(inh, sigs)
 }
 
 // start builds the backend set, the server and the listeners.
@@ -208,9 +212,9 @@ func (d *daemon) startAdmin() {
 	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()))
 }
 
-// run serves until a stop signal or a completed upgrade, then drains and
-// stops the workers.
-func (d *daemon) run(inh *inherited) error {
+// run serves until a stop signal on sigs or a completed upgrade, then
+// drains and stops the workers.
+func (d *daemon) run(inh *inherited, sigs <-chan os.Signal) error {
 	if d.srv == nil {
 		return nil // stopped during start
 	}
@@ -227,9 +231,6 @@ func (d *daemon) run(inh *inherited) error {
 		d.awaitWorkers(stopWaiting)
 		serveErr <- d.srv.Serve(d.ln)
 	}()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
 	pid := writePIDFile(d.boot.PIDFile, d.log)
 	inh.signalReady(d.log)
 
