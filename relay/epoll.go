@@ -5,6 +5,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -146,7 +147,15 @@ func (e *EpollEngine) Start(p Pair) {
 	if ep.linger == 0 {
 		ep.linger = ep.idle
 	}
-	ep.header = int32(len(p.Header))
+	// The header is not counted in Stats.BytesIn: in.n starts below zero.
+	ep.in.n = -int64(len(p.Header))
+	ep.out.first = epWatch // until the backend's first byte or end
+	if p.RefuseProxy {
+		ep.in.first = epWatch // until the client's first bytes are checked
+	}
+	if p.FirstByte > 0 {
+		ep.firstByte = int32(min(max(p.FirstByte.Milliseconds(), 1), math.MaxInt32))
+	}
 	// A socket that waited in one of our loops (DialTimeout, a Socket's
 	// Read) is re-armed there; the pair goes to the backend's loop, or the
 	// client's, or the next one.
@@ -182,7 +191,7 @@ func (e *EpollEngine) Start(p Pair) {
 	// A parked loop adopts the pair at the first event of any of its
 	// sockets. It must wake now only for work of its own: bytes still to
 	// write, or an idle timeout to arm.
-	wake := len(ep.in.pend) > 0 || ep.idle > 0
+	wake := len(ep.in.pend) > 0 || ep.idle > 0 || ep.firstByte > 0
 	l.mu.Lock()
 	l.inbox = append(l.inbox, ep) // ep is the loop's from here
 	l.mu.Unlock()

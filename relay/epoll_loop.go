@@ -381,13 +381,16 @@ func (q *epQueue) pop() *epPair {
 // expire is called by the wheel when p's tick has come: p times out, or is
 // filed again if it moved bytes meanwhile.
 func (l *epLoop) expire(p *epPair) {
-	d := p.deadline()
+	d, why := p.deadlineWhy()
 	switch {
 	case d == 0:
 	case d > l.now:
 		l.wheel.add(p, d)
 	default:
-		l.finish(p, ErrIdle)
+		if why == ErrFirstByte {
+			p.out.first = uint8(FirstTimeout)
+		}
+		l.finish(p, why)
 	}
 }
 
@@ -425,8 +428,12 @@ func (l *epLoop) finish(p *epPair, err error) {
 	epClose(p.client.fd) // also removes it from the epoll set
 	epClose(p.backend.fd)
 	l.live--
+	if p.out.first&epGone != 0 {
+		l.backendEnded(p)
+	}
 	if p.done != nil {
-		l.ended = append(l.ended, epNote{p.done, Stats{BytesIn: max(p.in.n-int64(p.header), 0), BytesOut: p.out.n, Err: err}})
+		first := First(p.out.first &^ epWatch) // still watching: FirstNone
+		l.ended = append(l.ended, epNote{p.done, Stats{BytesIn: max(p.in.n, 0), BytesOut: p.out.n, Err: err, First: first}})
 		p.done = nil
 	}
 }

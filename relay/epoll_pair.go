@@ -5,6 +5,7 @@ package relay
 import (
 	"fmt"
 	"io"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +33,18 @@ type epFlow struct {
 	piped  bool // pipe is held: read with splice(2), not into the buffer
 	eof    bool // the source reached end of stream
 	shut   bool // eof, flushed, and the destination's write side is shut
+	// first watches the start of the flow. in: epWatch while the client's
+	// first bytes must be checked for a PROXY signature (Pair.RefuseProxy).
+	// out: epWatch until the backend's first byte or end, then a First;
+	// epGone is added when a backend error ends the watch (see finish).
+	first uint8
 }
+
+// Bits of epFlow.first besides a First value.
+const (
+	epWatch = 0x80
+	epGone  = 0x40
+)
 
 func (f *epFlow) pending() bool { return len(f.pend) > 0 || f.inPipe > 0 }
 
@@ -48,7 +60,7 @@ type epPair struct {
 	tprev, tnext *epPair
 	tick         int64
 
-	header int32 // bytes of Pair.Header at the start of in: not counted in Stats
+	firstByte int32 // Pair.FirstByte in milliseconds; 0: none
 	half   bool  // one flow has ended: linger applies
 	closed bool
 	queued bool // in the loop's ready list
@@ -57,14 +69,28 @@ type epPair struct {
 
 // deadline is the loop time at which p times out, or 0 for never.
 func (p *epPair) deadline() int64 {
-	period := p.idle
+	d, _ := p.deadlineWhy()
+	return d
+}
+
+// deadlineWhy is deadline and the error of that timeout: ErrIdle, or
+// ErrFirstByte while the backend has sent nothing and Pair.FirstByte is
+// the shorter bound. Before the backend's first byte only client bytes
+// move p.last, so the first-byte bound runs from the client's last byte.
+func (p *epPair) deadlineWhy() (int64, error) {
+	period, why := p.idle, ErrIdle
 	if p.half {
 		period = p.linger
 	}
-	if period == 0 {
-		return 0
+	if p.firstByte > 0 && p.out.first&epWatch != 0 {
+		if fb := int64(p.firstByte) * int64(time.Millisecond); period == 0 || fb < period {
+			period, why = fb, ErrFirstByte
+		}
 	}
-	return p.last + period
+	if period == 0 {
+		return 0, nil
+	}
+	return p.last + period, why
 }
 
 // name says which side s is, for errors.
@@ -75,8 +101,53 @@ func (p *epPair) name(s *epSock) string {
 	return "backend"
 }
 
+// opErr is the error of op on s. An error on the backend before its first
+// byte is noted for Stats.First (see finish).
 func (p *epPair) opErr(op string, s *epSock, err error) error {
+	if s == &p.backend && p.out.first&epWatch != 0 {
+		p.out.first |= epGone
+	}
 	return fmt.Errorf("relay: %s %s: %w", op, p.name(s), err)
+}
+
+// backendEnded settles the out flow's watch when the backend ends (EOF
+// or error) before its first byte: FirstClosed while the client's side is
+// open and the end came within EarlyCloseWindow of the client's last byte
+// (or the start), FirstNone otherwise.
+func (l *epLoop) backendEnded(p *epPair) {
+	if p.out.first&epWatch == 0 {
+		return
+	}
+	p.out.first = uint8(FirstNone)
+	if !p.in.eof && l.now-p.last <= int64(EarlyCloseWindow) {
+		p.out.first = uint8(FirstClosed)
+	}
+}
+
+// checkClient looks at the client's first bytes for a PROXY signature
+// (Pair.RefuseProxy) without taking them from the socket (MSG_PEEK). It
+// returns true once they may be relayed (no signature, or the end of the
+// stream); false with a nil error while they could still become one:
+// they stay in the socket, and the next arrival is a new edge.
+func (l *epLoop) checkClient(p *epPair, f *epFlow, src *epSock) (bool, error) {
+	n, e := epPeek(src.fd, l.buf[:min(len(l.buf), 16)])
+	switch {
+	case e == unix.EAGAIN:
+		src.readable = false
+		return false, nil
+	case e != 0:
+		return false, p.opErr("read", src, e)
+	}
+	maybe, certain := proxySignature(l.buf[:n])
+	switch {
+	case certain || maybe && src.hup: // a FIN: the rest will never come
+		return false, fmt.Errorf("relay: client: %w", ErrProxyHeader)
+	case maybe:
+		src.readable = false
+		return false, nil
+	}
+	f.first = 0
+	return true, nil
 }
 
 // epBudget caps the bytes one flow moves per service call, so that one
@@ -143,6 +214,11 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 	if f.piped {
 		return l.spliceIn(p, f, src)
 	}
+	if f.first&epWatch != 0 && f == &p.in {
+		if ok, err := l.checkClient(p, f, src); !ok {
+			return 0, err
+		}
+	}
 	n, e := epRead(src.fd, l.buf)
 	switch {
 	case e == unix.EAGAIN:
@@ -152,7 +228,13 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 		return 0, p.opErr("read", src, e)
 	case n == 0:
 		f.eof = true
+		if f == &p.out {
+			l.backendEnded(p)
+		}
 		return 0, nil
+	}
+	if f.first&epWatch != 0 { // the backend's first bytes (in's watch is over)
+		f.first = uint8(firstOf(l.buf[:n]))
 	}
 	// A short read emptied the socket: epoll reports every later arrival
 	// as a new edge, so there is no need to read on to EAGAIN. Not after a

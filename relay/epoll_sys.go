@@ -39,6 +39,17 @@ func epWrite(fd int32, b []byte) (int, syscall.Errno) {
 	}
 }
 
+// epPeek reads into b without taking the bytes from the socket (MSG_PEEK).
+func epPeek(fd int32, b []byte) (int, syscall.Errno) {
+	for {
+		n, _, e := syscall.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		if e != unix.EINTR {
+			return int(n), e
+		}
+	}
+}
+
 // epWritev2 writes a then b with one writev(2); either may be empty.
 func epWritev2(fd int32, a, b []byte) (int, syscall.Errno) {
 	var iov [2]unix.Iovec

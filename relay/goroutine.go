@@ -35,15 +35,21 @@ type goPair struct {
 	// ended counts finished directions; the second one switches the
 	// survivor to the linger timeout.
 	ended atomic.Int32
+	// inEOF is set when the client's FIN is read, before it is passed on.
+	inEOF atomic.Bool
 	// aborted is set when one direction failed; the other then stops
 	// without reporting an error of its own.
 	aborted atomic.Bool
+	// start is when the pair started; first is Stats.First, written by
+	// the backend -> client direction only.
+	start time.Time
+	first First
 }
 
 // Start implements Engine.
 func (e *GoroutineEngine) Start(p Pair) {
 	p.Client, p.Backend = plainConn(p.Client), plainConn(p.Backend)
-	gp := &goPair{Pair: &p}
+	gp := &goPair{Pair: &p, start: time.Now()}
 	e.mu.Lock()
 	e.pairs[gp] = struct{}{}
 	e.mu.Unlock()
@@ -73,6 +79,7 @@ func (e *GoroutineEngine) run(gp *goPair) {
 	}
 	<-done
 	st.Err = errors.Join(inErr, outErr)
+	st.First = gp.first
 	gp.Client.Close()
 	gp.Backend.Close()
 	e.mu.Lock()
@@ -83,31 +90,61 @@ func (e *GoroutineEngine) run(gp *goPair) {
 	}
 }
 
+// errMore is returned by a step of copyDir that moved what it could and
+// has more to do; it never leaves copyDir.
+var errMore = errors.New("relay: more")
+
 // copyDir copies src to dst (direction dir) until src ends, then half-closes
 // dst. A read deadline implements the idle timeout without wrapping the
-// sockets, so io.Copy still splices.
+// sockets, so io.Copy still splices. The first bytes of each direction may
+// be read instead (see watch), to be looked at; the rest is spliced.
 func (gp *goPair) copyDir(dir int, dst, src Conn) (int64, error) {
 	var total int64
+	w := gp.newWatch(dir)
 	for {
-		if d := gp.timeout(); d > 0 {
+		if d := w.wait(gp.timeout()); d > 0 {
 			src.SetReadDeadline(time.Now().Add(d))
 		}
-		n, err := io.Copy(dst, src)
+		var n int64
+		var err error
+		if w != nil {
+			n, err = w.step(gp, dst, src)
+		} else {
+			n, err = io.Copy(dst, src)
+		}
 		total += n
 		if n > 0 {
 			gp.idle[dir].Store(false)
 		}
-		if err == nil { // clean EOF
+		switch {
+		case err == errMore:
+			if w.over {
+				w = nil
+				if gp.FirstByte > 0 && gp.timeout() == 0 {
+					src.SetReadDeadline(time.Time{}) // the first-byte deadline's
+				}
+			}
+			continue
+		case err == nil: // clean EOF
+			if dir == 0 {
+				gp.inEOF.Store(true)
+			}
 			dst.CloseWrite()
 			gp.finish(dir)
 			return total, nil
-		}
-		if gp.aborted.Load() {
+		case gp.aborted.Load():
 			return total, nil // the other direction failed and reports why
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
+		case !errors.Is(err, os.ErrDeadlineExceeded):
 			gp.abort()
 			return total, err
+		}
+		switch due, moved := w.firstByteDue(gp); {
+		case due:
+			gp.first = FirstTimeout
+			gp.abort()
+			return total, ErrFirstByte
+		case moved: // the first-byte deadline woke us, not the idle period
+			continue
 		}
 		// A whole idle period without a byte this way: the pair is idle
 		// once the other direction has had one too (or has ended).

@@ -19,6 +19,7 @@
 package relay
 
 import (
+	"errors"
 	"net"
 	"syscall"
 	"time"
@@ -59,6 +60,21 @@ type Pair struct {
 	// Linger bounds how long one direction may stay open after the other
 	// has ended (half-close). Zero means Idle, or no bound if Idle is zero.
 	Linger time.Duration
+	// FirstByte, if not zero, closes the pair (Stats.Err ErrFirstByte,
+	// Stats.First FirstTimeout) when the backend has sent no byte yet and
+	// this long has passed since the pair started or since the client's
+	// last byte, whichever is later: a request the backend never answers,
+	// or a server-speaks-first backend that stays silent. Once the backend
+	// has sent a byte, only Idle applies. Resolution as for Idle.
+	FirstByte time.Duration
+	// RefuseProxy makes the Engine look at the client's first bytes when
+	// they arrive: if they are a PROXY header signature (v1 "PROXY " or the
+	// v2 signature), the pair is closed with Stats.Err ErrProxyHeader and the
+	// backend never gets them. For a client whose first bytes the caller has
+	// not seen (an untrusted client that was silent while its backend was
+	// dialed). Bytes that could still start a signature wait in the socket
+	// for the rest.
+	RefuseProxy bool
 	// Done, if not nil, is called exactly once, after both connections are
 	// closed, from a goroutine owned by the Engine.
 	Done func(Stats)
@@ -71,8 +87,83 @@ type Stats struct {
 	// BytesOut counts bytes moved backend -> client.
 	BytesOut int64
 	// Err is the first error other than a clean end of stream, if any
-	// (a reset, or ErrIdle).
+	// (a reset, ErrIdle, ErrFirstByte, ErrProxyHeader).
 	Err error
+	// First says how the backend began: its first bytes, or an end before
+	// any. The engine learns it from the first read of the backend -> client
+	// direction, which it makes anyway (no extra system call).
+	First First
+}
+
+// First is how the backend of a pair began (Stats.First).
+type First uint8
+
+// The values of First.
+const (
+	// FirstNone: the pair ended before the backend sent a byte or closed
+	// early (the client left first, an idle timeout, CloseAll, or a
+	// backend that closed a connection quiet for over EarlyCloseWindow).
+	FirstNone First = iota
+	// FirstData: the backend sent bytes.
+	FirstData
+	// FirstHTTP400: the backend's first bytes are an HTTP/1.x 400 status
+	// line (as a server that does not read PROXY headers answers one).
+	FirstHTTP400
+	// FirstClosed: the backend closed or reset the connection before its
+	// first byte, while the client's side was open, within
+	// EarlyCloseWindow of the start or of the client's last byte.
+	FirstClosed
+	// FirstTimeout: no byte from the backend within Pair.FirstByte.
+	FirstTimeout
+)
+
+var firstNames = [...]string{"none", "data", "http_400", "closed", "timeout"}
+
+// String returns the value's name: none, data, http_400, closed, timeout.
+func (f First) String() string {
+	if int(f) < len(firstNames) {
+		return firstNames[f]
+	}
+	return "unknown"
+}
+
+// EarlyCloseWindow bounds FirstClosed: a backend that closes a connection
+// without a byte, longer than this after the start or the client's last
+// byte, is timing out a quiet client (FirstNone), not refusing it.
+const EarlyCloseWindow = time.Second
+
+// Errors in Stats.Err.
+var (
+	// ErrFirstByte: the backend sent nothing within Pair.FirstByte.
+	ErrFirstByte = errors.New("relay: no byte from the backend within the first-byte timeout")
+	// ErrProxyHeader: a client under Pair.RefuseProxy sent a PROXY header.
+	ErrProxyHeader = errors.New("relay: PROXY header from a client that may not send one")
+)
+
+// http400 reports whether b starts with an HTTP/1.x 400 status line.
+func http400(b []byte) bool {
+	return len(b) >= 12 && string(b[:7]) == "HTTP/1." && b[8] == ' ' && string(b[9:12]) == "400"
+}
+
+// firstOf classifies the backend's first bytes.
+func firstOf(b []byte) First {
+	if http400(b) {
+		return FirstHTTP400
+	}
+	return FirstData
+}
+
+// proxySignature reports whether b, a client's first bytes, is a PROXY
+// header signature (certain) or a prefix of one that more bytes could
+// complete (maybe). It matches proxyproto.LooksLikeHeader.
+func proxySignature(b []byte) (maybe, certain bool) {
+	for _, sig := range [...]string{"PROXY", "\r\n\r\n\x00\r\nQUIT\n"} {
+		n := min(len(b), len(sig))
+		if n > 0 && string(b[:n]) == sig[:n] {
+			return true, n == len(sig)
+		}
+	}
+	return false, false
 }
 
 // Engine moves bytes for many pairs.
