@@ -32,6 +32,7 @@ func proxyFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "proxy-header-timeout", EnvVars: envName("proxy-header-timeout"), Usage: "deadline for an upstream PROXY header or HTTP header block (default 5s)"},
 		&cli.DurationFlag{Name: "connect-timeout", EnvVars: envName("connect-timeout"), Usage: "deadline for one backend dial (default 5s)"},
 		&cli.DurationFlag{Name: "idle-timeout", EnvVars: envName("idle-timeout"), Usage: "close connections idle both ways this long (default 0: never)"},
+		&cli.DurationFlag{Name: "first-byte-timeout", EnvVars: envName("first-byte-timeout"), Usage: "close a connection whose backend sent nothing this long after the client's last byte (default 0: never)"},
 		&cli.DurationFlag{Name: "drain-timeout", EnvVars: envName("drain-timeout"), Usage: "on SIGTERM, how long open connections may finish (default 30s)"},
 		&cli.IntFlag{Name: "max-connections", EnvVars: envName("max-connections"), Usage: "cap on open client connections (default: from the open-file limit)"},
 		&cli.StringFlag{Name: "engine", EnvVars: envName("engine"), Usage: "connection engine: epoll (default) or goroutine"},
@@ -49,6 +50,7 @@ func proxyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "health-send-proxy", EnvVars: envName("health-send-proxy"), Usage: "PROXY LOCAL header opening each check: v2, v1 or none (default: as --send-proxy)"},
 		&cli.DurationFlag{Name: "health-cooldown", EnvVars: envName("health-cooldown"), Usage: "how long failed dials keep a backend out (default 5s)"},
 		&cli.IntFlag{Name: "health-eject-after", EnvVars: envName("health-eject-after"), Usage: "failed dials in a row that start the cool-down (default 1)"},
+		&cli.IntFlag{Name: "health-eject-after-closes", EnvVars: envName("health-eject-after-closes"), Usage: "connections in a row closed (or silent past --first-byte-timeout) before the backend's first byte that start the cool-down (default 3)"},
 		&cli.StringFlag{Name: "dns-server", EnvVars: envName("dns-server"), Usage: "DNS server `ADDR` (host:port) for dns: backends (default: the system resolver)"},
 		&cli.DurationFlag{Name: "dns-interval", EnvVars: envName("dns-interval"), Usage: "how often dns: backends are resolved again (default 10s)"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: envName("pid-file"), Usage: "write the process id to `FILE` while serving (follows SIGUSR2 upgrades)"},
@@ -139,7 +141,8 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 	dur := map[string]*config.Duration{
 		"proxy-header-timeout": &cfg.ProxyHeaderTimeout, "connect-timeout": &cfg.ConnectTimeout,
 		"idle-timeout": &cfg.IdleTimeout, "drain-timeout": &cfg.DrainTimeout,
-		"health-interval": &cfg.Health.Interval, "health-timeout": &cfg.Health.Timeout,
+		"first-byte-timeout": &cfg.FirstByteTimeout,
+		"health-interval":    &cfg.Health.Interval, "health-timeout": &cfg.Health.Timeout,
 		"health-cooldown": &cfg.Health.Cooldown, "dns-interval": &cfg.DNSInterval,
 	}
 	for name, p := range dur {
@@ -162,6 +165,7 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 	ints := map[string]*int{
 		"max-connections": &cfg.MaxConnections, "log-rate-limit": &cfg.LogRateLimit, "health-rise": &cfg.Health.Rise, "health-fall": &cfg.Health.Fall,
 		"health-expect-status": &cfg.Health.ExpectStatus, "health-eject-after": &cfg.Health.EjectAfter,
+		"health-eject-after-closes": &cfg.Health.EjectAfterCloses,
 	}
 	for name, p := range ints {
 		if c.IsSet(name) {

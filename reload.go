@@ -17,6 +17,7 @@ var liveKeys = map[string]bool{
 	"health.check": true, "health.interval": true, "health.timeout": true, "health.rise": true,
 	"health.fall": true, "health.path": true, "health.expect_status": true,
 	"health.send_proxy": true, "health.cooldown": true, "health.eject_after": true,
+	"health.eject_after_closes": true,
 }
 
 // requestReload asks the reloader for a reload (SIGHUP) without waiting

@@ -318,6 +318,7 @@ func serverOptions(cfg *config.Config, budget fdBudget) server.Options {
 		ClientIPHeader:      cfg.ClientIPHeader,
 		IgnoreMissingHeader: cfg.IgnoreMissingHeader,
 		Idle:                cfg.Idle(),
+		FirstByte:           cfg.FirstByteTimeout.Duration,
 		MaxConnections:      budget.conns,
 	}
 }
@@ -337,14 +338,16 @@ func newSet(cfg *config.Config, specs []backend.Spec, isSelf func(netip.AddrPort
 	if err != nil {
 		return nil, fmt.Errorf("hash_key: %w", err)
 	}
-	return backend.NewSet(specs, backend.Options{
+	opts := backend.Options{
 		DialTimeout:   cfg.DialTimeout(),
 		Cooldown:      cfg.Health.Cooldown.Duration,
 		EjectAfter:    cfg.Health.EjectAfter,
 		BalanceFactor: cfg.BalanceFactor,
 		Balancer:      balancer.Options{Key: key},
 		IsSelf:        isSelf,
-	}, log.Named("backend"), reuse...)
+	}
+	opts.EjectAfterCloses = cfg.Health.EjectAfterCloses
+	return backend.NewSet(specs, opts, log.Named("backend"), reuse...)
 }
 
 // workerSpecs returns the worker slots of [workers] (out of rotation until

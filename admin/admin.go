@@ -65,6 +65,10 @@ type BackendInfo struct {
 	Active       int64  `json:"active"`
 	Total        int64  `json:"total"`
 	DialFailures int64  `json:"dial_failures"`
+	// EarlyCloses counts connections the backend closed before its first
+	// byte; FirstByteTimeouts those it left silent past first_byte_timeout.
+	EarlyCloses       int64 `json:"early_closes"`
+	FirstByteTimeouts int64 `json:"first_byte_timeouts"`
 }
 
 // LookupResult is the answer of GET /lookup.
@@ -126,7 +130,8 @@ func (a *api) backends(w http.ResponseWriter, r *http.Request) {
 
 func info(set *backend.Set, i int, b *backend.Backend) BackendInfo {
 	return BackendInfo{Name: b.Name, Address: b.Address, State: b.State(), Weight: set.Weight(i),
-		Ready: b.Ready(), Healthy: b.Healthy(), Active: b.Active(), Total: b.Total(), DialFailures: b.DialFailures()}
+		Ready: b.Ready(), Healthy: b.Healthy(), Active: b.Active(), Total: b.Total(), DialFailures: b.DialFailures(),
+		EarlyCloses: b.EarlyCloses(), FirstByteTimeouts: b.FirstByteTimeouts()}
 }
 
 func (a *api) lookup(w http.ResponseWriter, r *http.Request) {

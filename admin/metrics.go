@@ -15,6 +15,7 @@ type collector struct {
 	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
 	headerErrors, workerRestarts                           *prometheus.Desc
 	logLinesDropped                                        *prometheus.Desc
+	backendEarlyCloses, backendFirstByteTimeouts           *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -24,7 +25,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 // NewCollector returns the collector of src's metrics (registered by
 // NewHandler; exported for embedding stickyd's metrics elsewhere).
 func NewCollector(src Source) prometheus.Collector {
-	return &collector{
+	c := &collector{
 		src:                 src,
 		backendUp:           desc("backend_up", "1 if the backend takes new connections (ready, healthy, not draining or cooling down).", "backend"),
 		backendHealthy:      desc("backend_healthy", "1 unless active health checks failed.", "backend"),
@@ -43,13 +44,19 @@ func NewCollector(src Source) prometheus.Collector {
 		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
 		logLinesDropped:     desc("log_lines_dropped_total", "Log lines not written, by reason (rate_limited: over the per-cause rate; output_blocked: the log output did not keep up).", "reason"),
 	}
+	c.backendEarlyCloses = desc("backend_early_closes_total",
+		"Relayed connections the backend closed or reset before its first byte, while the client was there.", "backend")
+	c.backendFirstByteTimeouts = desc("backend_first_byte_timeouts_total",
+		"Relayed connections closed because the backend sent nothing within first_byte_timeout.", "backend")
+	return c
 }
 
 // Describe sends every descriptor (prometheus.Collector).
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped} {
+		c.limitWaits, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
+		c.backendEarlyCloses, c.backendFirstByteTimeouts} {
 		ch <- d
 	}
 }
@@ -108,6 +115,8 @@ func (c *collector) collectBackends(ch chan<- prometheus.Metric) {
 		gauge(c.backendActive, b.Active())
 		ch <- prometheus.MustNewConstMetric(c.backendTotal, prometheus.CounterValue, float64(b.Total()), b.Name)
 		ch <- prometheus.MustNewConstMetric(c.backendDialFailures, prometheus.CounterValue, float64(b.DialFailures()), b.Name)
+		ch <- prometheus.MustNewConstMetric(c.backendEarlyCloses, prometheus.CounterValue, float64(b.EarlyCloses()), b.Name)
+		ch <- prometheus.MustNewConstMetric(c.backendFirstByteTimeouts, prometheus.CounterValue, float64(b.FirstByteTimeouts()), b.Name)
 	}
 }
 

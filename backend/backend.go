@@ -62,6 +62,17 @@ type Backend struct {
 	active     atomic.Int64
 	total      atomic.Int64
 	failures   atomic.Int64
+	// ejected is set by a cool-down and cleared by the next successful
+	// dial: once the cool-down is over, one dial at a time (probing) tries
+	// the backend while other clients go to their next choice.
+	ejected atomic.Bool
+	probing atomic.Bool
+	// Connections the backend closed before its first byte, or left
+	// silent past the first-byte timeout (see Set.ClosedEarly).
+	earlyStreak atomic.Int64 // in a row; a connection it answers resets it
+	earlyCloses atomic.Int64
+	silent      atomic.Int64
+	goodAnswer  atomic.Bool // the last connection it answered began with good bytes
 }
 
 // Active returns the number of open connections to the backend.
@@ -72,6 +83,26 @@ func (b *Backend) Total() int64 { return b.total.Load() }
 
 // DialFailures returns the number of failed dials.
 func (b *Backend) DialFailures() int64 { return b.failures.Load() }
+
+// EarlyCloses returns the number of relayed connections the backend closed
+// or reset before sending a byte (while the client was still there).
+func (b *Backend) EarlyCloses() int64 { return b.earlyCloses.Load() }
+
+// FirstByteTimeouts returns the number of relayed connections closed
+// because the backend sent nothing within the first-byte timeout.
+func (b *Backend) FirstByteTimeouts() int64 { return b.silent.Load() }
+
+// NoteAnswer records whether a relayed connection's backend began with a
+// good answer (bytes other than an HTTP 400 status) and returns whether the
+// previous connection's did (false for the first). The server uses it to
+// tell a backend that never understood its PROXY header from one that met
+// a bad request.
+func (b *Backend) NoteAnswer(good bool) (prevGood bool) {
+	if b.goodAnswer.Load() == good {
+		return good
+	}
+	return b.goodAnswer.Swap(good)
+}
 
 // Release records that a connection obtained from Set.Dial has closed.
 func (b *Backend) Release() { b.active.Add(-1) }
@@ -84,6 +115,8 @@ func (b *Backend) Release() { b.active.Add(-1) }
 func (b *Backend) SetReady(ready bool) {
 	if ready {
 		b.downUntil.Store(0)
+		b.ejected.Store(false)
+		b.earlyStreak.Store(0)
 	}
 	b.ready.Store(ready)
 }
@@ -144,6 +177,11 @@ type Options struct {
 	// EjectAfter is how many consecutive failed dials put a backend in
 	// Cooldown; default 1.
 	EjectAfter int
+	// EjectAfterCloses is how many relayed connections in a row the
+	// backend may close before its first byte (or leave silent past the
+	// first-byte timeout) before it goes in Cooldown; default 3. A
+	// connection it answers resets the count.
+	EjectAfterCloses int
 	// BalanceFactor > 1 caps each backend at ceil(factor x its weighted share
 	// of the active connections); 0 disables the cap.
 	BalanceFactor float64
@@ -157,6 +195,12 @@ type Options struct {
 func (o Options) dialTimeout() time.Duration { return orDefault(o.DialTimeout, 5*time.Second) }
 func (o Options) cooldown() time.Duration    { return orDefault(o.Cooldown, 5*time.Second) }
 func (o Options) ejectAfter() int64          { return int64(max(o.EjectAfter, 1)) }
+func (o Options) ejectAfterCloses() int64 {
+	if o.EjectAfterCloses <= 0 {
+		return 3
+	}
+	return int64(o.EjectAfterCloses)
+}
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
@@ -279,7 +323,7 @@ func (f *pickFilter) ok(i int) bool {
 	if !f.strict {
 		return true
 	}
-	if b.unhealthy.Load() || f.now < b.downUntil.Load() {
+	if b.unhealthy.Load() || f.now < b.downUntil.Load() || b.probing.Load() {
 		return false
 	}
 	return f.limit == nil || b.active.Load() < f.limit(i)
@@ -339,7 +383,11 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 			}
 			tried = append(tried, i)
 			b = s.backends[i]
-			conn, err = s.dialOne(ctx, b, dial)
+			probe := strict && b.ejected.Load()
+			if probe && !b.probing.CompareAndSwap(false, true) {
+				continue // another client's dial is probing it
+			}
+			conn, err = s.dialOne(ctx, b, dial, probe)
 			if err == nil {
 				return b, conn, nil
 			}
@@ -355,9 +403,16 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 	return nil, nil, errs.err(true)
 }
 
-func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn, error) {
+// dialOne dials b. A probe is the one dial allowed to a backend whose
+// cool-down is over (b.probing is held): while it runs, other clients skip
+// b, so that a backend that never answers (a full backlog, a black hole)
+// costs one client the connect timeout per cool-down, not every client.
+func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool) (net.Conn, error) {
 	if dial == nil {
 		dial = dialNet
+	}
+	if probe {
+		defer b.probing.Store(false)
 	}
 	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
 	if err != nil && localDialFailure(err) {
@@ -369,7 +424,7 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn,
 	if err != nil {
 		b.failures.Add(1)
 		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {
-			b.downUntil.Store(time.Now().Add(s.opts.cooldown()).UnixNano())
+			s.coolDown(b)
 			s.log.Warn("backend dial failed; cooling down",
 				zap.String("backend", b.Name), zap.String("address", b.Address),
 				zap.Int64("failures_in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err))
@@ -382,7 +437,50 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc) (net.Conn,
 	if b.failStreak.Load() != 0 {
 		b.failStreak.Store(0)
 	}
+	if b.ejected.Load() && b.ejected.Swap(false) {
+		s.log.Info("backend accepts connections again after its cool-down", zap.String("backend", b.Name),
+			zap.String("address", b.Address), zap.Bool("probe", probe))
+	}
 	b.active.Add(1)
 	b.total.Add(1)
 	return conn, nil
+}
+
+// coolDown takes b out of rotation for the cool-down; afterwards one probe
+// dial at a time tries it (see dialOne).
+func (s *Set) coolDown(b *Backend) {
+	b.ejected.Store(true)
+	b.downUntil.Store(time.Now().Add(s.opts.cooldown()).UnixNano())
+}
+
+// Answered records that a relayed connection's backend sent bytes: its
+// count of early closes in a row starts again.
+func (s *Set) Answered(b *Backend) {
+	if b.earlyStreak.Load() != 0 {
+		b.earlyStreak.Store(0)
+	}
+}
+
+// ClosedEarly records a relayed connection that b closed or reset before
+// its first byte while the client was still there, or (silent) left without
+// a byte past the first-byte timeout: such a backend accepts connections
+// but serves none. Options.EjectAfterCloses of them in a row put b in
+// cool-down, like failed dials; the first one after a cool-down puts it
+// back at once.
+func (s *Set) ClosedEarly(b *Backend, silent bool) {
+	what := "closed before its first byte"
+	if silent {
+		b.silent.Add(1)
+		what = "sent nothing within the first-byte timeout"
+	} else {
+		b.earlyCloses.Add(1)
+	}
+	n := b.earlyStreak.Add(1)
+	if n < s.opts.ejectAfterCloses() || time.Now().UnixNano() < b.downUntil.Load() {
+		return
+	}
+	s.coolDown(b)
+	s.log.Warn("backend accepts connections but "+what+"; cooling down",
+		zap.String("backend", b.Name), zap.String("address", b.Address),
+		zap.Int64("in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()))
 }

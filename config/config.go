@@ -62,6 +62,10 @@ type Config struct {
 	// IdleTimeout closes a connection with no traffic either way for this
 	// long. Default 0: never.
 	IdleTimeout Duration `toml:"idle_timeout"`
+	// FirstByteTimeout closes a connection whose backend has sent nothing
+	// this long after it was relayed or after the client's last byte.
+	// Default 0: never (a silent backend holds its client; see README).
+	FirstByteTimeout Duration `toml:"first_byte_timeout"`
 	// DrainTimeout is how long open connections may finish after SIGTERM.
 	// Default 30s.
 	DrainTimeout Duration `toml:"drain_timeout"`
@@ -141,6 +145,10 @@ type Health struct {
 	// EjectAfter is how many failed dials in a row start the cool-down.
 	// Default 1.
 	EjectAfter int `toml:"eject_after"`
+	// EjectAfterCloses is how many connections in a row a backend may close
+	// before its first byte (or leave silent past first_byte_timeout)
+	// before the cool-down starts. Default 3.
+	EjectAfterCloses int `toml:"eject_after_closes"`
 }
 
 // Workers is the [workers] table: worker processes stickyd launches.

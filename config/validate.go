@@ -168,7 +168,8 @@ func (c *Config) checkHealth() error {
 	counts := []struct {
 		key string
 		n   int
-	}{{"health.rise", h.Rise}, {"health.fall", h.Fall}, {"health.eject_after", h.EjectAfter}}
+	}{{"health.rise", h.Rise}, {"health.fall", h.Fall}, {"health.eject_after", h.EjectAfter},
+		{"health.eject_after_closes", h.EjectAfterCloses}}
 	for _, kn := range counts {
 		if kn.n < 0 || kn.n > 1000 {
 			return c.errorf(kn.key, "want 1..1000, got %d", kn.n)

@@ -61,10 +61,10 @@ type epPair struct {
 	tick         int64
 
 	firstByte int32 // Pair.FirstByte in milliseconds; 0: none
-	half   bool  // one flow has ended: linger applies
-	closed bool
-	queued bool // in the loop's ready list
-	filed  bool // in the wheel
+	half      bool  // one flow has ended: linger applies
+	closed    bool
+	queued    bool // in the loop's ready list
+	filed     bool // in the wheel
 }
 
 // deadline is the loop time at which p times out, or 0 for never.

@@ -28,6 +28,9 @@ type client struct {
 	pending []byte // client bytes read during the handshake
 	header  []byte // the PROXY header for the backend, sent with pending
 	via     string // "socket", "proxy-v1", "proxy-v2", "local", "header"
+	// unchecked: an untrusted client silent until its backend was ready;
+	// the engine checks its first bytes (relay.Pair.RefuseProxy).
+	unchecked bool
 }
 
 // handle runs the handshake for one accepted connection in its own
@@ -50,12 +53,18 @@ func (s *Server) handle(conn relay.Conn) {
 	// Done captures only what it logs, not c: an idle pair must not keep
 	// the handshake's buffers alive (no per-connection logger either: its
 	// fields would cost ~1.5 KB per idle connection).
-	addr, via := c.addr, c.via
+	addr, via, proxied := c.addr, c.via, len(c.header) > 0
 	s.engine.Start(relay.Pair{
 		Client: conn, Backend: bconn, Header: c.header, Pending: c.pending,
-		Idle: s.opts.Idle, Linger: s.opts.Linger,
+		Idle: s.opts.Idle, Linger: s.opts.Linger, FirstByte: s.opts.FirstByte, RefuseProxy: c.unchecked,
 		Done: func(st relay.Stats) {
 			b.Release()
+			s.observe(b, st, proxied)
+			if errors.Is(st.Err, relay.ErrProxyHeader) {
+				s.metrics.headerError(proxyproto.ErrUnexpected)
+				s.log.Warn("connection refused", zap.Stringer("peer", peer), zap.Stringer("client", addr),
+					zap.String("backend", b.Name), zap.Error(st.Err))
+			}
 			s.metrics.BytesIn.Add(st.BytesIn)
 			s.metrics.BytesOut.Add(st.BytesOut)
 			if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
@@ -262,7 +271,8 @@ func (s *Server) sniffWait(conn relay.Conn, c *client) error {
 			return err
 		}
 		if len(buf) == 0 {
-			return nil // a silent client: the server speaks first
+			c.unchecked = true // a silent client: the server speaks first
+			return nil
 		}
 		s.metrics.headerError(proxyproto.ErrTimeout)
 		return proxyproto.ErrTimeout

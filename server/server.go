@@ -54,6 +54,11 @@ type Options struct {
 	SniffWait time.Duration
 	// Idle and Linger are passed to the relay engine.
 	Idle, Linger time.Duration
+	// FirstByte, if not zero, closes a connection whose backend has sent
+	// nothing this long after the connection was relayed or the client's
+	// last byte (relay.Pair.FirstByte). Zero: a silent backend holds its
+	// client until Idle, if set.
+	FirstByte time.Duration
 	// MaxConnections caps open client connections; accepting pauses at the
 	// cap (clients wait in the kernel backlog). 0 means no cap.
 	MaxConnections int
@@ -106,6 +111,8 @@ type Server struct {
 
 	capLogged atomic.Int64 // unix nanos of the last "max_connections reached" line
 	capWaits  atomic.Int64 // pauses at the cap since that line
+
+	hints hintLimiter // the PROXY hint, per backend
 }
 
 // New returns a Server relaying to the backends in set through engine.
