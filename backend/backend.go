@@ -67,6 +67,9 @@ type Backend struct {
 	// the backend while other clients go to their next choice.
 	ejected atomic.Bool
 	probing atomic.Bool
+	// dialing is when a dial now in flight began (unix nanos; 0: none):
+	// while it is slow (see slowDial), other clients skip the backend.
+	dialing atomic.Int64
 	// Connections the backend closed before its first byte, or left
 	// silent past the first-byte timeout (see Set.ClosedEarly).
 	earlyStreak atomic.Int64 // in a row; a connection it answers resets it
@@ -195,6 +198,10 @@ type Options struct {
 func (o Options) dialTimeout() time.Duration { return orDefault(o.DialTimeout, 5*time.Second) }
 func (o Options) cooldown() time.Duration    { return orDefault(o.Cooldown, 5*time.Second) }
 func (o Options) ejectAfter() int64          { return int64(max(o.EjectAfter, 1)) }
+
+// slowDial is how long a dial may be in flight before other clients skip
+// its backend until it ends: a second, or half the dial timeout if shorter.
+func (o Options) slowDial() time.Duration { return min(time.Second, o.dialTimeout()/2) }
 func (o Options) ejectAfterCloses() int64 {
 	if o.EjectAfterCloses <= 0 {
 		return 3
@@ -326,6 +333,9 @@ func (f *pickFilter) ok(i int) bool {
 	if b.unhealthy.Load() || f.now < b.downUntil.Load() || b.probing.Load() {
 		return false
 	}
+	if d := b.dialing.Load(); d != 0 && f.now-d > int64(f.s.opts.slowDial()) {
+		return false // a dial is stuck there: it decides, others go on
+	}
 	return f.limit == nil || b.active.Load() < f.limit(i)
 }
 
@@ -387,7 +397,7 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 			if probe && !b.probing.CompareAndSwap(false, true) {
 				continue // another client's dial is probing it
 			}
-			conn, err = s.dialOne(ctx, b, dial, probe)
+			conn, err = s.dialOne(ctx, b, dial, probe, f.now)
 			if err == nil {
 				return b, conn, nil
 			}
@@ -407,12 +417,17 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 // cool-down is over (b.probing is held): while it runs, other clients skip
 // b, so that a backend that never answers (a full backlog, a black hole)
 // costs one client the connect timeout per cool-down, not every client.
-func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool) (net.Conn, error) {
+// Likewise a dial in flight for longer than slowDial (b.dialing, set by the
+// first of concurrent dials) makes the next clients skip b until it ends.
+func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool, now int64) (net.Conn, error) {
 	if dial == nil {
 		dial = dialNet
 	}
 	if probe {
 		defer b.probing.Store(false)
+	}
+	if b.dialing.Load() == 0 && b.dialing.CompareAndSwap(0, now) {
+		defer b.dialing.Store(0)
 	}
 	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
 	if err != nil && localDialFailure(err) {
