@@ -62,8 +62,8 @@ func (s *Server) handle(conn relay.Conn) {
 			s.observe(b, st, proxied)
 			if errors.Is(st.Err, relay.ErrProxyHeader) {
 				s.metrics.headerError(proxyproto.ErrUnexpected)
-				s.log.Warn("connection refused", zap.Stringer("peer", peer), zap.Stringer("client", addr),
-					zap.String("backend", b.Name), zap.Error(st.Err))
+				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
+					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(st.Err))
 			}
 			s.metrics.BytesIn.Add(st.BytesIn)
 			s.metrics.BytesOut.Add(st.BytesOut)
