@@ -283,12 +283,14 @@ func TestBlackHoleOneProbePerCooldown(t *testing.T) {
 	}
 }
 
-// bkCloser accepts and closes at once: with reset, by RST.
+// bkCloser accepts and closes at once: with reset, by RST, a little
+// later (a reset that beats stickyd's connect(2) is a failed dial).
 func bkCloser(t *testing.T, reset bool) string {
 	t.Helper()
 	var tr tracked
 	tr.serve(t, listenOn(t, "127.0.0.1:0"), func(c net.Conn) {
 		if reset {
+			time.Sleep(20 * time.Millisecond)
 			c.(*net.TCPConn).SetLinger(0)
 		}
 		c.Close()
