@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command. On a fresh machine it installs what the tests need
-# (HAProxy, nginx with the stream module, Node packages for the socket.io
+# (a C compiler for -race, CA certificates, HAProxy, nginx with the stream
+# module, Twisted for the Python example, Node packages for the socket.io
 # proof), builds stickyd exactly as the README does, and runs every test with
 # the race detector, then each fuzz target for a short fixed time.
 # Usage: ./test.sh            (CI runs it through .ci/run)
@@ -18,6 +19,10 @@ ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libngin
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v strace >/dev/null || need+=(strace)
+command -v gcc >/dev/null || need+=(gcc)                      # go test -race needs cgo
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # go mod download over https
+/usr/bin/python3 -c 'import twisted' 2>/dev/null || need+=(python3-twisted) # examples/python
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -25,12 +30,30 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# --- set-up: Node packages for the socket.io tests ----------------------------
-# examples/socketio is the app the integration tests launch as workers.
-if [ ! -d examples/socketio/node_modules/socket.io-client ]; then
-  log "npm install in examples/socketio"
-  (cd examples/socketio && npm install --no-audit --no-fund --loglevel=error)
+# `localhost` must resolve (a relay test dials it); minimal roots may lack /etc/hosts.
+if ! getent hosts localhost >/dev/null; then
+  log "localhost does not resolve: adding it to /etc/hosts"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' | $SUDO tee -a /etc/hosts >/dev/null
 fi
+
+# Node >= 20 (Debian 12's nodejs is 18): say so in one line rather than fail later.
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "node $(node -v) is too old: the Node tests need node >= 20 (Debian 12 ships 18); install Node 20+ (NodeSource's nodejs package or nvm) and rerun"
+  exit 1
+fi
+
+# --- set-up: Node packages for the socket.io tests ----------------------------
+# node/ is the stickyd-worker package; examples/socketio and examples/migrate
+# (the apps the integration tests launch as workers) link it.
+for dir in node examples/socketio; do
+  if [ ! -e "$dir/node_modules/.package-lock.json" ] || [ "$dir/package.json" -nt "$dir/node_modules/.package-lock.json" ] ||
+    { [ "$dir" != node ] && [ ! -e "$dir/node_modules/stickyd-worker" ]; }; then
+    log "npm install in $dir"
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
+  fi
+done
 
 # --- build -------------------------------------------------------------------
 log "go $(go version | awk '{print $3}')"
@@ -47,8 +70,8 @@ fi
 log "go test -race -shuffle=on ./..."
 go test -race -shuffle=on -count=1 -timeout 25m ./...
 
-log "node --test examples/socketio"
-(cd examples/socketio && node --test)
+log "node --test node (stickyd-worker)"
+(cd node && node --test)
 
 # --- fuzzing: each target for a short fixed time ---------------------------------
 FUZZTIME=${FUZZTIME:-10s}

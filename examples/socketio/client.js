@@ -34,13 +34,18 @@ for (let i = 0; i < clients; i++) {
   // forceNew: a connection per client. Without it io() hands every client
   // the same Manager, and they all share one engine.io connection.
   const socket = io(url, { forceNew: true, transports, agent, reconnection: false, timeout: 5000 });
+  let connectedVia = '';
+  socket.io.on('open', () => { connectedVia = socket.io.engine.transport.name; }); // the handshake
   socket.on('welcome', (info) => {
-    console.log(`client ${i}: welcome ${JSON.stringify(info)} via ${socket.io.engine.transport.name}`);
-    socket.emit('ping', { client: i }, (reply) => {
-      console.log(`client ${i}: pong ${JSON.stringify(reply)}`);
+    // socket.io connects over long-polling, then upgrades to a websocket.
+    console.log(`client ${i}: welcome ${JSON.stringify(info)} (connected via ${connectedVia})`);
+    const upgraded = socket.io.engine.transport.name === 'websocket' || !transports.includes('websocket')
+      ? Promise.resolve() : new Promise((resolve) => socket.io.engine.once('upgrade', resolve));
+    upgraded.then(() => socket.emit('ping', { client: i }, (reply) => {
+      console.log(`client ${i}: pong ${JSON.stringify(reply)} via ${socket.io.engine.transport.name}`);
       socket.close();
       if (--pending === 0) process.exit(0);
-    });
+    }));
   });
   socket.on('connect_error', (err) => {
     console.error(`client ${i}: ${err.message}`);

@@ -4,13 +4,13 @@
 //   stickyd --listen :3000 --workers 4 -- node examples/socketio/server.js
 //
 // stickyd starts one copy per worker with PORT (or SOCKET) and
-// STICKYD_WORKER_ID set, and sends a PROXY header on every connection, so
-// the app sees the real client IP. Each client gets a 'welcome' event
+// STICKYD_WORKER_ID set, and sends a PROXY header on every connection;
+// stickyd-worker (../../node) listens there and reads the header, so the
+// app sees the real client IP. Each client gets a 'welcome' event
 // {worker, pid, clientIp} on connect; 'ping' is answered with 'pong'.
-const fs = require('node:fs');
 const http = require('node:http');
 const { Server } = require('socket.io');
-const { acceptProxy } = require('./proxy-protocol');
+const { listen } = require('stickyd-worker');
 
 const worker = process.env.STICKYD_WORKER_ID ?? '0';
 const log = (...args) => console.log(`[worker ${worker}]`, ...args);
@@ -33,20 +33,6 @@ io.on('connection', (socket) => {
   socket.on('disconnect', (reason) => log(`disconnect ${socket.id}: ${reason}`));
 });
 
-// httpServer never listens itself: the front server strips the PROXY header
-// and hands each connection over.
-const front = acceptProxy(httpServer);
-if (process.env.SOCKET) {
-  fs.rmSync(process.env.SOCKET, { force: true }); // stale socket of a dead worker
-  front.listen(process.env.SOCKET, () => log(`listening on ${process.env.SOCKET}`));
-} else {
-  const port = Number(process.env.PORT || 3001);
-  front.listen(port, '127.0.0.1', () => log(`listening on 127.0.0.1:${port}`));
-}
-
-process.on('SIGTERM', () => {
-  log('SIGTERM: closing');
-  front.close();
-  io.close(() => process.exit(0)); // disconnects clients, closes httpServer
-  setTimeout(() => process.exit(0), 5000).unref();
-});
+// Listens on PORT (127.0.0.1) or SOCKET, reads the PROXY header, and on
+// SIGTERM stops accepting and lets the open connections finish.
+const server = listen(httpServer, () => log(`listening on ${JSON.stringify(server.address())}`));
