@@ -92,9 +92,9 @@ func socketIOExample(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, pkg := range []string{"socket.io", "socket.io-client"} {
+	for _, pkg := range []string{"socket.io", "socket.io-client", "stickyd-worker/node_modules/proxy-protocol-js"} {
 		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg)); err != nil {
-			t.Skipf("%s is not installed: run npm install in examples/socketio (./test.sh does)", pkg)
+			t.Skipf("%s is not installed: run npm install in node/, then in examples/socketio (./test.sh does)", pkg)
 		}
 	}
 	return dir
