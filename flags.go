@@ -36,7 +36,9 @@ func proxyFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "drain-timeout", EnvVars: envName("drain-timeout"), Usage: "on SIGTERM, how long open connections may finish (default 30s)"},
 		&cli.IntFlag{Name: "max-connections", EnvVars: envName("max-connections"), Usage: "cap on open client connections (default: from the open-file limit)"},
 		&cli.StringFlag{Name: "engine", EnvVars: envName("engine"), Usage: "connection engine: epoll (default) or goroutine"},
-		&cli.StringFlag{Name: "admin", EnvVars: envName("admin"), Usage: "admin and metrics listen `ADDR` (off by default; bind it to loopback)"},
+		&cli.StringFlag{Name: "admin", EnvVars: envName("admin"), Usage: "admin and metrics listen `ADDR`, host:port or unix:/path (off by default; bind it to loopback or a Unix socket)"},
+		&cli.StringFlag{Name: "admin-token-file", EnvVars: envName("admin-token-file"), Usage: "`FILE` holding the bearer token that drain and enable require (or the token itself in $STICKYD_ADMIN_TOKEN)"},
+		&cli.StringFlag{Name: "admin-socket-mode", EnvVars: envName("admin-socket-mode"), Usage: "permission of a unix: admin socket, octal (default 0600)"},
 		&cli.StringFlag{Name: "workers", EnvVars: envName("workers"), Usage: "launch `N` (or auto) worker processes running the command after --"},
 		&cli.IntFlag{Name: "port-base", EnvVars: envName("port-base"), Usage: "worker i listens on 127.0.0.1:<port-base + i> (default: free ports chosen at start)"},
 		&cli.StringFlag{Name: "socket-dir", EnvVars: envName("socket-dir"), Usage: "give workers Unix sockets `DIR`/worker-<i>.sock instead of ports"},
@@ -129,6 +131,7 @@ func applyFlags(c *cli.Context, cfg *config.Config, workerArgv []string) error {
 	str := map[string]*string{
 		"listen": &cfg.Listen, "send-proxy": &cfg.SendProxy, "client-ip-header": &cfg.ClientIPHeader,
 		"hash-key": &cfg.HashKey, "engine": &cfg.Engine, "admin": &cfg.Admin,
+		"admin-token-file": &cfg.AdminTokenFile, "admin-socket-mode": &cfg.AdminSocketMode,
 		"log-level": &cfg.LogLevel, "log-format": &cfg.LogFormat,
 		"health-check": &cfg.Health.Check, "health-path": &cfg.Health.Path, "health-send-proxy": &cfg.Health.SendProxy,
 		"dns-server": &cfg.DNSServer, "pid-file": &cfg.PIDFile,

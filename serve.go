@@ -39,6 +39,10 @@ type daemon struct {
 	self    *selfAddrs   // what reaches ln; nil until it listens
 	adminLn net.Listener // nil when admin is off
 	admin   *http.Server
+	// adminToken is required by the admin API's state-changing calls;
+	// adminTokenEnv is it again when it came from STICKYD_ADMIN_TOKEN (an
+	// upgrade passes it on).
+	adminToken, adminTokenEnv string
 	budget  fdBudget // connections and pipes under the open-file limit
 
 	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
@@ -98,6 +102,13 @@ func (d *daemon) start(inh *inherited) error {
 		return nil // stopped while waiting for DNS; run returns at once
 	}
 	d.budget = newFDBudget(cfg, d.log)
+	token, fromEnv, err := adminToken(cfg)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if d.adminToken = token; fromEnv {
+		d.adminTokenEnv = token
+	}
 	engine, err := newEngine(cfg, d.budget)
 	if err != nil {
 		return fmt.Errorf("start engine: %w", err)
@@ -152,7 +163,7 @@ func (d *daemon) listen(inh *inherited, cfg *config.Config) error {
 		return fmt.Errorf("listen %s: %w", cfg.ListenAddr(), err)
 	}
 	d.self = newSelfAddrs(d.ln.Addr())
-	if d.adminLn, err = inh.adminListener(cfg.Admin); err != nil {
+	if d.adminLn, err = inh.adminListener(cfg.Admin, cfg.AdminSocketPerm()); err != nil {
 		d.ln.Close()
 		return fmt.Errorf("admin listen %s: %w", cfg.Admin, err)
 	}
@@ -206,10 +217,13 @@ func (d *daemon) startAdmin() {
 	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
 		MaxConnections: d.budget.conns, Workers: d.sup,
 		Logs: d.logs.Counts}, d.log.Named("admin"))
+	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))
 	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
-		ErrorLog: zap.NewStdLog(d.log.Named("admin"))}
+		MaxHeaderBytes: 16 << 10, ErrorLog: zap.NewStdLog(d.log.Named("admin"))}
 	go d.admin.Serve(d.adminLn)
-	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()))
+	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()),
+		zap.Bool("token", d.adminToken != ""), zap.Bool("host_check", adminOnLoopback(d.adminLn)))
+	warnAdminExposure(d.adminLn, d.adminToken, d.log.Named("admin"))
 }
 
 // run serves until a stop signal on sigs or a completed upgrade, then

@@ -98,9 +98,10 @@ func (in *inherited) listener(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
-// adminListener returns the inherited admin socket or a new one on addr;
-// nil when addr is "" (an inherited one is closed).
-func (in *inherited) adminListener(addr string) (net.Listener, error) {
+// adminListener returns the inherited admin socket or a new one on addr
+// (listenAdmin; perm for a Unix socket); nil when addr is "" (an
+// inherited one is closed).
+func (in *inherited) adminListener(addr string, perm os.FileMode) (net.Listener, error) {
 	if in != nil && in.admin != nil {
 		if addr == "" {
 			in.admin.Close()
@@ -111,7 +112,7 @@ func (in *inherited) adminListener(addr string) (net.Listener, error) {
 	if addr == "" {
 		return nil, nil
 	}
-	return net.Listen("tcp", addr)
+	return listenAdmin(addr, perm)
 }
 
 // signalReady tells the parent that this process serves.
@@ -205,6 +206,9 @@ func (d *daemon) upgradeFiles() ([]*os.File, []string, error) {
 		}
 		env = append(env, l.env+"="+strconv.Itoa(3+len(files)))
 		files = append(files, f)
+	}
+	if d.adminTokenEnv != "" { // taken out of this process's environment at start
+		env = append(env, envAdminToken+"="+d.adminTokenEnv)
 	}
 	return files, env, nil
 }

@@ -15,10 +15,14 @@
 //	POST /backends/NAME/drain      no new connections to NAME; open ones finish
 //	POST /backends/NAME/enable     undo drain
 //
-// Security posture: there is no authentication, and drain changes routing.
-// Bind the admin listener to loopback (or a network only operators and the
-// metrics scraper reach). Cross-origin browser POSTs are refused (403), so
-// a web page cannot drain backends through an operator's browser.
+// Security posture: drain changes routing. Wrap the handler with Protect:
+// with a token, drain and enable need it (reads stay open); on a loopback
+// listener, a Host other than localhost or a loopback address is refused
+// (DNS rebinding). Bind the listener to loopback or a Unix socket (or a
+// network only operators and the metrics scraper reach). Cross-origin
+// browser POSTs are refused (403), so a web page cannot drain backends
+// through an operator's browser. Error bodies never echo more than a few
+// hundred bytes of the request.
 package admin
 
 import (
@@ -138,7 +142,7 @@ func (a *api) lookup(w http.ResponseWriter, r *http.Request) {
 	s := r.URL.Query().Get("ip")
 	ip, err := netip.ParseAddr(s)
 	if err != nil {
-		http.Error(w, fmt.Sprintf("want ?ip=IP, got %q", s), http.StatusBadRequest)
+		http.Error(w, fmt.Sprintf("want ?ip=IP, got %q", clip(s, 64)), http.StatusBadRequest)
 		return
 	}
 	ip = ip.Unmap().WithZone("")
@@ -182,7 +186,7 @@ func (a *api) action(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, info(set, j, b))
 		return
 	}
-	http.Error(w, fmt.Sprintf("no backend named %q", name), http.StatusNotFound)
+	http.Error(w, fmt.Sprintf("no backend named %q", clip(name, 256)), http.StatusNotFound)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -82,8 +83,16 @@ type Config struct {
 	// Engine selects the connection engine: "epoll" (default where
 	// available) or "goroutine".
 	Engine string `toml:"engine"`
-	// Admin is the admin/metrics listener address; empty disables it.
+	// Admin is the admin/metrics listener address, host:port or
+	// unix:/path; empty disables it.
 	Admin string `toml:"admin"`
+	// AdminTokenFile names a file holding the bearer token that drain and
+	// enable require (the environment variable STICKYD_ADMIN_TOKEN may hold
+	// the token itself instead). Default: no token.
+	AdminTokenFile string `toml:"admin_token_file"`
+	// AdminSocketMode is the permission of a unix: admin socket, in octal
+	// ("0660"). Default "0600".
+	AdminSocketMode string `toml:"admin_socket_mode"`
 	// Health is the [health] table: active and passive health checks.
 	Health Health `toml:"health"`
 	// DNSServer is the DNS server (host:port) that resolves dns backends.
@@ -257,6 +266,14 @@ func (c *Config) DialTimeout() time.Duration { return orDefault(c.ConnectTimeout
 
 // Idle is idle_timeout; zero means no idle timeout.
 func (c *Config) Idle() time.Duration { return c.IdleTimeout.Duration }
+
+// AdminSocketPerm is admin_socket_mode (validated), 0600 by default.
+func (c *Config) AdminSocketPerm() os.FileMode {
+	if m, err := strconv.ParseUint(c.AdminSocketMode, 8, 32); err == nil && c.AdminSocketMode != "" {
+		return os.FileMode(m)
+	}
+	return 0o600
+}
 
 // Drain is drain_timeout, default 30s.
 func (c *Config) Drain() time.Duration { return orDefault(c.DrainTimeout, 30*time.Second) }

@@ -76,10 +76,15 @@ func (c *Config) checkScalars() error {
 	if !oneOf(c.Engine, "", "epoll", "goroutine") {
 		return c.errorf("engine", "want epoll or goroutine, got %q", c.Engine)
 	}
-	if c.Admin != "" {
+	if path, ok := strings.CutPrefix(c.Admin, "unix:"); ok && path == "" {
+		return c.errorf("admin", "empty unix socket path")
+	} else if c.Admin != "" && !ok {
 		if err := checkHostPort(c.Admin); err != nil {
-			return c.errorf("admin", "%v", err)
+			return c.errorf("admin", "%v (or unix:/path)", err)
 		}
+	}
+	if m, err := strconv.ParseUint(c.AdminSocketMode, 8, 32); c.AdminSocketMode != "" && (err != nil || m > 0o777) {
+		return c.errorf("admin_socket_mode", "want an octal permission such as 0600 or 0660, got %q", c.AdminSocketMode)
 	}
 	return nil
 }
