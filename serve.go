@@ -43,7 +43,7 @@ type daemon struct {
 	// adminTokenEnv is it again when it came from STICKYD_ADMIN_TOKEN (an
 	// upgrade passes it on).
 	adminToken, adminTokenEnv string
-	budget  fdBudget // connections and pipes under the open-file limit
+	budget                    fdBudget // connections and pipes under the open-file limit
 
 	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
 	firstReady chan struct{} // closed once a worker is ready
