@@ -39,11 +39,12 @@ type daemon struct {
 	self    *selfAddrs   // what reaches ln; nil until it listens
 	adminLn net.Listener // nil when admin is off
 	admin   *http.Server
+	budget  fdBudget // connections and pipes under the open-file limit
+
 	// adminToken is required by the admin API's state-changing calls;
 	// adminTokenEnv is it again when it came from STICKYD_ADMIN_TOKEN (an
 	// upgrade passes it on).
 	adminToken, adminTokenEnv string
-	budget                    fdBudget // connections and pipes under the open-file limit
 
 	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
 	firstReady chan struct{} // closed once a worker is ready
