@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,8 +33,8 @@ func jsonLines(t *testing.T, p *proc, msg string) []map[string]any {
 }
 
 // flood runs n connections from `clients` goroutines, each from its own
-// loopback address: send payload, read until stickyd closes. It returns how
-// long the flood took.
+// loopback address: send payload, read until stickyd closes or sends
+// anything. It returns how long the flood took.
 func flood(t *testing.T, addr string, clients, n int, payload string) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -53,8 +54,8 @@ func flood(t *testing.T, addr string, clients, n int, payload string) time.Durat
 				}
 				c.SetDeadline(time.Now().Add(hangGuard))
 				c.Write([]byte(payload))
-				for err == nil {
-					_, err = c.Read(buf)
+				for n := 0; err == nil && n == 0; {
+					n, err = c.Read(buf)
 				}
 				c.Close()
 			}
@@ -77,12 +78,14 @@ func TestLogFloodSampled(t *testing.T) {
 	adm := freePort(t)
 	p := startStickyd(t, "--backend", b.flag(), "--admin", adm)
 	took := flood(t, p.addr, 8, 1500, "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+	// Nearly all are refused (a header that arrives late may be relayed).
+	n := int(opsMetric(t, adm, `stickyd_header_errors_total{kind="untrusted"}`))
 	refused := jsonLines(t, p, "connection refused")
-	if max := 10 * (int(took.Seconds()) + 2); len(refused) > max {
-		t.Errorf("%d refusal lines for 1500 refused connections in %v, want at most %d", len(refused), took, max)
+	if max := 10 * (int(took.Seconds()) + 2); len(refused) > max || n < 1000 {
+		t.Errorf("%d refusal lines for %d refused connections in %v, want at most %d", len(refused), n, took, max)
 	}
-	if v := opsMetric(t, adm, `stickyd_log_lines_dropped_total{reason="rate_limited"}`); v < float64(1500-len(refused)) {
-		t.Errorf("rate_limited metric %v, want >= %d", v, 1500-len(refused))
+	if v := opsMetric(t, adm, `stickyd_log_lines_dropped_total{reason="rate_limited"}`); v != float64(n-len(refused)) {
+		t.Errorf("rate_limited metric %v, want %d", v, n-len(refused))
 	}
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit code %d", code)
@@ -94,8 +97,8 @@ func TestLogFloodSampled(t *testing.T) {
 			t.Errorf("summary does not name the cause: %v", m)
 		}
 	}
-	if int(suppressed) != 1500-len(refused) {
-		t.Errorf("summaries count %v suppressed lines, want %d", suppressed, 1500-len(refused))
+	if int(suppressed) != n-len(refused) {
+		t.Errorf("summaries count %v suppressed lines, want %d", suppressed, n-len(refused))
 	}
 }
 
@@ -116,8 +119,8 @@ func TestLogAllBackendsDown(t *testing.T) {
 		t.Fatal("no refusal logged")
 	}
 	for _, m := range refused {
-		if m["cause"] != "no_backend" || !strings.Contains(m["error"].(string), "200 dials failed (200 refused); first: ") {
-			t.Errorf("refusal %v, want cause no_backend and a summary of 200 refused dials", m)
+		if m["cause"] != "no_backend" || !regexp.MustCompile(`200 dials failed \(\d+ refused(, \d+ timeout)?\); first: `).MatchString(m["error"].(string)) {
+			t.Errorf("refusal %v, want cause no_backend and a summary of 200 failed dials", m)
 			break
 		}
 	}
