@@ -473,7 +473,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *wor
 	defer timeout.Stop()
 	tick := time.NewTicker(s.timing.readyPoll)
 	defer tick.Stop()
-	misplaced := time.Now().Add(s.timing.misplacedAfter) // when to look for a listener elsewhere
+	look := time.Now().Add(s.timing.misplacedAfter) // next look for a listener elsewhere; zero once found
 	for {
 		select {
 		case <-p.exited:
@@ -487,12 +487,13 @@ func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *wor
 		if s.accepting(w) {
 			return workerReady
 		}
-		if !misplaced.IsZero() && time.Now().After(misplaced) {
+		if !look.IsZero() && time.Now().After(look) {
+			look = time.Now().Add(time.Second) // /proc is scanned at most once a second
 			if addrs := listeningAddrs(p.pid); len(addrs) > 0 {
 				log.Warn("worker listens, but not on its address; it gets no traffic until it does",
 					zap.String("address", w.slot.Address), zap.Strings("listening_on", addrs),
 					zap.String("expected", s.expectation(w)))
-				misplaced = time.Time{}
+				look = time.Time{}
 			}
 		}
 	}
