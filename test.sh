@@ -47,7 +47,7 @@ fi
 # --- set-up: Node packages for the socket.io tests ----------------------------
 # node/ is the stickyd-worker package; examples/socketio and examples/migrate
 # (the apps the integration tests launch as workers) link it.
-for dir in node examples/socketio; do
+for dir in node examples/socketio examples/migrate; do
   if [ ! -e "$dir/node_modules/.package-lock.json" ] || [ "$dir/package.json" -nt "$dir/node_modules/.package-lock.json" ] ||
     { [ "$dir" != node ] && [ ! -e "$dir/node_modules/stickyd-worker" ]; }; then
     log "npm install in $dir"
