@@ -72,6 +72,7 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"zero weight", "[[backend]]\naddress = \"a:1\"\nweight = 0\n", []string{"line 3", "backend[0].weight", "got 0"}},
 		{"negative weight", "[[backend]]\naddress = \"a:1\"\nweight = -2\n", []string{"line 3", "backend[0].weight", "1..65535"}},
 		{"dns weight", "[[backend]]\ndns = \"a:1\"\nweight = 70000\n", []string{"line 3", "backend[0].weight"}},
+		{"port_base and socket_dir", "[workers]\ncommand = [\"x\"]\nport_base = 4000\nsocket_dir = \"/tmp/s\"\n", []string{"line 4", "workers.socket_dir", "not both"}},
 		{"negative port_base", "[workers]\ncommand = [\"x\"]\nport_base = -1\n", []string{"line 3", "workers.port_base"}},
 	}
 	checkInvalid(t, tests)

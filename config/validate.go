@@ -225,6 +225,9 @@ func (c *Config) checkWorkers(withCommand bool) error {
 	default:
 		return c.errorf("workers.count", "want a number or \"auto\", got %v", v)
 	}
+	if w.PortBase != 0 && w.SocketDir != "" {
+		return c.errorf("workers.socket_dir", "give port_base or socket_dir, not both")
+	}
 	if w.PortBase < 0 || w.PortBase+w.WorkerCount()-1 > 65535 {
 		return c.errorf("workers.port_base", "want 1..65535 for the first worker's port (0 or unset: free ports chosen at start), and room for %d workers; got %d",
 			w.WorkerCount(), w.PortBase)

@@ -123,13 +123,27 @@ func TestTwoInstancesNoPortSettings(t *testing.T) {
 	for _, p := range []*proc{a, b} {
 		for _, addr := range p.workerAddresses(t) {
 			_, port, _ := net.SplitHostPort(addr)
-			if n, _ := strconv.Atoi(port); seen[addr] || n < 10000 || n >= 32768 {
-				t.Errorf("worker address %s reused or outside 10000..32767", addr)
+			if n, _ := strconv.Atoi(port); seen[addr] || n < 10000 || n >= ephemeralLow(t) {
+				t.Errorf("worker address %s reused or outside 10000..%d", addr, ephemeralLow(t)-1)
 			}
 			seen[addr] = true
 		}
 		helloFrom(t, clientIP(5), p.addr)
 	}
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.Fields(string(b))[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // --port-base and STICKYD_PORT_BASE set the ports; a port held by another
