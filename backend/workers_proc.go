@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -72,6 +73,7 @@ type workerProc struct {
 	exited  chan struct{} // closed once cmd.Wait has returned
 	pipes   []*os.File    // read ends of stdout and stderr
 	output  sync.WaitGroup
+	closing atomic.Bool // set by cleanup before it cuts the reads of pipes short
 }
 
 // spawn starts w's command with its output piped into the log.
@@ -108,8 +110,8 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker) (*workerProc,
 		close(p.exited)
 	}()
 	log := s.log.With(zap.Int("worker", w.slot.Slot))
-	p.output.Go(func() { forwardWorkerOutput(outR, log.With(zap.String("stream", "stdout"))) })
-	p.output.Go(func() { forwardWorkerOutput(errR, log.With(zap.String("stream", "stderr"))) })
+	p.output.Go(func() { forwardWorkerOutput(outR, log.With(zap.String("stream", "stdout")), &p.closing) })
+	p.output.Go(func() { forwardWorkerOutput(errR, log.With(zap.String("stream", "stderr")), &p.closing) })
 	s.log.Debug("worker started", zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid),
 		zap.Strings("command", s.cfg.Command))
 	return p, nil
@@ -197,6 +199,7 @@ func (p *workerProc) cleanup(grace time.Duration) {
 	case <-t.C:
 	}
 	// A process outside the group still holds a pipe: stop reading.
+	p.closing.Store(true)
 	for _, f := range p.pipes {
 		if f.SetReadDeadline(time.Now()) != nil {
 			_ = f.Close()
@@ -221,24 +224,37 @@ func (p *workerProc) logExit(log *zap.Logger, stopping bool) {
 	log.Warn("worker exited", fields...)
 }
 
-// forwardWorkerOutput logs each line read from r until r ends, then closes
-// r. A line longer than maxWorkerLogLine is logged in pieces, cut between
-// UTF-8 characters.
-func forwardWorkerOutput(r *os.File, log *zap.Logger) {
+// partialLineWait is how long output without a newline waits before it is
+// logged as it is (binary output, a prompt): a worker's last words are
+// never held back while it runs.
+const partialLineWait = time.Second
+
+// forwardWorkerOutput logs each line read from r until r ends (or closing
+// is set and a read deadline cuts it short), then closes r. A line longer
+// than maxWorkerLogLine, or left without a newline for partialLineWait, is
+// logged in pieces, cut between UTF-8 characters, each but the last marked
+// continued=true.
+func forwardWorkerOutput(r *os.File, log *zap.Logger, closing *atomic.Bool) {
 	defer r.Close()
+	timed := r.SetReadDeadline(time.Now().Add(partialLineWait)) == nil
 	br := bufio.NewReaderSize(r, maxWorkerLogLine)
 	var carry []byte // start of a character cut off the previous piece
 	for {
 		line, err := br.ReadSlice('\n')
-		continued := errors.Is(err, bufio.ErrBufferFull)
+		if timed && !closing.Load() {
+			_ = r.SetReadDeadline(time.Now().Add(partialLineWait))
+		}
 		if len(carry) > 0 {
 			line, carry = append(carry, line...), nil
 		}
-		if continued {
-			if cut := incompleteRuneStart(line); cut > 0 {
+		idle := errors.Is(err, os.ErrDeadlineExceeded) && !closing.Load()
+		if errors.Is(err, bufio.ErrBufferFull) || idle {
+			if cut := incompleteRuneStart(line); cut >= 0 {
 				line, carry = line[:cut], bytes.Clone(line[cut:])
 			}
-			log.Info(string(line), zap.Bool("continued", true))
+			if len(line) > 0 {
+				log.Info(string(line), zap.Bool("continued", true))
+			}
 			continue
 		}
 		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -535,7 +536,7 @@ func TestForwardWorkerOutputSplitsLongLinesBetweenCharacters(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	done := make(chan struct{})
 	go func() {
-		forwardWorkerOutput(r, zap.New(core))
+		forwardWorkerOutput(r, zap.New(core), new(atomic.Bool))
 		close(done)
 	}()
 	long := strings.Repeat("x", maxWorkerLogLine-1) + "é" + "yz" // é straddles the piece boundary
@@ -556,5 +557,29 @@ func TestForwardWorkerOutputSplitsLongLinesBetweenCharacters(t *testing.T) {
 	}
 	if all := logs.All(); all[1].Message+all[2].Message != long || all[2].Message != "éyz" {
 		t.Errorf("long line not reassembled from its pieces")
+	}
+}
+
+// Output without a newline (a prompt, binary garbage) is logged after
+// partialLineWait while the pipe stays open, marked continued; the rest of
+// the line follows as its own entry.
+func TestForwardWorkerOutputFlushesPartialLine(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	core, logs := observer.New(zapcore.InfoLevel)
+	go forwardWorkerOutput(r, zap.New(core), new(atomic.Bool))
+	fmt.Fprint(w, "\x00\xffprompt> ")
+	waitFor(t, "the partial line", func() bool { return logs.Len() == 1 })
+	e := logs.All()[0]
+	if !strings.HasSuffix(e.Message, "prompt> ") || e.ContextMap()["continued"] != true {
+		t.Errorf("partial line logged as %q %v", e.Message, e.ContextMap())
+	}
+	fmt.Fprint(w, "rest\n")
+	waitFor(t, "the rest of the line", func() bool { return logs.Len() == 2 })
+	if e := logs.All()[1]; e.Message != "rest" {
+		t.Errorf("rest logged as %q", e.Message)
 	}
 }

@@ -221,8 +221,8 @@ func TestMisbehavingWorkersLoggedOthersServe(t *testing.T) {
 0) exec %q hello-worker ;;
 1) echo starting; exit 3 ;;
 2) exec sleep 1000 ;;
-3) printf '\000\377garbage\033[31m no newline'; exec python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); time.sleep(1000)' ;;
-esac`, stickydBin)
+3) printf '\000\377garbage\033[31m no newline'; PORT=0 exec %q hello-worker ;;
+esac`, stickydBin, stickydBin)
 	cfg := writeFile(t, t.TempDir(), "w.toml", "[workers]\nstartup_timeout = \"4s\"\nstop_timeout = \"2s\"\n")
 	p := startStickyd(t, "--config", cfg, "--workers", "4", "--", "sh", "-c", script)
 	waitFor(t, "the misbehaving workers' log lines", func() bool {
@@ -241,6 +241,11 @@ esac`, stickydBin)
 	if on := fmt.Sprint(wrong["listening_on"]); !strings.Contains(on, "127.0.0.1:") || strings.Contains(on, fmt.Sprint(wrong["address"])) {
 		t.Errorf("worker 3's line %v", wrong)
 	}
+	if !strings.Contains(p.stderr.String(), `garbage\u001b[31m no newline","worker":3`) &&
+		!strings.Contains(p.stderr.String(), `garbage\u001b[31m no newline","stream":"stdout","worker":3`) {
+		t.Logf("worker 3's binary output as logged: %q", grepLines(p.stderr.String(), "garbage"))
+		t.Error("worker 3's binary output was not logged as one line of its own")
+	}
 	if len(workerLines(p, "restarting worker", 1)) < 1 {
 		t.Error("worker 1 was not restarted with a backoff")
 	}
@@ -249,6 +254,17 @@ esac`, stickydBin)
 			t.Fatalf("client %d answered by worker %d", i, slot)
 		}
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // workerLines returns the fields of stickyd's log lines with msg about
