@@ -58,3 +58,24 @@ func TestSelfLoopRefused(t *testing.T) {
 		t.Error("the looping config was installed")
 	}
 }
+
+// A DNS change that adds stickyd's own listen address is not applied (one
+// error line); the backends in force keep serving.
+func TestSelfLoopByDNSNotApplied(t *testing.T) {
+	dns := opsStartDNS(t)
+	port, _, _ := opsSamePort(t)
+	dns.SetHost("app.test.", "127.0.0.2")
+	addr := "127.0.0.1:" + port
+	p := launch(t, t.TempDir(), addr, "--listen", addr, "--log-format", "json",
+		"--backend", "dns:app.test:"+port, "--dns-server", dns.Addr, "--dns-interval", "100ms")
+	dns.SetHost("app.test.", "127.0.0.2", "127.0.0.1")
+	waitFor(t, "the DNS change refused", func() bool { return opsLogged(p, `"msg":"dns change not applied"`) })
+	if !opsLogged(p, "stickyd's own listen address") {
+		t.Errorf("the refusal does not name the loop:\n%s", p.stderr.String())
+	}
+	for i := range 5 {
+		if name, _, err := hello(clientIP(i), p.addr); err != nil || name != "pod2" {
+			t.Errorf("client %d: %q %v", i, name, err)
+		}
+	}
+}
