@@ -395,7 +395,10 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 			b = s.backends[i]
 			probe := strict && b.ejected.Load()
 			if probe && !b.probing.CompareAndSwap(false, true) {
-				continue // another client's dial is probing it
+				// Another client's dial probes it: the strict filter now
+				// skips it, and the last resort may still try it.
+				tried = tried[:len(tried)-1]
+				continue
 			}
 			conn, err = s.dialOne(ctx, b, dial, probe, f.now)
 			if err == nil {
