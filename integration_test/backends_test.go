@@ -77,16 +77,14 @@ func TestProxyHintPythonWorker(t *testing.T) {
 	bkRunHintWorkers(t, t.TempDir(), "", "sh", "-c", `exec python3 -m http.server --bind 127.0.0.1 "$PORT"`)
 }
 
-// bkRunHintWorkers launches two workers running argv in dir, sends one
-// request per worker and checks the answer (want: its prefix, "" for
-// nothing) and the warning.
+// bkRunHintWorkers launches two workers running argv in dir with default
+// flags (the admin API aside, to learn which client IP goes to which
+// worker), sends one request per worker and checks the answer (want: its
+// prefix, "" for nothing) and the warning.
 func bkRunHintWorkers(t *testing.T, dir, want string, argv ...string) {
 	t.Helper()
-	base := workerPortBase(t, 2)
-	cfg := filepath.Join(dir, "ports.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("[workers]\nport_base = %d\n", base)), 0o644)
 	addr, adm := freePort(t), freePort(t)
-	args := append([]string{"--listen", addr, "--log-format", "json", "--config", cfg, "--admin", adm,
+	args := append([]string{"--listen", addr, "--log-format", "json", "--admin", adm,
 		"--workers", "2", "--"}, argv...)
 	p := launch(t, dir, addr, args...)
 	for _, w := range []string{"worker-0", "worker-1"} {
