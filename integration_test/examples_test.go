@@ -69,6 +69,29 @@ func TestExampleWorkersOtherLanguages(t *testing.T) {
 	}
 }
 
+// TestExampleWorkersUnixSockets: the same workers on SOCKET (--socket-dir).
+func TestExampleWorkersUnixSockets(t *testing.T) {
+	goBin := buildGoWorker(t)
+	for _, lang := range []string{"go", "python"} {
+		t.Run(lang, func(t *testing.T) {
+			command := []string{goBin}
+			if lang == "python" {
+				script, _ := filepath.Abs("../examples/python/worker.py")
+				command = []string{twistedPython(t), script}
+			}
+			dir := t.TempDir()
+			p := startStickyd(t, append([]string{"--socket-dir", dir, "--workers", "2", "--"}, command...)...)
+			waitWorkersReady(t, p, 2)
+			for i := range 10 {
+				ip := clientIP(3000 + i)
+				if body := httpGetFrom(t, ip, p.addr); !strings.HasSuffix(body, "says hello to "+ip+"\n") {
+					t.Errorf("GET from %s through a Unix-socket worker: %q", ip, body)
+				}
+			}
+		})
+	}
+}
+
 // checkLocalKeepsSocket sends a v2 LOCAL header and a GET straight to a
 // worker from 127.0.0.2: the worker must name the socket's address.
 func checkLocalKeepsSocket(t *testing.T, worker string) {
