@@ -68,3 +68,13 @@ test('missing and broken headers are HeaderErrors', () => {
     assert.throws(() => whole(h), (e) => e instanceof HeaderError && e.reason === 'broken PROXY header', JSON.stringify(h.toString('latin1')));
   }
 });
+
+test('why the framing is ours: proxy-protocol-js alone takes v2 TLVs for payload', () => {
+  const pp = require('proxy-protocol-js');
+  const tlv = Buffer.from([0xea, 0x00, 0x03, 0x01, 0x02, 0x03]); // an AWS NLB VPC endpoint TLV
+  const h = v2(1, 0x11, Buffer.concat([Buffer.from([198, 51, 100, 7, 127, 0, 0, 1, 0x9c, 0x40, 0x0b, 0xb8]), tlv]));
+  const lib = pp.V2ProxyProtocol.parse(new Uint8Array(Buffer.concat([h, Buffer.from('GET')])));
+  // The library ignores the length field: the TLV reaches the "data" after the header.
+  assert.deepEqual(Buffer.from(lib.data), Buffer.concat([tlv, Buffer.from('GET')]));
+  assert.equal(frame(Buffer.concat([h, Buffer.from('GET')])), h.length); // ours ends the header after the TLV
+});
