@@ -230,3 +230,10 @@ test('sticky(options, factory).listen(port, cb): the socketio-sticky-session sha
   const out = await within(exchange(server.address().port, [`${V1}${GET_CLOSE}`]), 5000, 'request');
   assert.match(out, /203\.0\.113\.7 40000 0/);
 });
+
+test('proxyHeader: false (stickyd --send-proxy none): plain connections, the socket address', async (t) => {
+  const { port, lines } = await start(t, http.createServer(echoAddr), { proxyHeader: false });
+  const out = await within(exchange(port, [GET_CLOSE]), 5000, 'plain GET');
+  assert.match(out, /\r\n\r\n127\.0\.0\.1 \d+ 0\n$/);
+  assert.deepEqual(lines, []);
+});
