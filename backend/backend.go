@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/netip"
 	"strings"
@@ -186,7 +185,9 @@ type Options struct {
 	// connection it answers resets the count.
 	EjectAfterCloses int
 	// BalanceFactor > 1 caps each backend at ceil(factor x its weighted share
-	// of the active connections); 0 disables the cap.
+	// of the usable backends' active connections), the rule of
+	// balancer.Table.PickBounded; 0 disables the cap. Only when no backend
+	// is up does the last resort ignore it.
 	BalanceFactor float64
 	Balancer      balancer.Options
 	// IsSelf, if set, tells whether an address is the caller's own
@@ -220,12 +221,11 @@ func orDefault(d, def time.Duration) time.Duration {
 // backends' state changes; the membership does not (a reload builds a new Set,
 // which may share Backend values with the old one).
 type Set struct {
-	backends    []*Backend
-	table       *balancer.Table
-	weights     []int // per backend, >= 1; a reload may change them
-	totalWeight int
-	opts        Options
-	log         *zap.Logger
+	backends []*Backend
+	table    *balancer.Table
+	weights  []int // per backend, >= 1; a reload may change them
+	opts     Options
+	log      *zap.Logger
 }
 
 // NewSet builds a Set. The Backend values in reuse whose name and address
@@ -250,7 +250,6 @@ func NewSet(specs []Spec, opts Options, log *zap.Logger, reuse ...*Backend) (*Se
 		s.backends = append(s.backends, b)
 		s.weights = append(s.weights, w)
 		entries[i] = balancer.Backend{Name: sp.Name, Weight: w}
-		s.totalWeight += w
 	}
 	table, err := balancer.New(entries, opts.Balancer)
 	if err != nil {
@@ -289,7 +288,7 @@ func (s *Set) ByName(name string) *Backend {
 // or nil when none is up.
 func (s *Set) Lookup(ip netip.Addr) *Backend {
 	f := s.filter(nil, true)
-	if i := s.table.Pick(ip, f.ok); i >= 0 {
+	if i := s.pick(ip, &f); i >= 0 {
 		return s.backends[i]
 	}
 	return nil
@@ -310,11 +309,10 @@ type pickFilter struct {
 	tried  []int
 	strict bool
 	now    int64
-	limit  func(i int) int64 // bounded load; nil when off
 }
 
 func (s *Set) filter(tried []int, strict bool) pickFilter {
-	return pickFilter{s: s, tried: tried, strict: strict, now: time.Now().UnixNano(), limit: s.loadLimit()}
+	return pickFilter{s: s, tried: tried, strict: strict, now: time.Now().UnixNano()}
 }
 
 func (f *pickFilter) ok(i int) bool {
@@ -336,23 +334,33 @@ func (f *pickFilter) ok(i int) bool {
 	if d := b.dialing.Load(); d != 0 && f.now-d > int64(f.s.opts.slowDial()) {
 		return false // a dial is stuck there: it decides, others go on
 	}
-	return f.limit == nil || b.active.Load() < f.limit(i)
+	return true
 }
 
-// loadLimit returns the bounded-load cap per backend, or nil when off.
-func (s *Set) loadLimit() func(i int) int64 {
-	f := s.opts.BalanceFactor
-	if f <= 1 {
-		return nil
+// pick returns the index of ip's backend among those f accepts, or -1.
+// Strict picks apply bounded load (Options.BalanceFactor) by the balancer's
+// rule, balancer.Table.PickBounded: shares of the usable backends' weight
+// and connections. The last resort ignores the bound.
+func (s *Set) pick(ip netip.Addr, f *pickFilter) int {
+	if !f.strict || s.opts.BalanceFactor <= 1 {
+		return s.table.Pick(ip, f.ok)
 	}
+	return s.table.PickBounded(ip, f.ok, f.active, f.usableActive(), s.opts.BalanceFactor)
+}
+
+// active returns backend i's number of relayed connections.
+func (f *pickFilter) active(i int) int64 { return f.s.backends[i].active.Load() }
+
+// usableActive returns the connections on the backends f accepts: the
+// total that bounded load shares out.
+func (f *pickFilter) usableActive() int64 {
 	var total int64
-	for _, b := range s.backends {
-		total += b.active.Load()
+	for i, b := range f.s.backends {
+		if f.ok(i) {
+			total += b.active.Load()
+		}
 	}
-	return func(i int) int64 {
-		share := float64(total+1) * float64(s.weights[i]) / float64(s.totalWeight)
-		return int64(math.Ceil(f * share))
-	}
+	return total
 }
 
 // Dial connects to ip's backend. It walks ip's preference order: backends
@@ -387,7 +395,7 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 	for _, strict := range []bool{true, false} {
 		for {
 			f := s.filter(tried, strict)
-			i := s.table.Pick(ip, f.ok)
+			i := s.pick(ip, &f)
 			if i < 0 {
 				break
 			}
