@@ -132,12 +132,12 @@ function setPeer(socket, h) {
 function readHeader(socket, timeout, done) {
   let buf = Buffer.alloc(0);
   let finished = false;
+  let timer = null;
   const finish = (err, header) => {
     if (finished) return;
     finished = true;
-    socket.removeListener('readable', onReadable).removeListener('error', onError)
-      .removeListener('end', onEnd).removeListener('timeout', onTimeout);
-    socket.setTimeout(0);
+    clearTimeout(timer);
+    socket.removeListener('readable', onReadable).removeListener('error', onError).removeListener('end', onEnd);
     done(err, header);
   };
   const onReadable = () => {
@@ -164,9 +164,10 @@ function readHeader(socket, timeout, done) {
   };
   const onError = (err) => gone(err.code || err.message);
   const onEnd = () => gone('closed by the peer');
-  const onTimeout = () => finish(new HeaderError('PROXY header timeout', `none within ${timeout} ms`));
-  socket.on('readable', onReadable).on('error', onError).on('end', onEnd).on('timeout', onTimeout);
-  socket.setTimeout(timeout);
+  // A deadline for the whole header, not an idle timeout: a peer sending a
+  // byte now and then cannot hold the connection.
+  timer = setTimeout(() => finish(new HeaderError('PROXY header timeout', `no complete header within ${timeout} ms`)), timeout);
+  socket.on('readable', onReadable).on('error', onError).on('end', onEnd);
 }
 
 // rateLimited returns log(reason, line): the first line per reason, then at

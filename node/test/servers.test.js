@@ -80,7 +80,7 @@ test('missing header, broken header, header timeout: closed, one log line each, 
   assert.equal(lines.length, 3, lines.join('\n'));
   assert.match(lines[0], /closed a connection from 127\.0\.0\.1:\d+: no PROXY header: "GET \/ HTTP\/1\.1.*--send-proxy v2/);
   assert.match(lines[1], /broken PROXY header/);
-  assert.match(lines[2], /PROXY header timeout: none within 300 ms/);
+  assert.match(lines[2], /PROXY header timeout: no complete header within 300 ms/);
   const out = await within(exchange(port, [`${V1}${GET_CLOSE}`]), 5000, 'good');
   assert.match(out, /203\.0\.113\.7 40000 0/);
 });
@@ -236,4 +236,14 @@ test('proxyHeader: false (stickyd --send-proxy none): plain connections, the soc
   const out = await within(exchange(port, [GET_CLOSE]), 5000, 'plain GET');
   assert.match(out, /\r\n\r\n127\.0\.0\.1 \d+ 0\n$/);
   assert.deepEqual(lines, []);
+});
+
+test('the header timeout is a deadline: a byte every 100 ms does not keep the connection', async (t) => {
+  const { port, lines } = await start(t, http.createServer(echoAddr), { headerTimeout: 300 });
+  const line = 'PROXY TCP4 203.0.113.7 127.0.0.1 40000 3000\r\n';
+  const started = Date.now();
+  const out = await within(exchange(port, [...line].slice(0, -2), { gapMs: 100 }), 10000, 'dribble');
+  assert.equal(out, '');
+  assert.ok(Date.now() - started < 100 * (line.length - 2), `closed after ${Date.now() - started} ms`);
+  assert.match(lines[0], /PROXY header timeout/);
 });
