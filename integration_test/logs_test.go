@@ -107,7 +107,9 @@ func TestLogFloodSampled(t *testing.T) {
 func TestLogAllBackendsDown(t *testing.T) {
 	args := []string{}
 	for i := 0; i < 200; i++ {
-		ln := listenOn(t, "127.0.0.1:0")
+		// On 127.0.0.2, so that stickyd's own port (on 127.0.0.1) can
+		// never be one of these just-closed ports.
+		ln := listenOn(t, "127.0.0.2:0")
 		args = append(args, "--backend", fmt.Sprintf("d%d=%s", i, ln.Addr()))
 		ln.Close() // refused from now on
 	}
