@@ -32,7 +32,7 @@ func newFDBudget(cfg *config.Config, log *zap.Logger) fdBudget {
 		b.limit = int(lim.Cur)
 	}
 	perConn := 2 // epoll engine: two sockets, plus the engine's pipes
-	if engineName(cfg) == "goroutine" {
+	if cfg.EngineName() == "goroutine" {
 		perConn, b.pipes = 6, 0 // two sockets and two splice pipes each
 	} else if b.limit > 0 {
 		// A fortieth of the budget, 2..256 pipes: 256 (512 descriptors)

@@ -18,7 +18,13 @@ import (
 var version = ""
 
 func main() {
-	app := &cli.App{
+	os.Exit(exitCode(newApp().Run(os.Args)))
+}
+
+// newApp is the command line: the serve action, its flags and the
+// subcommands.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:            "stickyd",
 		Usage:           "sticky-session layer-4 proxy: consistent client-IP hashing, PROXY protocol, splice",
 		Version:         buildVersion(),
@@ -37,9 +43,8 @@ func main() {
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageError("%v", err)
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are decided below
+		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are decided by exitCode
 	}
-	os.Exit(exitCode(app.Run(os.Args)))
 }
 
 // exitCode prints err and maps it to the exit status: 0 clean, 2 usage or

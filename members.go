@@ -200,8 +200,8 @@ func (d *daemon) stopLoops() {
 func healthConfig(cfg *config.Config) backend.HealthConfig {
 	h := cfg.Health
 	return backend.HealthConfig{
-		Mode: h.Check, Interval: h.Interval.Duration, Timeout: h.Timeout.Duration,
-		Rise: h.Rise, Fall: h.Fall, Path: h.Path, ExpectStatus: h.ExpectStatus,
+		Mode: h.Check, Interval: cfg.HealthInterval(), Timeout: cfg.HealthTimeout(),
+		Rise: cfg.HealthRise(), Fall: cfg.HealthFall(), Path: cfg.HealthPath(), ExpectStatus: h.ExpectStatus,
 		SendProxy: cfg.HealthSendProxy(),
 	}
 }

@@ -9,17 +9,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// liveKeys are the settings a reload applies; a change to any other key is
-// logged and ignored until a restart or a SIGUSR2 upgrade.
-var liveKeys = map[string]bool{
-	"backend": true, "hash_key": true, "balance_factor": true, "connect_timeout": true,
-	"drain_timeout": true, "dns_server": true, "dns_interval": true,
-	"health.check": true, "health.interval": true, "health.timeout": true, "health.rise": true,
-	"health.fall": true, "health.path": true, "health.expect_status": true,
-	"health.send_proxy": true, "health.cooldown": true, "health.eject_after": true,
-	"health.eject_after_closes": true,
-}
-
 // requestReload asks the reloader for a reload (SIGHUP) without waiting
 // for it: a slow reload (a big file, DNS) never delays the signal loop, so
 // SIGTERM is acted on at once. A SIGHUP that arrives while a reload is
@@ -51,13 +40,7 @@ func (d *daemon) reload() {
 		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
 		return
 	}
-	var ignored []string
-	for _, k := range config.ChangedKeys(d.boot, cfg) {
-		if !liveKeys[k] {
-			ignored = append(ignored, k)
-		}
-	}
-	if len(ignored) > 0 {
+	if ignored := config.RestartKeys(d.boot, cfg); len(ignored) > 0 {
 		d.log.Warn("reload: these settings need a restart (or a SIGUSR2 upgrade) and were ignored",
 			zap.Strings("keys", ignored))
 	}

@@ -133,7 +133,7 @@ func (d *daemon) start(inh *inherited) error {
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
-		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", sendProxyName(cfg)),
+		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", cfg.SendProxyName()),
 		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", inh != nil),
 		zap.String("version", buildVersion()))
 	return nil
@@ -338,30 +338,19 @@ func serverOptions(cfg *config.Config, budget fdBudget) server.Options {
 	}
 }
 
-func sendProxyName(cfg *config.Config) string {
-	if cfg.SendProxy == "" {
-		return "v2"
-	}
-	return cfg.SendProxy
-}
-
 // newSet builds the backend set from specs, reusing the Backend values of
 // reuse (with their state and counters) where name and address match.
 // isSelf, if not nil, tells stickyd's own listen address.
 func newSet(cfg *config.Config, specs []backend.Spec, isSelf func(netip.AddrPort) bool, log *zap.Logger, reuse ...*backend.Backend) (*backend.Set, error) {
-	key, err := balancer.ParseKeyMode(cfg.HashKey)
-	if err != nil {
-		return nil, fmt.Errorf("hash_key: %w", err)
-	}
 	opts := backend.Options{
-		DialTimeout:   cfg.DialTimeout(),
-		Cooldown:      cfg.Health.Cooldown.Duration,
-		EjectAfter:    cfg.Health.EjectAfter,
-		BalanceFactor: cfg.BalanceFactor,
-		Balancer:      balancer.Options{Key: key},
-		IsSelf:        isSelf,
+		DialTimeout:      cfg.DialTimeout(),
+		Cooldown:         cfg.Cooldown(),
+		EjectAfter:       cfg.EjectAfter(),
+		EjectAfterCloses: cfg.EjectAfterCloses(),
+		BalanceFactor:    cfg.BalanceFactor,
+		Balancer:         balancer.Options{Key: cfg.KeyMode()},
+		IsSelf:           isSelf,
 	}
-	opts.EjectAfterCloses = cfg.Health.EjectAfterCloses
 	return backend.NewSet(specs, opts, log.Named("backend"), reuse...)
 }
 
@@ -406,15 +395,8 @@ func workerConfig(w *config.Workers) backend.WorkerConfig {
 	}
 }
 
-func engineName(cfg *config.Config) string {
-	if cfg.Engine == "" {
-		return "epoll"
-	}
-	return cfg.Engine
-}
-
 func newEngine(cfg *config.Config, budget fdBudget) (relay.Engine, error) {
-	if engineName(cfg) == "goroutine" {
+	if cfg.EngineName() == "goroutine" {
 		return relay.NewGoroutineEngine(), nil
 	}
 	// The server's Done only counts and releases (atomics, a buffered

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
+	"github.com/stickyd/stickyd/balancer"
+	"go.uber.org/zap/zapcore"
 )
 
 // ErrInvalid is wrapped by every validation error.
@@ -237,13 +239,32 @@ func describeDecodeError(err error) error {
 	return fmt.Errorf("%w: %w", ErrInvalid, err)
 }
 
-// Listener returns the listen address, default ":3000".
-func (c *Config) ListenAddr() string {
-	if c.Listen == "" {
-		return ":3000"
-	}
-	return c.Listen
+// ListenAddr returns the listen address, default ":3000".
+func (c *Config) ListenAddr() string { return orDefaultString(c.Listen, "listen") }
+
+// SendProxyName is send_proxy with its default: "v2", "v1" or "none".
+func (c *Config) SendProxyName() string { return orDefaultString(c.SendProxy, "send_proxy") }
+
+// EngineName is engine with its default: "epoll" or "goroutine".
+func (c *Config) EngineName() string { return orDefaultString(c.Engine, "engine") }
+
+// KeyMode is hash_key, parsed (Validate has checked it); "ip" by default.
+func (c *Config) KeyMode() balancer.KeyMode {
+	k, _ := balancer.ParseKeyMode(c.HashKey)
+	return k
 }
+
+// Level is log_level, parsed (Validate has checked it); info by default.
+func (c *Config) Level() zapcore.Level {
+	l, err := zapcore.ParseLevel(orDefaultString(c.LogLevel, "log_level"))
+	if err != nil {
+		return zapcore.InfoLevel
+	}
+	return l
+}
+
+// LogBurst is log_rate_limit, default 10.
+func (c *Config) LogBurst() int { return orDefaultInt(c.LogRateLimit, "log_rate_limit") }
 
 // ProxyVersion returns the outgoing PROXY version: 2, 1 or 0 for none.
 func (c *Config) ProxyVersion() byte { return versionOf(c.SendProxy) }
@@ -259,10 +280,14 @@ func versionOf(s string) byte {
 }
 
 // HeaderTimeout is proxy_header_timeout, default 5s.
-func (c *Config) HeaderTimeout() time.Duration { return orDefault(c.ProxyHeaderTimeout, 5*time.Second) }
+func (c *Config) HeaderTimeout() time.Duration {
+	return orDefault(c.ProxyHeaderTimeout, defaultDuration("proxy_header_timeout"))
+}
 
 // DialTimeout is connect_timeout, default 5s.
-func (c *Config) DialTimeout() time.Duration { return orDefault(c.ConnectTimeout, 5*time.Second) }
+func (c *Config) DialTimeout() time.Duration {
+	return orDefault(c.ConnectTimeout, defaultDuration("connect_timeout"))
+}
 
 // Idle is idle_timeout; zero means no idle timeout.
 func (c *Config) Idle() time.Duration { return c.IdleTimeout.Duration }
@@ -276,10 +301,46 @@ func (c *Config) AdminSocketPerm() os.FileMode {
 }
 
 // Drain is drain_timeout, default 30s.
-func (c *Config) Drain() time.Duration { return orDefault(c.DrainTimeout, 30*time.Second) }
+func (c *Config) Drain() time.Duration {
+	return orDefault(c.DrainTimeout, defaultDuration("drain_timeout"))
+}
 
 // DNSRefresh is dns_interval, default 10s.
-func (c *Config) DNSRefresh() time.Duration { return orDefault(c.DNSInterval, 10*time.Second) }
+func (c *Config) DNSRefresh() time.Duration {
+	return orDefault(c.DNSInterval, defaultDuration("dns_interval"))
+}
+
+// HealthInterval is health.interval, default 2s.
+func (c *Config) HealthInterval() time.Duration {
+	return orDefault(c.Health.Interval, defaultDuration("health.interval"))
+}
+
+// HealthTimeout is health.timeout, default 1s; never more than the interval.
+func (c *Config) HealthTimeout() time.Duration {
+	return min(orDefault(c.Health.Timeout, defaultDuration("health.timeout")), c.HealthInterval())
+}
+
+// HealthRise is health.rise, default 2.
+func (c *Config) HealthRise() int { return orDefaultInt(c.Health.Rise, "health.rise") }
+
+// HealthFall is health.fall, default 3.
+func (c *Config) HealthFall() int { return orDefaultInt(c.Health.Fall, "health.fall") }
+
+// HealthPath is health.path, default "/".
+func (c *Config) HealthPath() string { return orDefaultString(c.Health.Path, "health.path") }
+
+// Cooldown is health.cooldown, default 5s.
+func (c *Config) Cooldown() time.Duration {
+	return orDefault(c.Health.Cooldown, defaultDuration("health.cooldown"))
+}
+
+// EjectAfter is health.eject_after, default 1.
+func (c *Config) EjectAfter() int { return orDefaultInt(c.Health.EjectAfter, "health.eject_after") }
+
+// EjectAfterCloses is health.eject_after_closes, default 3.
+func (c *Config) EjectAfterCloses() int {
+	return orDefaultInt(c.Health.EjectAfterCloses, "health.eject_after_closes")
+}
 
 // DNSTargets lists the dns keys of the [[backend]] tables, in order.
 func (c *Config) DNSTargets() []string {
@@ -322,6 +383,20 @@ func (w *Workers) WorkerCount() int {
 		return v
 	}
 	return runtime.NumCPU()
+}
+
+func orDefaultString(s, key string) string {
+	if s == "" {
+		return byKey[key].Default
+	}
+	return s
+}
+
+func orDefaultInt(n int, key string) int {
+	if n == 0 {
+		return defaultInt(key)
+	}
+	return n
 }
 
 func orDefault(d Duration, def time.Duration) time.Duration {

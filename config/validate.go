@@ -166,7 +166,7 @@ func (c *Config) checkHealth() error {
 	if h.Interval.Duration != 0 && h.Interval.Duration < 10*time.Millisecond {
 		return c.errorf("health.interval", "want at least 10ms, got %v", h.Interval.Duration)
 	}
-	interval := orDefault(h.Interval, 2*time.Second)
+	interval := c.HealthInterval()
 	if h.Timeout.Duration > interval {
 		return c.errorf("health.timeout", "%v is longer than health.interval %v", h.Timeout.Duration, interval)
 	}
@@ -268,19 +268,16 @@ func (c *Config) errorf(key, format string, args ...any) error {
 // flagOf names the flag twin of key: send_proxy is --send-proxy,
 // health.rise is --health-rise, backend[2].address is --backend.
 func flagOf(key string) string {
-	if rest, ok := strings.CutPrefix(key, "health."); ok {
-		key = "health_" + rest
-	} else {
-		key = baseKey(key)
+	if s, ok := byKey[key]; ok {
+		return s.Flag()
+	}
+	if i := strings.IndexAny(key, "[."); i >= 0 {
+		key = key[:i]
+	}
+	if s, ok := byKey[key]; ok {
+		return s.Flag()
 	}
 	return strings.ReplaceAll(key, "_", "-")
-}
-
-func baseKey(key string) string {
-	if i := strings.IndexAny(key, "[."); i >= 0 {
-		return key[:i]
-	}
-	return key
 }
 
 func checkHostPort(s string) error {
