@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -12,12 +13,24 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/daemon"
 	"github.com/stickyd/stickyd/hello"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 )
+
+// serve is the default action: run the proxy (package daemon) with the
+// config of the file and flags, read again on every SIGHUP.
+func serve(c *cli.Context) error {
+	argv := c.Args().Slice()
+	load := func() (*config.Config, error) { return loadConfig(c, argv) }
+	err := daemon.Run(daemon.Options{Load: load, Version: buildVersion()})
+	if errors.Is(err, daemon.ErrConfig) {
+		return usageError("%v", err)
+	}
+	return err
+}
 
 // checkConfig validates a config file: `stickyd check-config [FLAGS]
 // [FILE] [-- COMMAND ...]`, with the flags and worker command stickyd
@@ -60,8 +73,9 @@ func lookup(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	nop := zap.NewNop()
-	set, err := newSet(cfg, lookupSpecs(cfg, nop), nil, nop)
+	set, err := daemon.RoutingSet(context.Background(), cfg, func(err error) {
+		fmt.Fprintln(os.Stderr, "stickyd lookup: dns backends did not resolve:", err)
+	})
 	if err != nil {
 		return usageError("%v", err)
 	}
@@ -92,26 +106,6 @@ func lookup(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("stickyd lookup: %d invalid IPs", bad), 1)
 	}
 	return nil
-}
-
-// lookupSpecs lists the backends of cfg as the live proxy names them: the
-// static ones, the addresses its dns backends resolve to now, and the
-// worker slots worker-0..worker-<count-1>.
-func lookupSpecs(cfg *config.Config, log *zap.Logger) []backend.Spec {
-	specs := staticSpecs(cfg)
-	if targets := cfg.DNSTargets(); len(targets) > 0 {
-		answers, err := newResolver(cfg).ResolveAll(context.Background(), targets)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "stickyd lookup: dns backends did not resolve:", err)
-		}
-		specs = append(specs, dnsSpecs(cfg, answers, specs)...)
-	}
-	if cfg.Workers != nil {
-		for i := range cfg.Workers.WorkerCount() {
-			specs = append(specs, backend.Spec{Name: backend.WorkerName(i), Weight: 1})
-		}
-	}
-	return specs
 }
 
 // splitCommand splits a subcommand's arguments into its own (IPs, a FILE)

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/daemon"
 	"github.com/urfave/cli/v2"
 )
 
@@ -62,7 +63,7 @@ func loadConfig(c *cli.Context, workerArgv []string) (*config.Config, error) {
 	if err != nil || cfg.Workers == nil {
 		return cfg, err
 	}
-	wc := workerConfig(cfg.Workers)
+	wc := daemon.WorkerConfig(cfg.Workers)
 	if err := wc.Validate(); err != nil {
 		return nil, usageError("%v", err)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"os"
@@ -6,21 +6,13 @@ import (
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/logging"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // newLogger builds the root logger: JSON unless the format is console or
 // stderr is a terminal. Warnings are sampled per cause and the output is
 // written asynchronously, dropping (and counting) lines when it blocks
 // (package logging).
-func newLogger(cfg *config.Config) (*zap.Logger, *logging.Logs, error) {
-	level := zapcore.InfoLevel
-	if cfg.LogLevel != "" {
-		var err error
-		if level, err = zapcore.ParseLevel(cfg.LogLevel); err != nil {
-			return nil, nil, err
-		}
-	}
+func newLogger(cfg *config.Config) (*zap.Logger, *logging.Logs) {
 	format := cfg.LogFormat
 	if format == "" {
 		format = "json"
@@ -28,6 +20,5 @@ func newLogger(cfg *config.Config) (*zap.Logger, *logging.Logs, error) {
 			format = "console"
 		}
 	}
-	log, logs := logging.New(logging.Options{Level: level, Format: format, Burst: cfg.LogRateLimit}, os.Stderr)
-	return log, logs, nil
+	return logging.New(logging.Options{Level: cfg.Level(), Format: format, Burst: cfg.LogBurst()}, os.Stderr)
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -35,7 +35,7 @@ func (d *daemon) reloader() {
 func (d *daemon) reload() {
 	start := time.Now()
 	d.log.Info("reloading config")
-	cfg, err := loadConfig(d.c, d.argv)
+	cfg, err := d.load()
 	if err != nil {
 		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
 		return

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -17,6 +17,37 @@ import (
 // and the worker slots (fixed at start). Every rebuild reuses the Backend
 // values whose name and address did not change, so their state (draining,
 // health, readiness) and their open connections carry over.
+
+// memberSpecs is the backend list: cfg's static backends, the addresses
+// of its dns backends in answers, and the worker slots. It is the one
+// place the list is built, for the daemon and for RoutingSet (lookup).
+func memberSpecs(cfg *config.Config, answers map[string][]string, workers []backend.Spec) []backend.Spec {
+	specs := staticSpecs(cfg)
+	specs = append(specs, dnsSpecs(cfg, answers, specs)...)
+	return append(specs, workers...)
+}
+
+// RoutingSet is the backend set cfg routes by, every backend up: what
+// stickyd lookup asks. Its dns backends are resolved now (a failure is
+// passed to dnsErr, and those backends are left out); the worker slots
+// are named worker-0..worker-<count-1>, as the live proxy names them.
+func RoutingSet(ctx context.Context, cfg *config.Config, dnsErr func(error)) (*backend.Set, error) {
+	var answers map[string][]string
+	if targets := cfg.DNSTargets(); len(targets) > 0 {
+		var err error
+		if answers, err = newResolver(cfg).ResolveAll(ctx, targets); err != nil {
+			dnsErr(err)
+		}
+	}
+	var workers []backend.Spec
+	if cfg.Workers != nil {
+		for i := range cfg.Workers.WorkerCount() {
+			workers = append(workers, backend.Spec{Name: backend.WorkerName(i), Weight: 1})
+		}
+	}
+	nop := zap.NewNop()
+	return newSet(cfg, memberSpecs(cfg, answers, workers), nil, nop)
+}
 
 // staticSpecs lists cfg's [[backend]] tables that have an address.
 func staticSpecs(cfg *config.Config) []backend.Spec {
@@ -57,9 +88,7 @@ func dnsSpecs(cfg *config.Config, answers map[string][]string, taken []backend.S
 // of current (nil at start). Once stickyd listens, a set with a backend
 // that reaches its own listener is refused (errSelfLoop).
 func (d *daemon) buildSet(cfg *config.Config, answers map[string][]string, current *backend.Set) (*backend.Set, error) {
-	specs := staticSpecs(cfg)
-	specs = append(specs, dnsSpecs(cfg, answers, specs)...)
-	specs = append(specs, d.workers...)
+	specs := memberSpecs(cfg, answers, d.workers)
 	var reuse []*backend.Backend
 	if current != nil {
 		reuse = current.Backends()

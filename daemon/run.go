@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/stickyd/stickyd/server"
+	"go.uber.org/zap"
+)
+
+// run serves until a stop signal on sigs or a completed upgrade, then
+// drains and stops the workers.
+func (d *daemon) run(sigs <-chan os.Signal) error {
+	if d.srv == nil {
+		return nil // stopped during start
+	}
+	workersCtx, stopWorkers := context.WithCancel(context.Background())
+	workersDone := make(chan error, 1)
+	if d.sup != nil {
+		go func() { workersDone <- d.sup.Run(workersCtx) }()
+	} else {
+		workersDone <- nil
+	}
+	serveErr := make(chan error, 1)
+	stopWaiting := make(chan struct{})
+	go func() {
+		d.awaitWorkers(stopWaiting)
+		serveErr <- d.srv.Serve(d.ln)
+	}()
+	pid := writePIDFile(d.boot.PIDFile, d.log)
+	if err := d.up.Ready(); err != nil {
+		d.log.Warn("upgrade: could not tell the old process we are ready", zap.Error(err))
+	}
+
+	d.reloads = make(chan struct{}, 1)
+	go d.reloader()
+	err := d.signals(sigs, serveErr)
+	close(stopWaiting)
+	close(d.reloads)
+	d.mu.Lock()
+	drain := d.cfg.Drain()
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if derr := d.srv.Shutdown(ctx); derr != nil {
+		d.log.Warn("drain cut short", zap.Error(derr))
+	}
+	d.stopAdmin()
+	d.stopLoops()
+	stopWorkers()
+	if werr := <-workersDone; werr != nil && !errors.Is(werr, context.Canceled) {
+		d.log.Error("workers", zap.Error(werr))
+	}
+	removePIDFile(d.boot.PIDFile, pid)
+	d.log.Info("stopped")
+	if err != nil && !errors.Is(err, server.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// signals handles SIGHUP (reload) and SIGUSR2 (upgrade) until SIGTERM or
+// SIGINT, a completed upgrade, or a failed accept loop (returned).
+func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
+	var upgrading chan error // non-nil while an upgrade runs
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGHUP:
+				d.requestReload()
+			case syscall.SIGUSR2:
+				if upgrading != nil {
+					d.log.Warn("upgrade already in progress; SIGUSR2 ignored")
+					continue
+				}
+				upgrading = make(chan error, 1)
+				go func() { upgrading <- d.upgrade() }()
+			default:
+				d.mu.Lock()
+				drain := d.cfg.Drain()
+				d.mu.Unlock()
+				d.log.Info("stopping", zap.Stringer("signal", sig), zap.Duration("drain_timeout", drain))
+				return nil
+			}
+		case err := <-upgrading:
+			upgrading = nil
+			if err != nil {
+				d.log.Error("upgrade failed; this process keeps serving", zap.Error(err))
+				continue
+			}
+			d.log.Info("upgrade: the new process serves; draining this one")
+			return nil
+		case err := <-serveErr:
+			d.log.Error("accept loop failed", zap.Error(err))
+			return err
+		}
+	}
+}
+
+func (d *daemon) stopAdmin() {
+	if d.admin == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d.admin.Shutdown(ctx)
+}

@@ -1,0 +1,157 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stickyd/stickyd/admin"
+	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/server"
+	"go.uber.org/zap"
+)
+
+// start builds the backend set, the server and the listeners.
+func (d *daemon) start() error {
+	cfg := d.cfg
+	if err := d.prepareWorkers(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	d.dns = d.firstDNS(ctx, cfg)
+	stopped := ctx.Err() != nil
+	stop()
+	if stopped {
+		return nil // stopped while waiting for DNS; run returns at once
+	}
+	d.budget = newFDBudget(cfg, d.log)
+	token, fromEnv, err := adminToken(cfg)
+	if err != nil {
+		return configErrorf("%v", err)
+	}
+	if d.adminToken = token; fromEnv {
+		d.adminTokenEnv = token
+	}
+	engine, err := newEngine(cfg, d.budget)
+	if err != nil {
+		return fmt.Errorf("start engine: %w", err)
+	}
+	if err := d.listen(cfg); err != nil {
+		engine.Close()
+		return err
+	}
+	set, err := d.buildSet(cfg, d.dns, nil) // refuses a backend that is the listener
+	if err != nil {
+		engine.Close()
+		d.ln.Close()
+		if d.adminLn != nil {
+			d.adminLn.Close()
+		}
+		return configErrorf("%v", err)
+	}
+	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
+	d.loops = d.startLoops(cfg)
+	go adaptProcs(context.Background(), d.log) // for the process's life
+	d.startAdmin()
+	warnRiskySetup(cfg, d.log)
+	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
+		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", cfg.SendProxyName()),
+		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", d.inherited),
+		zap.String("version", d.version))
+	return nil
+}
+
+// prepareWorkers makes the supervisor of [workers] and its slots, which
+// settles their ports (a port held by another program: exit 1).
+func (d *daemon) prepareWorkers() error {
+	d.firstReady = make(chan struct{})
+	var once sync.Once
+	var err error
+	d.workers, d.sup, err = workerSpecs(d.cfg, d.log, func() *backend.Set { return d.srv.Backends() },
+		func() { once.Do(func() { close(d.firstReady) }) })
+	if errors.Is(err, backend.ErrWorkerPortInUse) {
+		return fmt.Errorf("%w (stop that program, choose another --port-base, or leave it unset for free ports)", err)
+	}
+	if err != nil {
+		return configErrorf("%v", err)
+	}
+	d.logWorkerAddresses()
+	return nil
+}
+
+// listen opens (or inherits) the proxy and admin listeners.
+func (d *daemon) listen(cfg *config.Config) error {
+	var err error
+	if d.ln, err = d.proxyListen(cfg.ListenAddr()); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.ListenAddr(), err)
+	}
+	d.self = newSelfAddrs(d.ln.Addr())
+	if d.adminLn, err = d.adminListen(cfg.Admin, cfg.AdminSocketPerm()); err != nil {
+		d.ln.Close()
+		return fmt.Errorf("admin listen %s: %w", cfg.Admin, err)
+	}
+	return nil
+}
+
+// awaitWorkers holds the accept loop back at start while the launched
+// workers are the only backends and none is ready yet: a client that comes
+// early waits in the listen backlog instead of being refused. It gives up
+// after the workers' startup timeout (clients are then refused until a
+// worker is ready) or when stop is closed.
+func (d *daemon) awaitWorkers(stop <-chan struct{}) {
+	if d.sup == nil || d.srv.Backends().Lookup(netip.IPv4Unspecified()) != nil {
+		return
+	}
+	timeout := d.boot.Workers.StartupTimeout.Duration
+	if timeout == 0 {
+		timeout = backend.DefaultWorkerStartupTimeout
+	}
+	d.log.Info("no worker ready yet: clients wait until one is", zap.Duration("startup_timeout", timeout))
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-d.firstReady:
+		d.log.Info("a worker is ready: accepting")
+	case <-t.C:
+		d.log.Warn("no worker ready within startup_timeout; accepting anyway, clients are refused until one is",
+			zap.Duration("startup_timeout", timeout))
+	case <-stop:
+	}
+}
+
+// logWorkerAddresses logs where the workers are told to listen (chosen at
+// start when port_base is unset).
+func (d *daemon) logWorkerAddresses() {
+	if d.sup == nil {
+		return
+	}
+	var addrs []string
+	for _, s := range d.sup.Slots() {
+		addrs = append(addrs, s.Address)
+	}
+	d.log.Info("worker addresses", zap.Strings("addresses", addrs))
+}
+
+// startAdmin serves the admin API when admin is set.
+func (d *daemon) startAdmin() {
+	if d.adminLn == nil {
+		return
+	}
+	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
+		MaxConnections: d.budget.conns, Workers: d.sup,
+		Logs: d.logs.Counts}, d.log.Named("admin"))
+	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))
+	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+		MaxHeaderBytes: 16 << 10, ErrorLog: zap.NewStdLog(d.log.Named("admin"))}
+	go d.admin.Serve(d.adminLn)
+	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()),
+		zap.Bool("token", d.adminToken != ""), zap.Bool("host_check", adminOnLoopback(d.adminLn)))
+	warnAdminExposure(d.adminLn, d.adminToken, d.log.Named("admin"))
+}

@@ -1,0 +1,115 @@
+package upgrade
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Upgrade starts a new copy of the binary with the listeners (and env
+// added to this process's environment) and returns nil once it is ready.
+// On error the new process has been killed and this one is unchanged;
+// ErrInProgress while another upgrade runs.
+func (u *Upgrader) Upgrade(listeners []Listener, env []string) error {
+	u.mu.Lock()
+	if u.upgrading {
+		u.mu.Unlock()
+		return ErrInProgress
+	}
+	u.upgrading = true
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.upgrading = false
+		u.mu.Unlock()
+	}()
+	return u.start(listeners, env)
+}
+
+func (u *Upgrader) start(listeners []Listener, extra []string) error {
+	exe, err := u.os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the binary: %w", err)
+	}
+	files, env, err := u.files(listeners)
+	if err != nil {
+		return err
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		closeAll(files)
+		return fmt.Errorf("readiness pipe: %w", err)
+	}
+	defer readyR.Close()
+	env = append(append(env, extra...), EnvReady+"="+strconv.Itoa(3+len(files)))
+	files = append(files, readyW)
+	u.log.Info("upgrade: starting a new process", zap.String("binary", exe))
+	p, err := u.os.Start(exe, u.os.Args(), env, files)
+	closeAll(files) // the child has its copies
+	if err != nil {
+		return fmt.Errorf("start %s: %w", exe, err)
+	}
+	exited := make(chan struct{})
+	go func() { p.Wait(); close(exited) }()
+	if err := u.awaitReady(readyR); err != nil {
+		p.Kill()
+		<-exited
+		return fmt.Errorf("new process (pid %d): %w", p.Pid(), err)
+	}
+	u.log.Info("upgrade: new process ready", zap.Int("pid", p.Pid()))
+	return nil
+}
+
+// files duplicates the listeners for the child and returns them with the
+// environment that names them (fd 3 onward): this process's, less any
+// variable of ours.
+func (u *Upgrader) files(listeners []Listener) ([]*os.File, []string, error) {
+	ours := []string{EnvReady}
+	for _, name := range u.names {
+		ours = append(ours, EnvName(name))
+	}
+	var env []string
+	for _, kv := range u.os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); !slices.Contains(ours, k) {
+			env = append(env, kv)
+		}
+	}
+	var files []*os.File
+	for _, l := range listeners {
+		if l.Listener == nil {
+			continue
+		}
+		f, err := u.os.Dup(l.Listener)
+		if err != nil {
+			closeAll(files)
+			return nil, nil, fmt.Errorf("upgrade: pass the %s socket: %w", l.Name, err)
+		}
+		env = append(env, EnvName(l.Name)+"="+strconv.Itoa(3+len(files)))
+		files = append(files, f)
+	}
+	return files, env, nil
+}
+
+// awaitReady waits for the readiness byte.
+func (u *Upgrader) awaitReady(r *os.File) error {
+	r.SetReadDeadline(time.Now().Add(u.timeout))
+	var b [1]byte
+	if n, err := r.Read(b[:]); n == 1 {
+		return nil
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("not ready within %v", u.timeout)
+	}
+	return errors.New("exited before it was ready")
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
