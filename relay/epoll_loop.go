@@ -336,11 +336,12 @@ func (l *epLoop) enqueue(p *epPair) {
 }
 
 // runReady services the queued pairs in turn, each once at most, until
-// the wake-up's budget is spent (one pair at least); the rest keep their
-// place at the head of the queue.
+// the wake-up's budget is spent; the rest keep their place at the head of
+// the queue. It serves one pair at least, so that the queue moves however
+// much the batch's events took.
 func (l *epLoop) runReady() {
-	for range l.ready.n {
-		if l.turn >= epTurnBudget && l.turn > 0 {
+	for i := range l.ready.n {
+		if i > 0 && l.turn >= epTurnBudget {
 			return
 		}
 		p := l.ready.pop()
