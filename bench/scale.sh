@@ -11,8 +11,9 @@
 # Per K and proxy: the short-connection scenario with 64 x K workers
 # (saturation, or the load generator's limit), then open loop at each RATE
 # connections/s. stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
-# most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"). Prints one line
-# per run: K proxy scenario conn/s p99_ms cpu_us_per_conn.
+# most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"); PROXIES picks
+# (any stickyd* binary in the bundle). Prints one line per run: K proxy
+# scenario conn/s p99_ms cpu_us_per_conn.
 set -u
 OUT=$(mkdir -p "$1" && cd "$1" && pwd); KS=${2:-"2 4 8"}; RATES=${3:-"20000"}
 B=$(cd "$(dirname "$0")" && pwd); cd "$B"
@@ -27,9 +28,10 @@ PORT=3990
 start_proxy() { # NAME K: sets PP
 	local cpus="0-$(($2 - 1))"
 	case $1 in
-	stickyd | stickyd-fixedP)
-		local env=(); [ "$1" = stickyd-fixedP ] && env=(GOMAXPROCS="$2")
-		env "${env[@]}" taskset -c "$cpus" ./stickyd --listen 127.0.0.1:$PORT --backend b0=127.0.0.1:9991 \
+	stickyd*) # ./NAME, or ./BIN for BIN-fixedP with GOMAXPROCS=K
+		local env=() bin=$1
+		[[ $1 == *-fixedP ]] && env=(GOMAXPROCS="$2") bin=${1%-fixedP}
+		env "${env[@]}" taskset -c "$cpus" "./$bin" --listen 127.0.0.1:$PORT --backend b0=127.0.0.1:9991 \
 			--backend b1=127.0.0.1:9992 --backend b2=127.0.0.1:9993 --backend b3=127.0.0.1:9994 \
 			--send-proxy v2 --log-level error >"$OUT/$1-$2.log" 2>&1 &
 		PP=$! ;;
