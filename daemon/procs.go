@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,13 +20,20 @@ import (
 // it samples its CPU time every procsPeriod, adds a P when the ones it has
 // are nearly full, and gives one back when the others would still have
 // room. It never goes above the GOMAXPROCS it started with, and does
-// nothing when the GOMAXPROCS environment variable is set.
+// nothing when the GOMAXPROCS environment variable is set. CPU use alone
+// cannot tell a proxy short of Ps from one that shares its cores with other
+// work, so it also watches the Go scheduler's latency (how long runnable
+// goroutines wait for a P): when more than procsSlowShare of them waited
+// over procsSlowWait, it adds a P whatever the CPU says, and it never drops
+// one while a noticeable share waits.
 
 const (
-	procsPeriod = 100 * time.Millisecond
-	procsGrow   = 0.8 // add a P when CPU use passes this fraction of the Ps
-	procsShrink = 0.6 // drop one when use stays below this fraction of one P fewer
-	procsCalm   = 5   // samples in a row below procsShrink before dropping one
+	procsPeriod    = 100 * time.Millisecond
+	procsGrow      = 0.8 // add a P when CPU use passes this fraction of the Ps
+	procsShrink    = 0.6 // drop one when use stays below this fraction of one P fewer
+	procsCalm      = 5   // samples in a row below procsShrink before dropping one
+	procsSlowWait  = 200e-6
+	procsSlowShare = 0.05
 )
 
 // procsControl decides the number of Ps from CPU samples. It is not safe
@@ -37,16 +45,18 @@ type procsControl struct {
 	lastAt  time.Time
 }
 
-// step takes the process's CPU time at now and returns the Ps to use.
-func (c *procsControl) step(cpu time.Duration, now time.Time) int {
+// step takes the process's CPU time at now and the share of goroutines
+// that waited over procsSlowWait for a P since the last step, and returns
+// the Ps to use.
+func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int {
 	wall := now.Sub(c.lastAt)
 	used := float64(cpu-c.lastCPU) / float64(max(wall, 1)) // cores
 	c.lastCPU, c.lastAt = cpu, now
 	switch {
-	case used > procsGrow*float64(c.p) && c.p < c.max:
+	case (used > procsGrow*float64(c.p) || slow > procsSlowShare) && c.p < c.max:
 		c.p++
 		c.calm = 0
-	case c.p > 1 && used < procsShrink*float64(c.p-1):
+	case c.p > 1 && used < procsShrink*float64(c.p-1) && slow < procsSlowShare/5:
 		if c.calm++; c.calm >= procsCalm {
 			c.p--
 			c.calm = 0
@@ -65,6 +75,8 @@ func adaptProcs(ctx context.Context, log *zap.Logger) {
 	}
 	start := runtime.GOMAXPROCS(0)
 	c := &procsControl{max: start, p: start, lastCPU: processCPU(), lastAt: time.Now()}
+	var lat schedLatency
+	lat.slowShare()
 	log.Debug("adaptive GOMAXPROCS", zap.Int("max", start))
 	t := time.NewTicker(procsPeriod)
 	defer t.Stop()
@@ -74,8 +86,9 @@ func adaptProcs(ctx context.Context, log *zap.Logger) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if p := c.step(processCPU(), now); p != runtime.GOMAXPROCS(0) {
+			if p := c.step(processCPU(), now, lat.slowShare()); p != runtime.GOMAXPROCS(0) {
 				runtime.GOMAXPROCS(p)
+				log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
 			}
 		}
 	}
@@ -88,4 +101,36 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// schedLatency reads the Go scheduler's latency histogram.
+type schedLatency struct {
+	sample [1]metrics.Sample
+	last   []uint64 // bucket counts at the previous read
+}
+
+// slowShare returns the share of goroutines that waited over
+// procsSlowWait for a P since the previous call.
+func (l *schedLatency) slowShare() float64 {
+	l.sample[0].Name = "/sched/latencies:seconds"
+	metrics.Read(l.sample[:])
+	if l.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := l.sample[0].Value.Float64Histogram()
+	var all, slow uint64
+	for i, n := range h.Counts {
+		if i < len(l.last) {
+			n -= l.last[i]
+		}
+		all += n
+		if h.Buckets[i] >= procsSlowWait { // the bucket's lower bound
+			slow += n
+		}
+	}
+	l.last = append(l.last[:0], h.Counts...)
+	if all == 0 {
+		return 0
+	}
+	return float64(slow) / float64(all)
 }

@@ -13,10 +13,11 @@ func TestProcsControl(t *testing.T) {
 	c := &procsControl{max: 4, p: 4, lastAt: t0}
 	var cpu time.Duration
 	now := t0
+	slow := 0.0                       // share of goroutines that waited long for a P
 	feed := func(cores float64) int { // one period at this CPU use
 		now = now.Add(procsPeriod)
 		cpu += time.Duration(cores * float64(procsPeriod))
-		return c.step(cpu, now)
+		return c.step(cpu, now, slow)
 	}
 	for i := 1; i < procsCalm; i++ {
 		if p := feed(0.1); p != 4 {
@@ -49,5 +50,38 @@ func TestProcsControl(t *testing.T) {
 	}
 	if c.p != 4 {
 		t.Fatalf("overloaded: %d Ps, want the maximum 4", c.p)
+	}
+	// Sharing the cores with other work: little CPU, but goroutines wait
+	// for a P. No P is dropped then, and one is added back.
+	slow = 0.2
+	for range 2 * procsCalm {
+		feed(0.5)
+	}
+	if c.p != 4 {
+		t.Fatalf("goroutines waiting: %d Ps, want 4 kept", c.p)
+	}
+	slow = 0
+	for range 3 * procsCalm {
+		feed(0.5)
+	}
+	if c.p != 1 {
+		t.Fatalf("calm again: %d Ps, want 1", c.p)
+	}
+	slow = 0.2
+	if p := feed(0.5); p != 2 {
+		t.Fatalf("goroutines waiting at 1 P: %d Ps, want 2", p)
+	}
+}
+
+// TestSchedLatencyReads checks that the scheduler's latency histogram is
+// there and gives a share between 0 and 1.
+func TestSchedLatencyReads(t *testing.T) {
+	var l schedLatency
+	l.slowShare()
+	for range 1000 {
+		go func() {}()
+	}
+	if s := l.slowShare(); s < 0 || s > 1 || len(l.last) == 0 {
+		t.Fatalf("slowShare = %v with %d buckets", s, len(l.last))
 	}
 }
