@@ -52,6 +52,10 @@ func checkConfig(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// The daemon reads the token at start (not on reload): so does this.
+	if _, err := cfg.AdminToken(os.Getenv(config.EnvAdminToken)); err != nil {
+		return usageError("%v", err)
+	}
 	fmt.Printf("config ok: listen %s, %d backends", cfg.ListenAddr(), len(cfg.Backends))
 	if cfg.Workers != nil {
 		fmt.Printf(", %d workers", cfg.Workers.WorkerCount())

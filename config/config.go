@@ -267,7 +267,7 @@ func (c *Config) Level() zapcore.Level {
 func (c *Config) LogBurst() int { return orDefaultInt(c.LogRateLimit, "log_rate_limit") }
 
 // ProxyVersion returns the outgoing PROXY version: 2, 1 or 0 for none.
-func (c *Config) ProxyVersion() byte { return versionOf(c.SendProxy) }
+func (c *Config) ProxyVersion() byte { return versionOf(c.SendProxyName()) }
 
 func versionOf(s string) byte {
 	switch s {

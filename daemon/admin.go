@@ -14,34 +14,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// envAdminToken holds the admin token itself (a secret belongs neither in
-// argv nor in a config file others may read); admin_token_file names a
-// file holding it instead.
-const envAdminToken = "STICKYD_ADMIN_TOKEN"
+// envAdminToken holds the admin token itself (config.AdminToken).
+const envAdminToken = config.EnvAdminToken
 
-// adminToken returns the admin token from admin_token_file or
-// STICKYD_ADMIN_TOKEN ("" for none) and whether it came from the
-// environment. The variable is removed from the environment, so that
-// launched workers do not inherit it (an upgrade passes it on).
+// adminToken returns the admin token ("" for none) and whether it came
+// from the environment. The variable is removed from the environment, so
+// that launched workers do not inherit it (an upgrade passes it on).
 func adminToken(cfg *config.Config) (token string, fromEnv bool, err error) {
 	env := os.Getenv(envAdminToken)
 	os.Unsetenv(envAdminToken)
-	switch {
-	case env != "" && cfg.AdminTokenFile != "":
-		return "", false, fmt.Errorf("admin_token_file and %s are both set: use one", envAdminToken)
-	case env != "":
-		return strings.TrimSpace(env), true, nil
-	case cfg.AdminTokenFile == "":
-		return "", false, nil
-	}
-	b, err := os.ReadFile(cfg.AdminTokenFile)
-	if err != nil {
-		return "", false, fmt.Errorf("admin_token_file: %w", err)
-	}
-	if token = strings.TrimSpace(string(b)); token == "" {
-		return "", false, fmt.Errorf("admin_token_file %s is empty", cfg.AdminTokenFile)
-	}
-	return token, false, nil
+	token, err = cfg.AdminToken(env)
+	return token, env != "" && err == nil, err
 }
 
 // listenAdmin listens on addr: host:port, or unix:/path with permission

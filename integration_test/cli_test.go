@@ -201,3 +201,29 @@ func TestLookup(t *testing.T) {
 		t.Errorf("bad line: exit %d, out %q, stderr %q", code, out, stderr)
 	}
 }
+
+// check-config refuses the admin token setups that stickyd refuses at
+// start, with the same message and exit status 2.
+func TestCheckConfigAdminTokenAgrees(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+	}{
+		{"both", []string{"STICKYD_ADMIN_TOKEN=t0ken"}, []string{"--admin-token-file", empty}},
+		{"empty file", nil, []string{"--admin-token-file", empty}},
+		{"missing file", nil, []string{"--admin-token-file", filepath.Join(dir, "none")}},
+	} {
+		base := []string{"--backend", "127.0.0.1:1", "--listen", freePort(t)}
+		code, _, check := runStickyd(t, dir, tc.env, "", append(append([]string{"check-config"}, base...), tc.args...)...)
+		serveCode, _, serve := runStickyd(t, dir, tc.env, "", append(base, tc.args...)...)
+		if code != 2 || serveCode != 2 || check != serve || !strings.Contains(check, "admin_token_file") {
+			t.Errorf("%s: check-config %d %q, stickyd %d %q", tc.name, code, check, serveCode, serve)
+		}
+	}
+}
