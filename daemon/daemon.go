@@ -52,6 +52,9 @@ type Options struct {
 	Load func() (*config.Config, error)
 	// Version is logged at start.
 	Version string
+	// Signals, when not nil, replaces the process's SIGTERM, SIGINT,
+	// SIGHUP and SIGUSR2 (tests send them here).
+	Signals <-chan os.Signal
 }
 
 // daemon is a running proxy: the server, its listeners, the workers, and
@@ -103,9 +106,13 @@ func Run(o Options) error {
 	defer func() { stopReport(); logs.Close(2 * time.Second) }()
 	// Signals are caught from here on: one that arrives during start (after
 	// "stickyd listening" is logged, say) is acted on once run begins.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
+	sigs := o.Signals
+	if sigs == nil {
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
+		defer signal.Stop(ch)
+		sigs = ch
+	}
 	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg}
 	if d.up, err = newUpgrader(d); err != nil {
 		return err

@@ -46,6 +46,12 @@ func (l *fakeLoader) load() (*config.Config, error) {
 	return l.cfg, l.err
 }
 
+func (l *fakeLoader) loads() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.runs
+}
+
 func (l *fakeLoader) set(cfg *config.Config, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
