@@ -18,13 +18,7 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	if d.srv == nil {
 		return nil // stopped during start
 	}
-	workersCtx, stopWorkers := context.WithCancel(context.Background())
-	workersDone := make(chan error, 1)
-	if d.sup != nil {
-		go func() { workersDone <- d.sup.Run(workersCtx) }()
-	} else {
-		workersDone <- nil
-	}
+	stopWorkers := d.runWorkers()
 	serveErr := make(chan error, 1)
 	stopWaiting := make(chan struct{})
 	go func() {
@@ -41,26 +35,46 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	err := d.signals(sigs, serveErr)
 	close(stopWaiting)
 	close(d.reloads)
-	d.mu.Lock()
-	drain := d.cfg.Drain()
-	d.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	if derr := d.srv.Shutdown(ctx); derr != nil {
-		d.log.Warn("drain cut short", zap.Error(derr))
-	}
+	d.drain()
 	d.stopAdmin()
 	d.stopLoops()
 	stopWorkers()
-	if werr := <-workersDone; werr != nil && !errors.Is(werr, context.Canceled) {
-		d.log.Error("workers", zap.Error(werr))
-	}
 	removePIDFile(d.boot.PIDFile, pid)
 	d.log.Info("stopped")
 	if err != nil && !errors.Is(err, server.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// runWorkers runs the supervisor of [workers], if any, and returns the
+// function that stops it and waits.
+func (d *daemon) runWorkers() (stop func()) {
+	if d.sup == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.sup.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			d.log.Error("workers", zap.Error(err))
+		}
+	}
+}
+
+// drain stops accepting and waits for the open connections, at most
+// drain_timeout (of the config in force).
+func (d *daemon) drain() {
+	d.mu.Lock()
+	drain := d.cfg.Drain()
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if err := d.srv.Shutdown(ctx); err != nil {
+		d.log.Warn("drain cut short", zap.Error(err))
+	}
 }
 
 // signals handles SIGHUP (reload) and SIGUSR2 (upgrade) until SIGTERM or

@@ -32,6 +32,26 @@ func (d *daemon) start() error {
 		return nil // stopped while waiting for DNS; run returns at once
 	}
 	d.budget = newFDBudget(cfg, d.log)
+	if err := d.readAdminToken(cfg); err != nil {
+		return err
+	}
+	if err := d.newServer(cfg); err != nil {
+		return err
+	}
+	d.loops = d.startLoops(cfg)
+	go adaptProcs(context.Background(), d.log) // for the process's life
+	d.startAdmin()
+	warnRiskySetup(cfg, d.log)
+	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
+		zap.Int("backends", len(d.srv.Backends().Backends())), zap.String("send_proxy", cfg.SendProxyName()),
+		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", d.inherited),
+		zap.String("version", d.version))
+	return nil
+}
+
+// readAdminToken takes the admin token (config.AdminToken) out of the
+// environment or its file.
+func (d *daemon) readAdminToken(cfg *config.Config) error {
 	token, fromEnv, err := adminToken(cfg)
 	if err != nil {
 		return configErrorf("%v", err)
@@ -39,6 +59,12 @@ func (d *daemon) start() error {
 	if d.adminToken = token; fromEnv {
 		d.adminTokenEnv = token
 	}
+	return nil
+}
+
+// newServer opens the engine and the listeners and makes the server with
+// the backend set of cfg. On error it closes what it opened.
+func (d *daemon) newServer(cfg *config.Config) error {
 	engine, err := newEngine(cfg, d.budget)
 	if err != nil {
 		return fmt.Errorf("start engine: %w", err)
@@ -57,14 +83,6 @@ func (d *daemon) start() error {
 		return configErrorf("%v", err)
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
-	d.loops = d.startLoops(cfg)
-	go adaptProcs(context.Background(), d.log) // for the process's life
-	d.startAdmin()
-	warnRiskySetup(cfg, d.log)
-	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
-		zap.Int("backends", len(set.Backends())), zap.String("send_proxy", cfg.SendProxyName()),
-		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", d.inherited),
-		zap.String("version", d.version))
 	return nil
 }
 
