@@ -76,6 +76,11 @@ func (c *Config) checkScalars() error {
 	if !oneOf(c.Engine, "", "epoll", "goroutine") {
 		return c.errorf("engine", "want epoll or goroutine, got %q", c.Engine)
 	}
+	return c.checkAdmin()
+}
+
+// checkAdmin checks admin and admin_socket_mode.
+func (c *Config) checkAdmin() error {
 	if path, ok := strings.CutPrefix(c.Admin, "unix:"); ok && path == "" {
 		return c.errorf("admin", "empty unix socket path")
 	} else if c.Admin != "" && !ok {
