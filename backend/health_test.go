@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"github.com/stickyd/stickyd/proxyproto"
 	"go.uber.org/zap"
 )
@@ -101,25 +102,13 @@ func TestHealthTCPSendsLocalHeader(t *testing.T) {
 	if err := hc.Check(context.Background(), set.Backends()[0]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the LOCAL header", func() bool { return srv.locals.Load() == 1 })
+	testkit.WaitFor(t, "the LOCAL header", func() bool { return srv.locals.Load() == 1 })
 
-	refused := reservedPort(t)
+	refused := testkit.FreePort(t)
 	set = oneBackendSet(t, refused)
 	if err := hc.Check(context.Background(), set.Backends()[0]); err == nil {
 		t.Error("check of a closed port passed")
 	}
-}
-
-// reservedPort returns a loopback address nobody listens on.
-func reservedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 func TestHealthHTTPStatus(t *testing.T) {
@@ -259,19 +248,19 @@ func TestHealthDisabledRunMarksHealthy(t *testing.T) {
 func TestHealthRunFollowsSet(t *testing.T) {
 	a := startHealthServer(t, 0)
 	var cur atomic.Pointer[Set]
-	cur.Store(oneBackendSet(t, reservedPort(t)))
+	cur.Store(oneBackendSet(t, testkit.FreePort(t)))
 	hc := NewHealthChecker(HealthConfig{Mode: HealthTCP, Interval: 10 * time.Millisecond, Fall: 1},
 		cur.Load, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { hc.Run(ctx); close(done) }()
-	waitFor(t, "the dead backend marked unhealthy", func() bool { return !cur.Load().Backends()[0].Healthy() })
+	testkit.WaitFor(t, "the dead backend marked unhealthy", func() bool { return !cur.Load().Backends()[0].Healthy() })
 	cur.Store(oneBackendSet(t, a.addr()))
-	waitFor(t, "checks of the new set", func() bool { return a.conns.Load() > 0 })
+	testkit.WaitFor(t, "checks of the new set", func() bool { return a.conns.Load() > 0 })
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("Run did not return")
 	}
 }
@@ -295,7 +284,7 @@ func TestHealthUnhealthyIsLastResort(t *testing.T) {
 // EjectAfter failed dials in a row, not fewer, start the cool-down; a
 // success resets the count.
 func TestHealthPassiveEjectAfter(t *testing.T) {
-	dead := reservedPort(t)
+	dead := testkit.FreePort(t)
 	set, err := NewSet([]Spec{{Name: "d", Address: dead}},
 		Options{DialTimeout: time.Second, EjectAfter: 2, Cooldown: time.Hour}, zap.NewNop())
 	if err != nil {

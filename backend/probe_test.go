@@ -2,41 +2,14 @@ package backend
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"go.uber.org/zap"
 )
-
-// blackHole listens with a backlog of one and never accepts; one
-// connection fills the queue, so later SYNs are dropped and a dial waits
-// for its timeout.
-func blackHole(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	filler, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	return addr
-}
 
 // holeSet is a set of a black hole and a listener that accepts, and client
 // IPs whose first choice is the hole.
@@ -47,7 +20,7 @@ func holeSet(t *testing.T, opts Options) (*Set, []netip.Addr) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ok.Close() })
-	set, err := NewSet([]Spec{{Name: "hole", Address: blackHole(t)}, {Name: "ok", Address: ok.Addr().String()}}, opts, zap.NewNop())
+	set, err := NewSet([]Spec{{Name: "hole", Address: testkit.BlackHole(t)}, {Name: "ok", Address: ok.Addr().String()}}, opts, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

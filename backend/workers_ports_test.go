@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"go.uber.org/zap"
 )
 
@@ -102,12 +103,12 @@ func TestWorkerPortTakenWhileDown(t *testing.T) {
 	send(t, addr, "crash")
 	h.waitState(t, 1, false)
 	var squatter net.Listener
-	waitFor(t, "the crashed worker's port to be free", func() bool {
+	testkit.WaitFor(t, "the crashed worker's port to be free", func() bool {
 		var err error
 		squatter, err = net.Listen("tcp", addr)
 		return err == nil
 	})
-	waitFor(t, "two refused starts", func() bool {
+	testkit.WaitFor(t, "two refused starts", func() bool {
 		return len(h.entries("worker port in use by another program; worker not started", 1)) >= 2
 	})
 	e := h.entries("worker port in use by another program; worker not started", 1)[0].ContextMap()
@@ -129,7 +130,7 @@ func TestWorkerWrongPortLogged(t *testing.T) {
 	cfg := fakeConfig(t, 1, map[string]string{"FAKE_WRONG_PORT": "1"})
 	cfg.StartupTimeout = 2 * time.Second
 	h := startSupervisor(t, cfg, nil)
-	waitFor(t, "the startup timeout", func() bool {
+	testkit.WaitFor(t, "the startup timeout", func() bool {
 		return len(h.entries("worker not ready within startup timeout, killing it", 0)) >= 1
 	})
 	warn := h.entries("worker listens, but not on its address; it gets no traffic until it does", 0)
@@ -150,7 +151,7 @@ func TestWorkerWrongPortLogged(t *testing.T) {
 func TestWorkerExitsAtOnceAndGarbageOutput(t *testing.T) {
 	h := startSupervisor(t, fakeConfig(t, 2, map[string]string{"FAKE_CRASH_ID": "1", "FAKE_GARBAGE": "1"}), nil)
 	h.waitState(t, 0, true)
-	waitFor(t, "two early exits", func() bool { return len(h.entries("worker exited", 1)) >= 2 })
+	testkit.WaitFor(t, "two early exits", func() bool { return len(h.entries("worker exited", 1)) >= 2 })
 	m := h.entries("worker exited", 1)[0].ContextMap()
 	if m["ready"] != false || !strings.Contains(m["expected"].(string), "PORT=") || m["exit_code"] != int64(3) {
 		t.Errorf("early exit fields %v", m)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -19,13 +18,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// hang guard for anything the tests wait on.
-const guard = 20 * time.Second
+// Worker ports come from 20000-29999: below the ephemeral range, so that
+// no client socket of the tests can take them, and apart from the
+// integration tests' (10000-19999), which may run at the same time.
+const workerPortsLo, workerPortsHi = 20000, 30000
 
 // supHarness runs a Supervisor over fake workers and records what it reports.
 type supHarness struct {
@@ -61,33 +63,8 @@ func fakeConfig(t *testing.T, count int, env map[string]string) WorkerConfig {
 	for k, v := range env {
 		e[k] = v
 	}
-	return WorkerConfig{Command: []string{exe}, Count: count, PortBase: freePortBase(t, count), Env: e,
-		StartupTimeout: guard / 2, StopTimeout: guard / 2}
-}
-
-// freePortBase finds n consecutive free ports below the ephemeral range, so
-// that no client socket of the tests can take them.
-func freePortBase(t *testing.T, n int) int {
-	t.Helper()
-	for range 100 {
-		base := 20000 + rand.IntN(10000)
-		var lns []net.Listener
-		for i := range n {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+i))
-			if err != nil {
-				break
-			}
-			lns = append(lns, ln)
-		}
-		for _, ln := range lns {
-			ln.Close()
-		}
-		if len(lns) == n {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
+	return WorkerConfig{Command: []string{exe}, Count: count, PortBase: testkit.FreePortBase(t, count, workerPortsLo, workerPortsHi), Env: e,
+		StartupTimeout: testkit.Guard / 2, StopTimeout: testkit.Guard / 2}
 }
 
 func startSupervisor(t *testing.T, cfg WorkerConfig, tweak func(*workerTiming)) *supHarness {
@@ -133,7 +110,7 @@ func (h *supHarness) stop(t *testing.T) error {
 		h.cancel()
 		select {
 		case h.runErr = <-h.done:
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("Run did not return after cancel")
 		}
 	})
@@ -148,8 +125,8 @@ func (h *supHarness) waitState(t *testing.T, slot int, want bool) {
 		if got != want {
 			t.Fatalf("slot %d: onState(%v), want onState(%v)", slot, got, want)
 		}
-	case <-time.After(guard):
-		t.Fatalf("slot %d: no onState(%v) within %v", slot, want, guard)
+	case <-time.After(testkit.Guard):
+		t.Fatalf("slot %d: no onState(%v) within %v", slot, want, testkit.Guard)
 	}
 }
 
@@ -164,18 +141,6 @@ func (h *supHarness) entries(msg string, slot int) []observer.LoggedEntry {
 	return out
 }
 
-// waitFor polls cond until it holds, failing after guard.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func splitAddress(a string) (network, addr string) {
 	if p, ok := strings.CutPrefix(a, "unix:"); ok {
 		return "unix", p
@@ -187,7 +152,7 @@ func splitAddress(a string) (network, addr string) {
 func dialWorker(t *testing.T, address string) net.Conn {
 	t.Helper()
 	network, addr := splitAddress(address)
-	c, err := net.DialTimeout(network, addr, guard)
+	c, err := net.DialTimeout(network, addr, testkit.Guard)
 	if err != nil {
 		t.Fatalf("dial %s: %v", address, err)
 	}
@@ -199,7 +164,7 @@ func askEnv(t *testing.T, address string) fakeEnv {
 	t.Helper()
 	c := dialWorker(t, address)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(guard))
+	c.SetDeadline(time.Now().Add(testkit.Guard))
 	fmt.Fprintln(c, "env")
 	var env fakeEnv
 	if err := json.NewDecoder(c).Decode(&env); err != nil {
@@ -214,7 +179,7 @@ func send(t *testing.T, address, cmd string) {
 	c := dialWorker(t, address)
 	defer c.Close()
 	fmt.Fprintln(c, cmd)
-	c.SetReadDeadline(time.Now().Add(guard))
+	c.SetReadDeadline(time.Now().Add(testkit.Guard))
 	_, _ = bufio.NewReader(c).ReadByte() // wait for the worker to act (close or exit)
 }
 
@@ -257,7 +222,7 @@ func TestWorkerEnvAndSlots(t *testing.T) {
 func TestWorkerReadyOnlyAfterListen(t *testing.T) {
 	gate := filepath.Join(t.TempDir(), "gate")
 	h := startSupervisor(t, fakeConfig(t, 1, map[string]string{"FAKE_GATE": gate}), nil)
-	waitFor(t, "worker waiting at its gate", func() bool { return len(h.entries("waiting for gate", 0)) > 0 })
+	testkit.WaitFor(t, "worker waiting at its gate", func() bool { return len(h.entries("waiting for gate", 0)) > 0 })
 	// The worker runs but does not listen: many polls must not report it.
 	select {
 	case got := <-h.states[0]:
@@ -307,7 +272,7 @@ func TestWorkerCrashRestartsSameSlot(t *testing.T) {
 func TestWorkerCrashLoopBacksOffAndSparesOthers(t *testing.T) {
 	h := startSupervisor(t, fakeConfig(t, 2, map[string]string{"FAKE_CRASH_ID": "1"}), nil)
 	h.waitState(t, 0, true)
-	waitFor(t, "5 restarts of worker 1", func() bool { return h.sup.Restarts(1) >= 5 })
+	testkit.WaitFor(t, "5 restarts of worker 1", func() bool { return h.sup.Restarts(1) >= 5 })
 	tm := h.sup.timing
 	want := []time.Duration{tm.backoffMin, 2 * tm.backoffMin, 4 * tm.backoffMin, tm.backoffMax, tm.backoffMax}
 	for i, e := range h.entries("restarting worker", 1)[:5] {
@@ -344,7 +309,7 @@ func TestWorkerNeverReadyIsKilledAndRetried(t *testing.T) {
 	cfg := fakeConfig(t, 1, map[string]string{"FAKE_NEVER_LISTEN": "1"})
 	cfg.StartupTimeout = 300 * time.Millisecond
 	h := startSupervisor(t, cfg, nil)
-	waitFor(t, "two startup timeouts", func() bool {
+	testkit.WaitFor(t, "two startup timeouts", func() bool {
 		return len(h.entries("worker not ready within startup timeout, killing it", 0)) >= 2 && h.sup.Restarts(0) >= 2
 	})
 	exits := h.entries("worker exited", 0)
@@ -400,7 +365,7 @@ func TestWorkerOutputForwarded(t *testing.T) {
 	h.waitState(t, 0, true)
 	check := func(msg, stream string) {
 		t.Helper()
-		waitFor(t, "log line "+msg, func() bool { return len(h.entries(msg, 0)) > 0 })
+		testkit.WaitFor(t, "log line "+msg, func() bool { return len(h.entries(msg, 0)) > 0 })
 		e := h.entries(msg, 0)[0]
 		if e.LoggerName != "worker" || e.ContextMap()["stream"] != stream || e.Level != zapcore.InfoLevel {
 			t.Errorf("line %.20q logged as %+v %v, want logger worker, stream %s", msg, e.Entry, e.ContextMap(), stream)
@@ -448,7 +413,7 @@ func TestWorkerStartFailureRetried(t *testing.T) {
 	cfg := fakeConfig(t, 1, nil)
 	cfg.Command = []string{"./no-such-worker"}
 	h := startSupervisor(t, cfg, nil)
-	waitFor(t, "two restarts", func() bool { return h.sup.Restarts(0) >= 2 })
+	testkit.WaitFor(t, "two restarts", func() bool { return h.sup.Restarts(0) >= 2 })
 	if e := h.entries("start worker", 0); len(e) < 2 {
 		t.Errorf("start failures logged %d times, want >= 2", len(e))
 	}
@@ -464,7 +429,7 @@ func TestWorkerDiesWithSupervisor(t *testing.T) {
 	pidDir := t.TempDir()
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), fakeWorkerEnv+"=supervisor", "FAKE_PID_DIR="+pidDir,
-		"FAKE_PORT_BASE="+strconv.Itoa(freePortBase(t, 1)))
+		"FAKE_PORT_BASE="+strconv.Itoa(testkit.FreePortBase(t, 1, workerPortsLo, workerPortsHi)))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -486,7 +451,7 @@ func TestWorkerDiesWithSupervisor(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("worker never got ready")
 	}
 	b, err := os.ReadFile(filepath.Join(pidDir, "0.pid"))
@@ -501,7 +466,7 @@ func TestWorkerDiesWithSupervisor(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Wait()
-	waitFor(t, "the orphaned worker to die", func() bool { return pidGone(pid) })
+	testkit.WaitFor(t, "the orphaned worker to die", func() bool { return pidGone(pid) })
 }
 
 func TestWorkerConfigValidate(t *testing.T) {
@@ -544,7 +509,7 @@ func TestForwardWorkerOutputSplitsLongLinesBetweenCharacters(t *testing.T) {
 	w.Close()
 	select {
 	case <-done:
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("forwarder did not end at EOF")
 	}
 	var got []string
@@ -572,13 +537,13 @@ func TestForwardWorkerOutputFlushesPartialLine(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	go forwardWorkerOutput(r, zap.New(core), new(atomic.Bool))
 	fmt.Fprint(w, "\x00\xffprompt> ")
-	waitFor(t, "the partial line", func() bool { return logs.Len() == 1 })
+	testkit.WaitFor(t, "the partial line", func() bool { return logs.Len() == 1 })
 	e := logs.All()[0]
 	if !strings.HasSuffix(e.Message, "prompt> ") || e.ContextMap()["continued"] != true {
 		t.Errorf("partial line logged as %q %v", e.Message, e.ContextMap())
 	}
 	fmt.Fprint(w, "rest\n")
-	waitFor(t, "the rest of the line", func() bool { return logs.Len() == 2 })
+	testkit.WaitFor(t, "the rest of the line", func() bool { return logs.Len() == 2 })
 	if e := logs.All()[1]; e.Message != "rest" {
 		t.Errorf("rest logged as %q", e.Message)
 	}

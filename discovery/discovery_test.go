@@ -8,24 +8,13 @@ import (
 
 	"github.com/stickyd/stickyd/discovery"
 	"github.com/stickyd/stickyd/discovery/dnstest"
+	"github.com/stickyd/stickyd/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
 
-const guard = 20 * time.Second
-
-func startDNS(t *testing.T) *dnstest.Server {
-	t.Helper()
-	srv, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	return srv
-}
-
 func TestDNSResolveHostPort(t *testing.T) {
-	srv := startDNS(t)
+	srv := dnstest.New(t)
 	srv.SetHost("app.test.", "127.0.0.3", "127.0.0.2", "::1", "::ffff:127.0.0.4")
 	r := discovery.NewResolver(srv.Addr)
 	got, err := r.Resolve(context.Background(), "app.test:8080")
@@ -39,7 +28,7 @@ func TestDNSResolveHostPort(t *testing.T) {
 }
 
 func TestDNSResolveSRV(t *testing.T) {
-	srv := startDNS(t)
+	srv := dnstest.New(t)
 	srv.SetSRV("_app._tcp.test.", dnstest.Target{Host: "a.test.", Port: 2000},
 		dnstest.Target{Host: "b.test.", Port: 1000}, dnstest.Target{Host: "gone.test.", Port: 3000})
 	srv.SetHost("a.test.", "127.0.0.5")
@@ -56,7 +45,7 @@ func TestDNSResolveSRV(t *testing.T) {
 }
 
 func TestDNSResolveErrors(t *testing.T) {
-	srv := startDNS(t)
+	srv := dnstest.New(t)
 	r := discovery.NewResolver(srv.Addr)
 	for _, target := range []string{"missing.test:80", "_x._tcp.missing.test", "app.test:http"} {
 		if addrs, err := r.Resolve(context.Background(), target); err == nil {
@@ -73,7 +62,7 @@ func TestDNSResolveErrors(t *testing.T) {
 // The watcher reports changes, keeps the last answer through failures, and
 // logs a failure and the recovery once each.
 func TestDNSWatcherFollowsChanges(t *testing.T) {
-	srv := startDNS(t)
+	srv := dnstest.New(t)
 	srv.SetHost("app.test.", "127.0.0.2")
 	core, logs := observer.New(zap.InfoLevel)
 	w := &discovery.Watcher{Resolver: discovery.NewResolver(srv.Addr), Targets: []string{"app.test:80"},
@@ -92,7 +81,7 @@ func TestDNSWatcherFollowsChanges(t *testing.T) {
 		select {
 		case m := <-updates:
 			return m["app.test:80"]
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("no update")
 			return nil
 		}
@@ -103,7 +92,7 @@ func TestDNSWatcherFollowsChanges(t *testing.T) {
 	}
 	srv.SetHost("app.test.") // NXDOMAIN: keep the last answer, log once
 	q := srv.Queries()
-	waitFor(t, "several failed rounds", func() bool { return srv.Queries() > q+10 })
+	testkit.WaitFor(t, "several failed rounds", func() bool { return srv.Queries() > q+10 })
 	if n := logs.FilterMessageSnippet("did not resolve").Len(); n != 1 {
 		t.Errorf("%d failure lines, want 1", n)
 	}
@@ -124,21 +113,10 @@ func TestDNSWatcherFollowsChanges(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // An SRV name whose every target fails to resolve is an error, not an
 // empty answer.
 func TestDNSSRVAllTargetsGone(t *testing.T) {
-	srv := startDNS(t)
+	srv := dnstest.New(t)
 	srv.SetSRV("_e._tcp.test.", dnstest.Target{Host: "nohost.test.", Port: 1})
 	if addrs, err := discovery.NewResolver(srv.Addr).Resolve(context.Background(), "_e._tcp.test"); err == nil {
 		t.Fatalf("Resolve = %q, want an error", addrs)

@@ -16,11 +16,10 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 )
-
-const guard = 10 * time.Second
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
@@ -44,7 +43,7 @@ func startServe(t *testing.T) string {
 			if err != nil {
 				t.Errorf("serve = %v", err)
 			}
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Error("serve did not return after cancel")
 		}
 	})
@@ -59,17 +58,7 @@ type client struct {
 
 func dialWithHeader(t *testing.T, network, addr string, h *pp.Header) *client {
 	t.Helper()
-	c, err := net.DialTimeout(network, addr, guard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(guard))
-	if h != nil {
-		if _, err := h.WriteTo(c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c := testkit.DialHeader(t, network, addr, h)
 	return &client{Conn: c, br: bufio.NewReader(c)}
 }
 
@@ -176,7 +165,7 @@ func TestHelloServeUnixSocket(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, zaptest.NewLogger(t)) }()
-	deadline := time.Now().Add(guard)
+	deadline := time.Now().Add(testkit.Guard)
 	for c, err := net.Dial("unix", path); ; c, err = net.Dial("unix", path) {
 		if err == nil {
 			c.Close()
@@ -203,7 +192,7 @@ func TestHelloServeUnixSocket(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Serve = %v", err)
 		}
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("Serve did not return after cancel")
 	}
 	if _, err := os.Stat(path); err == nil {

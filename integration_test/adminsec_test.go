@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // adminCall makes one request through client (to base) with optional Host
@@ -40,7 +42,7 @@ func adminCall(t *testing.T, client *http.Client, method, url, host, token strin
 
 // unixClient is an HTTP client whose every connection goes to path.
 func unixClient(path string) *http.Client {
-	return &http.Client{Timeout: hangGuard, Transport: &http.Transport{
+	return &http.Client{Timeout: testkit.Guard, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
@@ -51,12 +53,12 @@ func unixClient(path string) *http.Client {
 // the configured one) whose drain needs the token from the file; reads do
 // not.
 func TestAdminUnixSocketAndToken(t *testing.T) {
-	b := startBackend(t, "b1")
+	b := testkit.StartBackend(t, "b1")
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600)
 	sock := filepath.Join(dir, "admin.sock")
-	startStickyd(t, "--backend", b.flag(), "--admin", "unix:"+sock, "--admin-token-file", tokenFile)
+	startStickyd(t, "--backend", b.Flag(), "--admin", "unix:"+sock, "--admin-token-file", tokenFile)
 	fi, err := os.Stat(sock)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +84,7 @@ func TestAdminUnixSocketAndToken(t *testing.T) {
 
 	sock2 := filepath.Join(dir, "admin2.sock")
 	t.Setenv("STICKYD_ADMIN_TOKEN", "env-token")
-	startStickyd(t, "--backend", b.flag(), "--admin", "unix:"+sock2, "--admin-socket-mode", "0660")
+	startStickyd(t, "--backend", b.Flag(), "--admin", "unix:"+sock2, "--admin-socket-mode", "0660")
 	if fi, err := os.Stat(sock2); err != nil || fi.Mode().Perm() != 0o660 {
 		t.Errorf("admin socket with --admin-socket-mode 0660: %v %v", fi.Mode(), err)
 	}
@@ -99,10 +101,10 @@ func TestAdminUnixSocketAndToken(t *testing.T) {
 // another Host (DNS rebinding) is refused, and no error body echoes a
 // large request.
 func TestAdminLoopbackHostAndBoundedErrors(t *testing.T) {
-	b := startBackend(t, "b1")
-	adm := freePort(t)
-	p := startStickyd(t, "--backend", b.flag(), "--admin", adm)
-	c := &http.Client{Timeout: hangGuard}
+	b := testkit.StartBackend(t, "b1")
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", b.Flag(), "--admin", adm)
+	c := &http.Client{Timeout: testkit.Guard}
 	base := "http://" + adm
 	for _, m := range []string{"GET", "POST"} {
 		path := map[string]string{"GET": "/backends", "POST": "/backends/b1/drain"}[m]
@@ -141,15 +143,15 @@ func TestAdminLoopbackHostAndBoundedErrors(t *testing.T) {
 // socket fails at start with a clear error; the socket file a killed
 // process leaves behind is replaced.
 func TestAdminUnixSocketInUseAndStale(t *testing.T) {
-	b := startBackend(t, "b1")
+	b := testkit.StartBackend(t, "b1")
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	p := startStickyd(t, "--backend", b.flag(), "--admin", "unix:"+sock)
-	code, _, stderr := runStickyd(t, t.TempDir(), nil, "", "--listen", freePort(t), "--backend", b.flag(), "--admin", "unix:"+sock)
+	p := startStickyd(t, "--backend", b.Flag(), "--admin", "unix:"+sock)
+	code, _, stderr := runStickyd(t, t.TempDir(), nil, "", "--listen", testkit.FreePort(t), "--backend", b.Flag(), "--admin", "unix:"+sock)
 	if code != 1 || !strings.Contains(stderr, "another process serves on this socket") {
 		t.Errorf("second stickyd on a live admin socket: exit %d, %s", code, stderr)
 	}
 	p.stop(t, 9) // SIGKILL: the socket file stays
-	startStickyd(t, "--backend", b.flag(), "--admin", "unix:"+sock)
+	startStickyd(t, "--backend", b.Flag(), "--admin", "unix:"+sock)
 	if code, _ := adminCall(t, unixClient(sock), "GET", "http://stickyd/healthz", "", ""); code != 200 {
 		t.Errorf("/healthz on the replaced socket: %d", code)
 	}

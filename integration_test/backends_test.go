@@ -16,9 +16,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // bkLogCount counts stickyd's log lines that contain every snippet.
@@ -40,7 +41,7 @@ func bkLogCount(p *proc, snippets ...string) int {
 // before the end of the stream.
 func bkRequest(t *testing.T, ip, addr string) string {
 	t.Helper()
-	c := dialFrom(t, ip, addr)
+	c := testkit.Dial(t, ip, addr)
 	defer c.Close()
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
 	got, err := io.ReadAll(c)
@@ -83,7 +84,7 @@ func TestProxyHintPythonWorker(t *testing.T) {
 // prefix, "" for nothing) and the warning.
 func bkRunHintWorkers(t *testing.T, dir, want string, argv ...string) {
 	t.Helper()
-	addr, adm := freePort(t), freePort(t)
+	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	args := append([]string{"--listen", addr, "--log-format", "json", "--admin", adm,
 		"--workers", "2", "--"}, argv...)
 	p := launch(t, dir, addr, args...)
@@ -93,7 +94,7 @@ func bkRunHintWorkers(t *testing.T, dir, want string, argv ...string) {
 		if got := bkRequest(t, ip, p.addr); !strings.HasPrefix(got, want) || want == "" && got != "" {
 			t.Fatalf("%s answered %q, want %q...", w, got, want)
 		}
-		waitFor(t, "the PROXY hint for "+w, func() bool {
+		testkit.WaitFor(t, "the PROXY hint for "+w, func() bool {
 			return bkLogCount(p, bkHint, `"backend":"`+w+`"`) == 1
 		})
 		bkRequest(t, ip, p.addr)
@@ -119,9 +120,9 @@ func bkRunHintWorkers(t *testing.T, dir, want string, argv ...string) {
 // A PROXY-aware backend that meets a client's bad request answers 400 too:
 // a 400 right after a good answer raises no hint.
 func TestProxyHintNotForBadRequests(t *testing.T) {
-	ln := listenOn(t, "127.0.0.1:0")
-	var tr tracked
-	tr.serve(t, ln, func(c net.Conn) {
+	ln := testkit.Listen(t, "127.0.0.1:0")
+	var tr testkit.Tracked
+	tr.Serve(t, ln, func(c net.Conn) {
 		defer c.Close()
 		buf := make([]byte, 4096)
 		n, _ := c.Read(buf)
@@ -131,9 +132,9 @@ func TestProxyHintNotForBadRequests(t *testing.T) {
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nok\n")
 	})
-	p := startStickyd(t, "--backend", "app="+tr.addr())
+	p := startStickyd(t, "--backend", "app="+tr.Addr())
 	for _, path := range []string{"/", "/bad", "/", "/bad"} {
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: app\r\n\r\n", path)
 		io.ReadAll(c)
 		c.Close()
@@ -147,14 +148,14 @@ func TestProxyHintNotForBadRequests(t *testing.T) {
 // bkRecorder is a backend that records every byte it receives and never
 // answers; each connection's bytes are sent on got when it ends.
 type bkRecorder struct {
-	tracked
+	testkit.Tracked
 	got chan []byte
 }
 
 func bkStartRecorder(t *testing.T) *bkRecorder {
 	t.Helper()
 	r := &bkRecorder{got: make(chan []byte, 16)}
-	r.serve(t, listenOn(t, "127.0.0.1:0"), func(c net.Conn) {
+	r.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
 		b, _ := io.ReadAll(c)
 		c.Close()
 		r.got <- b
@@ -167,9 +168,9 @@ func bkStartRecorder(t *testing.T) *bkRecorder {
 // the backend as its very first bytes with --send-proxy none.
 func TestUntrustedLateProxyHeader(t *testing.T) {
 	rec := bkStartRecorder(t)
-	adm := freePort(t)
-	p := startStickyd(t, "--backend", "r="+rec.addr(), "--send-proxy", "none", "--admin", adm)
-	c := dialFrom(t, "127.0.0.9", p.addr)
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "r="+rec.Addr(), "--send-proxy", "none", "--admin", adm)
+	c := testkit.Dial(t, "127.0.0.9", p.addr)
 	defer c.Close()
 	time.Sleep(300 * time.Millisecond)
 	fmt.Fprintf(c, "PROXY TCP4 6.6.6.6 127.0.0.1 4444 80\r\nGET / HTTP/1.0\r\n\r\n")
@@ -181,43 +182,13 @@ func TestUntrustedLateProxyHeader(t *testing.T) {
 		if len(b) != 0 {
 			t.Fatalf("the backend received %q", b)
 		}
-	case <-time.After(hangGuard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("the backend connection was not closed")
 	}
-	waitFor(t, "the refusal in the log", func() bool { return bkLogCount(p, "connection refused", "PROXY header") == 1 })
+	testkit.WaitFor(t, "the refusal in the log", func() bool { return bkLogCount(p, "connection refused", "PROXY header") == 1 })
 	if v := opsMetric(t, adm, `stickyd_header_errors_total{kind="untrusted"}`); v != 1 {
 		t.Errorf("header_errors_total{untrusted} = %v, want 1", v)
 	}
-}
-
-// bkBlackHole listens with a backlog of one and never accepts; one
-// connection fills the queue, so later SYNs are dropped: a dial waits for
-// its timeout.
-func bkBlackHole(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	filler, err := net.DialTimeout("tcp", addr, hangGuard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-		c.Close()
-		t.Fatal("the black hole accepted a second connection")
-	}
-	return addr
 }
 
 // A black-hole backend: after its cool-down, one probe dial decides
@@ -226,15 +197,15 @@ func bkBlackHole(t *testing.T) string {
 // clients that waited for the black hole (before the fix: all of them).
 func TestBlackHoleOneProbePerCooldown(t *testing.T) {
 	const clients = 20
-	ok := startBackend(t, "ok")
-	hole := bkBlackHole(t)
-	adm := freePort(t)
-	p := startStickyd(t, "--backend", ok.flag(), "--backend", "hole="+hole, "--admin", adm,
+	ok := testkit.StartBackend(t, "ok")
+	hole := testkit.BlackHole(t)
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", ok.Flag(), "--backend", "hole="+hole, "--admin", adm,
 		"--connect-timeout", "3s", "--health-cooldown", "300ms")
 	var ips []string
 	for i := 0; len(ips) < clients+1; i++ {
-		if opsLookup(t, adm, clientIP(i)).Home == "hole" {
-			ips = append(ips, clientIP(i))
+		if opsLookup(t, adm, testkit.ClientIP(i)).Home == "hole" {
+			ips = append(ips, testkit.ClientIP(i))
 		}
 		if i > 2000 {
 			t.Fatal("too few client IPs with home hole")
@@ -285,15 +256,15 @@ func TestBlackHoleOneProbePerCooldown(t *testing.T) {
 // later (a reset that beats stickyd's connect(2) is a failed dial).
 func bkCloser(t *testing.T, reset bool) string {
 	t.Helper()
-	var tr tracked
-	tr.serve(t, listenOn(t, "127.0.0.1:0"), func(c net.Conn) {
+	var tr testkit.Tracked
+	tr.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
 		if reset {
 			time.Sleep(20 * time.Millisecond)
 			c.(*net.TCPConn).SetLinger(0)
 		}
 		c.Close()
 	})
-	return tr.addr()
+	return tr.Addr()
 }
 
 // A backend that accepts and closes (or resets) at once is counted: its
@@ -303,16 +274,16 @@ func bkCloser(t *testing.T, reset bool) string {
 func TestAcceptAndCloseBackendEjected(t *testing.T) {
 	for _, reset := range []bool{false, true} {
 		t.Run(fmt.Sprintf("reset=%v", reset), func(t *testing.T) {
-			ok := startBackend(t, "ok")
-			adm := freePort(t)
-			p := startStickyd(t, "--backend", ok.flag(), "--backend", "bad="+bkCloser(t, reset), "--admin", adm,
+			ok := testkit.StartBackend(t, "ok")
+			adm := testkit.FreePort(t)
+			p := startStickyd(t, "--backend", ok.Flag(), "--backend", "bad="+bkCloser(t, reset), "--admin", adm,
 				"--health-cooldown", "1h")
 			ip := opsHomeIP(t, adm, "bad", 0)
 			for i := range 3 {
 				if got := bkRequest(t, ip, p.addr); got != "" {
 					t.Fatalf("request %d through the closer got %q", i, got)
 				}
-				waitFor(t, "the early close counted", func() bool { return opsBackends(t, adm)["bad"].EarlyCloses == int64(i+1) })
+				testkit.WaitFor(t, "the early close counted", func() bool { return opsBackends(t, adm)["bad"].EarlyCloses == int64(i+1) })
 			}
 			if st := opsBackends(t, adm)["bad"]; st.State != "cooldown" || st.DialFailures != 0 {
 				t.Errorf("after 3 early closes: %+v, want cooldown", st)
@@ -334,15 +305,15 @@ func TestAcceptAndCloseBackendEjected(t *testing.T) {
 // closes first, and a client that sends a request and closes before a
 // backend that never answers (a sink) closes too.
 func TestClientClosesFirstNotCounted(t *testing.T) {
-	ok := startBackend(t, "ok")
+	ok := testkit.StartBackend(t, "ok")
 	rec := bkStartRecorder(t)
-	adm := freePort(t)
-	p := startStickyd(t, "--backend", ok.flag(), "--backend", "sink="+rec.addr(), "--admin", adm,
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", ok.Flag(), "--backend", "sink="+rec.Addr(), "--admin", adm,
 		"--send-proxy", "none")
 	for i := range 5 {
-		c := dialFrom(t, opsHomeIP(t, adm, "ok", i*50), p.addr)
+		c := testkit.Dial(t, opsHomeIP(t, adm, "ok", i*50), p.addr)
 		c.Close()
-		c = dialFrom(t, opsHomeIP(t, adm, "sink", i*50), p.addr)
+		c = testkit.Dial(t, opsHomeIP(t, adm, "sink", i*50), p.addr)
 		fmt.Fprintf(c, "log line %d\n", i)
 		c.CloseWrite()
 		io.ReadAll(c) // the sink closes once it has read everything
@@ -363,8 +334,8 @@ func TestClientClosesFirstNotCounted(t *testing.T) {
 func TestSilentBackendFirstByteTimeout(t *testing.T) {
 	rec := bkStartRecorder(t)
 	t.Run("default holds", func(t *testing.T) {
-		p := startStickyd(t, "--backend", "silent="+rec.addr())
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		p := startStickyd(t, "--backend", "silent="+rec.Addr())
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		defer c.Close()
 		fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
 		c.SetReadDeadline(time.Now().Add(time.Second))
@@ -373,9 +344,9 @@ func TestSilentBackendFirstByteTimeout(t *testing.T) {
 		}
 	})
 	t.Run("first-byte-timeout", func(t *testing.T) {
-		adm := freePort(t)
-		p := startStickyd(t, "--backend", "silent="+rec.addr(), "--admin", adm, "--first-byte-timeout", "500ms")
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		adm := testkit.FreePort(t)
+		p := startStickyd(t, "--backend", "silent="+rec.Addr(), "--admin", adm, "--first-byte-timeout", "500ms")
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		defer c.Close()
 		start := time.Now()
 		fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
@@ -385,7 +356,7 @@ func TestSilentBackendFirstByteTimeout(t *testing.T) {
 		if d := time.Since(start); d < 500*time.Millisecond {
 			t.Errorf("closed after %v, before the timeout", d)
 		}
-		waitFor(t, "the timeout counted", func() bool { return opsBackends(t, adm)["silent"].FirstByteTimeouts == 1 })
+		testkit.WaitFor(t, "the timeout counted", func() bool { return opsBackends(t, adm)["silent"].FirstByteTimeouts == 1 })
 		if v := opsMetric(t, adm, `stickyd_backend_first_byte_timeouts_total{backend="silent"}`); v != 1 {
 			t.Errorf("backend_first_byte_timeouts_total = %v", v)
 		}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // runStickyd runs the binary to completion in dir with extra environment
@@ -33,7 +35,7 @@ func runStickyd(t *testing.T, dir string, env []string, stdin string, args ...st
 	go func() { done <- cmd.Wait() }()
 	select {
 	case <-done:
-	case <-time.After(hangGuard):
+	case <-time.After(testkit.Guard):
 		cmd.Process.Kill()
 		t.Fatalf("stickyd %v did not exit", args)
 	}
@@ -53,7 +55,7 @@ func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	bad := writeFile(t, dir, "bad.toml", "listen = \"127.0.0.1:0\"\n\nsend_proxy = \"v9\"\n[[backend]]\naddress = \"127.0.0.1:1\"\n")
 	unknown := writeFile(t, dir, "unknown.toml", "listen = \"127.0.0.1:0\"\nlisen = \"x\"\n")
-	busy := listenOn(t, "127.0.0.1:0")
+	busy := testkit.Listen(t, "127.0.0.1:0")
 	defer busy.Close()
 	tests := []struct {
 		name string
@@ -101,25 +103,25 @@ func TestCheckConfigAndVersion(t *testing.T) {
 
 // Environment twins and the config file are honoured; flags override both.
 func TestEnvAndFileAndFlagPrecedence(t *testing.T) {
-	b := startBackend(t, "only")
+	b := testkit.StartBackend(t, "only")
 	dir := t.TempDir()
-	cfg := writeFile(t, dir, "c.toml", fmt.Sprintf("send_proxy = \"v2\"\n[[backend]]\nname = \"file\"\naddress = %q\n", b.addr()))
+	cfg := writeFile(t, dir, "c.toml", fmt.Sprintf("send_proxy = \"v2\"\n[[backend]]\nname = \"file\"\naddress = %q\n", b.Addr()))
 
 	// The file says v2, the environment says v1: the environment wins.
 	t.Setenv("STICKYD_SEND_PROXY", "v1")
 	p := startStickyd(t, "--config", cfg)
-	c := dialFrom(t, "127.0.0.1", p.addr)
-	greeting(t, c)
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
+	testkit.Greeting(t, c)
 	c.Close()
-	if v := b.headers()[0].Version; v != 1 {
+	if v := b.Headers()[0].Version; v != 1 {
 		t.Errorf("STICKYD_SEND_PROXY=v1: backend got v%d", v)
 	}
 	// A flag beats the environment.
 	p = startStickyd(t, "--config", cfg, "--send-proxy", "v2")
-	c = dialFrom(t, "127.0.0.1", p.addr)
-	greeting(t, c)
+	c = testkit.Dial(t, "127.0.0.1", p.addr)
+	testkit.Greeting(t, c)
 	c.Close()
-	if v := b.headers()[1].Version; v != 2 {
+	if v := b.Headers()[1].Version; v != 2 {
 		t.Errorf("--send-proxy v2 over env v1: backend got v%d", v)
 	}
 }
@@ -219,7 +221,7 @@ func TestCheckConfigAdminTokenAgrees(t *testing.T) {
 		{"empty file", nil, []string{"--admin-token-file", empty}},
 		{"missing file", nil, []string{"--admin-token-file", filepath.Join(dir, "none")}},
 	} {
-		base := []string{"--backend", "127.0.0.1:1", "--listen", freePort(t)}
+		base := []string{"--backend", "127.0.0.1:1", "--listen", testkit.FreePort(t)}
 		code, _, check := runStickyd(t, dir, tc.env, "", append(append([]string{"check-config"}, base...), tc.args...)...)
 		serveCode, _, serve := runStickyd(t, dir, tc.env, "", append(base, tc.args...)...)
 		if code != 2 || serveCode != 2 || check != serve || !strings.Contains(check, "admin_token_file") {

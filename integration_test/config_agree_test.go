@@ -8,14 +8,16 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // One validation path: check-config, the daemon at start, the daemon on
 // SIGHUP and lookup reject every bad value with the same error, naming the
 // key and its line (issue 11, item 14).
 func TestBadValuesRejectedAlikeEverywhere(t *testing.T) {
-	b := startBackend(t, "b0")
-	good := fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b.addr())
+	b := testkit.StartBackend(t, "b0")
+	good := fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b.Addr())
 	workers := "[workers]\ncommand = [\"stickyd\", \"hello-worker\"]\ncount = 2\n"
 	tests := []struct{ name, src, want string }{
 		{"hash_key bogus", "hash_key = \"bogus\"\n" + good, `line 1: key "hash_key"`},
@@ -42,7 +44,7 @@ func TestBadValuesRejectedAlikeEverywhere(t *testing.T) {
 			path := filepath.Join(dir, fmt.Sprintf("bad%d.toml", i))
 			write(path, tc.src)
 			code, _, check := runStickyd(t, dir, nil, "", "check-config", path)
-			serveCode, _, serve := runStickyd(t, dir, nil, "", "--config", path, "--listen", freePort(t))
+			serveCode, _, serve := runStickyd(t, dir, nil, "", "--config", path, "--listen", testkit.FreePort(t))
 			lookupCode, _, lookup := runStickyd(t, dir, nil, "", "lookup", "--config", path, "192.0.2.1")
 			if code != 2 || serveCode != 2 || lookupCode != 2 || check != serve || check != lookup ||
 				!strings.Contains(check, tc.want) {
@@ -52,7 +54,7 @@ func TestBadValuesRejectedAlikeEverywhere(t *testing.T) {
 			write(live, tc.src)
 			before := len(reloadRejections(p))
 			p.cmd.Process.Signal(syscall.SIGHUP)
-			waitFor(t, "reload rejected", func() bool { return len(reloadRejections(p)) > before })
+			testkit.WaitFor(t, "reload rejected", func() bool { return len(reloadRejections(p)) > before })
 			// The same error, but for the file's name.
 			_, got, _ := strings.Cut(reloadRejections(p)[before], "config: invalid: ")
 			if _, want, _ := strings.Cut(check, "config: invalid: "); got == "" || got != strings.TrimSpace(want) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // Config at scale and reloads that take long: a reload runs beside the
@@ -37,9 +39,9 @@ func blackHoleDNS(t *testing.T) string {
 // A SIGHUP whose reload hangs on DNS does not delay SIGTERM: stickyd stops
 // (and logs "stopping") before the reload's DNS lookup has even timed out.
 func TestReloadDoesNotDelaySIGTERM(t *testing.T) {
-	b := startBackend(t, "b0")
+	b := testkit.StartBackend(t, "b0")
 	path := filepath.Join(t.TempDir(), "stickyd.toml")
-	static := fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b.addr())
+	static := fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b.Addr())
 	if err := os.WriteFile(path, []byte(static), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +51,7 @@ func TestReloadDoesNotDelaySIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "reloading config", func() bool { return opsLogged(p, `"msg":"reloading config"`) })
+	testkit.WaitFor(t, "reloading config", func() bool { return opsLogged(p, `"msg":"reloading config"`) })
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)
 	}

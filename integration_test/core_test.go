@@ -15,16 +15,17 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
-func fourBackends(t *testing.T) ([]*testBackend, []string) {
+func fourBackends(t *testing.T) ([]*testkit.Backend, []string) {
 	t.Helper()
-	var bs []*testBackend
+	var bs []*testkit.Backend
 	var args []string
 	for i := range 4 {
-		b := startBackend(t, fmt.Sprintf("b%d", i))
+		b := testkit.StartBackend(t, fmt.Sprintf("b%d", i))
 		bs = append(bs, b)
-		args = append(args, "--backend", b.flag())
+		args = append(args, "--backend", b.Flag())
 	}
 	return bs, args
 }
@@ -56,13 +57,11 @@ func TestStickinessThousandClients(t *testing.T) {
 
 // hello connects from ip and returns the backend's greeting.
 func hello(ip, addr string) (string, netip.AddrPort, error) {
-	d := net.Dialer{Timeout: hangGuard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	c, err := d.Dial("tcp", addr)
+	c, err := testkit.DialFrom(ip, addr)
 	if err != nil {
 		return "", netip.AddrPort{}, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
 	buf := make([]byte, 0, 128)
 	for !bytes.HasSuffix(buf, []byte("\n")) {
 		n, err := c.Read(buf[len(buf):cap(buf)])
@@ -81,15 +80,15 @@ func hello(ip, addr string) (string, netip.AddrPort, error) {
 func TestSendProxyVersions(t *testing.T) {
 	for _, v := range []string{"v1", "v2"} {
 		t.Run(v, func(t *testing.T) {
-			b := startBackend(t, "only")
-			p := startStickyd(t, "--backend", b.flag(), "--send-proxy", v)
-			c := dialFrom(t, "127.3.4.5", p.addr)
+			b := testkit.StartBackend(t, "only")
+			p := startStickyd(t, "--backend", b.Flag(), "--send-proxy", v)
+			c := testkit.Dial(t, "127.3.4.5", p.addr)
 			defer c.Close()
-			_, got, _ := greeting(t, c)
+			_, got, _ := testkit.Greeting(t, c)
 			if got.String() != c.LocalAddr().String() {
 				t.Errorf("backend saw %s, client is %s", got, c.LocalAddr())
 			}
-			h := b.headers()[0]
+			h := b.Headers()[0]
 			if want := byte(v[1] - '0'); h.Version != want {
 				t.Errorf("header version %d, want %d", h.Version, want)
 			}
@@ -102,10 +101,10 @@ func TestSendProxyVersions(t *testing.T) {
 
 // --send-proxy none sends the client's bytes only.
 func TestSendProxyNone(t *testing.T) {
-	ln := listenOn(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	defer ln.Close()
 	p := startStickyd(t, "--backend", ln.Addr().String(), "--send-proxy", "none")
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
 	c.Write([]byte("hello"))
 	c.CloseWrite()
 	bc, err := ln.Accept()
@@ -113,7 +112,6 @@ func TestSendProxyNone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bc.Close()
-	bc.SetDeadline(time.Now().Add(hangGuard))
 	got, _ := io.ReadAll(bc)
 	if string(got) != "hello" {
 		t.Errorf("backend got %q, want exactly the client's bytes", got)
@@ -123,8 +121,8 @@ func TestSendProxyNone(t *testing.T) {
 // A trusted upstream's v1 and v2 headers (IPv4 and IPv6 sources) reach the
 // backend unchanged; the address in the header picks the backend.
 func TestTrustedUpstreamHeaders(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--accept-proxy", "127.0.0.0/8")
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.0/8")
 	cases := []struct{ src, dst string }{
 		{"203.0.113.7:40001", "198.51.100.1:443"},
 		{"[2001:db8::42]:40002", "[2001:db8::1]:443"},
@@ -132,11 +130,11 @@ func TestTrustedUpstreamHeaders(t *testing.T) {
 	for _, tc := range cases {
 		for _, version := range []byte{1, 2} {
 			src, dst := net.TCPAddrFromAddrPort(netip.MustParseAddrPort(tc.src)), net.TCPAddrFromAddrPort(netip.MustParseAddrPort(tc.dst))
-			c := dialFrom(t, "127.0.0.1", p.addr)
+			c := testkit.Dial(t, "127.0.0.1", p.addr)
 			if _, err := pp.HeaderProxyFromAddrs(version, src, dst).WriteTo(c); err != nil {
 				t.Fatal(err)
 			}
-			_, got, br := greeting(t, c)
+			_, got, br := testkit.Greeting(t, c)
 			if got.String() != src.String() {
 				t.Errorf("v%d %s: backend saw %s", version, tc.src, got)
 			}
@@ -147,7 +145,7 @@ func TestTrustedUpstreamHeaders(t *testing.T) {
 			c.Close()
 		}
 	}
-	for _, h := range b.headers() {
+	for _, h := range b.Headers() {
 		if h.DestinationAddr.String() != "198.51.100.1:443" && h.DestinationAddr.String() != "[2001:db8::1]:443" {
 			t.Errorf("destination %s not carried through", h.DestinationAddr)
 		}
@@ -156,12 +154,12 @@ func TestTrustedUpstreamHeaders(t *testing.T) {
 
 // Bytes the upstream sends in the same segment as its header are not lost.
 func TestTrustedHeaderWithPayload(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--accept-proxy", "127.0.0.1")
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.1")
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
 	defer c.Close()
 	c.Write([]byte("PROXY TCP4 192.0.2.9 192.0.2.1 5000 80\r\nfirst-bytes\n"))
-	_, got, br := greeting(t, c)
+	_, got, br := testkit.Greeting(t, c)
 	if got.String() != "192.0.2.9:5000" {
 		t.Errorf("backend saw %s", got)
 	}
@@ -173,10 +171,10 @@ func TestTrustedHeaderWithPayload(t *testing.T) {
 // A PROXY header from a peer outside --accept-proxy is refused: the
 // connection is closed and no backend sees it.
 func TestUntrustedHeaderRefused(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--accept-proxy", "127.0.0.1/32")
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.1/32")
 	for _, hdr := range []string{"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", "v2"} {
-		c := dialFrom(t, "127.9.9.9", p.addr)
+		c := testkit.Dial(t, "127.9.9.9", p.addr)
 		if hdr == "v2" {
 			pp.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.IPv4(1, 2, 3, 4), Port: 1}, &net.TCPAddr{IP: net.IPv4(5, 6, 7, 8), Port: 2}).WriteTo(c)
 		} else {
@@ -192,38 +190,38 @@ func TestUntrustedHeaderRefused(t *testing.T) {
 		_ = err
 		c.Close()
 	}
-	for _, h := range b.headers() {
+	for _, h := range b.Headers() {
 		if ip, _, _ := h.IPs(); ip.String() == "1.2.3.4" {
 			t.Errorf("backend was told the spoofed address")
 		}
 	}
-	waitFor(t, "a log line for each untrusted header", func() bool {
+	testkit.WaitFor(t, "a log line for each untrusted header", func() bool {
 		return strings.Count(p.stderr.String(), "PROXY header from untrusted peer") == 2
 	})
 }
 
 // A server-speaks-first client that sends nothing is still served.
 func TestSilentClientServed(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag())
-	c := dialFrom(t, "127.0.0.7", p.addr)
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag())
+	c := testkit.Dial(t, "127.0.0.7", p.addr)
 	defer c.Close()
-	if _, got, _ := greeting(t, c); got.Addr().String() != "127.0.0.7" {
+	if _, got, _ := testkit.Greeting(t, c); got.Addr().String() != "127.0.0.7" {
 		t.Errorf("backend saw %s", got)
 	}
 }
 
 // v2 LOCAL and v1 UNKNOWN (health checks) mean "use the socket address".
 func TestLocalHeaderUsesSocket(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--accept-proxy", "127.0.0.0/8")
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.0/8")
 	for _, hdr := range [][]byte{
 		append(append([]byte{}, pp.SIGV2...), 0x20, 0x00, 0x00, 0x00), // v2 LOCAL, no addresses
 		[]byte("PROXY UNKNOWN\r\n"),
 	} {
-		c := dialFrom(t, "127.0.0.8", p.addr)
+		c := testkit.Dial(t, "127.0.0.8", p.addr)
 		c.Write(hdr)
-		if _, got, _ := greeting(t, c); got.Addr().String() != "127.0.0.8" {
+		if _, got, _ := testkit.Greeting(t, c); got.Addr().String() != "127.0.0.8" {
 			t.Errorf("LOCAL %q: backend saw %s", hdr[:5], got)
 		}
 		c.Close()
@@ -234,11 +232,11 @@ func TestLocalHeaderUsesSocket(t *testing.T) {
 // reverse direction keeps flowing.
 func TestHalfClose(t *testing.T) {
 	t.Run("client-first", func(t *testing.T) {
-		b := startBackend(t, "only")
-		p := startStickyd(t, "--backend", b.flag())
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		b := testkit.StartBackend(t, "only")
+		p := startStickyd(t, "--backend", b.Flag())
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		defer c.Close()
-		_, _, br := greeting(t, c)
+		_, _, br := testkit.Greeting(t, c)
 		c.Write([]byte("last words\n"))
 		c.CloseWrite() // backend echoes, then sees EOF, then closes its side
 		rest, err := io.ReadAll(br)
@@ -247,17 +245,16 @@ func TestHalfClose(t *testing.T) {
 		}
 	})
 	t.Run("backend-first", func(t *testing.T) {
-		ln := listenOn(t, "127.0.0.1:0")
+		ln := testkit.Listen(t, "127.0.0.1:0")
 		defer ln.Close()
 		p := startStickyd(t, "--backend", ln.Addr().String(), "--send-proxy", "none")
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		defer c.Close()
 		bc, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer bc.Close()
-		bc.SetDeadline(time.Now().Add(hangGuard))
 		bc.Write([]byte("bye"))
 		bc.(*net.TCPConn).CloseWrite()
 		got, err := io.ReadAll(c) // client sees the backend's EOF...
@@ -275,11 +272,11 @@ func TestHalfClose(t *testing.T) {
 
 // 100 MB each way at once, checksummed.
 func TestStream100MB(t *testing.T) {
-	ln := listenOn(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	defer ln.Close()
 	p := startStickyd(t, "--backend", ln.Addr().String(), "--send-proxy", "none")
 	const size = 100 << 20
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	bc, err := ln.Accept()
@@ -327,7 +324,7 @@ func TestBackendDownMovesOnlyItsClients(t *testing.T) {
 	const clients = 200
 	before := make([]string, clients)
 	helloAll(t, p.addr, before)
-	bs[1].close()
+	bs[1].Close()
 	after := make([]string, clients)
 	helloAll(t, p.addr, after)
 	moved := 0
@@ -356,7 +353,7 @@ func helloAll(t *testing.T, addr string, names []string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			name, _, err := hello(clientIP(i), addr)
+			name, _, err := hello(testkit.ClientIP(i), addr)
 			if err != nil {
 				errs <- fmt.Errorf("client %d refused: %w", i, err)
 			}
@@ -373,18 +370,18 @@ func helloAll(t *testing.T, addr string, names []string) {
 // A client that never finishes its PROXY header is closed at the header
 // timeout, and stickyd's descriptors return to where they were.
 func TestHeaderTimeoutNoLeak(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--accept-proxy", "127.0.0.0/8", "--proxy-header-timeout", "300ms")
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.0/8", "--proxy-header-timeout", "300ms")
 	// Warm up: one timed-out handshake first, so that anything the process
 	// opens lazily on its first connection is in the baseline.
-	warm := dialFrom(t, clientIP(999), p.addr)
+	warm := testkit.Dial(t, testkit.ClientIP(999), p.addr)
 	warm.Write([]byte("PROXY TCP4"))
 	warm.Read(make([]byte, 1))
 	warm.Close()
 	base := p.fdCount(t)
 	var conns []*net.TCPConn
 	for i := range 50 {
-		c := dialFrom(t, clientIP(i), p.addr)
+		c := testkit.Dial(t, testkit.ClientIP(i), p.addr)
 		c.Write([]byte("PROXY TCP4 1.2.3.4")) // and never the rest
 		conns = append(conns, c)
 	}
@@ -399,27 +396,27 @@ func TestHeaderTimeoutNoLeak(t *testing.T) {
 		}
 		c.Close()
 	}
-	deadline := time.Now().Add(hangGuard)
+	deadline := time.Now().Add(testkit.Guard)
 	for p.fdCount(t) > base {
 		if time.Now().After(deadline) {
 			t.Fatalf("descriptors: %d, baseline %d: %v", p.fdCount(t), base, p.fdTargets(t))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if len(b.headers()) != 0 {
-		t.Errorf("backend saw %d connections", len(b.headers()))
+	if len(b.Headers()) != 0 {
+		t.Errorf("backend saw %d connections", len(b.Headers()))
 	}
 }
 
 // SIGTERM: new connections are refused at once, an open one keeps working
 // until it ends, then stickyd exits 0.
 func TestDrainOnSIGTERM(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--drain-timeout", "30s")
-	c := dialFrom(t, "127.0.0.1", p.addr)
-	_, _, br := greeting(t, c)
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--drain-timeout", "30s")
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
+	_, _, br := testkit.Greeting(t, c)
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	waitFor(t, "listener closed", func() bool {
+	testkit.WaitFor(t, "listener closed", func() bool {
 		nc, err := net.DialTimeout("tcp", p.addr, time.Second)
 		if err == nil {
 			nc.Close()
@@ -440,7 +437,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	c.Close()
 	select {
 	case <-p.exited:
-	case <-time.After(hangGuard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("did not exit after the last connection closed")
 	}
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
@@ -450,11 +447,11 @@ func TestDrainOnSIGTERM(t *testing.T) {
 
 // The drain timeout ends connections that do not finish.
 func TestDrainTimeout(t *testing.T) {
-	b := startBackend(t, "only")
-	p := startStickyd(t, "--backend", b.flag(), "--drain-timeout", "300ms")
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag(), "--drain-timeout", "300ms")
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
 	defer c.Close()
-	greeting(t, c)
+	testkit.Greeting(t, c)
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d, want 0", code)
 	}

@@ -10,41 +10,14 @@ import (
 	"fmt"
 	"hash/crc32"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
-
-// startHAProxyListen runs HAProxy (mode tcp) with one listen section: bind
-// options bindOpt, one server target with options serverOpt.
-func startHAProxyListen(t *testing.T, bindOpt, target, serverOpt string) string {
-	t.Helper()
-	bin := requireTool(t, "haproxy")
-	addr := freePort(t)
-	cfg := fmt.Sprintf(`global
-    maxconn 200
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-listen l
-    bind %s %s
-    server s %s %s
-`, addr, bindOpt, target, serverOpt)
-	path := filepath.Join(t.TempDir(), "haproxy.cfg")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startUpstream(t, addr, bin, "-db", "-f", path)
-	return addr
-}
 
 // crcHeader is what an upstream may send: IPv4-mapped TCP6 addresses, NOOP
 // padding, an AWS-style TLV and a CRC32C TLV, checksummed (or not, when
@@ -69,13 +42,13 @@ func crcHeader(t *testing.T, corrupt bool) []byte {
 }
 
 func TestForwardedCRC32CThroughHAProxy(t *testing.T) {
-	b := startBackend(t, "b1")
-	checker := startHAProxyListen(t, "accept-proxy", b.addr(), "send-proxy-v2") // resets on a bad CRC32C
+	b := testkit.StartBackend(t, "b1")
+	checker := startHAProxyListen(t, "accept-proxy", b.Addr(), "send-proxy-v2") // resets on a bad CRC32C
 	p := startStickyd(t, "--backend", "h="+checker, "--accept-proxy", "127.0.0.0/8", "--forward-tlvs")
 
 	t.Run("HAProxy proxy-v2-options crc32c upstream", func(t *testing.T) {
 		// The upstream does send the TLV: seen first by a bare listener.
-		probe := listenOn(t, "127.0.0.1:0")
+		probe := testkit.Listen(t, "127.0.0.1:0")
 		defer probe.Close()
 		got := make(chan []pp.TLV, 1)
 		go func() {
@@ -91,42 +64,42 @@ func TestForwardedCRC32CThroughHAProxy(t *testing.T) {
 			}
 			got <- tlvs
 		}()
-		c := dialFrom(t, "", startHAProxyListen(t, "", probe.Addr().String(), "send-proxy-v2 proxy-v2-options crc32c"))
+		c := testkit.Dial(t, "", startHAProxyListen(t, "", probe.Addr().String(), "send-proxy-v2 proxy-v2-options crc32c"))
 		select {
 		case tlvs := <-got:
 			if !slices.ContainsFunc(tlvs, func(v pp.TLV) bool { return v.Type == pp.PP2_TYPE_CRC32C }) {
 				t.Fatalf("HAProxy sent no CRC32C TLV: %v", tlvs)
 			}
-		case <-time.After(hangGuard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("HAProxy sent no header")
 		}
 		c.Close()
 		front := startHAProxyListen(t, "", p.addr, "send-proxy-v2 proxy-v2-options crc32c")
 		for i := 0; i < 3; i++ {
-			ip := clientIP(7000 + i)
-			name, client, _ := greeting(t, dialFrom(t, ip, front))
+			ip := testkit.ClientIP(7000 + i)
+			name, client, _ := testkit.Greeting(t, testkit.Dial(t, ip, front))
 			if name != "b1" || client.Addr().String() != ip {
 				t.Errorf("client %s: greeted by %s as %v", ip, name, client)
 			}
 		}
 	})
 	t.Run("re-encoded header gets a new checksum", func(t *testing.T) {
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		c.Write(crcHeader(t, false))
-		name, client, _ := greeting(t, c)
+		name, client, _ := testkit.Greeting(t, c)
 		if name != "b1" || client.String() != "198.51.100.7:40000" {
 			t.Errorf("greeted by %s as %v, want b1 as 198.51.100.7:40000", name, client)
 		}
 	})
 	t.Run("wrong checksum refused and logged", func(t *testing.T) {
-		ip := clientIP(7100)
-		c := dialFrom(t, ip, p.addr)
+		ip := testkit.ClientIP(7100)
+		c := testkit.Dial(t, ip, p.addr)
 		c.Write(crcHeader(t, true))
 		buf := make([]byte, 64)
 		if n, err := c.Read(buf); err == nil {
 			t.Fatalf("a header with a wrong CRC32C was relayed: %q", buf[:n])
 		}
-		waitFor(t, "the refusal logged", func() bool {
+		testkit.WaitFor(t, "the refusal logged", func() bool {
 			for _, m := range jsonLines(t, p, "connection refused") {
 				if strings.HasPrefix(fmt.Sprint(m["peer"]), ip+":") && strings.Contains(fmt.Sprint(m["error"]), "CRC32C checksum mismatch") {
 					return true

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // Workers in other languages (examples/go, examples/python) run under
@@ -52,13 +53,13 @@ func TestExampleWorkersOtherLanguages(t *testing.T) {
 					script, _ := filepath.Abs("../examples/python/worker.py")
 					command = []string{py, script}
 				}
-				base := workerPortBase(t, workers)
+				base := testkit.FreePortBase(t, workers, workerPortsLo, workerPortsHi)
 				cfg := writeWorkersConfig(t, base, command...)
 				p := startStickyd(t, append([]string{"--config", cfg, "--send-proxy", version, "--workers", strconv.Itoa(workers), "--"}, command...)...)
 				pids := waitWorkersReady(t, p, workers)
 				var ips []string
 				for i := range 40 {
-					ips = append(ips, clientIP(1000+i))
+					ips = append(ips, testkit.ClientIP(1000+i))
 				}
 				perSlot := checkStickyHello(t, p.addr, ips, 2, lookupHomes(t, cfg, workers, ips), pids)
 				checkLocalKeepsSocket(t, "127.0.0.1:"+strconv.Itoa(base))
@@ -83,7 +84,7 @@ func TestExampleWorkersUnixSockets(t *testing.T) {
 			p := startStickyd(t, append([]string{"--socket-dir", dir, "--workers", "2", "--"}, command...)...)
 			waitWorkersReady(t, p, 2)
 			for i := range 10 {
-				ip := clientIP(3000 + i)
+				ip := testkit.ClientIP(3000 + i)
 				if body := httpGetFrom(t, ip, p.addr); !strings.HasSuffix(body, "says hello to "+ip+"\n") {
 					t.Errorf("GET from %s through a Unix-socket worker: %q", ip, body)
 				}
@@ -96,7 +97,7 @@ func TestExampleWorkersUnixSockets(t *testing.T) {
 // worker from 127.0.0.2: the worker must name the socket's address.
 func checkLocalKeepsSocket(t *testing.T, worker string) {
 	t.Helper()
-	c := dialFrom(t, "127.0.0.2", worker)
+	c := testkit.Dial(t, "127.0.0.2", worker)
 	defer c.Close()
 	h := &pp.Header{Version: 2, Command: pp.LOCAL, TransportProtocol: pp.UNSPEC}
 	if _, err := h.WriteTo(c); err != nil {
@@ -135,12 +136,12 @@ func TestSendProxyNoneWorkers(t *testing.T) {
 		t.Fatal(err)
 	}
 	command := []string{"sh", "-c", `exec "$0" -m http.server --bind 127.0.0.1 --directory "$1" "$PORT"`, py, dir}
-	base := workerPortBase(t, 2)
+	base := testkit.FreePortBase(t, 2, workerPortsLo, workerPortsHi)
 	cfg := writeWorkersConfig(t, base, command...)
 	p := startStickyd(t, append([]string{"--config", cfg, "--send-proxy", "none", "--workers", "2", "--"}, command...)...)
 	waitWorkersReady(t, p, 2)
 	for i := range 10 {
-		if body := httpGetFrom(t, clientIP(2000+i), p.addr); body != "plain worker\n" {
+		if body := httpGetFrom(t, testkit.ClientIP(2000+i), p.addr); body != "plain worker\n" {
 			t.Errorf("GET through --send-proxy none: %q", body)
 		}
 	}

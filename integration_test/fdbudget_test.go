@@ -6,16 +6,16 @@ import (
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // lowLimit runs stickyd (startStickyd's flags plus args) with an open-file
 // limit of n, soft and hard.
 func lowLimit(t *testing.T, n string, args ...string) *proc {
 	t.Helper()
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	wrap := []string{"sh", "-c", `ulimit -n ` + n + ` && exec "$0" "$@"`}
 	return launchVia(t, wrap, t.TempDir(), addr, append([]string{"--listen", addr, "--log-format", "json"}, args...)...)
 }
@@ -26,8 +26,8 @@ func lowLimit(t *testing.T, n string, args ...string) *proc {
 // stickyd's side of it full, in bulk (splice) mode.
 func startSourceBackend(t *testing.T) string {
 	t.Helper()
-	var tr tracked
-	tr.serve(t, listenOn(t, "127.0.0.1:0"), func(c net.Conn) {
+	var tr testkit.Tracked
+	tr.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
 		defer c.Close()
 		if _, err := pp.Read(bufio.NewReader(c)); err != nil {
 			return
@@ -41,7 +41,7 @@ func startSourceBackend(t *testing.T) string {
 			chunk[0] = 0
 		}
 	})
-	return tr.addr()
+	return tr.Addr()
 }
 
 // download connects from ip, speaks first (so that stickyd does not wait
@@ -49,7 +49,7 @@ func startSourceBackend(t *testing.T) string {
 // reads no more.
 func download(t *testing.T, ip, addr string) (*net.TCPConn, error) {
 	t.Helper()
-	c := dialFrom(t, ip, addr)
+	c := testkit.Dial(t, ip, addr)
 	var b [1]byte
 	if _, err := c.Write([]byte("go")); err != nil {
 		c.Close()
@@ -70,7 +70,7 @@ func download(t *testing.T, ip, addr string) (*net.TCPConn, error) {
 // out at about 70 of the 86 allowed connections.
 func TestDescriptorBudgetUnderLowLimit(t *testing.T) {
 	src := startSourceBackend(t)
-	adm := freePort(t)
+	adm := testkit.FreePort(t)
 	p := lowLimit(t, "300", "--backend", "src="+src, "--admin", adm)
 	max := int(opsMetric(t, adm, "stickyd_connections_max"))
 	if max < 50 || max > 150 {
@@ -83,7 +83,7 @@ func TestDescriptorBudgetUnderLowLimit(t *testing.T) {
 		}
 	}()
 	for i := range max {
-		c, err := download(t, clientIP(i), p.addr)
+		c, err := download(t, testkit.ClientIP(i), p.addr)
 		if err != nil {
 			t.Fatalf("client %d of %d not served: %v (%d fds in stickyd)", i+1, max, err, p.fdCount(t))
 		}
@@ -102,14 +102,13 @@ func TestDescriptorBudgetUnderLowLimit(t *testing.T) {
 		c, err := net.Dial("tcp", p.addr)
 		if err == nil {
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(hangGuard))
 			var b [1]byte
 			c.Write([]byte("go"))
 			_, err = io.ReadFull(c, b[:])
 		}
 		extra <- err
 	}()
-	waitFor(t, "the cap logged", func() bool { return opsLogged(p, `"msg":"max_connections reached`) })
+	testkit.WaitFor(t, "the cap logged", func() bool { return opsLogged(p, `"msg":"max_connections reached`) })
 	conns[0].Close()
 	if err := <-extra; err != nil {
 		t.Errorf("client over the cap, once a slot freed: %v", err)
@@ -123,9 +122,9 @@ func TestDescriptorBudgetUnderLowLimit(t *testing.T) {
 // can, with one warning that says so, instead of failing clients with
 // "no backend available" once descriptors run out.
 func TestMaxConnectionsOverLimitLowered(t *testing.T) {
-	b := startBackend(t, "b0")
-	adm := freePort(t)
-	p := lowLimit(t, "300", "--backend", b.flag(), "--admin", adm, "--max-connections", "1000")
+	b := testkit.StartBackend(t, "b0")
+	adm := testkit.FreePort(t)
+	p := lowLimit(t, "300", "--backend", b.Flag(), "--admin", adm, "--max-connections", "1000")
 	max := opsMetric(t, adm, "stickyd_connections_max")
 	if max <= 0 || max >= 150 {
 		t.Errorf("connections_max = %v with --max-connections 1000 under 300 open files, want it lowered below 150", max)
@@ -133,9 +132,9 @@ func TestMaxConnectionsOverLimitLowered(t *testing.T) {
 	if n := strings.Count(p.stderr.String(), "max_connections is more than the open-file limit allows"); n != 1 {
 		t.Errorf("warning logged %d times, want once:\n%s", n, p.stderr.String())
 	}
-	c := dialFrom(t, clientIP(1), p.addr)
+	c := testkit.Dial(t, testkit.ClientIP(1), p.addr)
 	defer c.Close()
-	if name, _, _ := greeting(t, c); name != "b0" {
+	if name, _, _ := testkit.Greeting(t, c); name != "b0" {
 		t.Errorf("served by %q, want b0", name)
 	}
 }

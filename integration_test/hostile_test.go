@@ -22,6 +22,7 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // hostile is the battery's state: two stickyd (PROXY mode, trusting
@@ -84,7 +85,7 @@ func logsByIP(p *proc) map[string][]map[string]any {
 // alternatives in want.
 func expectLog(t *testing.T, p *proc, ip, want string) {
 	t.Helper()
-	waitFor(t, "a log line for "+ip, func() bool { return len(logLines(t, p, ip)) > 0 })
+	testkit.WaitFor(t, "a log line for "+ip, func() bool { return len(logLines(t, p, ip)) > 0 })
 	line := logLines(t, p, ip)[0]
 	for _, w := range strings.Split(want, "|") {
 		if strings.Contains(line["text"].(string), w) {
@@ -99,11 +100,11 @@ func expectLog(t *testing.T, p *proc, ip, want string) {
 func expectClosed(t *testing.T, c net.Conn) time.Duration {
 	t.Helper()
 	start := time.Now()
-	c.SetReadDeadline(time.Now().Add(hangGuard))
+	c.SetReadDeadline(time.Now().Add(testkit.Guard))
 	got, err := io.ReadAll(c)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("not closed within %v", hangGuard)
+		t.Fatalf("not closed within %v", testkit.Guard)
 	}
 	if len(got) > 0 {
 		t.Errorf("refused connection received %q", got)
@@ -156,7 +157,7 @@ func timedOut(b []byte) func(*testing.T, *hostile, *net.TCPConn) {
 func served(b []byte, want string) func(*testing.T, *hostile, *net.TCPConn) {
 	return func(t *testing.T, h *hostile, c *net.TCPConn) {
 		c.Write(b)
-		_, told, br := greeting(t, c)
+		_, told, br := testkit.Greeting(t, c)
 		if want == "" {
 			want = c.LocalAddr().String()
 		}
@@ -216,7 +217,7 @@ var hostileCases = []hostileCase{
 	{"garbage from an untrusted peer is just data", false, false, func(t *testing.T, h *hostile, c *net.TCPConn) {
 		g := garbage(4096)
 		c.Write(g)
-		_, _, br := greeting(t, c)
+		_, _, br := testkit.Greeting(t, c)
 		echo := make([]byte, len(g))
 		if _, err := io.ReadFull(br, echo); err != nil || string(echo) != string(g) {
 			t.Errorf("garbage not relayed intact: %v", err)
@@ -231,7 +232,7 @@ var hostileCases = []hostileCase{
 	{"backend reset mid-stream", false, false, func(t *testing.T, h *hostile, c *net.TCPConn) {
 		served(nil, "")(t, h, c)
 		c.Write([]byte("RESET\n"))
-		c.SetReadDeadline(time.Now().Add(hangGuard))
+		c.SetReadDeadline(time.Now().Add(testkit.Guard))
 		if _, err := io.ReadAll(c); err != nil && !strings.Contains(err.Error(), "reset by peer") {
 			t.Errorf("after the backend's reset: %v", err)
 		}
@@ -239,7 +240,7 @@ var hostileCases = []hostileCase{
 	{"HTTP header block never ends", false, true, timedOut([]byte("GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 203.0.113.1\r\n")), "HTTP header block not complete before the timeout"},
 	{"HTTP header block over the limit", false, true, func(t *testing.T, h *hostile, c *net.TCPConn) {
 		go c.Write([]byte("GET / HTTP/1.1\r\nX-Pad: " + strings.Repeat("a", 40000)))
-		c.SetReadDeadline(time.Now().Add(hangGuard))
+		c.SetReadDeadline(time.Now().Add(testkit.Guard))
 		got, _ := io.ReadAll(c)
 		if !strings.HasPrefix(string(got), "HTTP/1.1 400 Bad Request\r\n") {
 			t.Errorf("answer %q, want a 400", got)
@@ -257,7 +258,7 @@ func garbage(n int) []byte {
 
 func TestHostileBattery(t *testing.T) {
 	h := &hostile{backend: startResetBackend(t), used: map[string]string{}}
-	common := []string{"--backend", "b=" + h.backend.addr(), "--proxy-header-timeout", hostileTimeout.String(), "--log-level", "debug",
+	common := []string{"--backend", "b=" + h.backend.Addr(), "--proxy-header-timeout", hostileTimeout.String(), "--log-level", "debug",
 		"--log-rate-limit", "100000"} // a line for every case, back to back
 	h.proxy = startStickyd(t, append(common, "--accept-proxy", "127.1.0.0/16")...)
 	h.http = startStickyd(t, append(common, "--client-ip-header", "X-Forwarded-For")...)
@@ -270,7 +271,7 @@ func TestHostileBattery(t *testing.T) {
 				p = h.http
 			}
 			ip := h.ip(tc.trusted, tc.name)
-			c := dialFrom(t, ip, p.addr)
+			c := testkit.Dial(t, ip, p.addr)
 			tc.run(t, h, c)
 			c.Close()
 			expectLog(t, p, ip, tc.log)
@@ -281,7 +282,7 @@ func TestHostileBattery(t *testing.T) {
 	})
 
 	// Every case got exactly one line, now that all have ended.
-	waitFor(t, "descriptors back to the baseline", func() bool {
+	testkit.WaitFor(t, "descriptors back to the baseline", func() bool {
 		return h.proxy.fdCount(t) <= baseProxy && h.http.fdCount(t) <= baseHTTP
 	})
 	logs := map[*proc]map[string][]map[string]any{h.proxy: logsByIP(h.proxy), h.http: logsByIP(h.http)}
@@ -344,10 +345,10 @@ func hostileCaseNamed(name string) hostileCase {
 // data), and returns the greeting. The connection is closed.
 func greetingFrom(t *testing.T, ip, addr string) (string, netip.AddrPort) {
 	t.Helper()
-	c := dialFrom(t, ip, addr)
+	c := testkit.Dial(t, ip, addr)
 	defer c.Close()
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: %s\r\n\r\n", ip)
-	name, told, _ := greeting(t, c)
+	name, told, _ := testkit.Greeting(t, c)
 	return name, told
 }
 
@@ -357,7 +358,7 @@ func settledFDs(t *testing.T, p *proc) int {
 	t.Helper()
 	before := p.fdCount(t)
 	greetingFrom(t, "127.3.0.2", p.addr)
-	waitFor(t, "warm-up connection gone", func() bool { return p.fdCount(t) <= before })
+	testkit.WaitFor(t, "warm-up connection gone", func() bool { return p.fdCount(t) <= before })
 	return p.fdCount(t)
 }
 
@@ -379,7 +380,7 @@ func dropMany(t *testing.T, h *hostile, n int) {
 			if i%4 == 0 {
 				ip = fmt.Sprintf("127.5.%d.%d", i/250, 1+i%250)
 			}
-			d := net.Dialer{Timeout: hangGuard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+			d := net.Dialer{Timeout: testkit.Guard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 			c, err := d.Dial("tcp", h.proxy.addr)
 			if err != nil {
 				errs <- err
@@ -412,21 +413,19 @@ func dropMany(t *testing.T, h *hostile, n int) {
 
 // resetBackend is a PROXY-aware echo backend that resets the connection
 // (SO_LINGER 0) when a read returns exactly "RESET\n".
-type resetBackend struct{ tracked }
+type resetBackend struct{ testkit.Tracked }
 
 func startResetBackend(t *testing.T) *resetBackend {
 	t.Helper()
 	b := &resetBackend{}
-	b.serve(t, listenOn(t, "127.0.0.1:0"), func(c net.Conn) { b.handle(c.(*net.TCPConn)) })
+	b.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) { b.handle(c.(*net.TCPConn)) })
 	return b
 }
 
 func (b *resetBackend) handle(c *net.TCPConn) {
 	defer func() {
 		c.Close()
-		b.mu.Lock()
-		delete(b.conns, c)
-		b.mu.Unlock()
+		b.Forget(c)
 	}()
 	c.SetDeadline(time.Now().Add(time.Minute))
 	br := bufio.NewReader(c)

@@ -11,19 +11,19 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // rawHTTP sends req to addr and returns everything it gets back until the
 // server closes.
 func rawHTTP(t *testing.T, addr, req string) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, hangGuard)
+	c, err := net.DialTimeout("tcp", addr, testkit.Guard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func rawHTTP(t *testing.T, addr, req string) string {
 func startScriptBackend(t *testing.T, tool, script string) string {
 	t.Helper()
 	bin := requireTool(t, tool)
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	_, port, _ := net.SplitHostPort(addr)
 	path := filepath.Join(t.TempDir(), "server")
 	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
@@ -114,8 +114,8 @@ func lastLine(s string) string {
 // TestAcceptProxyEverybodyWarned: trusting 0.0.0.0/0 or ::/0 is logged at
 // start with the fix.
 func TestAcceptProxyEverybodyWarned(t *testing.T) {
-	b := startBackend(t, "b1")
-	p := startStickyd(t, "--backend", b.flag(), "--accept-proxy", "127.0.0.0/8", "--accept-proxy", "::/0")
+	b := testkit.StartBackend(t, "b1")
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.0/8", "--accept-proxy", "::/0")
 	for _, want := range []string{`"msg":"accept_proxy trusts every address`, `"accept_proxy":"::/0"`, `"fix":`} {
 		if !strings.Contains(p.stderr.String(), want) {
 			t.Errorf("log lacks %s", want)

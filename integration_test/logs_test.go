@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // jsonLines returns p's log lines with message msg.
@@ -44,7 +46,7 @@ func flood(t *testing.T, addr string, clients, n int, payload string) time.Durat
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			d := net.Dialer{Timeout: hangGuard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP(5000 + i))}}
+			d := net.Dialer{Timeout: testkit.Guard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(testkit.ClientIP(5000 + i))}}
 			buf := make([]byte, 512)
 			for j := i; j < n; j += clients {
 				c, err := d.Dial("tcp", addr)
@@ -52,7 +54,7 @@ func flood(t *testing.T, addr string, clients, n int, payload string) time.Durat
 					errs <- err
 					return
 				}
-				c.SetDeadline(time.Now().Add(hangGuard))
+				c.SetDeadline(time.Now().Add(testkit.Guard))
 				c.Write([]byte(payload))
 				for n := 0; err == nil && n == 0; {
 					n, err = c.Read(buf)
@@ -74,9 +76,9 @@ func flood(t *testing.T, addr string, clients, n int, payload string) time.Durat
 // second) of lines per cause; the rest are counted in a summary line and
 // the metric, and one refusal facing 200 dead backends is one short line.
 func TestLogFloodSampled(t *testing.T) {
-	b := startBackend(t, "b1")
-	adm := freePort(t)
-	p := startStickyd(t, "--backend", b.flag(), "--admin", adm)
+	b := testkit.StartBackend(t, "b1")
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", b.Flag(), "--admin", adm)
 	took := flood(t, p.addr, 8, 1500, "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
 	// Nearly all are refused (a header that arrives late may be relayed).
 	n := int(opsMetric(t, adm, `stickyd_header_errors_total{kind="untrusted"}`))
@@ -109,7 +111,7 @@ func TestLogAllBackendsDown(t *testing.T) {
 	for i := 0; i < 200; i++ {
 		// On 127.0.0.2, so that stickyd's own port (on 127.0.0.1) can
 		// never be one of these just-closed ports.
-		ln := listenOn(t, "127.0.0.2:0")
+		ln := testkit.Listen(t, "127.0.0.2:0")
 		args = append(args, "--backend", fmt.Sprintf("d%d=%s", i, ln.Addr()))
 		ln.Close() // refused from now on
 	}
@@ -145,18 +147,18 @@ func TestLogAllBackendsDown(t *testing.T) {
 // bounded number of goroutines and memory, counts the dropped lines, and
 // exits on SIGTERM.
 func TestBlockedLogOutput(t *testing.T) {
-	b := startBackend(t, "b1")
+	b := testkit.StartBackend(t, "b1")
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close() // never read
-	addr, adm := freePort(t), freePort(t)
+	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	proc := execStickyd(t, w, "--listen", addr, "--admin", adm, "--log-format", "json", "--log-level", "debug",
-		"--backend", b.flag())
+		"--backend", b.Flag())
 	w.Close()
-	waitFor(t, "stickyd serving", func() bool {
-		_, err := helloFirst(clientIP(1), addr)
+	testkit.WaitFor(t, "stickyd serving", func() bool {
+		_, err := helloFirst(testkit.ClientIP(1), addr)
 		return err == nil
 	})
 	var wg sync.WaitGroup
@@ -166,7 +168,7 @@ func TestBlockedLogOutput(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			for j := 0; j < 800; j++ {
-				if name, err := helloFirst(clientIP(6000+i*800+j), addr); err != nil || name != "b1" {
+				if name, err := helloFirst(testkit.ClientIP(6000+i*800+j), addr); err != nil || name != "b1" {
 					errs <- fmt.Errorf("connection %d: %q %v", j, name, err)
 					return
 				}
@@ -196,7 +198,7 @@ func TestBlockedLogOutput(t *testing.T) {
 		if err != nil {
 			t.Errorf("exit after SIGTERM: %v", err)
 		}
-	case <-time.After(hangGuard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("stickyd did not exit on SIGTERM with its log output blocked")
 	}
 }
@@ -204,13 +206,11 @@ func TestBlockedLogOutput(t *testing.T) {
 // helloFirst connects from ip, speaks first (so that stickyd relays at
 // once), and returns the name in the backend's greeting.
 func helloFirst(ip, addr string) (string, error) {
-	d := net.Dialer{Timeout: hangGuard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	c, err := d.Dial("tcp", addr)
+	c, err := testkit.DialFrom(ip, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
 	if _, err := c.Write([]byte("hi\n")); err != nil {
 		return "", err
 	}

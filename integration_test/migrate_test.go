@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // MIGRATING.md's proof: the socketio-sticky-session app of the blog posts
@@ -80,15 +82,15 @@ func TestMigrateAtMostThreeLines(t *testing.T) {
 func TestMigratedAppUnderStickyd(t *testing.T) {
 	dir := migrateExample(t)
 	clientsDir := socketIOExample(t)
-	base := workerPortBase(t, sioWorkers)
+	base := testkit.FreePortBase(t, sioWorkers, workerPortsLo, workerPortsHi)
 	cfg := writeWorkersConfig(t, base, "node", "app.js")
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	p := launch(t, dir, addr, "--listen", addr, "--log-format", "json", "--config", cfg, "--drain-timeout", "5s",
 		"--workers", strconv.Itoa(sioWorkers), "--", "node", "app.js")
 	pids := waitWorkersReady(t, p, sioWorkers)
 	var ips []string
 	for i := range sioClients {
-		ips = append(ips, clientIP(i))
+		ips = append(ips, testkit.ClientIP(i))
 	}
 	homes := lookupHomes(t, cfg, sioWorkers, ips)
 

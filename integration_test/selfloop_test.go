@@ -8,6 +8,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/stickyd/stickyd/discovery/dnstest"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // A backend whose address is stickyd's own listener is refused at start
@@ -15,7 +18,7 @@ import (
 // reload, with a clear error, instead of looping until the connection cap
 // is full (issue 11, item 11).
 func TestSelfLoopRefused(t *testing.T) {
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	_, port, _ := net.SplitHostPort(addr)
 	for _, tc := range []struct {
 		name string
@@ -33,7 +36,7 @@ func TestSelfLoopRefused(t *testing.T) {
 		})
 	}
 
-	b := startBackend(t, "b0")
+	b := testkit.StartBackend(t, "b0")
 	path := filepath.Join(t.TempDir(), "c.toml")
 	write := func(s string) {
 		t.Helper()
@@ -41,16 +44,16 @@ func TestSelfLoopRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b.addr()))
+	write(fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b.Addr()))
 	p := startStickyd(t, "--config", path)
-	write(fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n[[backend]]\nname = \"me\"\naddress = %q\n", b.addr(), p.addr))
+	write(fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n[[backend]]\nname = \"me\"\naddress = %q\n", b.Addr(), p.addr))
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "reload rejected", func() bool { return len(reloadRejections(p)) > 0 })
+	testkit.WaitFor(t, "reload rejected", func() bool { return len(reloadRejections(p)) > 0 })
 	if got := reloadRejections(p)[0]; !strings.Contains(got, "backend me at "+p.addr) {
 		t.Errorf("reload rejected with %q", got)
 	}
 	for i := range 5 {
-		if name, _, err := hello(clientIP(i), p.addr); err != nil || name != "b0" {
+		if name, _, err := hello(testkit.ClientIP(i), p.addr); err != nil || name != "b0" {
 			t.Errorf("after the rejected reload: %q %v", name, err)
 		}
 	}
@@ -62,19 +65,19 @@ func TestSelfLoopRefused(t *testing.T) {
 // A DNS change that adds stickyd's own listen address is not applied (one
 // error line); the backends in force keep serving.
 func TestSelfLoopByDNSNotApplied(t *testing.T) {
-	dns := opsStartDNS(t)
+	dns := dnstest.New(t)
 	port, _, _ := opsSamePort(t)
 	dns.SetHost("app.test.", "127.0.0.2")
 	addr := "127.0.0.1:" + port
 	p := launch(t, t.TempDir(), addr, "--listen", addr, "--log-format", "json",
 		"--backend", "dns:app.test:"+port, "--dns-server", dns.Addr, "--dns-interval", "100ms")
 	dns.SetHost("app.test.", "127.0.0.2", "127.0.0.1")
-	waitFor(t, "the DNS change refused", func() bool { return opsLogged(p, `"msg":"dns change not applied"`) })
+	testkit.WaitFor(t, "the DNS change refused", func() bool { return opsLogged(p, `"msg":"dns change not applied"`) })
 	if !opsLogged(p, "stickyd's own listen address") {
 		t.Errorf("the refusal does not name the loop:\n%s", p.stderr.String())
 	}
 	for i := range 5 {
-		if name, _, err := hello(clientIP(i), p.addr); err != nil || name != "pod2" {
+		if name, _, err := hello(testkit.ClientIP(i), p.addr); err != nil || name != "pod2" {
 			t.Errorf("client %d: %q %v", i, name, err)
 		}
 	}

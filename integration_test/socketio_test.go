@@ -19,6 +19,7 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // Issue 4's proof: a real socket.io 4 app (examples/socketio/server.js)
@@ -77,7 +78,7 @@ type sioRun struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	events chan sioEvent // closed at the end of stdout
-	stderr *syncBuffer
+	stderr *testkit.SyncBuffer
 }
 
 // socketIOExample returns the absolute path of examples/socketio, skipping
@@ -107,7 +108,7 @@ func startSIOClients(t *testing.T, example, url, mode string, ips []string, dead
 	t.Helper()
 	conf, _ := json.Marshal(map[string]any{"url": url, "ips": ips, "exampleDir": example, "mode": mode,
 		"deadlineMs": deadline.Milliseconds(), "pingEveryMs": 300})
-	r := &sioRun{events: make(chan sioEvent, 4), stderr: &syncBuffer{}}
+	r := &sioRun{events: make(chan sioEvent, 4), stderr: &testkit.SyncBuffer{}}
 	r.cmd = exec.Command("node", "testdata/sio-clients.js", string(conf))
 	r.cmd.Stderr = r.stderr
 	stdout, err := r.cmd.StdoutPipe()
@@ -193,14 +194,14 @@ func stragglers(ev sioEvent) string {
 func TestSocketIOWorkers(t *testing.T) {
 	example := socketIOExample(t)
 	server := filepath.Join(example, "server.js")
-	base := workerPortBase(t, sioWorkers)
+	base := testkit.FreePortBase(t, sioWorkers, workerPortsLo, workerPortsHi)
 	cfg := writeWorkersConfig(t, base, "node", server)
 	p := startStickyd(t, "--config", cfg, "--drain-timeout", "5s",
 		"--workers", strconv.Itoa(sioWorkers), "--", "node", server)
 	pids := waitWorkersReady(t, p, sioWorkers)
 	var ips []string
 	for i := range sioClients {
-		ips = append(ips, clientIP(i))
+		ips = append(ips, testkit.ClientIP(i))
 	}
 	homes := lookupHomes(t, cfg, sioWorkers, ips)
 
@@ -292,7 +293,7 @@ func killWorker(t *testing.T, run *sioRun, slot, pid int) {
 func waitRestarted(t *testing.T, p *proc, slot, old int) int {
 	t.Helper()
 	var pid int
-	waitFor(t, fmt.Sprintf("worker %d restarted", slot), func() bool {
+	testkit.WaitFor(t, fmt.Sprintf("worker %d restarted", slot), func() bool {
 		pid = p.readyWorkers()[slot].Pid
 		return pid != old
 	})
@@ -457,7 +458,7 @@ func checkStopLeavesNoWorker(t *testing.T, p *proc) {
 // returns the listen address; everything is closed at cleanup.
 func startRoundRobin(t *testing.T, targets []string) string {
 	t.Helper()
-	ln := listenOn(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	rr := &roundRobin{targets: targets, conns: map[net.Conn]struct{}{}}
 	rr.wg.Go(func() { rr.serve(ln) })
 	t.Cleanup(func() {

@@ -25,6 +25,7 @@ import (
 
 	pp "github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // requireTool returns the path of an upstream's binary. When it (or one of
@@ -51,7 +52,7 @@ func requireTool(t *testing.T, name string, files ...string) string {
 // process group.
 type upstream struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testkit.SyncBuffer
 	exited chan struct{}
 }
 
@@ -60,7 +61,7 @@ type upstream struct {
 // process has not exited within the hang guard.
 func startUpstream(t *testing.T, addr string, argv ...string) *upstream {
 	t.Helper()
-	u := &upstream{out: &syncBuffer{}, exited: make(chan struct{})}
+	u := &upstream{out: &testkit.SyncBuffer{}, exited: make(chan struct{})}
 	u.cmd = exec.Command(argv[0], argv[1:]...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
 	u.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -73,7 +74,7 @@ func startUpstream(t *testing.T, addr string, argv ...string) *upstream {
 		u.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-u.exited:
-		case <-time.After(hangGuard):
+		case <-time.After(testkit.Guard):
 			t.Errorf("%s did not stop on SIGTERM", argv[0])
 		}
 		syscall.Kill(-pgid, syscall.SIGKILL) // any worker left behind
@@ -82,7 +83,7 @@ func startUpstream(t *testing.T, addr string, argv ...string) *upstream {
 			t.Logf("%s output:\n%s", argv[0], u.out.String())
 		}
 	})
-	waitFor(t, argv[0]+" listening", func() bool {
+	testkit.WaitFor(t, argv[0]+" listening", func() bool {
 		select {
 		case <-u.exited:
 			t.Fatalf("%s exited: %s", argv[0], u.out.String())
@@ -101,8 +102,16 @@ func startUpstream(t *testing.T, addr string, argv ...string) *upstream {
 // option serverOpt (send-proxy or send-proxy-v2). It returns its address.
 func startHAProxy(t *testing.T, target, serverOpt string) string {
 	t.Helper()
+	return startHAProxyListen(t, "", target, serverOpt)
+}
+
+// startHAProxyListen runs HAProxy (mode tcp) with one listen section: bind
+// options bindOpt, one server target with options serverOpt. It returns
+// its address.
+func startHAProxyListen(t *testing.T, bindOpt, target, serverOpt string) string {
+	t.Helper()
 	bin := requireTool(t, "haproxy")
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	cfg := fmt.Sprintf(`global
     maxconn 2000
     nbthread 1
@@ -112,9 +121,9 @@ defaults
     timeout client 30s
     timeout server 30s
 listen front
-    bind %s
+    bind %s %s
     server s %s %s
-`, addr, target, serverOpt)
+`, addr, bindOpt, target, serverOpt)
 	path := filepath.Join(t.TempDir(), "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -132,7 +141,7 @@ func startNginx(t *testing.T, block string) string {
 	t.Helper()
 	bin := requireTool(t, "nginx", nginxStream)
 	dir := t.TempDir()
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	cfg := fmt.Sprintf(`load_module %s;
 daemon off;
 master_process on;
@@ -154,13 +163,11 @@ events { worker_connections 1024; }
 // visit connects from ip to addr and returns the backend's greeting and
 // the client's own address.
 func visit(ip, addr string) (name string, told, self netip.AddrPort, err error) {
-	d := net.Dialer{Timeout: hangGuard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	c, err := d.Dial("tcp", addr)
+	c, err := testkit.DialFrom(ip, addr)
 	if err != nil {
 		return "", told, self, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
 	self = c.LocalAddr().(*net.TCPAddr).AddrPort()
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
@@ -188,7 +195,7 @@ func checkStickyThrough(t *testing.T, clients, rounds, backends int, connect fun
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			ip := clientIP(i)
+			ip := testkit.ClientIP(i)
 			for round := range rounds {
 				name, err := connect(ip, round)
 				switch {
@@ -297,7 +304,7 @@ func TestBehindNginxHTTPForwardedFor(t *testing.T) {
 // the --backend flag value.
 func startHTTPBackend(t *testing.T, name string) string {
 	t.Helper()
-	ln := listenOn(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	pln := &pp.Listener{
 		Listener:          ln,
 		ConnPolicy:        func(pp.ConnPolicyOptions) (pp.Policy, error) { return pp.REQUIRE, nil },
@@ -318,13 +325,11 @@ func startHTTPBackend(t *testing.T, name string) string {
 // X-Forwarded-For, and returns the backend's name and the client address
 // it was told.
 func httpVisit(ip, addr, spoof string) (string, netip.AddrPort, error) {
-	d := net.Dialer{Timeout: hangGuard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	c, err := d.Dial("tcp", addr)
+	c, err := testkit.DialFrom(ip, addr)
 	if err != nil {
 		return "", netip.AddrPort{}, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: %s\r\nConnection: close\r\n\r\n", spoof)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -370,16 +375,16 @@ func nlbHeader(t *testing.T, cmd pp.ProtocolVersionAndCommand, src, dst string) 
 func TestNLBProxyV2TLVs(t *testing.T) {
 	for _, forward := range []bool{false, true} {
 		t.Run(fmt.Sprintf("forward-tlvs=%v", forward), func(t *testing.T) {
-			b := startBackend(t, "only")
-			args := []string{"--backend", b.flag(), "--accept-proxy", "127.0.0.1/32"}
+			b := testkit.StartBackend(t, "only")
+			args := []string{"--backend", b.Flag(), "--accept-proxy", "127.0.0.1/32"}
 			if forward {
 				args = append(args, "--forward-tlvs")
 			}
 			p := startStickyd(t, args...)
 			for _, src := range []string{"198.51.100.23:41000", "[2001:db8::23]:41001"} {
-				c := dialFrom(t, "127.0.0.1", p.addr)
+				c := testkit.Dial(t, "127.0.0.1", p.addr)
 				c.Write(append(nlbHeader(t, pp.PROXY, src, "[::ffff:10.0.1.5]:443"), "first\n"...))
-				_, told, br := greeting(t, c)
+				_, told, br := testkit.Greeting(t, c)
 				if told.String() != src {
 					t.Errorf("backend told %s, want %s", told, src)
 				}
@@ -388,7 +393,7 @@ func TestNLBProxyV2TLVs(t *testing.T) {
 				}
 				c.Close()
 			}
-			hs := b.headers()
+			hs := b.Headers()
 			if len(hs) != 2 {
 				t.Fatalf("backend saw %d headers", len(hs))
 			}
@@ -413,18 +418,18 @@ func TestNLBHealthCheckLocal(t *testing.T) {
 	_, args := fourBackends(t)
 	p := startStickyd(t, append(args, "--accept-proxy", "127.0.0.0/8", "--forward-tlvs")...)
 	for i := range 20 {
-		ip := clientIP(3000 + i)
-		c := dialFrom(t, ip, p.addr)
+		ip := testkit.ClientIP(3000 + i)
+		c := testkit.Dial(t, ip, p.addr)
 		c.Write(nlbHeader(t, pp.LOCAL, "10.9.9.9:1", "10.9.9.10:2"))
-		name, told, _ := greeting(t, c)
+		name, told, _ := testkit.Greeting(t, c)
 		if told.String() != c.LocalAddr().String() {
 			t.Errorf("LOCAL from %s: backend told %s", c.LocalAddr(), told)
 		}
 		c.Close()
 		// A real client at that address, announced by the upstream.
-		c = dialFrom(t, "127.0.0.1", p.addr)
+		c = testkit.Dial(t, "127.0.0.1", p.addr)
 		pp.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP(ip), Port: 9}, &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 80}).WriteTo(c)
-		if want, _, _ := greeting(t, c); want != name {
+		if want, _, _ := testkit.Greeting(t, c); want != name {
 			t.Errorf("LOCAL from %s went to %s; a client at that address goes to %s", ip, name, want)
 		}
 		c.Close()
@@ -433,20 +438,20 @@ func TestNLBHealthCheckLocal(t *testing.T) {
 
 // headerModeStickyd starts stickyd in HTTP header mode in front of one echo
 // backend.
-func headerModeStickyd(t *testing.T, extra ...string) (*proc, *testBackend) {
+func headerModeStickyd(t *testing.T, extra ...string) (*proc, *testkit.Backend) {
 	t.Helper()
-	b := startBackend(t, "only")
-	return startStickyd(t, append([]string{"--backend", b.flag()}, extra...)...), b
+	b := testkit.StartBackend(t, "only")
+	return startStickyd(t, append([]string{"--backend", b.Flag()}, extra...)...), b
 }
 
 // sendRequest writes req from src and returns what the backend was told
 // and the echo of exactly len(req) bytes.
 func sendRequest(t *testing.T, src, addr, req string) (netip.AddrPort, string) {
 	t.Helper()
-	c := dialFrom(t, src, addr)
+	c := testkit.Dial(t, src, addr)
 	defer c.Close()
 	c.Write([]byte(req))
-	_, told, br := greeting(t, c)
+	_, told, br := testkit.Greeting(t, c)
 	echo := make([]byte, len(req))
 	if _, err := io.ReadFull(br, echo); err != nil {
 		t.Fatalf("echo: %v (got %q)", err, echo)
@@ -512,9 +517,9 @@ func TestHeaderModeMappedIsSticky(t *testing.T) {
 		ip := fmt.Sprintf("198.51.100.%d", i+1)
 		var names []string
 		for _, form := range []string{ip, "::ffff:" + ip} {
-			c := dialFrom(t, "127.0.0.1", p.addr)
+			c := testkit.Dial(t, "127.0.0.1", p.addr)
 			fmt.Fprintf(c, "GET / HTTP/1.1\r\nX-Forwarded-For: %s\r\n\r\n", form)
-			name, _, _ := greeting(t, c)
+			name, _, _ := testkit.Greeting(t, c)
 			names = append(names, name)
 			c.Close()
 		}
@@ -531,7 +536,7 @@ func TestHeaderModeLargeBody(t *testing.T) {
 	body := make([]byte, 1<<20)
 	rand.NewChaCha8([32]byte{7}).Read(body)
 	req := append([]byte(fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 203.0.113.44\r\nContent-Length: %d\r\n\r\n", len(body))), body...)
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(time.Minute))
 	sent := make(chan error, 1)
@@ -539,7 +544,7 @@ func TestHeaderModeLargeBody(t *testing.T) {
 		_, err := c.Write(req)
 		sent <- err
 	}()
-	_, told, br := greeting(t, c)
+	_, told, br := testkit.Greeting(t, c)
 	if told.Addr().String() != "203.0.113.44" {
 		t.Errorf("backend told %s", told)
 	}
@@ -562,11 +567,11 @@ func TestHeaderModeLargeBody(t *testing.T) {
 // readReply reads what stickyd answers until it closes the connection.
 func readReply(t *testing.T, c net.Conn) string {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(hangGuard))
+	c.SetReadDeadline(time.Now().Add(testkit.Guard))
 	got, err := io.ReadAll(c)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("not closed within %v; got %q", hangGuard, got)
+		t.Fatalf("not closed within %v; got %q", testkit.Guard, got)
 	}
 	return string(got)
 }
@@ -589,7 +594,7 @@ func check400(t *testing.T, got, reason string) {
 func TestHeaderModeMissingHeader400(t *testing.T) {
 	p, b := headerModeStickyd(t, "--client-ip-header", "X-Forwarded-For")
 	for _, body := range []int{0, 1 << 20} {
-		c := dialFrom(t, "127.0.0.1", p.addr)
+		c := testkit.Dial(t, "127.0.0.1", p.addr)
 		go func() {
 			fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n", body)
 			c.Write(make([]byte, body))
@@ -597,17 +602,17 @@ func TestHeaderModeMissingHeader400(t *testing.T) {
 		check400(t, readReply(t, c), "no X-Forwarded-For header")
 		c.Close()
 	}
-	if n := len(b.headers()); n != 0 {
+	if n := len(b.Headers()); n != 0 {
 		t.Errorf("backend saw %d connections", n)
 	}
-	waitFor(t, "two log lines", func() bool { return strings.Count(p.stderr.String(), "no X-Forwarded-For header") == 2 })
+	testkit.WaitFor(t, "two log lines", func() bool { return strings.Count(p.stderr.String(), "no X-Forwarded-For header") == 2 })
 }
 
 // A header block over the limit gets 400; one that never ends is closed at
 // the header timeout.
 func TestHeaderModeOversizedAndEndless(t *testing.T) {
 	p, b := headerModeStickyd(t, "--client-ip-header", "X-Forwarded-For", "--proxy-header-timeout", "500ms")
-	big := dialFrom(t, "127.0.0.1", p.addr)
+	big := testkit.Dial(t, "127.0.0.1", p.addr)
 	go func() {
 		big.Write([]byte("GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n"))
 		for range 400 {
@@ -619,17 +624,17 @@ func TestHeaderModeOversizedAndEndless(t *testing.T) {
 	check400(t, readReply(t, big), "request header block over 16384 bytes")
 	big.Close()
 
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
 	c.Write([]byte("GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n"))
 	start := time.Now()
 	if got := readReply(t, c); got != "" {
 		t.Errorf("endless header block answered %q", got)
 	}
-	if d := time.Since(start); d < 400*time.Millisecond || d > hangGuard/2 {
+	if d := time.Since(start); d < 400*time.Millisecond || d > testkit.Guard/2 {
 		t.Errorf("endless header block closed after %v, want about 500ms", d)
 	}
 	c.Close()
-	if n := len(b.headers()); n != 0 {
+	if n := len(b.Headers()); n != 0 {
 		t.Errorf("backend saw %d connections", n)
 	}
 }

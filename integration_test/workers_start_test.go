@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // Worker ports, start-up, `stickyd lookup` and `check-config` in the
@@ -59,7 +61,7 @@ func TestLookupWorkersFormsMatchLiveProxy(t *testing.T) {
 	ips := make([]string, 1000)
 	live := map[string]string{}
 	for i := range ips {
-		ips[i] = clientIP(i * 7)
+		ips[i] = testkit.ClientIP(i * 7)
 		slot, _ := helloFrom(t, ips[i], p.addr)
 		live[ips[i]] = "worker-" + strconv.Itoa(slot)
 	}
@@ -86,7 +88,7 @@ func TestLookupWorkersFormsMatchLiveProxy(t *testing.T) {
 // serve on a file holding only `[workers] port_base = N`.
 func TestCheckConfigWorkersForms(t *testing.T) {
 	dir := t.TempDir()
-	base := workerPortBase(t, 2)
+	base := testkit.FreePortBase(t, 2, workerPortsLo, workerPortsHi)
 	file := writeFile(t, dir, "w.toml", fmt.Sprintf("[workers]\nport_base = %d\n", base))
 	code, _, bare := runStickyd(t, dir, nil, "", "check-config", file)
 	serveCode, _, serveBare := runStickyd(t, dir, nil, "", "--config", file)
@@ -128,7 +130,7 @@ func TestTwoInstancesNoPortSettings(t *testing.T) {
 			}
 			seen[addr] = true
 		}
-		helloFrom(t, clientIP(5), p.addr)
+		helloFrom(t, testkit.ClientIP(5), p.addr)
 	}
 }
 
@@ -151,7 +153,7 @@ func ephemeralLow(t *testing.T) int {
 // no worker started); --port-base without workers is a usage error;
 // --socket-dir gives SOCKET.
 func TestWorkerPortFlags(t *testing.T) {
-	base := workerPortBase(t, 3)
+	base := testkit.FreePortBase(t, 3, workerPortsLo, workerPortsHi)
 	p := startStickyd(t, "--workers", "2", "--port-base", strconv.Itoa(base), "--", "stickyd", "hello-worker")
 	waitWorkersReady(t, p, 2)
 	if got := p.workerAddresses(t); got[0] != "127.0.0.1:"+strconv.Itoa(base) {
@@ -159,10 +161,10 @@ func TestWorkerPortFlags(t *testing.T) {
 	}
 	p.stop(t, syscall.SIGTERM)
 
-	busy := listenOn(t, "127.0.0.1:"+strconv.Itoa(base+2))
+	busy := testkit.Listen(t, "127.0.0.1:"+strconv.Itoa(base+2))
 	defer busy.Close()
 	env := []string{"STICKYD_PORT_BASE=" + strconv.Itoa(base)}
-	code, _, stderr := runStickyd(t, "", env, "", "--listen", freePort(t), "--workers", "3", "--", "stickyd", "hello-worker")
+	code, _, stderr := runStickyd(t, "", env, "", "--listen", testkit.FreePort(t), "--workers", "3", "--", "stickyd", "hello-worker")
 	want := fmt.Sprintf("worker-2 (port_base %d + 2)", base)
 	if code != 1 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "127.0.0.1:"+strconv.Itoa(base+2)) ||
 		strings.Contains(stderr, "worker ready") {
@@ -183,7 +185,7 @@ func TestWorkerPortFlags(t *testing.T) {
 	if got := p.workerAddresses(t); got[0] != "unix:"+filepath.Join(sockets, "worker-0.sock") {
 		t.Errorf("--socket-dir: worker addresses %v", got)
 	}
-	helloFrom(t, clientIP(9), p.addr)
+	helloFrom(t, testkit.ClientIP(9), p.addr)
 }
 
 // A client that connects before any worker is ready waits for one
@@ -192,7 +194,7 @@ func TestEarlyClientWaitsForFirstWorker(t *testing.T) {
 	gate := filepath.Join(t.TempDir(), "gate")
 	script := fmt.Sprintf("while [ ! -e %q ]; do sleep 0.02; done; exec %q hello-worker", gate, stickydBin)
 	p := startStickyd(t, "--workers", "2", "--", "sh", "-c", script)
-	c := dialFrom(t, clientIP(1), p.addr)
+	c := testkit.Dial(t, testkit.ClientIP(1), p.addr)
 	defer c.Close()
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
 		t.Fatal(err)
@@ -225,7 +227,7 @@ func TestMisbehavingWorkersLoggedOthersServe(t *testing.T) {
 esac`, stickydBin, stickydBin)
 	cfg := writeFile(t, t.TempDir(), "w.toml", "[workers]\nstartup_timeout = \"4s\"\nstop_timeout = \"2s\"\n")
 	p := startStickyd(t, "--config", cfg, "--workers", "4", "--", "sh", "-c", script)
-	waitFor(t, "the misbehaving workers' log lines", func() bool {
+	testkit.WaitFor(t, "the misbehaving workers' log lines", func() bool {
 		return len(workerLines(p, "worker exited", 1)) >= 2 &&
 			len(workerLines(p, "worker not ready within startup timeout, killing it", 2)) >= 1 &&
 			len(workerLines(p, "worker listens, but not on its address; it gets no traffic until it does", 3)) >= 1
@@ -250,7 +252,7 @@ esac`, stickydBin, stickydBin)
 		t.Error("worker 1 was not restarted with a backoff")
 	}
 	for i := range 40 {
-		if slot, _ := helloFrom(t, clientIP(i*13), p.addr); slot != 0 {
+		if slot, _ := helloFrom(t, testkit.ClientIP(i*13), p.addr); slot != 0 {
 			t.Fatalf("client %d answered by worker %d", i, slot)
 		}
 	}

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,39 +15,19 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
+
+// Worker ports come from 10000-19999: below the ephemeral range, and apart
+// from the backend package's tests (20000-29999), which may run at the
+// same time.
+const workerPortsLo, workerPortsHi = 10000, 20000
 
 // Launched workers, end to end through the stickyd binary: the built-in
 // hello worker behind `--workers N -- stickyd hello-worker`, the repo's own
 // config.toml, and what is left of the workers when stickyd dies. The
 // socket.io workers are in socketio_test.go.
-
-// workerPortBase returns a base port such that base..base+n-1 are free on
-// 127.0.0.1. It draws from 10000-19999: below the ephemeral range, and apart
-// from the range the backend package's tests use, which may run at the same
-// time.
-func workerPortBase(t *testing.T, n int) int {
-	t.Helper()
-	for range 100 {
-		base := 10000 + rand.IntN(10000-n)
-		var lns []net.Listener
-		for i := range n {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+i))
-			if err != nil {
-				break
-			}
-			lns = append(lns, ln)
-		}
-		for _, ln := range lns {
-			ln.Close()
-		}
-		if len(lns) == n {
-			return base
-		}
-	}
-	t.Fatal("no free range of worker ports")
-	return 0
-}
 
 // writeWorkersConfig writes a config file with a [workers] table (command,
 // port_base, short stop timeout) and returns its path. The count comes from
@@ -105,7 +83,7 @@ func (p *proc) readyWorkers() map[int]logEntry {
 // their pids by slot.
 func waitWorkersReady(t *testing.T, p *proc, n int) map[int]int {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d workers ready", n), func() bool { return len(p.readyWorkers()) == n })
+	testkit.WaitFor(t, fmt.Sprintf("%d workers ready", n), func() bool { return len(p.readyWorkers()) == n })
 	pids := map[int]int{}
 	for slot, e := range p.readyWorkers() {
 		pids[slot] = e.Pid
@@ -192,7 +170,7 @@ func workerGroups(t *testing.T, p *proc, n int) map[int]bool {
 // body.
 func httpGetFrom(t *testing.T, src, addr string) string {
 	t.Helper()
-	c := dialFrom(t, src, addr)
+	c := testkit.Dial(t, src, addr)
 	defer c.Close()
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: stickyd\r\nConnection: close\r\n\r\n"); err != nil {
 		t.Fatalf("GET from %s: %v", src, err)
@@ -251,12 +229,12 @@ func checkStickyHello(t *testing.T, addr string, ips []string, rounds int, homes
 // the same worker on all of its 3 connections (the one `stickyd lookup`
 // names), and the worker reports the client's real IP.
 func TestWorkersHelloStickyClientIP(t *testing.T) {
-	cfg := writeWorkersConfig(t, workerPortBase(t, 2), "stickyd", "hello-worker")
+	cfg := writeWorkersConfig(t, testkit.FreePortBase(t, 2, workerPortsLo, workerPortsHi), "stickyd", "hello-worker")
 	p := startStickyd(t, "--config", cfg, "--workers", "2", "--", "stickyd", "hello-worker")
 	pids := waitWorkersReady(t, p, 2)
 	var ips []string
 	for i := range 12 {
-		ips = append(ips, clientIP(i*37))
+		ips = append(ips, testkit.ClientIP(i*37))
 	}
 	perSlot := checkStickyHello(t, p.addr, ips, 3, lookupHomes(t, cfg, 2, ips), pids)
 	if len(perSlot) != 2 {
@@ -284,7 +262,7 @@ func TestWorkersHelloStickyClientIP(t *testing.T) {
 // SIGKILL to stickyd itself: it cannot stop its workers, so Pdeathsig
 // must take them down.
 func TestWorkersDieWithStickydKilled(t *testing.T) {
-	cfg := writeWorkersConfig(t, workerPortBase(t, 2), "stickyd", "hello-worker")
+	cfg := writeWorkersConfig(t, testkit.FreePortBase(t, 2, workerPortsLo, workerPortsHi), "stickyd", "hello-worker")
 	p := startStickyd(t, "--config", cfg, "--workers", "2", "--", "stickyd", "hello-worker")
 	pids := waitWorkersReady(t, p, 2)
 	groups := workerGroups(t, p, 2)
@@ -293,9 +271,9 @@ func TestWorkersDieWithStickydKilled(t *testing.T) {
 			t.Fatalf("ready worker pid %d is not a child of stickyd (children %v)", pid, groups)
 		}
 	}
-	helloFrom(t, clientIP(1), p.addr) // the workers serve
+	helloFrom(t, testkit.ClientIP(1), p.addr) // the workers serve
 	p.stop(t, syscall.SIGKILL)
-	waitFor(t, "the workers of a SIGKILLed stickyd to die", func() bool {
+	testkit.WaitFor(t, "the workers of a SIGKILLed stickyd to die", func() bool {
 		return len(liveProcs(-1, groups)) == 0
 	})
 }
@@ -308,7 +286,7 @@ func TestWorkersRepoConfigTOML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freePort(t)
+	addr := testkit.FreePort(t)
 	n := runtime.NumCPU()
 	conf := replaceLine(t, string(src), `(?m)^listen = .*$`, fmt.Sprintf("listen = %q", addr))
 	dir := t.TempDir()
@@ -317,7 +295,7 @@ func TestWorkersRepoConfigTOML(t *testing.T) {
 	}
 	p := launchStickydIn(t, dir, addr)
 	pids := waitWorkersReady(t, p, n)
-	ips := []string{clientIP(3), clientIP(300), clientIP(3000)}
+	ips := []string{testkit.ClientIP(3), testkit.ClientIP(300), testkit.ClientIP(3000)}
 	perSlot := checkStickyHello(t, addr, ips, 5, lookupHomes(t, filepath.Join(dir, "config.toml"), n, ips), pids)
 	t.Logf("repo config.toml, %d workers: 3 IPs x 5 requests, IPs per worker %v", n, perSlot)
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {

@@ -1,35 +1,23 @@
 package logging
 
 import (
-	"bytes"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
 // lockedBuffer is an output the test can read while the writer writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type lockedBuffer struct{ testkit.SyncBuffer }
 
 func (b *lockedBuffer) lines(t *testing.T) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 		if l == "" {
 			continue
 		}
@@ -150,7 +138,7 @@ func TestWriterNeverBlocks(t *testing.T) {
 	if !w.Flush(10 * time.Second) {
 		t.Fatal("Flush timed out after the output was released")
 	}
-	got := strings.Count(out.buf.String(), "\n")
+	got := strings.Count(out.String(), "\n")
 	if int64(got)+w.Dropped() != 10000 {
 		t.Errorf("written %d + dropped %d != 10000", got, w.Dropped())
 	}

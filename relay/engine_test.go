@@ -21,10 +21,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// guard bounds every wait of the suite: a hang fails the test instead.
-const guard = 20 * time.Second
+	"github.com/stickyd/stickyd/internal/testkit"
+)
 
 var engines = []struct {
 	name string
@@ -151,7 +150,7 @@ func (e *ends) wait(t testing.TB) Stats {
 	select {
 	case s := <-e.done:
 		return s
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("Done not called")
 		return Stats{}
 	}
@@ -175,7 +174,7 @@ func (e *ends) closeClean(t testing.TB) Stats {
 // readN reads exactly n bytes from c, or fails.
 func readN(t testing.TB, c *net.TCPConn, n int) []byte {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(guard))
+	c.SetReadDeadline(time.Now().Add(testkit.Guard))
 	b := make([]byte, n)
 	if _, err := io.ReadFull(c, b); err != nil {
 		t.Fatalf("read %d bytes: %v", n, err)
@@ -193,7 +192,7 @@ func write(t testing.TB, c *net.TCPConn, s string) {
 // expectEOF reads from c until a clean end of stream.
 func expectEOF(t testing.TB, c *net.TCPConn) {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(guard))
+	c.SetReadDeadline(time.Now().Add(testkit.Guard))
 	if n, err := io.Copy(io.Discard, c); err != nil || n != 0 {
 		t.Fatalf("want EOF, got %d bytes, err %v", n, err)
 	}
@@ -321,7 +320,7 @@ type streamResult struct {
 // give the sender's and the receiver's result.
 func stream(from, to *net.TCPConn, size int, seed uint64, chunk int, pause time.Duration) (sent, got chan streamResult) {
 	sent, got = make(chan streamResult, 1), make(chan streamResult, 1)
-	to.SetReadDeadline(time.Now().Add(3 * guard))
+	to.SetReadDeadline(time.Now().Add(3 * testkit.Guard))
 	go func() {
 		sum, err := sendStream(from, size, seed)
 		sent <- streamResult{sum, int64(size), err}
@@ -341,7 +340,7 @@ func checkStream(t *testing.T, dir string, sent, got chan streamResult) {
 		select {
 		case s = <-sent:
 		case g = <-got:
-		case <-time.After(3 * guard):
+		case <-time.After(3 * testkit.Guard):
 			t.Fatalf("%s: stream hangs", dir)
 		}
 	}
@@ -433,7 +432,7 @@ func TestEngineBackendReset(t *testing.T) {
 		werr := make(chan error, 1)
 		go func() { // the client streams until the relay breaks
 			buf := make([]byte, 64<<10)
-			e.client.SetWriteDeadline(time.Now().Add(guard))
+			e.client.SetWriteDeadline(time.Now().Add(testkit.Guard))
 			for {
 				if _, err := e.client.Write(buf); err != nil {
 					werr <- err
@@ -449,7 +448,7 @@ func TestEngineBackendReset(t *testing.T) {
 			t.Errorf("Done: Err = nil after a backend reset")
 		}
 		t.Logf("Stats.Err = %v", s.Err)
-		e.client.SetReadDeadline(time.Now().Add(guard))
+		e.client.SetReadDeadline(time.Now().Add(testkit.Guard))
 		if _, err := io.Copy(io.Discard, e.client); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatal("client was not closed")
 		}
@@ -458,7 +457,7 @@ func TestEngineBackendReset(t *testing.T) {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Errorf("client writes blocked instead of failing")
 			}
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("client writer hangs")
 		}
 	})
@@ -561,8 +560,8 @@ func TestEngineUnixSockets(t *testing.T) {
 		r.eng.Start(Pair{Client: proxyClient, Backend: proxyBackend, Done: func(s Stats) { done <- s }})
 		client.Write([]byte("ping"))
 		buf := make([]byte, 4)
-		backend.SetDeadline(time.Now().Add(guard))
-		client.SetDeadline(time.Now().Add(guard))
+		backend.SetDeadline(time.Now().Add(testkit.Guard))
+		client.SetDeadline(time.Now().Add(testkit.Guard))
 		if _, err := io.ReadFull(backend, buf); err != nil || string(buf) != "ping" {
 			t.Fatalf("backend got %q, %v", buf, err)
 		}
@@ -580,7 +579,7 @@ func TestEngineUnixSockets(t *testing.T) {
 			if s.Err != nil || s.BytesIn != 4 || s.BytesOut != 4 {
 				t.Errorf("Stats = %+v", s)
 			}
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("Done not called")
 		}
 	})
@@ -626,7 +625,7 @@ func TestEngineManyPairs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-			case <-time.After(guard):
+			case <-time.After(testkit.Guard):
 				t.Fatal("echo hangs")
 			}
 		}
@@ -648,7 +647,7 @@ func echoAll(all []*ends) error {
 	buf := make([]byte, 4)
 	for i, e := range all {
 		msg := binary.LittleEndian.AppendUint32(nil, uint32(i))
-		deadline := time.Now().Add(guard)
+		deadline := time.Now().Add(testkit.Guard)
 		e.client.SetDeadline(deadline)
 		e.backend.SetDeadline(deadline)
 		if _, err := e.client.Write(msg); err != nil {
@@ -690,7 +689,7 @@ func countFDs(t testing.TB) (total, pipes int) {
 func settleFDs(t testing.TB) (total, pipes int) {
 	t.Helper()
 	prev := -1
-	for deadline := time.Now().Add(guard); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(testkit.Guard); time.Now().Before(deadline); {
 		runtime.GC()
 		total, pipes = countFDs(t)
 		if total == prev {
@@ -706,7 +705,7 @@ func settleFDs(t testing.TB) (total, pipes int) {
 // descriptors from earlier tests may have been collected meanwhile).
 func waitFDs(t testing.TB, want int) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
+	deadline := time.Now().Add(testkit.Guard)
 	for {
 		got, _ := countFDs(t)
 		if got <= want {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"github.com/stickyd/stickyd/proxyproto"
 )
 
@@ -50,7 +51,7 @@ func TestEngineFirst(t *testing.T) {
 			readN(t, e.backend, 5)
 			e.backend.SetLinger(0)
 			e.backend.Close()
-			e.client.SetReadDeadline(time.Now().Add(guard))
+			e.client.SetReadDeadline(time.Now().Add(testkit.Guard))
 			io.Copy(io.Discard, e.client)
 			e.client.Close()
 			if s := e.wait(t); s.First != FirstClosed {

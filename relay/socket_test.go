@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,7 +61,7 @@ func TestSocketWaitsInEngineAndStarts(t *testing.T) {
 		time.Sleep(30 * time.Millisecond)
 		client.Write([]byte("hello"))
 	}()
-	s.SetReadDeadline(time.Now().Add(guard))
+	s.SetReadDeadline(time.Now().Add(testkit.Guard))
 	n, err := s.Read(buf)
 	if string(buf[:n]) != "hello" || err != nil {
 		t.Fatalf("Read = %q, %v", buf[:n], err)
@@ -72,7 +73,7 @@ func TestSocketWaitsInEngineAndStarts(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	bc, err := eng.DialTimeout(ctx, "tcp", r.back.Addr().String(), guard)
+	bc, err := eng.DialTimeout(ctx, "tcp", r.back.Addr().String(), testkit.Guard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +85,8 @@ func TestSocketWaitsInEngineAndStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer backend.Close()
-	backend.SetDeadline(time.Now().Add(guard))
-	client.SetDeadline(time.Now().Add(guard))
+	backend.SetDeadline(time.Now().Add(testkit.Guard))
+	client.SetDeadline(time.Now().Add(testkit.Guard))
 	done := make(chan Stats, 1)
 	eng.Start(Pair{Client: s, Backend: bc.(Conn), Header: []byte("HDR "), Pending: []byte("hello"),
 		Done: func(st Stats) { done <- st }})
@@ -108,7 +109,7 @@ func TestSocketWaitsInEngineAndStarts(t *testing.T) {
 		if st.Err != nil || st.BytesIn != 6 || st.BytesOut != 4 {
 			t.Errorf("Stats %+v, want 6 in (header not counted), 4 out", st)
 		}
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("pair not finished")
 	}
 }
@@ -139,7 +140,7 @@ func TestSocketDeadlineAndClose(t *testing.T) {
 		if !errors.Is(err, net.ErrClosed) {
 			t.Errorf("Read ended by Close: %v", err)
 		}
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("Close did not end the Read")
 	}
 	if s.conn != nil {
@@ -154,7 +155,7 @@ func TestSocketConverts(t *testing.T) {
 		e, p := r.connect()
 		s := NewSocket(rawSocket(t, p.Client.(*net.TCPConn)))
 		p.Client = s
-		s.SetReadDeadline(time.Now().Add(guard))
+		s.SetReadDeadline(time.Now().Add(testkit.Guard))
 		go e.client.Write([]byte("x"))
 		b := make([]byte, 1)
 		if _, err := io.ReadFull(s, b); err != nil {
@@ -165,8 +166,8 @@ func TestSocketConverts(t *testing.T) {
 		}
 		s.SetReadDeadline(time.Time{})
 		r.eng.Start(*p)
-		e.client.SetDeadline(time.Now().Add(guard))
-		e.backend.SetDeadline(time.Now().Add(guard))
+		e.client.SetDeadline(time.Now().Add(testkit.Guard))
+		e.backend.SetDeadline(time.Now().Add(testkit.Guard))
 		e.client.Write([]byte("ab"))
 		got := make([]byte, 2)
 		if _, err := io.ReadFull(e.backend, got); err != nil || string(got) != "ab" {
@@ -176,7 +177,7 @@ func TestSocketConverts(t *testing.T) {
 		e.backend.Close()
 		select {
 		case <-e.done:
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("pair not finished")
 		}
 	})
@@ -192,12 +193,12 @@ func TestDialTimeoutErrors(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	if _, err := eng.DialTimeout(context.Background(), "tcp", addr, guard); !errors.Is(err, unix.ECONNREFUSED) {
+	if _, err := eng.DialTimeout(context.Background(), "tcp", addr, testkit.Guard); !errors.Is(err, unix.ECONNREFUSED) {
 		t.Errorf("dial a closed port: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := eng.DialTimeout(ctx, "tcp", addr, guard); !errors.Is(err, context.Canceled) {
+	if _, err := eng.DialTimeout(ctx, "tcp", addr, testkit.Guard); !errors.Is(err, context.Canceled) {
 		t.Errorf("dial with an ended context: %v", err)
 	}
 	ln, err = net.Listen("tcp", "127.0.0.1:0")
@@ -206,7 +207,7 @@ func TestDialTimeoutErrors(t *testing.T) {
 	}
 	defer ln.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	c, err := eng.DialTimeout(context.Background(), "tcp", "localhost:"+port, guard)
+	c, err := eng.DialTimeout(context.Background(), "tcp", "localhost:"+port, testkit.Guard)
 	if err != nil {
 		t.Fatalf("dial a host name: %v", err)
 	}

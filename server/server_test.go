@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 	"github.com/stickyd/stickyd/relay"
 )
 
@@ -24,9 +25,9 @@ func TestServeRelays(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, newEngine func() (relay.Engine, error)) {
 		b := startBackend(t, "b0")
 		r := startServer(t, Options{SendProxy: 2, SniffWait: 10 * time.Millisecond}, newEngine, b)
-		c := dial(t, "127.0.0.5", r.addr)
+		c := testkit.Dial(t, "127.0.0.5", r.addr)
 		c.Write([]byte("ping\n"))
-		name, got, br := greet(t, c)
+		name, got, br := testkit.Greeting(t, c)
 		if name != "b0" || got.String() != c.LocalAddr().String() {
 			t.Errorf("greeting %s %s, want b0 %s", name, got, c.LocalAddr())
 		}
@@ -37,7 +38,7 @@ func TestServeRelays(t *testing.T) {
 		if rest, err := io.ReadAll(br); len(rest) != 0 || err != nil {
 			t.Errorf("after half-close: %q, %v", rest, err)
 		}
-		waitFor(t, "open count back to 0", func() bool { return r.srv.Open() == 0 })
+		testkit.WaitFor(t, "open count back to 0", func() bool { return r.srv.Open() == 0 })
 		if got := r.srv.Metrics().Accepted.Load(); got != 1 {
 			t.Errorf("Accepted = %d", got)
 		}
@@ -50,8 +51,8 @@ func TestShutdownDrains(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, newEngine func() (relay.Engine, error)) {
 		b := startBackend(t, "b0")
 		r := startServer(t, Options{SniffWait: 10 * time.Millisecond}, newEngine, b)
-		c := dial(t, "127.0.0.6", r.addr)
-		_, _, br := greet(t, c)
+		c := testkit.Dial(t, "127.0.0.6", r.addr)
+		_, _, br := testkit.Greeting(t, c)
 
 		r.done = true
 		shut := make(chan error, 1)
@@ -59,7 +60,7 @@ func TestShutdownDrains(t *testing.T) {
 		select {
 		case err := <-r.served:
 			r.served <- err // for the cleanup's check
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("Serve still running after Shutdown")
 		}
 		if nc, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
@@ -83,7 +84,7 @@ func TestShutdownDrains(t *testing.T) {
 			if err != nil {
 				t.Errorf("Shutdown = %v after the last connection ended", err)
 			}
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("Shutdown did not return after the last connection ended")
 		}
 	})
@@ -94,15 +95,15 @@ func TestShutdownTimeoutCuts(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, newEngine func() (relay.Engine, error)) {
 		b := startBackend(t, "b0")
 		r := startServer(t, Options{SniffWait: 10 * time.Millisecond}, newEngine, b)
-		c := dial(t, "127.0.0.7", r.addr)
-		greet(t, c)
+		c := testkit.Dial(t, "127.0.0.7", r.addr)
+		testkit.Greeting(t, c)
 		r.done = true
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		if err := r.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Shutdown = %v, want DeadlineExceeded", err)
 		}
-		if _, err := readAll(t, c); err != nil && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+		if _, err := testkit.ReadAll(t, c); err != nil && !errors.Is(err, net.ErrClosed) && !isReset(err) {
 			t.Errorf("client read after the cut: %v", err)
 		}
 		if n := r.srv.Open(); n != 0 {
@@ -119,12 +120,12 @@ func TestMaxConnectionsPausesAccept(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, newEngine func() (relay.Engine, error)) {
 		b := startBackend(t, "b0")
 		r := startServer(t, Options{MaxConnections: 2, SniffWait: 10 * time.Millisecond}, newEngine, b)
-		first := dial(t, "127.0.1.1", r.addr)
-		greet(t, first)
-		second := dial(t, "127.0.1.2", r.addr)
-		greet(t, second)
+		first := testkit.Dial(t, "127.0.1.1", r.addr)
+		testkit.Greeting(t, first)
+		second := testkit.Dial(t, "127.0.1.2", r.addr)
+		testkit.Greeting(t, second)
 
-		third := dial(t, "127.0.1.3", r.addr) // completes in the backlog
+		third := testkit.Dial(t, "127.0.1.3", r.addr) // completes in the backlog
 		greeted := make(chan string, 1)
 		go func() {
 			line, err := bufio.NewReader(third).ReadString('\n')
@@ -147,7 +148,7 @@ func TestMaxConnectionsPausesAccept(t *testing.T) {
 			if !strings.HasPrefix(line, "b0 127.0.1.3:") {
 				t.Errorf("third connection got %q", line)
 			}
-		case <-time.After(guard):
+		case <-time.After(testkit.Guard):
 			t.Fatal("accepting did not resume after a connection ended")
 		}
 	})
@@ -164,12 +165,12 @@ func TestUntrustedHeaderRefused(t *testing.T) {
 			"127.0.2.2": v2(t, "1.2.3.4:1", "5.6.7.8:2"),
 		}
 		for ip, hdr := range headers {
-			c := dial(t, ip, r.addr)
+			c := testkit.Dial(t, ip, r.addr)
 			c.Write(hdr)
-			if got, _ := readAll(t, c); got != "" {
+			if got, _ := testkit.ReadAll(t, c); got != "" {
 				t.Errorf("%s: refused client got %q", ip, got)
 			}
-			waitFor(t, "refusal logged", func() bool { return len(r.refusals(ip)) > 0 })
+			testkit.WaitFor(t, "refusal logged", func() bool { return len(r.refusals(ip)) > 0 })
 			if n := len(r.refusals(ip)); n != 1 {
 				t.Errorf("%s: %d log lines, want 1", ip, n)
 			}
@@ -177,7 +178,7 @@ func TestUntrustedHeaderRefused(t *testing.T) {
 		if n := r.srv.Metrics().HeaderErrors()[HeaderUntrusted]; n != 2 {
 			t.Errorf("untrusted count %d, want 2", n)
 		}
-		for _, h := range b.headers() {
+		for _, h := range b.Headers() {
 			if strings.HasPrefix(h.SourceAddr.String(), "1.2.3.4") {
 				t.Error("backend was told the forged address")
 			}
@@ -207,12 +208,12 @@ func TestTrustedHeader(t *testing.T) {
 		t.Run(fmt.Sprintf("forward-tlvs=%v", forward), func(t *testing.T) {
 			b := startBackend(t, "b0")
 			r := startServer(t, Options{Trusted: local, SendProxy: 2, ForwardTLVs: forward}, nil, b)
-			c := dial(t, "127.0.0.1", r.addr)
+			c := testkit.Dial(t, "127.0.0.1", r.addr)
 			c.Write(v2(t, "203.0.113.9:4000", "10.0.0.1:443", vpce, pad))
-			if _, got, _ := greet(t, c); got.String() != "203.0.113.9:4000" {
+			if _, got, _ := testkit.Greeting(t, c); got.String() != "203.0.113.9:4000" {
 				t.Errorf("backend told %s", got)
 			}
-			tlvs, err := b.headers()[0].TLVs()
+			tlvs, err := b.Headers()[0].TLVs()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -263,19 +264,19 @@ func TestHeaderErrorKinds(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := startBackend(t, "b0")
 			r := startServer(t, tc.opts, nil, b)
-			c := dial(t, tc.src, r.addr)
+			c := testkit.Dial(t, tc.src, r.addr)
 			c.Write([]byte(tc.send))
 			if tc.closeSend {
 				c.CloseWrite()
 			}
-			got, _ := readAll(t, c)
+			got, _ := testkit.ReadAll(t, c)
 			if !strings.HasPrefix(got, tc.reply) || tc.reply == "" && got != "" {
 				t.Errorf("client got %q, want %q...", got, tc.reply)
 			}
 			if tc.reply != "" && strings.Count(strings.SplitN(got, "\r\n\r\n", 2)[1], "\n") != 1 {
 				t.Errorf("400 body is not one line: %q", got)
 			}
-			waitFor(t, "refusal logged", func() bool { return len(r.refusals(tc.src)) > 0 })
+			testkit.WaitFor(t, "refusal logged", func() bool { return len(r.refusals(tc.src)) > 0 })
 			if n := len(r.refusals(tc.src)); n != 1 {
 				t.Errorf("%d log lines, want 1", n)
 			}
@@ -284,7 +285,7 @@ func TestHeaderErrorKinds(t *testing.T) {
 					t.Errorf("HeaderErrors[%s] = %d, want %d (error: %v)", kind, n, want, r.refusals(tc.src)[0].ContextMap()["error"])
 				}
 			}
-			if n := len(b.headers()); n != 0 {
+			if n := len(b.Headers()); n != 0 {
 				t.Errorf("backend saw %d connections", n)
 			}
 		})
@@ -295,9 +296,9 @@ func TestHeaderErrorKinds(t *testing.T) {
 func TestPortProbeQuiet(t *testing.T) {
 	b := startBackend(t, "b0")
 	r := startServer(t, Options{Trusted: local}, nil, b)
-	c := dial(t, "127.0.0.1", r.addr)
+	c := testkit.Dial(t, "127.0.0.1", r.addr)
 	c.Close()
-	waitFor(t, "probe finished", func() bool { return r.srv.Open() == 0 })
+	testkit.WaitFor(t, "probe finished", func() bool { return r.srv.Open() == 0 })
 	if n := r.logs.Len(); n != 0 {
 		t.Errorf("%d log lines for a port probe: %v", n, r.logs.All())
 	}
@@ -314,7 +315,7 @@ func TestPortProbeQuiet(t *testing.T) {
 func TestHTTPBlockInPiecesRelayed(t *testing.T) {
 	b := startBackend(t, "b0")
 	r := startServer(t, Options{ClientIPHeader: "X-Forwarded-For", Trusted: local}, nil, b)
-	c := dial(t, "127.0.0.1", r.addr)
+	c := testkit.Dial(t, "127.0.0.1", r.addr)
 	body := "a\nb\rc\r\n"
 	req := "POST / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nContent-Length: 7\r\n\r\n" + body
 	cut := strings.Index(req, "\r\nContent") + 1 // after the CR
@@ -323,7 +324,7 @@ func TestHTTPBlockInPiecesRelayed(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // separate reads on stickyd's side (not a wait for a result)
 	}
 	c.CloseWrite()
-	name, client, br := greet(t, c)
+	name, client, br := testkit.Greeting(t, c)
 	if name != "b0" || client.Addr().String() != "203.0.113.9" {
 		t.Fatalf("routed to %s as %v, want b0 as 203.0.113.9", name, client)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 func TestPercentile(t *testing.T) {
@@ -93,21 +94,12 @@ func startBackend(t *testing.T) (*backend, string) {
 // version claiming src as the client.
 func dialWithHeader(t *testing.T, addr string, version byte, src string) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	var h *pp.Header
+	if version != 0 {
+		srcAddr, _ := net.ResolveTCPAddr("tcp", src)
+		h = pp.HeaderProxyFromAddrs(version, srcAddr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8000})
 	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(5 * time.Second)) // hang guard
-	if version == 0 {
-		return c
-	}
-	srcAddr, _ := net.ResolveTCPAddr("tcp", src)
-	dst := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8000}
-	if _, err := pp.HeaderProxyFromAddrs(version, srcAddr, dst).WriteTo(c); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testkit.DialHeader(t, "tcp", addr, h)
 }
 
 func TestBackendReportsProxyHeader(t *testing.T) {

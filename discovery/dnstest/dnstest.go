@@ -1,8 +1,7 @@
 // Package dnstest runs a small authoritative DNS server on loopback for
 // tests: A, AAAA and SRV records that the test changes while it runs.
 //
-//	srv, err := dnstest.Start()
-//	defer srv.Close()
+//	srv := dnstest.New(t) // or dnstest.Start(), then srv.Close()
 //	srv.SetHost("app.test.", "127.0.0.2", "127.0.0.3")
 //	srv.SetSRV("_app._tcp.test.", dnstest.Target{Host: "app.test.", Port: 8080})
 //	r := discovery.NewResolver(srv.Addr)
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 
 	"github.com/miekg/dns"
 )
@@ -37,6 +37,18 @@ type Server struct {
 
 	mu      sync.Mutex
 	records map[string][]dns.RR // by lower-case FQDN; guarded by mu
+}
+
+// New is Start for a test: it fails t if the server cannot start, and
+// closes the server when the test ends.
+func New(t testing.TB) *Server {
+	t.Helper()
+	srv, err := Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // Start listens on a free loopback port and serves until Close.
