@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 
@@ -47,4 +48,17 @@ func flagLine(help, name string) string {
 		}
 	}
 	return ""
+}
+
+// README.md documents every flag of the table.
+func TestREADMENamesEveryFlag(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range config.Settings() {
+		if !strings.Contains(string(readme), "`--"+s.Flag()) {
+			t.Errorf("README.md does not document --%s", s.Flag())
+		}
+	}
 }

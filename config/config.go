@@ -8,6 +8,13 @@
 //	cfg, err := config.Load(f)      // unknown keys and bad types: errors with line numbers
 //	if err == nil { err = cfg.Validate() } // bad values: errors naming the key and its line
 //	timeout := cfg.HeaderTimeout()  // 5s when proxy_header_timeout is unset
+//
+// Settings (settings.go) is the one table of settings: each row names a
+// key, its flag and STICKYD_ variable, its help text and default, and
+// whether a reload applies it. The command line builds its flags from it,
+// ApplyFlags maps them onto a Config, and RestartKeys tells a reload what
+// it cannot apply. Adding a setting is a field here, a row there, its use,
+// and a case in settings_test.go (the table walk fails without one).
 package config
 
 import (
