@@ -2,24 +2,18 @@ package daemon
 
 import (
 	"errors"
-	"net"
 	"os"
 	"syscall"
 	"testing"
 	"time"
-)
 
-// guard bounds every wait of these tests.
-const guard = 10 * time.Second
+	"github.com/stickyd/stickyd/internal/testkit"
+)
 
 // Run serves what the loader gives, loads again on SIGHUP and returns nil
 // on SIGTERM; a loader error at start is returned unchanged.
 func TestRunReloadsAndStops(t *testing.T) {
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
+	backend := testkit.Listen(t, "127.0.0.1:0")
 	cfg := loadTOML(t, "listen = \"127.0.0.1:0\"\nlog_level = \"error\"\n[[backend]]\naddress = \""+
 		backend.Addr().String()+"\"\n")
 	l := &fakeLoader{cfg: cfg}
@@ -27,20 +21,14 @@ func TestRunReloadsAndStops(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- Run(Options{Load: l.load, Signals: sigs}) }()
 	sigs <- syscall.SIGHUP
-	deadline := time.Now().Add(guard)
-	for l.loads() < 2 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if n := l.loads(); n != 2 {
-		t.Errorf("%d loads after SIGHUP, want 2", n)
-	}
+	testkit.WaitFor(t, "the reload's load", func() bool { return l.loads() == 2 })
 	sigs <- syscall.SIGTERM
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Errorf("Run after SIGTERM: %v", err)
 		}
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("Run did not return after SIGTERM")
 	}
 

@@ -11,10 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// guard bounds every wait of these tests.
-const guard = 10 * time.Second
+	"github.com/stickyd/stickyd/internal/testkit"
+)
 
 // fakeOS is an OS whose environment is a map and whose Start runs a fake
 // child: a goroutine given copies of the files, as a real child inherits
@@ -110,11 +109,7 @@ func TestUpgradeHandsOverAndWaitsForReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	if err := u.Upgrade([]Listener{{Name: "listen", Listener: ln}, {Name: "admin"}}, []string{"STICKYD_ADMIN_TOKEN=t"}); err != nil {
 		t.Fatalf("Upgrade: %v", err)
 	}
@@ -144,7 +139,7 @@ func TestUpgradeFails(t *testing.T) {
 		{"hangs", func(_ []string, _ []*os.File, killed <-chan struct{}) {
 			select {
 			case <-killed:
-			case <-time.After(guard):
+			case <-time.After(testkit.Guard):
 			}
 		}, "not ready within"},
 	} {
@@ -162,7 +157,7 @@ func TestUpgradeFails(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.want) {
 					t.Errorf("Upgrade = %v, want %q", err, tc.want)
 				}
-			case <-time.After(guard):
+			case <-time.After(testkit.Guard):
 				t.Fatal("Upgrade hangs")
 			}
 		})
@@ -182,16 +177,11 @@ func TestUpgradeInProgress(t *testing.T) {
 	u, _ := New(Options{OS: fos})
 	done := make(chan error, 1)
 	go func() { done <- u.Upgrade(nil, nil) }()
-	deadline := time.Now().Add(guard)
-	for {
+	testkit.WaitFor(t, "the child's start", func() bool {
 		fos.mu.Lock()
-		n := len(fos.started)
-		fos.mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer fos.mu.Unlock()
+		return len(fos.started) > 0
+	})
 	if err := u.Upgrade(nil, nil); !errors.Is(err, ErrInProgress) {
 		t.Errorf("second Upgrade = %v, want ErrInProgress", err)
 	}
@@ -201,7 +191,7 @@ func TestUpgradeInProgress(t *testing.T) {
 		if err != nil {
 			t.Errorf("first Upgrade = %v", err)
 		}
-	case <-time.After(guard):
+	case <-time.After(testkit.Guard):
 		t.Fatal("Upgrade hangs")
 	}
 }
@@ -236,7 +226,7 @@ func TestNewAdoptsInherited(t *testing.T) {
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	r.SetReadDeadline(time.Now().Add(guard))
+	r.SetReadDeadline(time.Now().Add(testkit.Guard))
 	var b [1]byte
 	if n, _ := r.Read(b[:]); n != 1 {
 		t.Error("the parent got no readiness byte")
