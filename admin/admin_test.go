@@ -3,7 +3,6 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/internal/testkit"
 	"github.com/stickyd/stickyd/server"
 	"go.uber.org/zap"
 )
@@ -54,16 +54,7 @@ func (f *fixture) do(t *testing.T, method, path string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := f.srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
+	return testkit.HTTPDo(t, f.srv.Client(), req)
 }
 
 // ipOf returns a client IP whose home backend is name.

@@ -258,11 +258,7 @@ func TestHealthRunFollowsSet(t *testing.T) {
 	cur.Store(oneBackendSet(t, a.addr()))
 	testkit.WaitFor(t, "checks of the new set", func() bool { return a.conns.Load() > 0 })
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(testkit.Guard):
-		t.Fatal("Run did not return")
-	}
+	testkit.Await(t, done, "Run did not return")
 }
 
 // An unhealthy backend is a last resort: tried only when no backend is up.

@@ -120,13 +120,8 @@ func (h *supHarness) stop(t *testing.T) error {
 // waitState waits for the next onState call of slot and checks it.
 func (h *supHarness) waitState(t *testing.T, slot int, want bool) {
 	t.Helper()
-	select {
-	case got := <-h.states[slot]:
-		if got != want {
-			t.Fatalf("slot %d: onState(%v), want onState(%v)", slot, got, want)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatalf("slot %d: no onState(%v) within %v", slot, want, testkit.Guard)
+	if got := testkit.Await(t, h.states[slot], "slot %d: no onState(%v) within %v", slot, want, testkit.Guard); got != want {
+		t.Fatalf("slot %d: onState(%v), want onState(%v)", slot, got, want)
 	}
 }
 
@@ -446,13 +441,8 @@ func TestWorkerDiesWithSupervisor(t *testing.T) {
 		}
 		ready <- err
 	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("worker never got ready")
+	if err := testkit.Await(t, ready, "worker never got ready"); err != nil {
+		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(pidDir, "0.pid"))
 	if err != nil {
@@ -507,11 +497,7 @@ func TestForwardWorkerOutputSplitsLongLinesBetweenCharacters(t *testing.T) {
 	long := strings.Repeat("x", maxWorkerLogLine-1) + "é" + "yz" // é straddles the piece boundary
 	fmt.Fprintf(w, "ab\r\n\n%s\nno newline at end", long)
 	w.Close()
-	select {
-	case <-done:
-	case <-time.After(testkit.Guard):
-		t.Fatal("forwarder did not end at EOF")
-	}
+	testkit.Await(t, done, "forwarder did not end at EOF")
 	var got []string
 	for _, e := range logs.All() {
 		got = append(got, fmt.Sprintf("%d:%v", len(e.Message), e.ContextMap()["continued"]))

@@ -187,13 +187,8 @@ func TestHelloServeUnixSocket(t *testing.T) {
 	}
 
 	cancel() // with c still open and idle: Shutdown closes it
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve = %v", err)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("Serve did not return after cancel")
+	if err := testkit.Await(t, done, "Serve did not return after cancel"); err != nil {
+		t.Fatalf("Serve = %v", err)
 	}
 	if _, err := os.Stat(path); err == nil {
 		t.Error("socket file left behind")

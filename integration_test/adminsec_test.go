@@ -6,7 +6,6 @@ package integration_test
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -31,13 +30,7 @@ func adminCall(t *testing.T, client *http.Client, method, url, host, token strin
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return testkit.HTTPDo(t, client, req)
 }
 
 // unixClient is an HTTP client whose every connection goes to path.

@@ -177,13 +177,8 @@ func TestUntrustedLateProxyHeader(t *testing.T) {
 	if got, _ := io.ReadAll(c); len(got) != 0 {
 		t.Errorf("client got %q", got)
 	}
-	select {
-	case b := <-rec.got:
-		if len(b) != 0 {
-			t.Fatalf("the backend received %q", b)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("the backend connection was not closed")
+	if b := testkit.Await(t, rec.got, "the backend connection was not closed"); len(b) != 0 {
+		t.Fatalf("the backend received %q", b)
 	}
 	testkit.WaitFor(t, "the refusal in the log", func() bool { return bkLogCount(p, "connection refused", "PROXY header") == 1 })
 	if v := opsMetric(t, adm, `stickyd_header_errors_total{kind="untrusted"}`); v != 1 {

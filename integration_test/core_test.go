@@ -435,11 +435,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	default:
 	}
 	c.Close()
-	select {
-	case <-p.exited:
-	case <-time.After(testkit.Guard):
-		t.Fatal("did not exit after the last connection closed")
-	}
+	testkit.Await(t, p.exited, "did not exit after the last connection closed")
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after drain, want 0", code)
 	}

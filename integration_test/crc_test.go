@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	pp "github.com/pires/go-proxyproto"
 	"github.com/stickyd/stickyd/internal/testkit"
@@ -65,13 +64,8 @@ func TestForwardedCRC32CThroughHAProxy(t *testing.T) {
 			got <- tlvs
 		}()
 		c := testkit.Dial(t, "", startHAProxyListen(t, "", probe.Addr().String(), "send-proxy-v2 proxy-v2-options crc32c"))
-		select {
-		case tlvs := <-got:
-			if !slices.ContainsFunc(tlvs, func(v pp.TLV) bool { return v.Type == pp.PP2_TYPE_CRC32C }) {
-				t.Fatalf("HAProxy sent no CRC32C TLV: %v", tlvs)
-			}
-		case <-time.After(testkit.Guard):
-			t.Fatal("HAProxy sent no header")
+		if tlvs := testkit.Await(t, got, "HAProxy sent no header"); !slices.ContainsFunc(tlvs, func(v pp.TLV) bool { return v.Type == pp.PP2_TYPE_CRC32C }) {
+			t.Fatalf("HAProxy sent no CRC32C TLV: %v", tlvs)
 		}
 		c.Close()
 		front := startHAProxyListen(t, "", p.addr, "send-proxy-v2 proxy-v2-options crc32c")

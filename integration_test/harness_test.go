@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stickyd/stickyd/internal/testkit"
 )
@@ -99,11 +98,7 @@ func launchVia(t *testing.T, wrap []string, dir, addr string, args ...string) *p
 func (p *proc) stop(t *testing.T, sig syscall.Signal) int {
 	t.Helper()
 	p.cmd.Process.Signal(sig)
-	select {
-	case <-p.exited:
-	case <-time.After(testkit.Guard):
-		t.Fatalf("stickyd did not exit after %v", sig)
-	}
+	testkit.Await(t, p.exited, "stickyd did not exit after %v", sig)
 	return p.cmd.ProcessState.ExitCode()
 }
 

@@ -193,13 +193,8 @@ func TestBlockedLogOutput(t *testing.T) {
 	proc.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
 	go func() { exited <- proc.Wait() }()
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("stickyd did not exit on SIGTERM with its log output blocked")
+	if err := testkit.Await(t, exited, "stickyd did not exit on SIGTERM with its log output blocked"); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
 	}
 }
 

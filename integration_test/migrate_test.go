@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -25,16 +24,7 @@ import (
 func migrateExample(t *testing.T) string {
 	t.Helper()
 	socketIOExample(t) // node, and socket.io-client for the clients
-	dir, err := filepath.Abs("../examples/migrate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pkg := range []string{"express", "socket.io", "stickyd-worker/node_modules/proxy-protocol-js"} {
-		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg)); err != nil {
-			t.Skipf("%s is not installed: run npm install in node/, then in examples/migrate (./test.sh does)", pkg)
-		}
-	}
-	return dir
+	return npmExample(t, "migrate", "express", "socket.io", "stickyd-worker/node_modules/proxy-protocol-js")
 }
 
 func readLines(t *testing.T, path string) []string {

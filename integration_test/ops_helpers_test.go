@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -32,20 +31,7 @@ var opsHTTP = &http.Client{Timeout: testkit.Guard}
 // opsDo calls the admin API at adm and returns the status and body.
 func opsDo(t *testing.T, method, adm, path string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+adm+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := opsHTTP.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
+	return adminCall(t, opsHTTP, method, "http://"+adm+path, "", "")
 }
 
 // opsBackends returns GET /backends by name.

@@ -89,13 +89,20 @@ func socketIOExample(t *testing.T) string {
 	if _, err := exec.LookPath("node"); err != nil {
 		t.Skip("node is not installed (./test.sh installs it)")
 	}
-	dir, err := filepath.Abs("../examples/socketio")
+	return npmExample(t, "socketio", "socket.io", "socket.io-client", "stickyd-worker/node_modules/proxy-protocol-js")
+}
+
+// npmExample returns the absolute path of examples/name, skipping the test
+// when one of its npm packages is missing.
+func npmExample(t *testing.T, name string, packages ...string) string {
+	t.Helper()
+	dir, err := filepath.Abs("../examples/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, pkg := range []string{"socket.io", "socket.io-client", "stickyd-worker/node_modules/proxy-protocol-js"} {
+	for _, pkg := range packages {
 		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg)); err != nil {
-			t.Skipf("%s is not installed: run npm install in node/, then in examples/socketio (./test.sh does)", pkg)
+			t.Skipf("%s is not installed: run npm install in node/, then in examples/%s (./test.sh does)", pkg, name)
 		}
 	}
 	return dir

@@ -35,12 +35,7 @@ func TestIdleTimeout(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // pacing the traffic, not synchronising
 	}
-	select {
-	case d := <-closed:
-		if d < 300*time.Millisecond {
-			t.Errorf("idle connection closed after %v, before the 400ms timeout", d)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("idle connection never closed")
+	if d := testkit.Await(t, closed, "idle connection never closed"); d < 300*time.Millisecond {
+		t.Errorf("idle connection closed after %v, before the 400ms timeout", d)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stickyd/stickyd/internal/testkit"
 )
@@ -176,11 +175,7 @@ func TestUpgradeSIGUSR2(t *testing.T) {
 	default:
 	}
 	held.Close()
-	select {
-	case <-d.exited:
-	case <-time.After(testkit.Guard):
-		t.Fatal("the old process did not exit after its last connection closed")
-	}
+	testkit.Await(t, d.exited, "the old process did not exit after its last connection closed")
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("old process exit code %d", code)
 	}
@@ -247,11 +242,7 @@ func TestUpgradeRefusedWithWorkers(t *testing.T) {
 		t.Errorf("pid file changed to %d", p)
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(testkit.Guard):
-		t.Fatal("no exit after SIGTERM")
-	}
+	testkit.Await(t, d.exited, "no exit after SIGTERM")
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code %d", code)
 	}

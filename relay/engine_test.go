@@ -452,13 +452,8 @@ func TestEngineBackendReset(t *testing.T) {
 		if _, err := io.Copy(io.Discard, e.client); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatal("client was not closed")
 		}
-		select {
-		case err := <-werr:
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Errorf("client writes blocked instead of failing")
-			}
-		case <-time.After(testkit.Guard):
-			t.Fatal("client writer hangs")
+		if err := testkit.Await(t, werr, "client writer hangs"); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("client writes blocked instead of failing")
 		}
 	})
 }
@@ -574,13 +569,8 @@ func TestEngineUnixSockets(t *testing.T) {
 			t.Fatalf("backend: want EOF, got %d bytes, %v", n, err)
 		}
 		backend.Close()
-		select {
-		case s := <-done:
-			if s.Err != nil || s.BytesIn != 4 || s.BytesOut != 4 {
-				t.Errorf("Stats = %+v", s)
-			}
-		case <-time.After(testkit.Guard):
-			t.Fatal("Done not called")
+		if s := testkit.Await(t, done, "Done not called"); s.Err != nil || s.BytesIn != 4 || s.BytesOut != 4 {
+			t.Errorf("Stats = %+v", s)
 		}
 	})
 }
@@ -620,13 +610,8 @@ func TestEngineManyPairs(t *testing.T) {
 			go func() { errc <- echoAll(all[w*pairs/workers : (w+1)*pairs/workers]) }()
 		}
 		for range workers {
-			select {
-			case err := <-errc:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(testkit.Guard):
-				t.Fatal("echo hangs")
+			if err := testkit.Await(t, errc, "echo hangs"); err != nil {
+				t.Fatal(err)
 			}
 		}
 		for _, e := range all {

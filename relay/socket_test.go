@@ -104,13 +104,8 @@ func TestSocketWaitsInEngineAndStarts(t *testing.T) {
 		t.Fatalf("backend got %q, %v before EOF", b, err)
 	}
 	backend.CloseWrite()
-	select {
-	case st := <-done:
-		if st.Err != nil || st.BytesIn != 6 || st.BytesOut != 4 {
-			t.Errorf("Stats %+v, want 6 in (header not counted), 4 out", st)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("pair not finished")
+	if st := testkit.Await(t, done, "pair not finished"); st.Err != nil || st.BytesIn != 6 || st.BytesOut != 4 {
+		t.Errorf("Stats %+v, want 6 in (header not counted), 4 out", st)
 	}
 }
 
@@ -135,13 +130,8 @@ func TestSocketDeadlineAndClose(t *testing.T) {
 	}()
 	time.Sleep(30 * time.Millisecond)
 	s.Close()
-	select {
-	case err := <-res:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Errorf("Read ended by Close: %v", err)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("Close did not end the Read")
+	if err := testkit.Await(t, res, "Close did not end the Read"); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read ended by Close: %v", err)
 	}
 	if s.conn != nil {
 		t.Error("the Socket converted itself")
@@ -175,11 +165,7 @@ func TestSocketConverts(t *testing.T) {
 		}
 		e.client.Close()
 		e.backend.Close()
-		select {
-		case <-e.done:
-		case <-time.After(testkit.Guard):
-			t.Fatal("pair not finished")
-		}
+		testkit.Await(t, e.done, "pair not finished")
 	})
 }
 

@@ -57,12 +57,8 @@ func TestShutdownDrains(t *testing.T) {
 		r.done = true
 		shut := make(chan error, 1)
 		go func() { shut <- r.srv.Shutdown(context.Background()) }()
-		select {
-		case err := <-r.served:
-			r.served <- err // for the cleanup's check
-		case <-time.After(testkit.Guard):
-			t.Fatal("Serve still running after Shutdown")
-		}
+		err := testkit.Await(t, r.served, "Serve still running after Shutdown")
+		r.served <- err // for the cleanup's check
 		if nc, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
 			nc.Close()
 			t.Error("listener still accepting during the drain")
@@ -79,13 +75,8 @@ func TestShutdownDrains(t *testing.T) {
 		default:
 		}
 		c.Close()
-		select {
-		case err := <-shut:
-			if err != nil {
-				t.Errorf("Shutdown = %v after the last connection ended", err)
-			}
-		case <-time.After(testkit.Guard):
-			t.Fatal("Shutdown did not return after the last connection ended")
+		if err := testkit.Await(t, shut, "Shutdown did not return after the last connection ended"); err != nil {
+			t.Errorf("Shutdown = %v after the last connection ended", err)
 		}
 	})
 }
@@ -143,13 +134,8 @@ func TestMaxConnectionsPausesAccept(t *testing.T) {
 			t.Errorf("Open() = %d at the cap, want 2", n)
 		}
 		first.Close()
-		select {
-		case line := <-greeted:
-			if !strings.HasPrefix(line, "b0 127.0.1.3:") {
-				t.Errorf("third connection got %q", line)
-			}
-		case <-time.After(testkit.Guard):
-			t.Fatal("accepting did not resume after a connection ended")
+		if line := testkit.Await(t, greeted, "accepting did not resume after a connection ended"); !strings.HasPrefix(line, "b0 127.0.1.3:") {
+			t.Errorf("third connection got %q", line)
 		}
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -251,4 +252,33 @@ func DialHeader(t testing.TB, network, addr string, h *pp.Header) net.Conn {
 		}
 	}
 	return c
+}
+
+// Await returns the next value received from ch, or fails t with the
+// message (format and args, as for t.Fatalf) when none comes within Guard.
+func Await[T any](t testing.TB, ch <-chan T, format string, args ...any) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(Guard):
+		t.Fatalf(format, args...)
+		panic("unreachable")
+	}
+}
+
+// HTTPDo sends req with client and returns the response's status and body;
+// a failed request or body read fails t.
+func HTTPDo(t testing.TB, client *http.Client, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", req.Method, req.URL, err)
+	}
+	return resp.StatusCode, string(body)
 }

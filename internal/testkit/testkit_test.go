@@ -49,11 +49,7 @@ func TestWaitForTimesOut(t *testing.T) {
 		defer close(done)
 		testkit.WaitFor(ft, "never", func() bool { return false }, testkit.Within(20*time.Millisecond))
 	}()
-	select {
-	case <-done:
-	case <-time.After(testkit.Guard):
-		t.Fatal("WaitFor did not give up")
-	}
+	testkit.Await(t, done, "WaitFor did not give up")
 	if ft.msg != "timed out waiting for never" {
 		t.Errorf("failure = %q", ft.msg)
 	}
