@@ -1,7 +1,6 @@
 package integration_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,11 +67,8 @@ func TestBadValuesRejectedAlikeEverywhere(t *testing.T) {
 // reloadRejections returns the errors of stickyd's "reload rejected" lines.
 func reloadRejections(p *proc) []string {
 	var out []string
-	for _, line := range strings.Split(p.stderr.String(), "\n") {
-		var e struct{ Msg, Error string }
-		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "reload rejected; the running config stays in force" {
-			out = append(out, e.Error)
-		}
+	for _, e := range logsOf[struct{ Error string }](p, "reload rejected; the running config stays in force") {
+		out = append(out, e.Error)
 	}
 	return out
 }

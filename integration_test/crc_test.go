@@ -94,7 +94,7 @@ func TestForwardedCRC32CThroughHAProxy(t *testing.T) {
 			t.Fatalf("a header with a wrong CRC32C was relayed: %q", buf[:n])
 		}
 		testkit.WaitFor(t, "the refusal logged", func() bool {
-			for _, m := range jsonLines(t, p, "connection refused") {
+			for _, m := range logsOf[map[string]any](p, "connection refused") {
 				if strings.HasPrefix(fmt.Sprint(m["peer"]), ip+":") && strings.Contains(fmt.Sprint(m["error"]), "CRC32C checksum mismatch") {
 					return true
 				}

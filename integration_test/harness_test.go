@@ -4,6 +4,7 @@
 package integration_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -122,6 +123,22 @@ func (p *proc) fdTargets(t *testing.T) []string {
 	for _, e := range ents {
 		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
 		out = append(out, e.Name()+"->"+target)
+	}
+	return out
+}
+
+// logsOf decodes each of p's JSON log lines whose message is msg into a T
+// (a struct with the fields wanted, or map[string]any for all of them).
+func logsOf[T any](p *proc, msg string) []T {
+	var out []T
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		var head struct {
+			Msg string `json:"msg"`
+		}
+		var v T
+		if json.Unmarshal([]byte(line), &head) == nil && head.Msg == msg && json.Unmarshal([]byte(line), &v) == nil {
+			out = append(out, v)
+		}
 	}
 	return out
 }

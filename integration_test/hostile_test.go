@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -367,33 +366,19 @@ func settledFDs(t *testing.T, p *proc) int {
 // header), then drops them all, half with a reset.
 func dropMany(t *testing.T, h *hostile, n int) {
 	conns := make([]*net.TCPConn, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 64)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			ip := fmt.Sprintf("127.1.%d.%d", 100+i/250, 1+i%250) // trusted
-			if i%4 == 0 {
-				ip = fmt.Sprintf("127.5.%d.%d", i/250, 1+i%250)
-			}
-			d := net.Dialer{Timeout: testkit.Guard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-			c, err := d.Dial("tcp", h.proxy.addr)
-			if err != nil {
-				errs <- err
-				return
-			}
-			conns[i] = c.(*net.TCPConn)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	testkit.Parallel(t, n, 64, func(i int) error {
+		ip := fmt.Sprintf("127.1.%d.%d", 100+i/250, 1+i%250) // trusted
+		if i%4 == 0 {
+			ip = fmt.Sprintf("127.5.%d.%d", i/250, 1+i%250)
+		}
+		d := net.Dialer{Timeout: testkit.Guard, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", h.proxy.addr)
+		if err != nil {
+			return err
+		}
+		conns[i] = c.(*net.TCPConn)
+		return nil
+	})
 	for i, c := range conns {
 		if c == nil {
 			continue

@@ -6,7 +6,6 @@ package integration_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -20,19 +19,6 @@ import (
 
 	"github.com/stickyd/stickyd/internal/testkit"
 )
-
-// jsonLines returns p's log lines with message msg.
-func jsonLines(t *testing.T, p *proc, msg string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, line := range strings.Split(p.stderr.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // flood runs n connections from `clients` goroutines, each from its own
 // loopback address: send payload, read until stickyd closes or sends
@@ -82,7 +68,7 @@ func TestLogFloodSampled(t *testing.T) {
 	took := flood(t, p.addr, 8, 1500, "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
 	// Nearly all are refused (a header that arrives late may be relayed).
 	n := int(opsMetric(t, adm, `stickyd_header_errors_total{kind="untrusted"}`))
-	refused := jsonLines(t, p, "connection refused")
+	refused := logsOf[map[string]any](p, "connection refused")
 	if max := 10 * (int(took.Seconds()) + 2); len(refused) > max || n < 1000 {
 		t.Errorf("%d refusal lines for %d refused connections in %v, want at most %d", len(refused), n, took, max)
 	}
@@ -93,7 +79,7 @@ func TestLogFloodSampled(t *testing.T) {
 		t.Fatalf("exit code %d", code)
 	}
 	var suppressed float64
-	for _, m := range jsonLines(t, p, "log lines suppressed (each cause is logged at most burst times a second)") {
+	for _, m := range logsOf[map[string]any](p, "log lines suppressed (each cause is logged at most burst times a second)") {
 		suppressed += m["suppressed"].(float64)
 		if !strings.Contains(fmt.Sprint(m["top"]), "connection refused (untrusted)") {
 			t.Errorf("summary does not name the cause: %v", m)
@@ -118,7 +104,7 @@ func TestLogAllBackendsDown(t *testing.T) {
 	p := startStickyd(t, args...)
 	took := flood(t, p.addr, 4, 400, "hello\n")
 	p.stop(t, syscall.SIGTERM)
-	refused := jsonLines(t, p, "connection refused")
+	refused := logsOf[map[string]any](p, "connection refused")
 	if len(refused) == 0 {
 		t.Fatal("no refusal logged")
 	}
@@ -130,7 +116,7 @@ func TestLogAllBackendsDown(t *testing.T) {
 	}
 	max := 10 * (int(took.Seconds()) + 2)
 	for _, msg := range []string{"connection refused", "backend dial failed; cooling down"} {
-		if n := len(jsonLines(t, p, msg)); n > max {
+		if n := len(logsOf[map[string]any](p, msg)); n > max {
 			t.Errorf("%d %q lines in %v, want at most %d", n, msg, took, max)
 		}
 	}

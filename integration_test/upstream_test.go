@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,35 +185,20 @@ func visit(ip, addr string) (name string, told, self netip.AddrPort, err error) 
 func checkStickyThrough(t *testing.T, clients, rounds, backends int, connect func(ip string, round int) (string, error)) map[string]int {
 	t.Helper()
 	home := make([]string, clients)
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	sem := make(chan struct{}, 32)
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			ip := testkit.ClientIP(i)
-			for round := range rounds {
-				name, err := connect(ip, round)
-				switch {
-				case err != nil:
-					errs <- err
-					return
-				case round > 0 && name != home[i]:
-					errs <- fmt.Errorf("client %s: round %d reached %s, round 0 %s", ip, round, name, home[i])
-					return
-				}
-				home[i] = name
+	testkit.Parallel(t, clients, 32, func(i int) error {
+		ip := testkit.ClientIP(i)
+		for round := range rounds {
+			name, err := connect(ip, round)
+			switch {
+			case err != nil:
+				return err
+			case round > 0 && name != home[i]:
+				return fmt.Errorf("client %s: round %d reached %s, round 0 %s", ip, round, name, home[i])
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+			home[i] = name
+		}
+		return nil
+	})
 	used := map[string]int{}
 	for _, name := range home {
 		used[name]++

@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,14 +22,11 @@ import (
 // workerAddresses returns the addresses of the "worker addresses" log line.
 func (p *proc) workerAddresses(t *testing.T) []string {
 	t.Helper()
-	for _, line := range strings.Split(p.stderr.String(), "\n") {
-		var e struct {
-			Msg   string   `json:"msg"`
-			Addrs []string `json:"addresses"`
-		}
-		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "worker addresses" {
-			return e.Addrs
-		}
+	type line struct {
+		Addrs []string `json:"addresses"`
+	}
+	if lines := logsOf[line](p, "worker addresses"); len(lines) > 0 {
+		return lines[0].Addrs
 	}
 	t.Fatalf("no \"worker addresses\" log line:\n%s", p.stderr.String())
 	return nil
@@ -273,9 +269,8 @@ func grepLines(s, sub string) []string {
 // worker slot.
 func workerLines(p *proc, msg string, slot int) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(p.stderr.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg && m["worker"] == float64(slot) {
+	for _, m := range logsOf[map[string]any](p, msg) {
+		if m["worker"] == float64(slot) {
 			out = append(out, m)
 		}
 	}

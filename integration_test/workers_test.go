@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -57,16 +56,7 @@ type logEntry struct {
 }
 
 // logEntries returns stickyd's log lines with message msg.
-func (p *proc) logEntries(msg string) []logEntry {
-	var out []logEntry
-	for _, line := range strings.Split(p.stderr.String(), "\n") {
-		var e logEntry
-		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == msg {
-			out = append(out, e)
-		}
-	}
-	return out
-}
+func (p *proc) logEntries(msg string) []logEntry { return logsOf[logEntry](p, msg) }
 
 // readyWorkers returns, per worker slot, the latest "worker ready" entry.
 func (p *proc) readyWorkers() map[int]logEntry {

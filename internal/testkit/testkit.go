@@ -282,3 +282,32 @@ func HTTPDo(t testing.TB, client *http.Client, req *http.Request) (int, string) 
 	}
 	return resp.StatusCode, string(body)
 }
+
+// Parallel runs f(0) .. f(n-1) on goroutines of their own, at most limit
+// at a time (0: all at once), waits for them all, and reports each error
+// they return with t.Error. f must not call t.Fatal.
+func Parallel(t testing.TB, n, limit int, f func(i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	if limit <= 0 {
+		limit = max(n, 1)
+	}
+	sem := make(chan struct{}, limit)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := f(i); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
