@@ -5,7 +5,6 @@ import (
 	"os"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stickyd/stickyd/internal/testkit"
 )
@@ -23,13 +22,8 @@ func TestRunReloadsAndStops(t *testing.T) {
 	sigs <- syscall.SIGHUP
 	testkit.WaitFor(t, "the reload's load", func() bool { return l.loads() == 2 })
 	sigs <- syscall.SIGTERM
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run after SIGTERM: %v", err)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("Run did not return after SIGTERM")
+	if err := testkit.Await(t, done, "Run did not return after SIGTERM"); err != nil {
+		t.Errorf("Run after SIGTERM: %v", err)
 	}
 
 	bad := errors.New("line 1: bad")

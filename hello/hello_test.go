@@ -38,13 +38,8 @@ func startServe(t *testing.T) string {
 	go func() { done <- serve(ctx, ln, "7", zaptest.NewLogger(t)) }()
 	t.Cleanup(func() {
 		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve = %v", err)
-			}
-		case <-time.After(testkit.Guard):
-			t.Error("serve did not return after cancel")
+		if err := testkit.Await(t, done, "serve did not return after cancel"); err != nil {
+			t.Errorf("serve = %v", err)
 		}
 	})
 	return ln.Addr().String()

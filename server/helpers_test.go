@@ -87,13 +87,8 @@ func startServer(t *testing.T, opts Options, newEngine func() (relay.Engine, err
 			defer cancel()
 			r.srv.Shutdown(ctx)
 		}
-		select {
-		case err := <-r.served:
-			if !errors.Is(err, ErrServerClosed) {
-				t.Errorf("Serve returned %v, want ErrServerClosed", err)
-			}
-		case <-time.After(testkit.Guard):
-			t.Error("Serve did not return after Shutdown")
+		if err := testkit.Await(t, r.served, "Serve did not return after Shutdown"); !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
 	return r

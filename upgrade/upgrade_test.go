@@ -152,13 +152,8 @@ func TestUpgradeFails(t *testing.T) {
 			}
 			done := make(chan error, 1)
 			go func() { done <- u.Upgrade(nil, nil) }()
-			select {
-			case err := <-done:
-				if err == nil || !strings.Contains(err.Error(), tc.want) {
-					t.Errorf("Upgrade = %v, want %q", err, tc.want)
-				}
-			case <-time.After(testkit.Guard):
-				t.Fatal("Upgrade hangs")
+			if err := testkit.Await(t, done, "Upgrade hangs"); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Upgrade = %v, want %q", err, tc.want)
 			}
 		})
 	}
@@ -186,13 +181,8 @@ func TestUpgradeInProgress(t *testing.T) {
 		t.Errorf("second Upgrade = %v, want ErrInProgress", err)
 	}
 	close(release)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("first Upgrade = %v", err)
-		}
-	case <-time.After(testkit.Guard):
-		t.Fatal("Upgrade hangs")
+	if err := testkit.Await(t, done, "Upgrade hangs"); err != nil {
+		t.Errorf("first Upgrade = %v", err)
 	}
 }
 
