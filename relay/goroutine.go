@@ -9,9 +9,6 @@ import (
 	"time"
 )
 
-// ErrIdle is Stats.Err for a pair closed by its idle timeout.
-var ErrIdle = errors.New("relay: idle timeout")
-
 // GoroutineEngine relays each pair with two goroutines, one per direction,
 // each an io.Copy between the raw sockets so that Go uses splice(2). It is
 // simple and fast for busy connections, but an idle pair still holds two
@@ -201,16 +198,3 @@ func (e *GoroutineEngine) CloseAll() {
 
 // Close implements Engine.
 func (e *GoroutineEngine) Close() error { return nil }
-
-// joinFirst returns header followed by pending, the first bytes a backend
-// gets, copying only when both are present.
-func joinFirst(header, pending []byte) []byte {
-	switch {
-	case len(header) == 0:
-		return pending
-	case len(pending) == 0:
-		return header
-	}
-	b := make([]byte, 0, len(header)+len(pending))
-	return append(append(b, header...), pending...)
-}

@@ -1,21 +1,3 @@
-// Package relay is stickyd's connection engine: it moves bytes between a
-// client connection and its backend connection until both directions end.
-//
-// The rest of stickyd sees only the Engine interface. The handler goroutine
-// reads the client address, dials the backend and formats the PROXY header
-// (Pair.Header); then it hands both sockets to an Engine with Start and
-// returns. From that moment the Engine owns both connections: it closes
-// them, and calls Pair.Done exactly once when the pair is finished.
-//
-// The epoll engine also makes the sockets cheaply: a Socket is a bare
-// descriptor (the server accepts with accept4(2) into one), and
-// EpollEngine.DialTimeout dials one; Start takes them without a system call
-// of its own, where a net.Conn costs it a dup(2), an fcntl(2) and a close(2)
-// with its netpoller unregistration.
-//
-//	eng := relay.NewGoroutineEngine()
-//	eng.Start(relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,
-//		Done: func(s relay.Stats) { log.Debug("closed", zap.Int64("bytes_in", s.BytesIn)) }})
 package relay
 
 import (
@@ -134,11 +116,26 @@ const EarlyCloseWindow = time.Second
 
 // Errors in Stats.Err.
 var (
+	// ErrIdle: the pair was closed by its idle timeout.
+	ErrIdle = errors.New("relay: idle timeout")
 	// ErrFirstByte: the backend sent nothing within Pair.FirstByte.
 	ErrFirstByte = errors.New("relay: no byte from the backend within the first-byte timeout")
 	// ErrProxyHeader: a client under Pair.RefuseProxy sent a PROXY header.
 	ErrProxyHeader = errors.New("relay: PROXY header from a client that may not send one")
 )
+
+// joinFirst returns header followed by pending, the first bytes a backend
+// gets, copying only when both are present.
+func joinFirst(header, pending []byte) []byte {
+	switch {
+	case len(header) == 0:
+		return pending
+	case len(pending) == 0:
+		return header
+	}
+	b := make([]byte, 0, len(header)+len(pending))
+	return append(append(b, header...), pending...)
+}
 
 // http400 reports whether b starts with an HTTP/1.x 400 status line.
 func http400(b []byte) bool {

@@ -1,0 +1,116 @@
+// Package relay is stickyd's connection engine: it moves bytes between a
+// client connection and its backend connection until both directions end.
+//
+// The rest of stickyd sees only the Engine interface. The handler goroutine
+// reads the client address, dials the backend and formats the PROXY header
+// (Pair.Header); then it hands both sockets to an Engine with Start and
+// returns. From that moment the Engine owns both connections: it closes
+// them, and calls Pair.Done exactly once when the pair is finished.
+//
+// The epoll engine also makes the sockets cheaply: a Socket is a bare
+// descriptor (the server accepts with accept4(2) into one), and
+// EpollEngine.DialTimeout dials one; Start takes them without a system call
+// of its own, where a net.Conn costs it a dup(2), an fcntl(2) and a close(2)
+// with its netpoller unregistration.
+//
+//	eng := relay.NewGoroutineEngine()
+//	eng.Start(relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,
+//		Done: func(s relay.Stats) { log.Debug("closed", zap.Int64("bytes_in", s.BytesIn)) }})
+//
+// # Design of the epoll engine
+//
+// Descriptors. Start takes each socket out of the Go runtime. A Socket
+// (socket_linux.go: accepted with accept4, or dialed by DialTimeout) is a
+// bare descriptor already, taken as it is; if it waited in one of our loops
+// (epoll_wait.go) its disabled registration there is re-armed, and the pair
+// goes to that loop. From a net.Conn, Start dups the descriptor
+// (F_DUPFD_CLOEXEC, under RawConn.Control) and closes the net.Conn, which
+// also removes the original from the Go netpoller. The dup shares the socket
+// and its O_NONBLOCK flag; it is the only descriptor left, owned by the
+// engine until the pair finishes. (Keeping the net.Conn and using its
+// descriptor raw would leave the socket registered with the Go netpoller
+// too, which would then wake for every event of ours, and would keep the
+// net.Conn and its poll descriptor alive per pair.)
+//
+// Loops. There are EpollOptions.Loops loops (default GOMAXPROCS), each a
+// goroutine with its own epoll set; Start spreads pairs round-robin (one
+// loop measured the same CPU per connection as two, on 2 cores). Each
+// socket is registered once, edge-triggered, for EPOLLIN and EPOLLRDHUP,
+// and keeps readable/writable flags that events set and EAGAIN clears. A
+// socket is assumed writable until a write returns EAGAIN; only then is
+// EPOLLOUT added (one epoll_ctl, for good), so short connections never wake
+// the loop just to learn that a fresh socket is writable.
+//
+// Parking. The loop does not block an OS thread in epoll_wait: a goroutine
+// blocked in a syscall makes the runtime hand its P to another thread, and
+// with LockOSThread every wake-up is a futex hand-off between threads (the
+// futex/nanosleep storm seen in an earlier design). Instead the epoll
+// descriptor itself is given to the Go netpoller (os.NewFile of a
+// non-blocking epoll fd, readable while it has events), and the loop runs
+// inside RawConn.Read: epoll_wait with timeout 0 until nothing is left, then
+// it returns false and parks like any goroutine reading a socket. Timer
+// wake-ups are the file's read deadline. Start writes Pair.Header and
+// Pair.Pending to the backend itself (one write(2), from the caller's
+// goroutine), puts the pair in the loop's inbox, registers the sockets, and
+// writes the loop's eventfd only if the loop is parked and has work of its
+// own for the pair (bytes the backend did not take, an idle timeout to
+// arm); the loop adopts the inbox after every epoll_wait, so any event of a
+// pair finds it adopted. CloseAll, Close and a failed registration also go
+// through the inbox and the eventfd. All the loop's system calls are
+// non-blocking and made with RawSyscall (see epoll_sys.go).
+//
+// Data. A direction starts in buffer mode: read(2) into the loop's shared
+// buffer (BufferSize, 64 KiB) and write(2) straight to the destination; a
+// pair holds no buffer. Only when the destination takes less than was read
+// are the rest copied to a heap slice, held until written. A read that fills
+// the buffer means a bulk transfer: the direction takes a pipe from the
+// loop's pool and splices (socket -> pipe -> socket, SPLICE_F_MOVE) until the
+// source is drained and the pipe empty, then returns the pipe. The engine
+// holds at most EpollOptions.MaxPipes pipes, pooled or in use; a direction
+// that finds none stays in buffer mode. Like
+// HAProxy's splice-auto, small exchanges cost one read and one write, and
+// bulk costs no copy through user space. The pipe is only refilled when
+// empty, so EAGAIN from splice means the source is drained, never that the
+// pipe is full. A short read(2) means the socket is drained too (epoll
+// reports every later arrival as a new edge), except after EPOLLRDHUP,
+// where the loop reads on to the EOF.
+//
+// Back-pressure. While a direction has bytes pending (heap slice or pipe)
+// and its destination is not writable, its source is not read; EPOLLOUT on
+// the destination resumes it. Bytes are never dropped or reordered:
+// Pair.Header and Pair.Pending, joined, are the first pending slice of the
+// client -> backend direction (one write for both).
+//
+// Fairness. One pair moves at most 1 MiB per direction per service, then
+// waits its turn in the loop's ready queue (FIFO: round-robin among the
+// pairs with more to move). A loop moves at most 2 MiB per wake-up
+// (epTurnBudget): past that, events of pairs in bulk (splice) mode only
+// queue them, while pairs in buffer mode (handshakes, short exchanges) are
+// still served at once, and once the batch is done the loop yields: it
+// writes its own eventfd and parks, so the Go scheduler runs the accept
+// loop, the handshakes and anything the netpoller has before the loop
+// takes its next turn. Without that, 60 downloads kept both loops busy in
+// their RawConn.Read callbacks, the accept loop ran only when sysmon
+// preempted them, and new connections took 80-160 ms (p50) on 2 cores.
+//
+// Ends. EOF on a source, once its bytes are flushed, shuts the destination
+// down for writing (half-close) and switches the pair's timeout to Linger;
+// the other direction keeps flowing. When both directions have ended the
+// sockets are closed. A read, write or socket error (ECONNRESET, EPIPE,
+// EPOLLERR) closes both at once, with Stats.Err set.
+//
+// Timeouts. Each loop has a timing wheel (Tick resolution, 1024 slots).
+// Moving bytes only stores the loop's clock in the pair; the wheel checks
+// the real deadline when it reaches the pair's slot and re-files it if it
+// was active, so the cost is one wheel operation per timeout period. The
+// loop's deadline is set for the next non-empty slot only.
+//
+// Done. Callbacks run on one goroutine per loop, in close order, after both
+// sockets are closed: a slow callback delays the Done calls of its loop,
+// never I/O. The loop hands them over once per batch of events. With
+// EpollOptions.InlineDone they run on the loop itself after each batch
+// instead: no faster at saturation, where batches are large, but below it
+// every connection closes in a batch of its own and the hand-off cost a
+// goroutine wake-up each (measured at 1000 connections/s on 2 cores: about
+// a tenth of the CPU per connection).
+package relay
