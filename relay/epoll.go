@@ -36,6 +36,9 @@ type EpollEngine struct {
 	notesWG sync.WaitGroup
 }
 
+// The epoll engine makes its own sockets.
+var _ SocketMaker = (*EpollEngine)(nil)
+
 // NewEpollEngine starts the loops of an epoll engine. The caller owns the
 // engine and must Close it.
 func NewEpollEngine(opts EpollOptions) (Engine, error) {

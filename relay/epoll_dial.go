@@ -29,8 +29,7 @@ import (
 // reported the connection, the registration lies disabled, and Start
 // re-arms it with one epoll_ctl instead of adding the socket again. The
 // wait allocates nothing (pooled channel and timer). The socket gets the
-// options package net gives a dialed TCP connection (TCP_NODELAY,
-// keep-alive 15s/15s/9).
+// options package net gives a dialed TCP connection (tcpOptions).
 func (e *EpollEngine) DialTimeout(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || network != "tcp" && network != "tcp4" && network != "tcp6" || e.closed.Load() {
@@ -92,7 +91,7 @@ func (e *EpollEngine) DialTimeout(ctx context.Context, network, address string, 
 }
 
 // epDialSocket makes a non-blocking TCP socket with package net's options
-// for ap's family and starts connecting it. It returns the descriptor (or
+// (tcpOptions) for ap's family and starts connecting it. It returns the descriptor (or
 // -1) and the errno of connect(2): 0 or EINPROGRESS on success.
 func epDialSocket(ap netip.AddrPort) (int32, syscall.Errno) {
 	family := unix.AF_INET6
@@ -104,18 +103,8 @@ func epDialSocket(ap netip.AddrPort) (int32, syscall.Errno) {
 		return -1, e
 	}
 	fd := int32(r)
-	for _, o := range [...]struct{ level, opt, v int32 }{
-		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int32(15 * time.Second / time.Second)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int32(15 * time.Second / time.Second)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
-	} {
-		v := o.v
-		if _, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(o.level), uintptr(o.opt),
-			uintptr(unsafe.Pointer(&v)), 4, 0); e != 0 {
-			return fd, e
-		}
+	if e := setTCPOptions(fd); e != 0 {
+		return fd, e
 	}
 	var sa unix.RawSockaddrAny
 	n := epSockaddr(&sa, ap)

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -16,6 +18,41 @@ type Conn interface {
 	syscall.Conn
 	CloseWrite() error
 }
+
+// SocketMaker is an Engine that makes its own sockets, which it takes more
+// cheaply than a net.Conn: the epoll engine (Socket). A server asks for it
+// once, and otherwise uses package net:
+//
+//	if sm, ok := eng.(relay.SocketMaker); ok {
+//		ln = sm.Listener(ln)
+//		dial = sm.DialTimeout
+//	}
+type SocketMaker interface {
+	// Listener returns a listener over ln whose Accept returns the
+	// engine's sockets, or ln itself where it cannot (ln is not TCP). The
+	// returned listener owns ln: its Close closes ln.
+	Listener(ln net.Listener) net.Listener
+	// DialTimeout connects like net.Dialer.DialContext with a Timeout
+	// (zero: none) and returns a socket of the engine where it can.
+	DialTimeout(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error)
+}
+
+// The small interfaces behind the seam's functions (conn.go): what a
+// connection may offer beyond Conn. A Socket implements all three.
+type (
+	// nowReader reads what has arrived without waiting (ReadNow).
+	nowReader interface {
+		ReadNow(b []byte) (int, error)
+	}
+	// addrPorter knows its normalised addresses (AddrPorts).
+	addrPorter interface {
+		AddrPorts() (local, remote netip.AddrPort)
+	}
+	// tcpConner turns into a *net.TCPConn (TCPConn).
+	tcpConner interface {
+		TCPConn() (*net.TCPConn, error)
+	}
+)
 
 // Pair is one proxied connection handed to an Engine.
 type Pair struct {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,6 +47,13 @@ type Socket struct {
 	closed bool
 	dl     *[2]time.Time // read and write deadlines set before conversion
 }
+
+// A Socket offers all of the seam's small interfaces (conn.go).
+var _ interface {
+	nowReader
+	addrPorter
+	tcpConner
+} = (*Socket)(nil)
 
 // NewSocket returns a Socket owning fd, a connected non-blocking TCP socket
 // from local to remote (addresses as the caller knows them, not checked).
@@ -352,4 +360,29 @@ func plainConn(c Conn) Conn {
 // opErr wraps err like package net does. It may be called with s.mu held.
 func (s *Socket) opErr(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: net.TCPAddrFromAddrPort(s.local), Addr: s.RemoteAddr(), Err: err}
+}
+
+// tcpOptions are the options package net sets on every TCP connection it
+// dials or accepts, by default: no Nagle, keep-alive 15s/15s/9. A dialed
+// Socket gets them at once; a listener gets them once, and the sockets it
+// accepts inherit them (EpollEngine.Listener).
+var tcpOptions = [...]struct{ level, opt, v int32 }{
+	{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+	{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int32(15 * time.Second / time.Second)},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int32(15 * time.Second / time.Second)},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+}
+
+// setTCPOptions sets tcpOptions on fd; it returns the raw errno of the
+// first that fails, or 0.
+func setTCPOptions(fd int32) syscall.Errno {
+	for _, o := range tcpOptions {
+		v := o.v
+		if _, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(o.level), uintptr(o.opt),
+			uintptr(unsafe.Pointer(&v)), 4, 0); e != 0 {
+			return e
+		}
+	}
+	return 0
 }

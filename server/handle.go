@@ -3,13 +3,10 @@ package server
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
-	"unsafe"
 
 	pp "github.com/pires/go-proxyproto"
 	"github.com/stickyd/stickyd/backend"
@@ -37,7 +34,7 @@ type client struct {
 // goroutine, then hands the pair to the engine. It owns conn until then.
 func (s *Server) handle(conn relay.Conn) {
 	start := time.Now()
-	local, peer := connAddrs(conn)
+	local, peer := relay.AddrPorts(conn)
 	c := &client{peer: peer, addr: peer, dst: local, via: "socket"}
 	b, bconn, err := s.handshake(conn, c)
 	if err != nil {
@@ -111,7 +108,7 @@ func (s *Server) handshake(conn relay.Conn, c *client) (*backend.Backend, relay.
 	switch {
 	case s.opts.ClientIPHeader != "":
 		var tc *net.TCPConn
-		if tc, err = tcpConn(conn); err == nil {
+		if tc, err = relay.TCPConn(conn); err == nil {
 			err = s.readHTTPClient(tc, c)
 		}
 		if err == nil {
@@ -216,10 +213,10 @@ const sniffSize = 512
 // header, or sniffSize of them).
 func (s *Server) sniffNow(conn relay.Conn, c *client) (settled bool, err error) {
 	if len(c.pending) < sniffSize {
-		r := sniffReads.Get().(*sniffRead)
-		n, rerr := r.readNow(conn, sniffSize-len(c.pending))
-		c.pending = append(c.pending, r.buf[:n]...)
-		sniffReads.Put(r)
+		buf := sniffBufs.Get().(*[sniffSize]byte)
+		n, rerr := relay.ReadNow(conn, buf[:sniffSize-len(c.pending)])
+		c.pending = append(c.pending, buf[:n]...)
+		sniffBufs.Put(buf)
 		if rerr != nil && len(c.pending) == 0 {
 			return true, errQuiet // the client left before saying anything
 		}
@@ -279,55 +276,9 @@ func (s *Server) sniffWait(conn relay.Conn, c *client) error {
 	}
 }
 
-// nowReader is a connection that can read without waiting (relay.Socket).
-type nowReader interface {
-	ReadNow(b []byte) (int, error)
-}
-
-// sniffRead is a pooled buffer for one non-blocking read; fn, the read(2)
-// for a net.Conn's RawConn, is bound once, so that a read allocates nothing.
-type sniffRead struct {
-	buf [sniffSize]byte
-	max int
-	n   int
-	err syscall.Errno
-	fn  func(fd uintptr) bool
-}
-
-var sniffReads = sync.Pool{New: func() any {
-	r := &sniffRead{}
-	r.fn = func(fd uintptr) bool {
-		n, _, e := syscall.Syscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.buf[0])), uintptr(r.max))
-		r.n, r.err = int(n), e
-		return true // one try: never wait
-	}
-	return r
-}}
-
-// readNow reads at most max bytes into r.buf without waiting: 0, nil when
-// nothing has arrived, 0, io.EOF at the end of the stream.
-func (r *sniffRead) readNow(conn relay.Conn, max int) (int, error) {
-	if nr, ok := conn.(nowReader); ok {
-		return nr.ReadNow(r.buf[:max])
-	}
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	r.max = max
-	if err := rc.Read(r.fn); err != nil {
-		return 0, err
-	}
-	switch {
-	case r.err == syscall.EAGAIN:
-		return 0, nil
-	case r.err != 0:
-		return 0, r.err
-	case r.n == 0:
-		return 0, io.EOF
-	}
-	return r.n, nil
-}
+// sniffBufs holds the buffers of sniffNow's reads: c.pending is only
+// allocated once bytes have arrived.
+var sniffBufs = sync.Pool{New: func() any { return new([sniffSize]byte) }}
 
 func (s *Server) trusted(ip netip.Addr) bool {
 	for _, p := range s.opts.Trusted {
@@ -336,35 +287,4 @@ func (s *Server) trusted(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// connAddrs returns conn's local and peer addresses, normalised.
-func connAddrs(conn relay.Conn) (local, peer netip.AddrPort) {
-	if s, ok := conn.(interface {
-		AddrPorts() (local, remote netip.AddrPort)
-	}); ok {
-		return s.AddrPorts() // normalised by the accepter, no allocation
-	}
-	return addrPortOf(conn.LocalAddr()), addrPortOf(conn.RemoteAddr())
-}
-
-// tcpConn returns conn as the *net.TCPConn the HTTP path works on,
-// converting a relay.Socket.
-func tcpConn(conn relay.Conn) (*net.TCPConn, error) {
-	if s, ok := conn.(interface{ TCPConn() (*net.TCPConn, error) }); ok {
-		return s.TCPConn()
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		return tc, nil
-	}
-	return nil, errors.New("server: not a TCP connection")
-}
-
-// addrPortOf returns a socket address with IPv4-mapped IPv6 normalised.
-func addrPortOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
 }

@@ -90,7 +90,8 @@ type Server struct {
 	opts     Options
 	backends atomic.Pointer[backend.Set]
 	engine   relay.Engine
-	dialer   backend.DialFunc // the engine's, if it dials sockets it adopts cheaply
+	sockets  relay.SocketMaker // the engine, if it makes its own sockets; nil: package net's
+	dialer   backend.DialFunc  // sockets.DialTimeout, if any
 	log      *zap.Logger
 	metrics  *Metrics
 
@@ -122,10 +123,8 @@ func New(opts Options, set *backend.Set, engine relay.Engine, log *zap.Logger) *
 		listeners: make(map[net.Listener]struct{}), handoff: make(chan relay.Conn)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.backends.Store(set)
-	if d, ok := engine.(interface {
-		DialTimeout(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error)
-	}); ok {
-		s.dialer = d.DialTimeout
+	if sm, ok := engine.(relay.SocketMaker); ok {
+		s.sockets, s.dialer = sm, sm.DialTimeout
 	}
 	if opts.MaxConnections > 0 {
 		s.slots = make(chan struct{}, opts.MaxConnections)
@@ -150,8 +149,8 @@ func (s *Server) Open() int64 { return s.open.Load() }
 // error. Temporary errors (EMFILE, ECONNABORTED) back off from 5 ms to 1 s.
 // Serve closes ln before returning.
 func (s *Server) Serve(ln net.Listener) error {
-	if s.opts.ClientIPHeader == "" { // the HTTP path reads a *net.TCPConn
-		ln = rawListenerFor(ln, s.engine)
+	if s.sockets != nil && s.opts.ClientIPHeader == "" { // the HTTP path reads a *net.TCPConn
+		ln = s.sockets.Listener(ln)
 	}
 	if !s.track(ln) {
 		ln.Close()
@@ -179,7 +178,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		cc, ok := clientConn(conn)
+		cc, ok := relay.ClientConn(conn)
 		if !ok {
 			conn.Close()
 			s.releaseSlot()

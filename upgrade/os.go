@@ -5,7 +5,7 @@ import (
 	"os"
 	"os/exec"
 
-	"github.com/stickyd/stickyd/server"
+	"github.com/stickyd/stickyd/relay"
 )
 
 // OS is what an Upgrader needs of the operating system: the environment,
@@ -53,9 +53,9 @@ func (systemOS) FileListener(fd uintptr, name string) (net.Listener, error) {
 	return net.FileListener(f)
 }
 
-// Dup keeps the socket non-blocking (server.DupListener), which the
+// Dup keeps the socket non-blocking (relay.DupListener), which the
 // accept loop relies on.
-func (systemOS) Dup(ln net.Listener) (*os.File, error) { return server.DupListener(ln) }
+func (systemOS) Dup(ln net.Listener) (*os.File, error) { return relay.DupListener(ln) }
 
 func (systemOS) Start(exe string, args, env []string, files []*os.File) (Process, error) {
 	cmd := exec.Command(exe, args...)

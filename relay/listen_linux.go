@@ -1,18 +1,17 @@
-package server
+package relay
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"syscall"
-	"time"
 	"unsafe"
 
-	"github.com/stickyd/stickyd/relay"
 	"golang.org/x/sys/unix"
 )
 
-// rawListener accepts with accept4(2) itself and returns relay.Sockets: bare
+// rawListener accepts with accept4(2) itself and returns Sockets: bare
 // descriptors that the epoll engine takes as they are. A *net.TCPConn costs
 // about ten system calls more per connection: netpoller registration and
 // unregistration, getsockname, five setsockopts, and the engine's dup,
@@ -20,47 +19,48 @@ import (
 //
 // It waits on a dup of the listening socket, which the Go netpoller watches
 // as an *os.File (a listener's own RawConn cannot wait). Close closes both
-// descriptors; Serve owns the listener, so nothing else closes it.
+// descriptors.
 //
 // Accepted sockets inherit the listener's socket options, so keep-alive
 // and TCP_NODELAY are set once, on the listener, to what package net sets
-// on each accepted connection by default.
+// on each accepted connection by default (tcpOptions).
 type rawListener struct {
 	*net.TCPListener // Addr; closed by Close
 	file             *os.File
 	rc               syscall.RawConn
 	local            netip.AddrPort // the listening address, unless unspecified
-	eng              *relay.EpollEngine
+	eng              *EpollEngine
 	fn               func(fd uintptr) bool
 
-	// results of fn; Serve is the only caller of Accept
+	// results of fn; one goroutine calls Accept
 	nfd int
 	sa  unix.RawSockaddrAny
 	err syscall.Errno
 }
 
-// rawListenerFor returns a rawListener over ln for the epoll engine, or ln
-// itself: for another engine (which would convert each Socket back into a
-// *net.TCPConn), when ln is not a TCP listener, or when the dup fails.
-func rawListenerFor(ln net.Listener, engine relay.Engine) net.Listener {
+// Listener implements SocketMaker: it returns a listener over ln whose
+// Accept returns Sockets of e, or ln itself when ln is not a TCP listener
+// or its socket cannot be set up (options, dup). The returned listener
+// owns ln (its Close closes ln). Accept must be called from one goroutine
+// at a time.
+func (e *EpollEngine) Listener(ln net.Listener) net.Listener {
 	tl, ok := ln.(*net.TCPListener)
-	eng, epoll := engine.(*relay.EpollEngine)
-	if !ok || !epoll {
+	if !ok {
 		return ln
 	}
 	src, err := tl.SyscallConn()
 	if err != nil {
 		return ln
 	}
-	var oerr error
-	if err := src.Control(func(fd uintptr) { oerr = inheritedOptions(int(fd)) }); err != nil || oerr != nil {
+	var errno syscall.Errno
+	if err := src.Control(func(fd uintptr) { errno = setTCPOptions(int32(fd)) }); err != nil || errno != 0 {
 		return ln
 	}
 	file, err := DupListener(tl)
 	if err != nil {
 		return ln
 	}
-	l := &rawListener{TCPListener: tl, file: file, eng: eng}
+	l := &rawListener{TCPListener: tl, file: file, eng: e}
 	if l.rc, err = l.file.SyscallConn(); err != nil {
 		l.file.Close()
 		return ln
@@ -85,25 +85,7 @@ func rawListenerFor(ln net.Listener, engine relay.Engine) net.Listener {
 	return l
 }
 
-// inheritedOptions sets on a listening socket the options package net sets
-// on every accepted connection by default (keep-alive 15s/15s/9, no Nagle);
-// accepted sockets inherit them.
-func inheritedOptions(fd int) error {
-	for _, o := range [...]struct{ level, opt, v int }{
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(15 * time.Second / time.Second)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(15 * time.Second / time.Second)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
-		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
-	} {
-		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Accept implements net.Listener; it returns a *relay.Socket.
+// Accept implements net.Listener; it returns a *Socket.
 func (l *rawListener) Accept() (net.Conn, error) {
 	for {
 		if err := l.rc.Read(l.fn); err != nil {
@@ -142,14 +124,28 @@ func rawAddrPort(sa *unix.RawSockaddrAny) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// clientConn returns an accepted connection as the handshake takes it, or
-// false for one that is not TCP.
-func clientConn(c net.Conn) (relay.Conn, bool) {
-	switch c := c.(type) {
-	case *net.TCPConn:
-		return c, true
-	case *relay.Socket:
-		return c, true
+// DupListener returns a duplicate of ln's socket (close-on-exec) as an
+// *os.File that keeps the socket non-blocking: unlike net's File, whose Fd
+// (called by exec on every ExtraFiles entry) clears O_NONBLOCK on the open
+// file description the duplicate shares with ln. The raw accept loop
+// (EpollEngine.Listener) and an upgrade's hand-over to a child both rely on
+// that: accept4 is made with RawSyscall, which a blocking socket would hold
+// a P in. The caller owns the file.
+func DupListener(ln net.Listener) (*os.File, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("listener %s cannot be duplicated", ln.Addr())
 	}
-	return nil, false
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", ln.Addr(), err)
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, fmt.Errorf("dup listener %s: %w", ln.Addr(), err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("dup listener %s: %w", ln.Addr(), derr)
+	}
+	return os.NewFile(uintptr(dup), "listener"), nil
 }
