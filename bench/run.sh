@@ -2,7 +2,7 @@
 # bench/run.sh: stickyd vs HAProxy vs nginx stream, all in front of the same
 # PROXY-aware backends (bench/loadgen backend). See bench/README.md.
 #
-#   bench/run.sh                 # full run, ~8-10 minutes
+#   bench/run.sh                 # full run, ~15 minutes
 #   bench/run.sh --quick         # smoke run, ~1-2 minutes
 #   bench/run.sh --reps 5 --proxies "haproxy nginx"
 #   bench/run.sh --rate-only --reps 6 --proxies "stickyd haproxy"   # A/B of conn/s, p99, CPU/conn
