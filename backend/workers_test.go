@@ -108,11 +108,7 @@ func (h *supHarness) stop(t *testing.T) error {
 	t.Helper()
 	h.stopOnce.Do(func() {
 		h.cancel()
-		select {
-		case h.runErr = <-h.done:
-		case <-time.After(testkit.Guard):
-			t.Fatal("Run did not return after cancel")
-		}
+		h.runErr = testkit.Await(t, h.done, "Run did not return after cancel")
 	})
 	return h.runErr
 }

@@ -78,13 +78,7 @@ func TestDNSWatcherFollowsChanges(t *testing.T) {
 	}()
 	next := func() []string {
 		t.Helper()
-		select {
-		case m := <-updates:
-			return m["app.test:80"]
-		case <-time.After(testkit.Guard):
-			t.Fatal("no update")
-			return nil
-		}
+		return testkit.Await(t, updates, "no update")["app.test:80"]
 	}
 	srv.SetHost("app.test.", "127.0.0.3", "127.0.0.2")
 	if got := next(); !slices.Equal(got, []string{"127.0.0.2:80", "127.0.0.3:80"}) {

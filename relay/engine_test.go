@@ -147,13 +147,7 @@ func dialAccept(t testing.TB, ln *net.TCPListener) (dialed, accepted *net.TCPCon
 // wait returns the pair's Stats, failing the test if Done does not come.
 func (e *ends) wait(t testing.TB) Stats {
 	t.Helper()
-	select {
-	case s := <-e.done:
-		return s
-	case <-time.After(testkit.Guard):
-		t.Fatal("Done not called")
-		return Stats{}
-	}
+	return testkit.Await(t, e.done, "Done not called")
 }
 
 // closeClean ends a pair from both sides (client first) and checks that
