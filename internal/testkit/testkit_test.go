@@ -6,6 +6,8 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,7 +60,15 @@ func TestWaitForTimesOut(t *testing.T) {
 // fakeT records Fatalf and ends the goroutine, as testing.T does.
 type fakeT struct {
 	testing.TB
-	msg string
+	msg  string
+	mu   sync.Mutex
+	errs []string
+}
+
+func (f *fakeT) Error(args ...any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.errs = append(f.errs, fmt.Sprint(args...))
 }
 
 func (f *fakeT) Helper() {}
@@ -76,5 +86,34 @@ func TestFreePorts(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", testkit.FreePort(t), testkit.Guard); err == nil {
 		c.Close()
 		t.Error("a dial to FreePort was accepted")
+	}
+}
+
+// Parallel runs every index at most limit at a time and reports each
+// error; Await returns what the channel sends.
+func TestParallelAndAwait(t *testing.T) {
+	var running, most atomic.Int64
+	ft := &fakeT{TB: t}
+	testkit.Parallel(ft, 20, 3, func(i int) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		time.Sleep(2 * time.Millisecond)
+		if i%5 == 0 {
+			return fmt.Errorf("client %d", i)
+		}
+		return nil
+	})
+	if most.Load() > 3 {
+		t.Errorf("%d ran at once, limit 3", most.Load())
+	}
+	if len(ft.errs) != 4 {
+		t.Errorf("errors reported: %q, want 4", ft.errs)
+	}
+	ch := make(chan int, 1)
+	ch <- 7
+	if got := testkit.Await(t, ch, "no value"); got != 7 {
+		t.Errorf("Await = %d, want 7", got)
 	}
 }
