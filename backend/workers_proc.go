@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	_ "github.com/stickyd/stickyd/internal/linuxonly" // stickyd is Linux-only
 	"io/fs"
 	"net"
 	"os"

@@ -1,17 +1,27 @@
 // Package relay is stickyd's connection engine: it moves bytes between a
 // client connection and its backend connection until both directions end.
 //
-// The rest of stickyd sees only the Engine interface. The handler goroutine
-// reads the client address, dials the backend and formats the PROXY header
-// (Pair.Header); then it hands both sockets to an Engine with Start and
-// returns. From that moment the Engine owns both connections: it closes
-// them, and calls Pair.Done exactly once when the pair is finished.
+// The rest of stickyd sees the Engine interface and the socket seam. The
+// handler goroutine reads the client address, dials the backend and formats
+// the PROXY header (Pair.Header); then it hands both sockets to an Engine
+// with Start and returns. From that moment the Engine owns both
+// connections: it closes them, and calls Pair.Done exactly once when the
+// pair is finished.
 //
-// The epoll engine also makes the sockets cheaply: a Socket is a bare
-// descriptor (the server accepts with accept4(2) into one), and
-// EpollEngine.DialTimeout dials one; Start takes them without a system call
-// of its own, where a net.Conn costs it a dup(2), an fcntl(2) and a close(2)
-// with its netpoller unregistration.
+// The socket seam is every socket call before Start, in one place: an Engine
+// that makes its own sockets implements SocketMaker (the epoll engine: a
+// Socket is a bare descriptor, accepted with accept4(2) by
+// EpollEngine.Listener or dialed by EpollEngine.DialTimeout, with package
+// net's TCP options; Start takes it without a system call of its own, where
+// a net.Conn costs it a dup(2), an fcntl(2) and a close(2) with its
+// netpoller unregistration). ClientConn, AddrPorts, ReadNow (the
+// handshake's sniff) and TCPConn work on a Socket and on a *net.TCPConn
+// alike, through small interfaces, so that the caller never asserts which
+// it holds. DupListener duplicates a listening socket for an upgrade.
+//
+// Files say which engine they serve: epoll_*.go, goroutine_*.go; relay.go
+// holds what both share, socket_linux.go, listen_linux.go and conn.go the
+// seam. stickyd is Linux-only (package internal/linuxonly).
 //
 //	eng := relay.NewGoroutineEngine()
 //	eng.Start(relay.Pair{Client: c, Backend: b, Pending: buffered, Idle: time.Hour,
@@ -20,7 +30,7 @@
 // # Design of the epoll engine
 //
 // Descriptors. Start takes each socket out of the Go runtime. A Socket
-// (socket_linux.go: accepted with accept4, or dialed by DialTimeout) is a
+// (socket_linux.go: accepted with accept4 by Listener, or dialed by DialTimeout) is a
 // bare descriptor already, taken as it is; if it waited in one of our loops
 // (epoll_wait.go) its disabled registration there is re-armed, and the pair
 // goes to that loop. From a net.Conn, Start dups the descriptor
@@ -114,3 +124,5 @@
 // goroutine wake-up each (measured at 1000 connections/s on 2 cores: about
 // a tenth of the CPU per connection).
 package relay
+
+import _ "github.com/stickyd/stickyd/internal/linuxonly" // stickyd is Linux-only

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	_ "github.com/stickyd/stickyd/internal/linuxonly" // stickyd is Linux-only
 	"net"
 	"sync"
 

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	_ "github.com/stickyd/stickyd/internal/linuxonly" // stickyd is Linux-only
 	"io"
 	"math/rand/v2"
 	"net"
