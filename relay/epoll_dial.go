@@ -74,20 +74,29 @@ func (e *EpollEngine) DialTimeout(ctx context.Context, network, address string, 
 		epClose(fd)
 		return fail(err)
 	}
-	if events == unix.EPOLLOUT { // connected: a failure also reports EPOLLERR
-		return &Socket{fd: int(fd), remote: ap, eng: e, home: l}, nil
-	}
-	if soerr, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != nil || soerr != 0 || events&(unix.EPOLLOUT|unix.EPOLLHUP) != unix.EPOLLOUT {
+	if err := epConnectResult(fd, events); err != nil {
 		epClose(fd)
-		switch {
-		case e != nil:
-			return fail(os.NewSyscallError("getsockopt", e))
-		case soerr != 0:
-			return fail(os.NewSyscallError("connect", syscall.Errno(soerr)))
-		}
-		return fail(os.NewSyscallError("connect", unix.ECONNREFUSED))
+		return fail(err)
 	}
 	return &Socket{fd: int(fd), remote: ap, eng: e, home: l}, nil
+}
+
+// epConnectResult is the outcome of a connect(2) whose wait reported
+// events: nil once connected.
+func epConnectResult(fd int32, events uint32) error {
+	if events == unix.EPOLLOUT { // connected: a failure also reports EPOLLERR
+		return nil
+	}
+	soerr, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+	switch {
+	case e != nil:
+		return os.NewSyscallError("getsockopt", e)
+	case soerr != 0:
+		return os.NewSyscallError("connect", syscall.Errno(soerr))
+	case events&(unix.EPOLLOUT|unix.EPOLLHUP) != unix.EPOLLOUT:
+		return os.NewSyscallError("connect", unix.ECONNREFUSED)
+	}
+	return nil
 }
 
 // epDialSocket makes a non-blocking TCP socket with package net's options
