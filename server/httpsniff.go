@@ -63,23 +63,35 @@ func (s *Server) readHTTPClient(conn *net.TCPConn, c *client) error {
 			s.reply400(conn, fmt.Sprintf("request header block over %d bytes", limit))
 			return fmt.Errorf("%w (%d bytes)", errHTTPTooLarge, limit)
 		}
-		if len(buf) == cap(buf) {
-			buf = append(buf, make([]byte, min(cap(buf), limit-len(buf)))...)[:len(buf)]
-		}
-		n, err := conn.Read(buf[len(buf):min(cap(buf), limit)])
-		buf = buf[:len(buf)+n]
-		if err != nil && n == 0 {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				s.metrics.headerError(errHTTPTimeout)
-				return fmt.Errorf("%w after %d bytes", errHTTPTimeout, len(buf))
-			}
-			if len(buf) == 0 {
-				return errQuiet
-			}
-			return fmt.Errorf("read HTTP header block: %w", err)
+		var err error
+		if buf, err = s.readMore(conn, buf, limit); err != nil {
+			return err
 		}
 	}
+}
+
+// readMore reads what the client sends next into buf (grown up to limit)
+// and returns the longer buf. An error means the block cannot complete: a
+// timeout (counted), a quiet close before any byte (errQuiet), or another
+// read error.
+func (s *Server) readMore(conn *net.TCPConn, buf []byte, limit int) ([]byte, error) {
+	if len(buf) == cap(buf) {
+		buf = append(buf, make([]byte, min(cap(buf), limit-len(buf)))...)[:len(buf)]
+	}
+	n, err := conn.Read(buf[len(buf):min(cap(buf), limit)])
+	buf = buf[:len(buf)+n]
+	if err == nil || n > 0 {
+		return buf, nil
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.metrics.headerError(errHTTPTimeout)
+		return buf, fmt.Errorf("%w after %d bytes", errHTTPTimeout, len(buf))
+	}
+	if len(buf) == 0 {
+		return buf, errQuiet
+	}
+	return buf, fmt.Errorf("read HTTP header block: %w", err)
 }
 
 // routeByHeader sets c.addr from the header block, or answers 400.
