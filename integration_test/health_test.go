@@ -131,7 +131,9 @@ func TestHealthHTTPFollowsStatus(t *testing.T) {
 // header; a wrong expected status makes it ready but unhealthy, and a
 // reload of [health] brings it back.
 func TestHealthChecksLaunchedWorkers(t *testing.T) {
-	adm, port := testkit.FreePort(t), freePortBlock(t)
+	// The worker's port comes from below the ephemeral range, so that it
+	// can never be the admin's (an ephemeral port) too.
+	adm, port := testkit.FreePort(t), testkit.FreePortBase(t, 1, workerPortsLo, workerPortsHi)
 	path := filepath.Join(t.TempDir(), "stickyd.toml")
 	write := func(status int) {
 		t.Helper()

@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -228,7 +227,7 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 // With [workers] an upgrade is refused and the process keeps serving.
 func TestUpgradeRefusedWithWorkers(t *testing.T) {
 	dir := t.TempDir()
-	base := freePortBlock(t)
+	base := testkit.FreePortBase(t, 1, workerPortsLo, workerPortsHi)
 	path := filepath.Join(dir, "stickyd.toml")
 	cfg := fmt.Sprintf("[workers]\ncommand = [\"stickyd\", \"hello-worker\"]\ncount = 1\nport_base = %d\n", base)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
@@ -246,12 +245,4 @@ func TestUpgradeRefusedWithWorkers(t *testing.T) {
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-}
-
-// freePortBlock returns a free loopback port for one worker.
-func freePortBlock(t *testing.T) int {
-	t.Helper()
-	_, port, _ := net.SplitHostPort(testkit.FreePort(t))
-	n, _ := strconv.Atoi(port)
-	return n
 }
