@@ -113,10 +113,13 @@ func TestEngineFirstByteTimeout(t *testing.T) {
 			}
 		})
 		t.Run("client keeps talking", func(t *testing.T) {
+			// A longer timeout here: a tick delayed past it on a loaded
+			// machine would look like a silent client.
+			const fb = time.Second
 			e := r.pair(func(p *Pair) { p.FirstByte = fb })
 			tick := time.NewTicker(fb / 4)
 			defer tick.Stop()
-			for range 12 { // an upload for 3 first-byte periods
+			for range 10 { // an upload for 2.5 first-byte periods
 				<-tick.C
 				write(t, e.client, "u")
 				readN(t, e.backend, 1)
