@@ -66,51 +66,19 @@ func NewEpollEngine(opts EpollOptions) (Engine, error) {
 // (closing the net.Conns) and hands them to a loop; it never blocks on I/O.
 // It keeps only p's fields.
 func (e *EpollEngine) Start(p Pair) {
-	ep := &epPair{idle: int64(p.Idle), linger: int64(p.Linger), done: p.Done}
-	if ep.linger == 0 {
-		ep.linger = ep.idle
-	}
-	// The header is not counted in Stats.BytesIn: in.n starts below zero.
-	ep.in.n = -int64(len(p.Header))
-	ep.out.first = epWatch // until the backend's first byte or end
-	if p.RefuseProxy {
-		ep.in.first = epWatch // until the client's first bytes are checked
-	}
-	if p.FirstByte > 0 {
-		ep.firstByte = int32(min(max(p.FirstByte.Milliseconds(), 1), math.MaxInt32))
-	}
+	ep := newEpPair(&p)
 	// A socket that waited in one of our loops (DialTimeout, a Socket's
 	// Read) is re-armed there; the pair goes to the backend's loop, or the
 	// client's, or the next one.
 	cfd, chome, cerr := epDetachHome(p.Client)
 	bfd, bhome, berr := epDetachHome(p.Backend)
-	l := bhome
-	if l == nil || l.e != e {
-		l = chome
-	}
-	if l == nil || l.e != e {
-		l = e.pick()
-	}
+	l := e.loopFor(bhome, chome)
 	if err := errors.Join(cerr, berr); err != nil || e.closed.Load() {
 		e.failStart(l, ep, err, cfd, bfd)
 		return
 	}
 	ep.client.fd, ep.backend.fd = int32(cfd), int32(bfd)
-	if len(p.Header)+len(p.Pending) > 0 { // the PROXY header and the client's first bytes
-		// One writev from the caller's slices: joining them would cost an
-		// allocation per connection. Only what the socket did not take is
-		// kept, for the loop to write.
-		n, e := epWritev2(ep.backend.fd, p.Header, p.Pending)
-		if e != 0 {
-			n = 0 // the loop meets the error (or EAGAIN) again
-		}
-		ep.in.n += int64(n)
-		if h := len(p.Header); n < h {
-			ep.in.pend = joinFirst(p.Header[n:], p.Pending)
-		} else if n-h < len(p.Pending) {
-			ep.in.pend = p.Pending[n-h:]
-		}
-	}
+	ep.sendFirst(p.Header, p.Pending)
 	// A parked loop adopts the pair at the first event of any of its
 	// sockets. It must wake now only for work of its own: bytes still to
 	// write, or an idle timeout to arm.
@@ -131,6 +99,55 @@ func (e *EpollEngine) Start(p Pair) {
 	}
 	if wake {
 		l.wakeIfParked()
+	}
+}
+
+// newEpPair is the state of p's pair before its sockets are adopted.
+func newEpPair(p *Pair) *epPair {
+	ep := &epPair{idle: int64(p.Idle), linger: int64(p.Linger), done: p.Done}
+	if ep.linger == 0 {
+		ep.linger = ep.idle
+	}
+	// The header is not counted in Stats.BytesIn: in.n starts below zero.
+	ep.in.n = -int64(len(p.Header))
+	ep.out.first = epWatch // until the backend's first byte or end
+	if p.RefuseProxy {
+		ep.in.first = epWatch // until the client's first bytes are checked
+	}
+	if p.FirstByte > 0 {
+		ep.firstByte = int32(min(max(p.FirstByte.Milliseconds(), 1), math.MaxInt32))
+	}
+	return ep
+}
+
+// loopFor is the loop a new pair joins: the first of the homes (loops its
+// sockets waited in) that is e's, else the next loop.
+func (e *EpollEngine) loopFor(homes ...*epLoop) *epLoop {
+	for _, l := range homes {
+		if l != nil && l.e == e {
+			return l
+		}
+	}
+	return e.pick()
+}
+
+// sendFirst writes the PROXY header and the client's first bytes to the
+// backend with one writev from the caller's slices (joining them would cost
+// an allocation per connection). Only what the socket did not take is
+// kept, for the loop to write.
+func (ep *epPair) sendFirst(header, pending []byte) {
+	if len(header)+len(pending) == 0 {
+		return
+	}
+	n, e := epWritev2(ep.backend.fd, header, pending)
+	if e != 0 {
+		n = 0 // the loop meets the error (or EAGAIN) again
+	}
+	ep.in.n += int64(n)
+	if h := len(header); n < h {
+		ep.in.pend = joinFirst(header[n:], pending)
+	} else if n-h < len(pending) {
+		ep.in.pend = pending[n-h:]
 	}
 }
 
