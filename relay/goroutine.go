@@ -135,24 +135,34 @@ func (gp *goPair) copyDir(dir int, dst, src Conn) (int64, error) {
 			gp.abort()
 			return total, err
 		}
-		switch due, moved := w.firstByteDue(gp); {
-		case due:
-			gp.first = FirstTimeout
-			gp.abort()
-			return total, ErrFirstByte
-		case moved: // the first-byte deadline woke us, not the idle period
-			continue
-		}
-		// A whole idle period without a byte this way: the pair is idle
-		// once the other direction has had one too (or has ended).
-		if n == 0 {
-			gp.idle[dir].Store(true)
-			if gp.idle[1-dir].Load() {
-				gp.abort()
-				return total, ErrIdle
-			}
+		if err := gp.afterDeadline(dir, w, n); err != nil {
+			return total, err
 		}
 	}
+}
+
+// afterDeadline says what a read deadline of direction dir, after n bytes
+// this period, means: the first-byte timeout (ErrFirstByte), the pair idle
+// both ways (ErrIdle), or nil to go on. An error aborts the pair.
+func (gp *goPair) afterDeadline(dir int, w *goWatch, n int64) error {
+	switch due, moved := w.firstByteDue(gp); {
+	case due:
+		gp.first = FirstTimeout
+		gp.abort()
+		return ErrFirstByte
+	case moved: // the first-byte deadline woke us, not the idle period
+		return nil
+	}
+	// A whole idle period without a byte this way: the pair is idle
+	// once the other direction has had one too (or has ended).
+	if n == 0 {
+		gp.idle[dir].Store(true)
+		if gp.idle[1-dir].Load() {
+			gp.abort()
+			return ErrIdle
+		}
+	}
+	return nil
 }
 
 // timeout is the read deadline for one idle period: Idle, or Linger once
