@@ -23,20 +23,79 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: blackhole STICKYD-BINARY GAP")
 		os.Exit(2)
 	}
-	bin := os.Args[1]
 	gap, err := time.ParseDuration(os.Args[2])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	fd, _ := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-	syscall.Listen(fd, 0)
-	sa, _ := syscall.Getsockname(fd)
+	if err := run(os.Args[1], gap); err != nil {
+		fmt.Fprintln(os.Stderr, "blackhole:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the two backends and stickyd, then measures.
+func run(bin string, gap time.Duration) error {
+	hole, closeHole, err := blackHole()
+	if err != nil {
+		return err
+	}
+	defer closeHole()
+	ok, err := okBackend()
+	if err != nil {
+		return err
+	}
+	defer ok.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "--listen", addr, "--backend", "ok="+ok.Addr().String(), "--backend", "hole="+hole,
+		"--send-proxy", "none", "--log-level", "error")
+	cmd.Dir = os.TempDir()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer cmd.Process.Kill()
+	time.Sleep(500 * time.Millisecond) // stickyd listening
+	delayed, failed := clients(addr, gap)
+	fmt.Printf("100 clients, one every %v: %d delayed >= 4 s (the 5 s connect timeout), %d failed\n", gap, delayed, failed)
+	return nil
+}
+
+// blackHole is a loopback listener whose backlog (0) one connection fills:
+// every later SYN is dropped. It returns its address and a closer.
+func blackHole() (string, func(), error) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return "", nil, err
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		return "", nil, err
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return "", nil, err
+	}
 	hole := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	filler, _ := net.Dial("tcp", hole)
-	defer filler.Close()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	filler, err := net.Dial("tcp", hole)
+	if err != nil {
+		return "", nil, err
+	}
+	return hole, func() { filler.Close(); syscall.Close(fd) }, nil
+}
+
+// okBackend answers every connection with "ok\n" and closes it.
+func okBackend() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -46,31 +105,20 @@ func main() {
 			go func() { c.Write([]byte("ok\n")); time.Sleep(100 * time.Millisecond); c.Close() }()
 		}
 	}()
-	l2, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l2.Addr().String()
-	l2.Close()
-	cmd := exec.Command(bin, "--listen", addr, "--backend", "ok="+ln.Addr().String(), "--backend", "hole="+hole,
-		"--send-proxy", "none", "--log-level", "error")
-	cmd.Dir = os.TempDir()
-	cmd.Start()
-	defer cmd.Process.Kill()
-	time.Sleep(500 * time.Millisecond)
+	return ln, nil
+}
+
+// clients runs 100 clients, one every gap, each from its own loopback
+// address, and counts those answered after 4 s or more, and those failed.
+func clients(addr string, gap time.Duration) (delayed, failed int) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	delayed, failed := 0, 0
 	for i := range 100 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ip := fmt.Sprintf("127.20.%d.%d", i/200, 1+i%200)
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 30 * time.Second}
 			start := time.Now()
-			c, err := d.Dial("tcp", addr)
-			if err == nil {
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				_, err = bufio.NewReader(c).ReadString('\n')
-				c.Close()
-			}
+			err := askOnce(fmt.Sprintf("127.20.%d.%d", i/200, 1+i%200), addr)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -82,5 +130,18 @@ func main() {
 		time.Sleep(gap)
 	}
 	wg.Wait()
-	fmt.Printf("100 clients, one every %v: %d delayed >= 4 s (the 5 s connect timeout), %d failed\n", gap, delayed, failed)
+	return delayed, failed
+}
+
+// askOnce connects from ip to addr and reads one line.
+func askOnce(ip, addr string) error {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 30 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = bufio.NewReader(c).ReadString('\n')
+	return err
 }
