@@ -28,62 +28,83 @@ type column struct {
 // medians as summary.csv, a markdown table (table.md, also printed) and the
 // plot data mem-per-conn.dat.
 func runReport(args []string) error {
-	fs := flag.NewFlagSet("report", flag.ContinueOnError)
-	in := fs.String("in", "raw.csv", "rows written by rate, stream and idle")
-	outdir := fs.String("outdir", ".", "output directory")
-	proxies := fs.String("proxies", "stickyd,haproxy,nginx", "row order; ratios compare the first to each other")
-	levels := fs.String("levels", "1000,5000,9000", "idle connection counts")
-	ratioList := fs.String("ratios", "", "ratio rows as a/b pairs, comma-separated (default: the first proxy over each other)")
-	rateList := fs.String("rates", "1000,3000", "open-loop rates (connections/s) for the load table")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	counts, err := parseLevels(*levels)
+	o, err := parseReportFlags(args)
 	if err != nil {
 		return err
 	}
-	rates, err := parseLevels(*rateList)
-	if err != nil {
-		return fmt.Errorf("-rates: %w", err)
-	}
-	f, err := os.Open(*in)
+	f, err := os.Open(o.in)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	s, err := readSamples(f)
 	if err != nil {
-		return fmt.Errorf("%s: %w", *in, err)
+		return fmt.Errorf("%s: %w", o.in, err)
 	}
-	names := strings.Split(*proxies, ",")
-	pairs, err := parseRatios(*ratioList, names)
+	pairs, err := parseRatios(o.ratios, o.names)
 	if err != nil {
 		return err
 	}
-	plotBase, err := filepath.Abs(filepath.Join(*outdir, "mem-per-conn"))
+	return writeReport(o, s, pairs)
+}
+
+// reportOpts are report's flags, parsed.
+type reportOpts struct {
+	in, outdir, ratios string
+	names              []string
+	counts, rates      []int
+}
+
+func parseReportFlags(args []string) (reportOpts, error) {
+	var o reportOpts
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	fs.StringVar(&o.in, "in", "raw.csv", "rows written by rate, stream and idle")
+	fs.StringVar(&o.outdir, "outdir", ".", "output directory")
+	proxies := fs.String("proxies", "stickyd,haproxy,nginx", "row order; ratios compare the first to each other")
+	levels := fs.String("levels", "1000,5000,9000", "idle connection counts")
+	fs.StringVar(&o.ratios, "ratios", "", "ratio rows as a/b pairs, comma-separated (default: the first proxy over each other)")
+	rateList := fs.String("rates", "1000,3000", "open-loop rates (connections/s) for the load table")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	o.names = strings.Split(*proxies, ",")
+	var err error
+	if o.counts, err = parseLevels(*levels); err != nil {
+		return o, err
+	}
+	if o.rates, err = parseLevels(*rateList); err != nil {
+		return o, fmt.Errorf("-rates: %w", err)
+	}
+	return o, nil
+}
+
+// writeReport prints the tables and writes them, the summary and the
+// plots' data and scripts to o.outdir.
+func writeReport(o reportOpts, s samples, pairs [][2]string) error {
+	plotBase, err := filepath.Abs(filepath.Join(o.outdir, "mem-per-conn"))
 	if err != nil {
 		return err
 	}
 	var tables []string
-	for _, cols := range [][]column{tableColumns(counts), loadColumns(rates)} {
-		if hasData(s, names, cols) {
-			tables = append(tables, renderTable(s, names, pairs, cols))
+	for _, cols := range [][]column{tableColumns(o.counts), loadColumns(o.rates)} {
+		if hasData(s, o.names, cols) {
+			tables = append(tables, renderTable(s, o.names, pairs, cols))
 		}
 	}
 	table := strings.Join(tables, "\n")
-	plotted := idleProxies(s, names, counts)
+	plotted := idleProxies(s, o.names, o.counts)
 	fmt.Print(table)
 	cpuBase := filepath.Join(filepath.Dir(plotBase), "cpu-per-conn")
 	writes := map[string]string{
 		"table.md":         table,
-		"summary.csv":      renderSummary(s, names),
-		"mem-per-conn.dat": renderPlotData(s, plotted, counts),
-		"mem-per-conn.gp":  renderPlotScript(s, plotted, counts, plotBase),
-		"cpu-per-conn.dat": renderCPUPlotData(s, names, rates),
-		"cpu-per-conn.gp":  renderCPUPlotScript(names, cpuBase),
+		"summary.csv":      renderSummary(s, o.names),
+		"mem-per-conn.dat": renderPlotData(s, plotted, o.counts),
+		"mem-per-conn.gp":  renderPlotScript(s, plotted, o.counts, plotBase),
+		"cpu-per-conn.dat": renderCPUPlotData(s, o.names, o.rates),
+		"cpu-per-conn.gp":  renderCPUPlotScript(o.names, cpuBase),
 	}
 	for name, content := range writes {
-		if err := os.WriteFile(filepath.Join(*outdir, name), []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(o.outdir, name), []byte(content), 0o644); err != nil {
 			return err
 		}
 	}
