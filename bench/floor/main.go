@@ -140,35 +140,45 @@ func service(c *conn, fd int) {
 		}
 		return
 	}
-	for { // client -> backend
+	copyUp(c)
+	copyDown(c)
+	if c.bDone {
+		table[c.cfd], table[c.bfd] = nil, nil
+		syscall.RawSyscall(unix.SYS_CLOSE, uintptr(c.cfd), 0, 0)
+		syscall.RawSyscall(unix.SYS_CLOSE, uintptr(c.bfd), 0, 0)
+	}
+}
+
+// copyUp moves what the client sent to the backend, and passes on its EOF.
+func copyUp(c *conn) {
+	for {
 		n, err := read(c.cfd, buf)
 		if err != nil {
-			break
+			return
 		}
 		if n == 0 {
 			if !c.cEOF {
 				c.cEOF = true
 				shutdownWrite(c.bfd)
 			}
-			break
+			return
 		}
 		write(c.bfd, buf[:n])
 	}
-	for { // backend -> client
+}
+
+// copyDown moves what the backend sent to the client; its EOF ends c.
+func copyDown(c *conn) {
+	for {
 		n, err := read(c.bfd, buf)
 		if err != nil {
-			break
+			return
 		}
 		if n == 0 {
 			c.bDone = true
-			break
+			return
 		}
 		write(c.cfd, buf[:n])
-	}
-	if c.bDone {
-		table[c.cfd], table[c.bfd] = nil, nil
-		syscall.RawSyscall(unix.SYS_CLOSE, uintptr(c.cfd), 0, 0)
-		syscall.RawSyscall(unix.SYS_CLOSE, uintptr(c.bfd), 0, 0)
 	}
 }
 
