@@ -32,17 +32,20 @@ func Listen(t testing.TB, addr string) net.Listener {
 
 // FreePort reserves a port on 127.0.0.1, releases it and returns the
 // address: a port where nothing listens (a refused dial), or one to hand
-// to a program that listens on it.
+// to a program that listens on it. The port is drawn from [FreePortLo,
+// FreePortHi), below the kernel's ephemeral range: an ephemeral port
+// released here could be taken at once as the source port of any client
+// socket on the machine (the tests make tens of thousands), and the
+// program would then fail to bind it.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return "127.0.0.1:" + strconv.Itoa(FreePortBase(t, 1, FreePortLo, FreePortHi))
 }
+
+// FreePort's range: apart from the ranges the packages' tests give
+// FreePortBase for worker ports (10000-30000), and below the ephemeral
+// range (32768 and up by default).
+const FreePortLo, FreePortHi = 30000, 32768
 
 // FreePortBase returns a base port such that base..base+n-1 are free on
 // 127.0.0.1, drawn at random from [lo, hi). Take the range below the
