@@ -8,16 +8,12 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/daemon"
-	"github.com/stickyd/stickyd/hello"
 	"github.com/urfave/cli/v2"
-	"go.uber.org/zap"
 )
 
 // serve is the default action: run the proxy (package daemon) with the
@@ -136,16 +132,4 @@ func eachLine(r io.Reader, fn func(line int, s string)) error {
 		}
 	}
 	return sc.Err()
-}
-
-// helloWorker runs the built-in demo worker until SIGTERM or SIGINT.
-func helloWorker(c *cli.Context) error {
-	log, err := zap.NewProduction()
-	if err != nil {
-		return err
-	}
-	defer log.Sync()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	return hello.Serve(ctx, log.Named("hello"))
 }

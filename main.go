@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime/debug"
 
+	"github.com/stickyd/stickyd/hello"
 	"github.com/urfave/cli/v2"
 )
 
@@ -38,7 +39,7 @@ func newApp() *cli.App {
 			}},
 			{Name: "check-config", Usage: "validate a config file (default ./config.toml) and exit", ArgsUsage: "[FILE]", Flags: proxyFlags(), Action: checkConfig},
 			{Name: "lookup", Usage: "print `<ip> <backend name>` for each IP (arguments, or stdin one per line)", ArgsUsage: "[IP ...]", Flags: proxyFlags(), Action: lookup},
-			{Name: "hello-worker", Usage: "run the built-in demo worker (HTTP on $PORT or $SOCKET, PROXY header required)", Action: helloWorker},
+			{Name: "hello-worker", Usage: "run the built-in demo worker (HTTP on $PORT or $SOCKET, PROXY header required)", Action: func(*cli.Context) error { return hello.Main() }},
 		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageError("%v", err)

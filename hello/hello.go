@@ -28,6 +28,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
@@ -43,6 +45,19 @@ const (
 	idleTimeout     = 2 * time.Minute  // keep-alive between requests
 	shutdownGrace   = 5 * time.Second  // drain on ctx cancel
 )
+
+// Main is `stickyd hello-worker`: Serve with a production logger until
+// SIGTERM or SIGINT.
+func Main() error {
+	log, err := zap.NewProduction()
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return Serve(ctx, log.Named("hello"))
+}
 
 // Serve runs the demo worker until ctx is cancelled, then shuts down
 // gracefully (in-flight requests get a few seconds) and returns nil. It
