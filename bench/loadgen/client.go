@@ -110,6 +110,24 @@ func addClientFlags(fs *flag.FlagSet) *clientFlags {
 	return f
 }
 
+// exchangeFlags are the flags of the modes that time short connections
+// (connect, echo size bytes, close): rate, open and mix.
+type exchangeFlags struct {
+	dur, warmup, timeout time.Duration
+	size                 int
+}
+
+// addExchangeFlags defines exchangeFlags on fs, with the mode's defaults
+// for the warm-up and the per-connection deadline.
+func addExchangeFlags(fs *flag.FlagSet, warmup, timeout time.Duration) *exchangeFlags {
+	f := &exchangeFlags{}
+	fs.DurationVar(&f.dur, "d", 10*time.Second, "measured duration")
+	fs.DurationVar(&f.warmup, "warmup", warmup, "unmeasured warm-up")
+	fs.IntVar(&f.size, "size", 64, "bytes sent and received per short connection")
+	fs.DurationVar(&f.timeout, "timeout", timeout, "per-connection deadline")
+	return f
+}
+
 // results collects metric rows and appends them to a CSV file.
 type results struct {
 	f    *clientFlags

@@ -22,10 +22,7 @@ func runMix(args []string) error {
 	cf := addClientFlags(fs)
 	bulk := fs.Int("bulk", 60, "concurrent downloads")
 	workers := fs.Int("c", 8, "short-connection workers")
-	dur := fs.Duration("d", 10*time.Second, "measured duration")
-	warmup := fs.Duration("warmup", 2*time.Second, "unmeasured warm-up (downloads ramp up)")
-	size := fs.Int("size", 64, "bytes sent and received per short connection")
-	timeout := fs.Duration("timeout", 10*time.Second, "per-connection deadline")
+	x := addExchangeFlags(fs, 2*time.Second, 10*time.Second) // the downloads ramp up
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -38,8 +35,8 @@ func runMix(args []string) error {
 	if err != nil {
 		return err
 	}
-	run, err := timedRate(cf, *workers, *warmup, *dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
-		return rateWorker(phase, src, cf.target, *size, *timeout)
+	run, err := timedRate(cf, *workers, x.warmup, x.dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
+		return rateWorker(phase, src, cf.target, x.size, x.timeout)
 	}, &moved)
 	failed := streams.stop()
 	if err != nil {

@@ -18,10 +18,7 @@ func runOpen(args []string) error {
 	fs := flag.NewFlagSet("open", flag.ContinueOnError)
 	cf := addClientFlags(fs)
 	rate := fs.Int("rate", 1000, "connections started per second")
-	dur := fs.Duration("d", 10*time.Second, "measured duration")
-	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up")
-	size := fs.Int("size", 64, "bytes sent and received per connection")
-	timeout := fs.Duration("timeout", 5*time.Second, "per-connection deadline")
+	x := addExchangeFlags(fs, time.Second, 5*time.Second)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -32,9 +29,9 @@ func runOpen(args []string) error {
 	if err != nil {
 		return err
 	}
-	run, err := timedRate(cf, 1, *warmup, *dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
+	run, err := timedRate(cf, 1, x.warmup, x.dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
 		return openLoop(phase, *rate, func() error {
-			return connectOnce(src, cf.target, echoMessage(*size), make([]byte, *size), *timeout)
+			return connectOnce(src, cf.target, echoMessage(x.size), make([]byte, x.size), x.timeout)
 		})
 	}, nil)
 	if err != nil {

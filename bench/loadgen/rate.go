@@ -33,10 +33,7 @@ func runRate(args []string) error {
 	fs := flag.NewFlagSet("rate", flag.ContinueOnError)
 	cf := addClientFlags(fs)
 	workers := fs.Int("c", 16, "concurrent workers")
-	dur := fs.Duration("d", 10*time.Second, "measured duration")
-	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up")
-	size := fs.Int("size", 64, "bytes sent and received per connection")
-	timeout := fs.Duration("timeout", 5*time.Second, "per-connection deadline")
+	x := addExchangeFlags(fs, time.Second, 5*time.Second)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -44,8 +41,8 @@ func runRate(args []string) error {
 	if err != nil {
 		return err
 	}
-	run, err := timedRate(cf, *workers, *warmup, *dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
-		return rateWorker(phase, src, cf.target, *size, *timeout)
+	run, err := timedRate(cf, *workers, x.warmup, x.dur, func(phase *atomic.Int32) ([]time.Duration, int64) {
+		return rateWorker(phase, src, cf.target, x.size, x.timeout)
 	}, nil)
 	if err != nil {
 		return err
