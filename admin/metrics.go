@@ -14,7 +14,7 @@ type collector struct {
 	backendActive, backendTotal, backendDialFailures       *prometheus.Desc
 	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
 	headerErrors, workerRestarts                           *prometheus.Desc
-	logLinesDropped                                        *prometheus.Desc
+	logLinesDropped, handshakes                            *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts           *prometheus.Desc
 }
 
@@ -39,6 +39,7 @@ func NewCollector(src Source) prometheus.Collector {
 		relayed:             desc("connections_relayed_total", "Client connections relayed to a backend."),
 		rejected:            desc("connections_rejected_total", "Client connections closed without a backend, by reason (no_backend: every dial failed; header: see stickyd_header_errors_total).", "reason"),
 		limitWaits:          desc("max_connections_reached_total", "Times accepting paused because max_connections were open (clients waited in the backlog)."),
+		handshakes:          desc("handshakes_total", "Client handshakes by where they ran: on the event loop that accepted the client, or handed to a goroutine (a trusted upstream's header, a backend off loopback, HTTP header mode).", "where"),
 		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
 		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
 		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
@@ -55,7 +56,7 @@ func NewCollector(src Source) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
+		c.limitWaits, c.handshakes, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts} {
 		ch <- d
 	}
@@ -77,6 +78,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if m := c.src.Metrics; m != nil {
 		counter(c.relayed, m.Accepted.Load())
 		counter(c.limitWaits, m.LimitWaits.Load())
+		counter(c.handshakes, m.LoopHandshakes.Load(), "loop")
+		counter(c.handshakes, m.GoroutineHandshakes.Load(), "goroutine")
 		counter(c.bytes, m.BytesIn.Load(), "in")
 		counter(c.bytes, m.BytesOut.Load(), "out")
 		var headers int64

@@ -374,8 +374,16 @@ func (s *Set) Dial(ctx context.Context, ip netip.Addr) (b *Backend, conn net.Con
 }
 
 // DialFunc connects to address (network as for net.Dial) within timeout,
-// unless ctx ends first.
+// unless ctx ends first. It may return an error wrapping ErrWouldBlock
+// instead, when it only connects without waiting (a server's event loop)
+// and this connection would wait.
 type DialFunc func(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error)
+
+// ErrWouldBlock, from a DialFunc, says that it cannot make this connection
+// without waiting. DialWith then returns it at once, having counted
+// nothing against the backend: the caller dials again from where it may
+// wait.
+var ErrWouldBlock = errors.New("backend: the dial would wait")
 
 // dialNet is the DialFunc of Dial: a net.Dialer.
 func dialNet(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
@@ -412,6 +420,9 @@ func (s *Set) DialWith(ctx context.Context, ip netip.Addr, dial DialFunc) (b *Ba
 			if err == nil {
 				return b, conn, nil
 			}
+			if errors.Is(err, ErrWouldBlock) {
+				return nil, nil, err
+			}
 			errs.add(err)
 			if ctx.Err() != nil || errors.Is(err, ErrNoDescriptors) {
 				return nil, nil, errs.err(false)
@@ -441,6 +452,9 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool
 		defer b.dialing.Store(0)
 	}
 	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
+	if errors.Is(err, ErrWouldBlock) {
+		return nil, err
+	}
 	if err != nil && localDialFailure(err) {
 		return nil, fmt.Errorf("dial backend %s: %w: %w", b.Name, ErrNoDescriptors, err)
 	}

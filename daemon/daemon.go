@@ -69,8 +69,9 @@ type daemon struct {
 	sup     *backend.Supervisor // nil without [workers]
 	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener
-	self    *selfAddrs   // what reaches ln; nil until it listens
-	adminLn net.Listener // nil when admin is off
+	lnGroup []net.Listener // the rest of ln's SO_REUSEPORT group, inherited
+	self    *selfAddrs     // what reaches ln; nil until it listens
+	adminLn net.Listener   // nil when admin is off
 	admin   *http.Server
 	budget  fdBudget // connections and pipes under the open-file limit
 

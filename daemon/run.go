@@ -23,7 +23,7 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	stopWaiting := make(chan struct{})
 	go func() {
 		d.awaitWorkers(stopWaiting)
-		serveErr <- d.srv.Serve(d.ln)
+		serveErr <- d.srv.Serve(d.ln, d.lnGroup...)
 	}()
 	pid := writePIDFile(d.boot.PIDFile, d.log)
 	if err := d.up.Ready(); err != nil {

@@ -40,7 +40,13 @@ func (d *daemon) upgrade() error {
 	if d.adminTokenEnv != "" { // taken out of this process's environment at start
 		env = append(env, envAdminToken+"="+d.adminTokenEnv)
 	}
-	return d.up.Upgrade([]upgrade.Listener{{Name: proxyListener, Listener: d.ln},
+	var group []net.Listener // the loops' sockets of d.ln's SO_REUSEPORT group
+	for _, ln := range d.srv.Listeners() {
+		if ln != d.ln {
+			group = append(group, ln)
+		}
+	}
+	return d.up.Upgrade([]upgrade.Listener{{Name: proxyListener, Listener: d.ln, Group: group},
 		{Name: adminListener, Listener: d.adminLn}}, env)
 }
 
@@ -48,6 +54,7 @@ func (d *daemon) upgrade() error {
 func (d *daemon) proxyListen(addr string) (net.Listener, error) {
 	if ln := d.up.Inherited(proxyListener); ln != nil {
 		d.inherited = true
+		d.lnGroup = d.up.InheritedGroup(proxyListener)
 		return ln, nil
 	}
 	return net.Listen("tcp", addr)

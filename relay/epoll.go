@@ -82,7 +82,7 @@ func (e *EpollEngine) Start(p Pair) {
 	// A parked loop adopts the pair at the first event of any of its
 	// sockets. It must wake now only for work of its own: bytes still to
 	// write, or an idle timeout to arm.
-	wake := len(ep.in.pend) > 0 || ep.idle > 0 || ep.firstByte > 0
+	wake := len(ep.in.pend) > 0 || ep.idle > 0 || ep.firstByte > 0 || ep.hold > 0
 	l.mu.Lock()
 	l.inbox = append(l.inbox, ep) // ep is the loop's from here
 	l.mu.Unlock()
@@ -116,6 +116,9 @@ func newEpPair(p *Pair) *epPair {
 	}
 	if p.FirstByte > 0 {
 		ep.firstByte = int32(min(max(p.FirstByte.Milliseconds(), 1), math.MaxInt32))
+	}
+	if p.RefuseProxy && p.HoldReplies > 0 {
+		ep.hold = int64(p.HoldReplies) // from the loop's clock at adopt
 	}
 	return ep
 }

@@ -31,14 +31,16 @@ type epLoop struct {
 	rc   syscall.RawConn // of file: the loop parks in rc.Read
 	efd  int             // eventfd: wakes the loop for commands
 
-	parked   atomic.Bool // the loop has nothing to do: Start must wake it
-	mu       sync.Mutex  // guards the fields up to the blank line
-	inbox    []*epPair   // started, registered, not yet adopted
-	failed   []epFailed  // started, but a registration failed
-	closeAll []chan struct{}
-	waits    map[int32]*epWait // sockets waiting before Start (see epoll_wait.go)
-	stop     bool              // Close asked the loop to end
-	stopped  bool              // the loop took stop: no closeAll will be answered
+	parked    atomic.Bool // the loop has nothing to do: Start must wake it
+	accPaused atomic.Bool // accepting paused: at Admit's limit, or after an accept error
+	mu        sync.Mutex  // guards the fields up to the blank line
+	inbox     []*epPair   // started, registered, not yet adopted
+	failed    []epFailed  // started, but a registration failed
+	closeAll  []chan struct{}
+	waits     map[int32]*epWait // sockets waiting before Start (see epoll_wait.go)
+	accCmds   []epAccCmd        // for the listeners (see epoll_accept.go)
+	stop      bool              // Close asked the loop to end
+	stopped   bool              // the loop took stop: no closeAll will be answered
 
 	events     []unix.EpollEvent
 	buf        []byte
@@ -55,6 +57,8 @@ type epLoop struct {
 	notes      *epNotifier
 	ended      []epNote // Done calls of this batch, for notify
 	inlineDone bool     // EpollOptions.InlineDone
+	accs       []*epAcc // listeners this loop accepts on
+	accAcks    []chan struct{}
 }
 
 type epFailed struct {
@@ -177,6 +181,10 @@ func (l *epLoop) poll(uintptr) bool {
 		for i := range n {
 			l.event(&l.events[i])
 		}
+		for _, ack := range l.accAcks { // after the batch: no stale event is left
+			close(ack)
+		}
+		l.accAcks = l.accAcks[:0]
 		l.runReady()
 		l.wheel.advance(l.now, l.expire)
 		if len(closeAll) > 0 || stop {
@@ -240,7 +248,7 @@ func (l *epLoop) notify(batch []epNote) []epNote {
 func (l *epLoop) park() bool {
 	l.parked.Store(true)
 	l.mu.Lock()
-	work := len(l.inbox) > 0 || len(l.failed) > 0 || len(l.closeAll) > 0 || l.stop
+	work := len(l.inbox) > 0 || len(l.failed) > 0 || len(l.closeAll) > 0 || len(l.accCmds) > 0 || l.stop
 	l.mu.Unlock()
 	if work {
 		l.parked.Store(false)
@@ -253,9 +261,9 @@ func (l *epLoop) park() bool {
 // comes from a registration done after the pair was put in the inbox.
 func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 	l.mu.Lock()
-	inbox, failed := l.inbox, l.failed
+	inbox, failed, accCmds := l.inbox, l.failed, l.accCmds
 	closeAll, stop = l.closeAll, l.stop
-	l.inbox, l.failed, l.closeAll = l.spareI[:0], nil, nil
+	l.inbox, l.failed, l.closeAll, l.accCmds = l.spareI[:0], nil, nil, nil
 	l.stopped = stop
 	if stop {
 		l.failWaits()
@@ -269,6 +277,7 @@ func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 	for _, f := range failed {
 		l.finish(f.p, f.err)
 	}
+	l.acceptCommands(accCmds)
 	return closeAll, stop
 }
 
@@ -279,6 +288,9 @@ func (l *epLoop) adopt(p *epPair) {
 	l.table[p.client.fd], l.table[p.backend.fd] = p, p
 	l.live++
 	p.last = l.now
+	if p.hold != 0 {
+		p.hold += l.now
+	}
 	if d := p.deadline(); d != 0 {
 		l.wheel.add(p, d)
 	}
@@ -295,6 +307,10 @@ func (l *epLoop) event(ev *unix.EpollEvent) {
 		return // its commands were taken by intake
 	}
 	if fd >= len(l.table) || l.table[fd] == nil {
+		if acc := l.accFor(ev.Fd); acc != nil {
+			l.accept(acc)
+			return
+		}
 		l.waitEvent(ev.Fd, ev.Events)
 		return
 	}
@@ -387,6 +403,12 @@ func (l *epLoop) expire(p *epPair) {
 	case d == 0:
 	case d > l.now:
 		l.wheel.add(p, d)
+	case why == errHoldOver: // the backend's bytes may go now
+		p.hold = 0
+		l.service(p)
+		if d := p.deadline(); d != 0 && !p.closed {
+			l.wheel.add(p, d)
+		}
 	default:
 		if why == ErrFirstByte {
 			p.out.first = uint8(FirstTimeout)

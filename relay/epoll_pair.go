@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -61,10 +62,13 @@ type epPair struct {
 	tick         int64
 
 	firstByte int32 // Pair.FirstByte in milliseconds; 0: none
-	half      bool  // one flow has ended: linger applies
-	closed    bool
-	queued    bool // in the loop's ready list
-	filed     bool // in the wheel
+	// hold is the loop time until which the backend's bytes wait for the
+	// client's check (Pair.HoldReplies; a duration until adopt); 0: none.
+	hold   int64
+	half   bool // one flow has ended: linger applies
+	closed bool
+	queued bool // in the loop's ready list
+	filed  bool // in the wheel
 }
 
 // deadline is the loop time at which p times out, or 0 for never.
@@ -87,11 +91,23 @@ func (p *epPair) deadlineWhy() (int64, error) {
 			period, why = fb, ErrFirstByte
 		}
 	}
-	if period == 0 {
-		return 0, nil
+	d := int64(0)
+	if period != 0 {
+		d = p.last + period
 	}
-	return p.last + period, why
+	if p.holding() && (d == 0 || p.hold < d) {
+		return p.hold, errHoldOver
+	}
+	return d, why
 }
+
+// errHoldOver is deadlineWhy's reason when Pair.HoldReplies ends first:
+// not an error, the backend's bytes may go.
+var errHoldOver = errors.New("relay: hold over")
+
+// holding reports whether the backend's bytes wait for the client's check
+// (Pair.HoldReplies): until it passes, or the hold's end.
+func (p *epPair) holding() bool { return p.hold != 0 && p.in.first&epWatch != 0 }
 
 // name says which side s is, for errors.
 func (p *epPair) name(s *epSock) string {
@@ -159,7 +175,7 @@ const epBudget = 1 << 20
 func (l *epLoop) service(p *epPair) {
 	moreIn, err := l.pump(p, &p.in, &p.client, &p.backend)
 	moreOut := false
-	if err == nil {
+	if err == nil && !(p.holding() && l.now < p.hold) {
 		moreOut, err = l.pump(p, &p.out, &p.backend, &p.client)
 	}
 	if err != nil {

@@ -94,6 +94,15 @@ type Pair struct {
 	// dialed). Bytes that could still start a signature wait in the socket
 	// for the rest.
 	RefuseProxy bool
+	// HoldReplies, with RefuseProxy, holds the backend's bytes back from
+	// the client until the client's first bytes have passed the check, or
+	// for this long (resolution as for Idle): a client refused for a PROXY
+	// header then gets none of the backend's bytes, while a backend that
+	// speaks first still reaches a silent client. For the pairs a loop's
+	// Acceptor starts (the handshake of a client silent so far); the
+	// goroutine engine, whose server sniffs such clients before Start,
+	// ignores it.
+	HoldReplies time.Duration
 	// Done, if not nil, is called exactly once, after both connections are
 	// closed, from a goroutine owned by the Engine.
 	Done func(Stats)

@@ -18,6 +18,7 @@ import (
 
 // client is what the handshake learned about one connection.
 type client struct {
+	start   time.Time      // accepted
 	peer    netip.AddrPort // the socket's peer
 	addr    netip.AddrPort // the real client, announced to the backend
 	dst     netip.AddrPort // the address the client connected to
@@ -28,46 +29,74 @@ type client struct {
 	// unchecked: an untrusted client silent until its backend was ready;
 	// the engine checks its first bytes (relay.Pair.RefuseProxy).
 	unchecked bool
+	// hold: unchecked on a loop, without the wait for its first bytes: the
+	// engine holds the backend's bytes back meanwhile (HoldReplies).
+	hold bool
+}
+
+// newClient is what is known of conn when it is accepted.
+func newClient(conn relay.Conn) *client {
+	local, peer := relay.AddrPorts(conn)
+	return &client{start: time.Now(), peer: peer, addr: peer, dst: local, via: "socket"}
 }
 
 // handle runs the handshake for one accepted connection in its own
 // goroutine, then hands the pair to the engine. It owns conn until then.
-func (s *Server) handle(conn relay.Conn) {
-	start := time.Now()
-	local, peer := relay.AddrPorts(conn)
-	c := &client{peer: peer, addr: peer, dst: local, via: "socket"}
+// c is what a loop's handshake learned before it handed conn over
+// (loop.go), or nil.
+func (s *Server) handle(conn relay.Conn, c *client) {
+	if c == nil {
+		c = newClient(conn)
+	}
+	s.metrics.GoroutineHandshakes.Add(1)
 	b, bconn, err := s.handshake(conn, c)
 	if err != nil {
-		conn.Close()
-		s.connDone()
-		if !errors.Is(err, errQuiet) {
-			s.log.Warn("connection refused", zap.String(logging.CauseKey, refusalCause(err)),
-				zap.Stringer("peer", peer), zap.Stringer("client", c.addr), zap.Error(err))
-		}
+		s.refuse(conn, c, err)
 		return
 	}
+	s.relay(s.engine, conn, c, b, bconn)
+}
+
+// refuse closes a client whose handshake failed, and says why (once per
+// cause, as the log sampler allows) unless err is errQuiet.
+func (s *Server) refuse(conn relay.Conn, c *client, err error) {
+	conn.Close()
+	s.connDone()
+	if !errors.Is(err, errQuiet) {
+		s.log.Warn("connection refused", zap.String(logging.CauseKey, refusalCause(err)),
+			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err))
+	}
+}
+
+// relay hands a client whose handshake succeeded, and its backend, to
+// start: the engine, or the loop that accepted the client.
+func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backend.Backend, bconn relay.Conn) {
 	s.metrics.Accepted.Add(1)
 	// Done captures only what it logs, not c: an idle pair must not keep
 	// the handshake's buffers alive (no per-connection logger either: its
 	// fields would cost ~1.5 KB per idle connection).
-	addr, via, proxied := c.addr, c.via, len(c.header) > 0
-	s.engine.Start(relay.Pair{
+	peer, addr, via, proxied, begun := c.peer, c.addr, c.via, len(c.header) > 0, c.start
+	var hold time.Duration
+	if c.hold {
+		hold = s.opts.sniffWait()
+	}
+	start.Start(relay.Pair{
 		Client: conn, Backend: bconn, Header: c.header, Pending: c.pending,
-		Idle: s.opts.Idle, Linger: s.opts.Linger, FirstByte: s.opts.FirstByte, RefuseProxy: c.unchecked,
+		Idle: s.opts.Idle, Linger: s.opts.Linger, FirstByte: s.opts.FirstByte, RefuseProxy: c.unchecked, HoldReplies: hold,
 		Done: func(st relay.Stats) {
 			b.Release()
 			s.observe(b, st, proxied)
 			if errors.Is(st.Err, relay.ErrProxyHeader) {
 				s.metrics.headerError(proxyproto.ErrUnexpected)
 				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
-					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(st.Err))
+					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected))
 			}
 			s.metrics.BytesIn.Add(st.BytesIn)
 			s.metrics.BytesOut.Add(st.BytesOut)
 			if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 				ce.Write(zap.Stringer("peer", peer), zap.Stringer("client", addr), zap.String("via", via),
 					zap.String("backend", b.Name), zap.Int64("bytes_in", st.BytesIn),
-					zap.Int64("bytes_out", st.BytesOut), zap.Duration("duration", time.Since(start)),
+					zap.Int64("bytes_out", st.BytesOut), zap.Duration("duration", time.Since(begun)),
 					zap.NamedError("end", st.Err))
 			}
 			s.connDone()
@@ -124,6 +153,13 @@ func (s *Server) handshake(conn relay.Conn, c *client) (*backend.Backend, relay.
 	if err != nil {
 		return nil, nil, err
 	}
+	return s.formatHeader(c, b, bconn)
+}
+
+// formatHeader formats the PROXY header for b into c.header; on error it
+// closes bconn.
+func (s *Server) formatHeader(c *client, b *backend.Backend, bconn net.Conn) (*backend.Backend, relay.Conn, error) {
+	var err error
 	if c.header, err = proxyproto.Format(s.opts.SendProxy, c.addr, c.dst, c.tlvs); err != nil {
 		bconn.Close()
 		b.Release()
@@ -160,7 +196,16 @@ func (s *Server) readUpstreamHeader(conn relay.Conn, c *client) error {
 }
 
 func (s *Server) dial(c *client) (*backend.Backend, net.Conn, error) {
-	b, conn, err := s.backends.Load().DialWith(s.ctx, c.addr.Addr(), s.dialer)
+	return s.dialBy(c, s.dialer)
+}
+
+// dialBy dials c's backend with dial. backend.ErrWouldBlock (from a loop's
+// dialer) is returned as it is, counted nowhere.
+func (s *Server) dialBy(c *client, dial backend.DialFunc) (*backend.Backend, net.Conn, error) {
+	b, conn, err := s.backends.Load().DialWith(s.ctx, c.addr.Addr(), dial)
+	if errors.Is(err, backend.ErrWouldBlock) {
+		return nil, nil, err
+	}
 	if err != nil {
 		s.metrics.NoBackend.Add(1)
 		return nil, nil, dialError{err}

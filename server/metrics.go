@@ -34,7 +34,12 @@ type Metrics struct {
 	// LimitWaits counts the times accepting paused because MaxConnections
 	// were open (new clients then wait in the kernel backlog).
 	LimitWaits atomic.Int64
-	headerErr  map[string]*atomic.Int64
+	// LoopHandshakes counts handshakes done on the loop that accepted the
+	// client (loop.go); GoroutineHandshakes those run by a handshake
+	// goroutine: the goroutine accept loop's, and what a loop handed over
+	// (a trusted upstream, a backend off loopback, a partial header).
+	LoopHandshakes, GoroutineHandshakes atomic.Int64
+	headerErr                           map[string]*atomic.Int64
 }
 
 // NewMetrics returns zeroed counters.

@@ -12,6 +12,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -100,15 +101,18 @@ type Server struct {
 	ctx    context.Context // cancelled when the drain period ends
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{} // guarded by mu
-	closing   bool                      // guarded by mu
+	mu         sync.Mutex
+	listeners  map[io.Closer]struct{}                          // net.Listeners, *relay.Accepting; guarded by mu
+	closing    bool                                            // guarded by mu
+	accepting  atomic.Pointer[[]*relay.Accepting]              // the loops' (loop.go); written under mu
+	loopDial   func(network, address string) (net.Conn, error) // the engine's DialNow
+	loopDialer backend.DialFunc                                // s.dialNow, made once
 
 	conns sync.WaitGroup // handshakes and relayed pairs
 	open  atomic.Int64   // client connections open now
 
-	handoff chan relay.Conn // to a handshake goroutine waiting for work
-	waiting atomic.Int32    // handshake goroutines waiting on handoff
+	handoff chan handoff // to a handshake goroutine waiting for work
+	waiting atomic.Int32 // handshake goroutines waiting on handoff
 
 	capLogged atomic.Int64 // unix nanos of the last "max_connections reached" line
 	capWaits  atomic.Int64 // pauses at the cap since that line
@@ -120,11 +124,14 @@ type Server struct {
 // The Server owns engine and closes it at the end of Shutdown.
 func New(opts Options, set *backend.Set, engine relay.Engine, log *zap.Logger) *Server {
 	s := &Server{opts: opts, engine: engine, log: log, metrics: NewMetrics(),
-		listeners: make(map[net.Listener]struct{}), handoff: make(chan relay.Conn)}
+		listeners: make(map[io.Closer]struct{}), handoff: make(chan handoff)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.backends.Store(set)
 	if sm, ok := engine.(relay.SocketMaker); ok {
 		s.sockets, s.dialer = sm, sm.DialTimeout
+	}
+	if la, ok := engine.(relay.LoopAcceptor); ok {
+		s.loopDial, s.loopDialer = la.DialNow, s.dialNow
 	}
 	if opts.MaxConnections > 0 {
 		s.slots = make(chan struct{}, opts.MaxConnections)
@@ -147,8 +154,28 @@ func (s *Server) Open() int64 { return s.open.Load() }
 
 // Serve accepts connections on ln until Shutdown or a permanent accept
 // error. Temporary errors (EMFILE, ECONNABORTED) back off from 5 ms to 1 s.
-// Serve closes ln before returning.
-func (s *Server) Serve(ln net.Listener) error {
+// Serve closes ln before returning. more are listeners of ln's
+// SO_REUSEPORT group handed over by an upgrade (Listeners): they are
+// served too.
+//
+// With an engine whose loops accept (relay.LoopAcceptor) and no
+// ClientIPHeader, each loop accepts on a socket of ln's group and runs
+// the handshakes of its clients itself (loop.go); otherwise this goroutine
+// accepts and handshake goroutines take each client.
+func (s *Server) Serve(ln net.Listener, more ...net.Listener) error {
+	if la, ok := s.engine.(relay.LoopAcceptor); ok && s.opts.ClientIPHeader == "" {
+		if lns, ok := s.loopGroup(la, ln, more); ok {
+			return s.serveLoops(la, lns)
+		}
+	}
+	for _, m := range more {
+		go s.Serve(m)
+	}
+	return s.serve(ln)
+}
+
+// serve is the goroutine accept loop.
+func (s *Server) serve(ln net.Listener) error {
 	if s.sockets != nil && s.opts.ClientIPHeader == "" { // the HTTP path reads a *net.TCPConn
 		ln = s.sockets.Listener(ln)
 	}
@@ -186,8 +213,15 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		s.conns.Add(1)
 		s.open.Add(1)
-		s.spawn(cc)
+		s.spawn(cc, nil)
 	}
+}
+
+// handoff is a connection for a handshake goroutine, with what is known of
+// it (nil: nothing yet).
+type handoff struct {
+	conn relay.Conn
+	c    *client
 }
 
 // maxWaiting bounds the handshake goroutines kept waiting for a connection.
@@ -198,23 +232,24 @@ const maxWaiting = 64
 // goroutine starts with a 2 KB stack that the handshake outgrows, copying
 // it (~6% of the CPU per short connection); a waiting one has grown it
 // already. At most maxWaiting wait, until the drain period ends.
-func (s *Server) spawn(c relay.Conn) {
+func (s *Server) spawn(conn relay.Conn, c *client) {
+	h := handoff{conn, c}
 	select {
-	case s.handoff <- c:
+	case s.handoff <- h:
 	default:
-		go s.handshakes(c)
+		go s.handshakes(h)
 	}
 }
 
-func (s *Server) handshakes(c relay.Conn) {
+func (s *Server) handshakes(h handoff) {
 	for {
-		s.handle(c)
+		s.handle(h.conn, h.c)
 		if s.waiting.Add(1) > maxWaiting {
 			s.waiting.Add(-1)
 			return
 		}
 		select {
-		case c = <-s.handoff:
+		case h = <-s.handoff:
 			s.waiting.Add(-1)
 		case <-s.ctx.Done():
 			s.waiting.Add(-1)
@@ -274,6 +309,7 @@ func (s *Server) logCapReached() {
 func (s *Server) releaseSlot() {
 	if s.slots != nil {
 		<-s.slots
+		s.resumeAccepting()
 	}
 }
 
@@ -284,7 +320,7 @@ func (s *Server) connDone() {
 	s.conns.Done()
 }
 
-func (s *Server) track(ln net.Listener) bool {
+func (s *Server) track(ln io.Closer) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
@@ -294,7 +330,7 @@ func (s *Server) track(ln net.Listener) bool {
 	return true
 }
 
-func (s *Server) untrack(ln net.Listener) {
+func (s *Server) untrack(ln io.Closer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.listeners, ln)

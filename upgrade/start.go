@@ -3,6 +3,7 @@ package upgrade
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -85,13 +86,17 @@ func (u *Upgrader) files(listeners []Listener) ([]*os.File, []string, error) {
 		if l.Listener == nil {
 			continue
 		}
-		f, err := u.os.Dup(l.Listener)
-		if err != nil {
-			closeAll(files)
-			return nil, nil, fmt.Errorf("upgrade: pass the %s socket: %w", l.Name, err)
+		var fds []string
+		for _, ln := range append([]net.Listener{l.Listener}, l.Group...) {
+			f, err := u.os.Dup(ln)
+			if err != nil {
+				closeAll(files)
+				return nil, nil, fmt.Errorf("upgrade: pass the %s socket: %w", l.Name, err)
+			}
+			fds = append(fds, strconv.Itoa(3+len(files)))
+			files = append(files, f)
 		}
-		env = append(env, EnvName(l.Name)+"="+strconv.Itoa(3+len(files)))
-		files = append(files, f)
+		env = append(env, EnvName(l.Name)+"="+strings.Join(fds, ","))
 	}
 	return files, env, nil
 }

@@ -8,7 +8,8 @@
 // arguments) with the sockets as inherited descriptors, named in the
 // environment:
 //
-//	STICKYD_<NAME>_FD  a listening socket: STICKYD_LISTEN_FD, STICKYD_ADMIN_FD
+//	STICKYD_<NAME>_FD  a listening socket: STICKYD_LISTEN_FD, STICKYD_ADMIN_FD;
+//	                   with a group (Listener.Group), its descriptors after a comma
 //	STICKYD_READY_FD   a pipe: the new process writes one byte once it serves
 //
 // Until then both processes accept from the same sockets, so no client is
@@ -60,10 +61,13 @@ type Options struct {
 	Log *zap.Logger
 }
 
-// Listener is a listening socket to hand over, by name.
+// Listener is a listening socket to hand over, by name, with the other
+// sockets of its SO_REUSEPORT group, if any: the kernel gives connections
+// to every socket of a group, so each must go on being accepted from.
 type Listener struct {
 	Name     string
 	Listener net.Listener
+	Group    []net.Listener
 }
 
 // Upgrader is one process's side of upgrades: what it inherited from its
@@ -76,9 +80,10 @@ type Upgrader struct {
 	log     *zap.Logger
 
 	mu        sync.Mutex
-	inherited map[string]net.Listener // not yet taken; guarded by mu
-	ready     *os.File                // to the parent; nil when none; guarded by mu
-	upgrading bool                    // an Upgrade runs; guarded by mu
+	inherited map[string]net.Listener   // not yet taken; guarded by mu
+	groups    map[string][]net.Listener // the same, the rest of a group
+	ready     *os.File                  // to the parent; nil when none; guarded by mu
+	upgrading bool                      // an Upgrade runs; guarded by mu
 }
 
 // New adopts the descriptors a parent named in the environment (none for
@@ -86,7 +91,7 @@ type Upgrader struct {
 // processes and later upgrades do not see them.
 func New(o Options) (*Upgrader, error) {
 	u := &Upgrader{os: o.OS, names: o.Names, timeout: o.Timeout, log: o.Log,
-		inherited: make(map[string]net.Listener)}
+		inherited: make(map[string]net.Listener), groups: make(map[string][]net.Listener)}
 	if u.os == nil {
 		u.os = systemOS{}
 	}
@@ -115,20 +120,27 @@ func New(o Options) (*Upgrader, error) {
 	return u, nil
 }
 
-// adopt takes the inherited listener name at descriptor fd ("": none).
-func (u *Upgrader) adopt(name, fd string) error {
-	if fd == "" {
+// adopt takes the inherited listener name at descriptor fds ("": none;
+// "3,4,5": a group).
+func (u *Upgrader) adopt(name, fds string) error {
+	if fds == "" {
 		return nil
 	}
-	n, err := strconv.Atoi(fd)
-	if err != nil || n < 3 {
-		return fmt.Errorf("upgrade: bad inherited %s descriptor %q", name, fd)
+	for i, fd := range strings.Split(fds, ",") {
+		n, err := strconv.Atoi(fd)
+		if err != nil || n < 3 {
+			return fmt.Errorf("upgrade: bad inherited %s descriptor %q", name, fd)
+		}
+		ln, err := u.os.FileListener(uintptr(n), name)
+		if err != nil {
+			return fmt.Errorf("upgrade: inherited %s socket: %w", name, err)
+		}
+		if i == 0 {
+			u.inherited[name] = ln
+		} else {
+			u.groups[name] = append(u.groups[name], ln)
+		}
 	}
-	ln, err := u.os.FileListener(uintptr(n), name)
-	if err != nil {
-		return fmt.Errorf("upgrade: inherited %s socket: %w", name, err)
-	}
-	u.inherited[name] = ln
 	return nil
 }
 
@@ -140,6 +152,17 @@ func (u *Upgrader) Inherited(name string) net.Listener {
 	ln := u.inherited[name]
 	delete(u.inherited, name)
 	return ln
+}
+
+// InheritedGroup returns, once, the other sockets of the group of the
+// listener name inherited from the parent; nil when there are none. The
+// caller owns them.
+func (u *Upgrader) InheritedGroup(name string) []net.Listener {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	g := u.groups[name]
+	delete(u.groups, name)
+	return g
 }
 
 // Ready tells the parent that this process serves (nothing without a
@@ -167,6 +190,12 @@ func (u *Upgrader) Close() {
 	for name, ln := range u.inherited {
 		ln.Close()
 		delete(u.inherited, name)
+	}
+	for name, g := range u.groups {
+		for _, ln := range g {
+			ln.Close()
+		}
+		delete(u.groups, name)
 	}
 	if u.ready != nil {
 		u.ready.Close()

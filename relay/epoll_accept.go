@@ -1,0 +1,390 @@
+//go:build linux
+
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Accepting on the loops. With EpollEngine.Accept, each loop accepts on
+// listening sockets of its own (an SO_REUSEPORT group, ListenGroup: the
+// kernel gives each new connection to one socket of the group, so one loop
+// wakes for it) and runs the handshake and the relay of what it accepted
+// itself: accept4, the sniff, the backend's connect(2), the PROXY header
+// and every later byte of the pair happen on that loop, with no hand-off
+// to another goroutine or thread. See the package documentation, "Accept
+// on the loops".
+
+// Acceptor is what a loop calls for the connections it accepts. Its
+// methods run on the loop's goroutine and must not block.
+type Acceptor interface {
+	// Admit takes a connection slot before accept4. False pauses accepting
+	// on this loop (clients wait in the listen backlog) until
+	// Accepting.Resume.
+	Admit() bool
+	// Unadmit returns the slot of an Admit that accepted nothing.
+	Unadmit()
+	// Handle owns s, a client accepted with a slot. on starts pairs on the
+	// loop that accepted s, without a hand-off; it is valid during the
+	// call only. What cannot be done without waiting goes to a goroutine
+	// (EpollEngine.Start then).
+	Handle(s *Socket, on Starter)
+	// AcceptError is told of an accept4 failure (EMFILE, ENFILE,
+	// ENOBUFS...); the loop stops accepting for the pause it returns.
+	AcceptError(err error) time.Duration
+}
+
+// Starter starts a pair: an Engine, or the loop an Acceptor runs on.
+type Starter interface {
+	Start(p Pair)
+}
+
+// Accepting is a set of listening sockets that the engine's loops accept
+// on (EpollEngine.Accept).
+type Accepting struct {
+	e    *EpollEngine
+	a    Acceptor
+	lns  []net.Listener
+	acc  []*epAcc
+	done chan struct{}
+	once sync.Once
+}
+
+// epAcc is one listening socket in one loop's epoll set (level-triggered,
+// so that a batch left over is reported again).
+type epAcc struct {
+	x     *Accepting
+	l     *epLoop
+	fd    int32          // a dup of the listener's descriptor, ours to close
+	local netip.AddrPort // the listening address, unless unspecified
+}
+
+// epAccCmd asks a loop to add, remove or re-add (resume) its listeners.
+type epAccCmd struct {
+	op  int // epAccAdd, epAccRemove, epAccResume
+	acc *epAcc
+	ack chan struct{}
+}
+
+const (
+	epAccAdd = iota
+	epAccRemove
+	epAccResume
+)
+
+// epAcceptBatch bounds the connections one loop accepts per event, so that
+// one wake-up's handshakes do not delay the pairs it relays.
+const epAcceptBatch = 32
+
+// Accept makes the loops accept on lns, listener i on loop i modulo the
+// number of loops, calling a for every connection. The Accepting owns lns
+// (its Close closes them). Every loop needs a listener of its own: with
+// fewer listeners than loops, or a listener that is not TCP, it returns an
+// error and lns are left to the caller.
+func (e *EpollEngine) Accept(lns []net.Listener, a Acceptor) (*Accepting, error) {
+	if len(lns) < len(e.loops) {
+		return nil, fmt.Errorf("relay: accept on the loops: %d listeners for %d loops", len(lns), len(e.loops))
+	}
+	x := &Accepting{e: e, a: a, lns: lns, done: make(chan struct{})}
+	for i, ln := range lns {
+		fd, local, err := acceptFD(ln)
+		if err != nil {
+			x.closeFDs()
+			return nil, err
+		}
+		x.acc = append(x.acc, &epAcc{x: x, l: e.loops[i%len(e.loops)], fd: fd, local: local})
+	}
+	for _, acc := range x.acc {
+		acc.l.command(epAccCmd{op: epAccAdd, acc: acc})
+	}
+	return x, nil
+}
+
+// acceptFD returns a non-blocking dup of a TCP listener's descriptor, set
+// with the options its accepted sockets inherit (tcpOptions), and its
+// address unless unspecified.
+func acceptFD(ln net.Listener) (int32, netip.AddrPort, error) {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return -1, netip.AddrPort{}, fmt.Errorf("relay: accept on the loops: %s is not a TCP listener", ln.Addr())
+	}
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return -1, netip.AddrPort{}, err
+	}
+	dup, errno := -1, syscall.Errno(0)
+	cerr := rc.Control(func(fd uintptr) {
+		if errno = setTCPOptions(int32(fd)); errno == 0 {
+			dup, errno = epFcntl(fd, unix.F_DUPFD_CLOEXEC, 0)
+		}
+	})
+	if err := errors.Join(cerr, errnoErr(errno)); err != nil {
+		return -1, netip.AddrPort{}, fmt.Errorf("relay: accept on %s: %w", ln.Addr(), err)
+	}
+	var local netip.AddrPort
+	if ap := tl.Addr().(*net.TCPAddr).AddrPort(); !ap.Addr().IsUnspecified() {
+		local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return int32(dup), local, nil
+}
+
+// Resume makes the loops that paused at Admit accept again. Safe from any
+// goroutine; cheap when none is paused.
+func (x *Accepting) Resume() {
+	for _, l := range x.e.loops {
+		if l.accPaused.Load() && l.accPaused.CompareAndSwap(true, false) {
+			l.command(epAccCmd{op: epAccResume})
+		}
+	}
+}
+
+// Done is closed when Close has been called.
+func (x *Accepting) Done() <-chan struct{} { return x.done }
+
+// Listeners returns the listening sockets (for an upgrade's hand-over).
+func (x *Accepting) Listeners() []net.Listener { return x.lns }
+
+// Close stops accepting: once every loop has let go of its listeners, it
+// closes them. Connections accepted before keep going. Idempotent.
+func (x *Accepting) Close() error {
+	var err error
+	x.once.Do(func() {
+		var acks []chan struct{}
+		for _, acc := range x.acc {
+			ack := make(chan struct{})
+			if acc.l.command(epAccCmd{op: epAccRemove, acc: acc, ack: ack}) {
+				acks = append(acks, ack)
+			}
+		}
+		for _, ack := range acks {
+			<-ack
+		}
+		x.closeFDs()
+		for _, ln := range x.lns {
+			err = errors.Join(err, ln.Close())
+		}
+		close(x.done)
+	})
+	return err
+}
+
+func (x *Accepting) closeFDs() {
+	for _, acc := range x.acc {
+		epClose(acc.fd)
+	}
+}
+
+// command queues c for the loop and wakes it; false if the loop has
+// stopped (its listeners are gone with its epoll set).
+func (l *epLoop) command(c epAccCmd) bool {
+	l.mu.Lock()
+	if l.stopped || l.stop {
+		l.mu.Unlock()
+		return false
+	}
+	l.accCmds = append(l.accCmds, c)
+	l.mu.Unlock()
+	l.wake()
+	return true
+}
+
+// acceptCommands runs the commands taken by intake.
+func (l *epLoop) acceptCommands(cmds []epAccCmd) {
+	for _, c := range cmds {
+		switch c.op {
+		case epAccAdd:
+			l.accs = append(l.accs, c.acc)
+			if !l.accPaused.Load() {
+				l.listen(c.acc)
+			}
+		case epAccRemove:
+			for i, acc := range l.accs {
+				if acc == c.acc {
+					l.accs = append(l.accs[:i], l.accs[i+1:]...)
+					epCtl(l.epfd, unix.EPOLL_CTL_DEL, acc.fd, 0)
+					break
+				}
+			}
+			l.accAcks = append(l.accAcks, c.ack)
+		case epAccResume:
+			for _, acc := range l.accs {
+				l.listen(acc)
+			}
+		}
+	}
+}
+
+// listen adds acc to the loop's set (EEXIST: it is there already).
+func (l *epLoop) listen(acc *epAcc) {
+	if e := epCtl(l.epfd, unix.EPOLL_CTL_ADD, acc.fd, unix.EPOLLIN); e != 0 && e != unix.EEXIST {
+		d := acc.x.a.AcceptError(os.NewSyscallError("epoll_ctl add listener", e))
+		l.pauseAcceptFor(d)
+	}
+}
+
+// accFor returns the listener of this loop with descriptor fd, or nil.
+func (l *epLoop) accFor(fd int32) *epAcc {
+	for _, acc := range l.accs {
+		if acc.fd == fd {
+			return acc
+		}
+	}
+	return nil
+}
+
+// accept takes up to epAcceptBatch connections from acc and hands each to
+// the Acceptor, which may start its pair on this loop at once.
+func (l *epLoop) accept(acc *epAcc) {
+	a := acc.x.a
+	for range epAcceptBatch {
+		if !a.Admit() {
+			l.pauseAccept(a)
+			return
+		}
+		var sa unix.RawSockaddrAny
+		n := uint32(unix.SizeofSockaddrAny)
+		r, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, uintptr(acc.fd), uintptr(unsafe.Pointer(&sa)),
+			uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+		case unix.EAGAIN:
+			a.Unadmit()
+			return
+		case unix.ECONNABORTED, unix.EINTR: // gone before it was accepted
+			a.Unadmit()
+			continue
+		default:
+			a.Unadmit()
+			l.pauseAcceptFor(a.AcceptError(os.NewSyscallError("accept4", e)))
+			return
+		}
+		s := &Socket{fd: int(r), local: acc.local, remote: rawAddrPort(&sa), eng: l.e}
+		a.Handle(s, loopStarter{l})
+	}
+}
+
+// pauseAccept stops this loop's accepting until Accepting.Resume. The
+// flag is set before Admit is asked again: a slot freed in between either
+// lets this loop go on or finds the flag and resumes it.
+func (l *epLoop) pauseAccept(a Acceptor) {
+	l.accPaused.Store(true)
+	if a.Admit() {
+		a.Unadmit()
+		if l.accPaused.CompareAndSwap(true, false) {
+			return // the listener, level-triggered, is reported again
+		}
+		// Resume ran meanwhile: its command re-adds what is not removed.
+	}
+	for _, acc := range l.accs {
+		epCtl(l.epfd, unix.EPOLL_CTL_DEL, acc.fd, 0)
+	}
+}
+
+// pauseAcceptFor stops this loop's accepting for d (an accept error).
+func (l *epLoop) pauseAcceptFor(d time.Duration) {
+	l.accPaused.Store(true)
+	for _, acc := range l.accs {
+		epCtl(l.epfd, unix.EPOLL_CTL_DEL, acc.fd, 0)
+	}
+	time.AfterFunc(max(d, time.Millisecond), func() {
+		if l.accPaused.CompareAndSwap(true, false) {
+			l.command(epAccCmd{op: epAccResume})
+		}
+	})
+}
+
+// loopStarter starts pairs on the loop whose Acceptor call it was given to.
+type loopStarter struct{ l *epLoop }
+
+// Start implements Starter: the pair joins the loop at once, on its own
+// goroutine: no inbox, no wake-up.
+func (s loopStarter) Start(p Pair) { s.l.startHere(p) }
+
+// startHere is EpollEngine.Start on the loop's own goroutine.
+func (l *epLoop) startHere(p Pair) {
+	ep := newEpPair(&p)
+	cfd, chome, cerr := epDetachHome(p.Client)
+	bfd, bhome, berr := epDetachHome(p.Backend)
+	if err := errors.Join(cerr, berr); err != nil || l.e.closed.Load() {
+		l.e.failStart(l, ep, err, cfd, bfd)
+		return
+	}
+	ep.client.fd, ep.backend.fd = int32(cfd), int32(bfd)
+	ep.sendFirst(p.Header, p.Pending)
+	err := l.adoptFD(cfd, chome)
+	if err == nil {
+		err = l.adoptFD(bfd, bhome)
+	}
+	l.adopt(ep)
+	if err != nil {
+		l.finish(ep, fmt.Errorf("relay: start: %w", err))
+	}
+}
+
+// ErrWouldBlock is returned by EpollEngine.DialNow when the connection
+// cannot be made without waiting.
+var ErrWouldBlock = errors.New("relay: the dial would wait")
+
+// DialNow connects like DialTimeout, but only where connect(2) completes
+// at once: to a loopback IP literal, whose three-way handshake runs inside
+// the call. Anything else (another address, a host name, a unix socket, a
+// loopback listener whose backlog is full) returns ErrWouldBlock before
+// any packet is sent, or with the attempt abandoned. It never waits, so a
+// loop's Acceptor may call it.
+func (e *EpollEngine) DialNow(network, address string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || !ap.Addr().Unmap().IsLoopback() || network != "tcp" && network != "tcp4" && network != "tcp6" {
+		return nil, ErrWouldBlock
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if ap.Addr().Is4() != (network != "tcp6") && network != "tcp" {
+		return nil, ErrWouldBlock // let DialTimeout say what is wrong
+	}
+	fd, errno := epDialSocket(ap)
+	if errno == unix.EINPROGRESS {
+		if errno = epConnectAgain(fd, ap); errno == unix.EALREADY {
+			errno = unix.EINPROGRESS
+		}
+	}
+	switch {
+	case errno == 0:
+		return &Socket{fd: int(fd), remote: ap, eng: e}, nil
+	case fd >= 0:
+		epClose(fd)
+	}
+	if errno == unix.EINPROGRESS {
+		return nil, ErrWouldBlock
+	}
+	return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", errno)}
+}
+
+// LoopAcceptor is an Engine whose loops accept connections themselves:
+// the epoll engine. A server asks for it once:
+//
+//	if la, ok := eng.(relay.LoopAcceptor); ok {
+//		lns, err := relay.ListenGroup(ln, la.Loops())
+//		x, err := la.Accept(lns, acceptor)
+//	}
+type LoopAcceptor interface {
+	// Loops is the number of loops: Accept needs a listener for each.
+	Loops() int
+	// Accept makes the loops accept on lns (see EpollEngine.Accept).
+	Accept(lns []net.Listener, a Acceptor) (*Accepting, error)
+	// DialNow connects where that takes no wait (see EpollEngine.DialNow).
+	DialNow(network, address string) (net.Conn, error)
+}
+
+var _ LoopAcceptor = (*EpollEngine)(nil)
+
+// Loops implements LoopAcceptor.
+func (e *EpollEngine) Loops() int { return len(e.loops) }

@@ -1,0 +1,225 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/relay"
+	"go.uber.org/zap"
+)
+
+// Accept on the loops. With an engine whose loops accept (the epoll
+// engine, relay.LoopAcceptor), Serve gives each loop a listening socket of
+// its own (relay.ListenGroup, SO_REUSEPORT), and a client's handshake runs
+// on the loop that accepted it, as far as it can without waiting: the
+// sniff of what the client has sent, the pick and connect(2) of a backend
+// on a loopback address (which completes inside the call), the PROXY
+// header; then the pair starts on that same loop. One connection, one
+// thread, no hand-off: as nginx and HAProxy do with a listener per worker.
+//
+// What would wait goes to a handshake goroutine, as with the goroutine
+// accept loop (Serve's other path): a trusted upstream's PROXY header, a
+// backend that is not on loopback (or given by host name, or a unix
+// socket), and a client whose first bytes could start a PROXY header but
+// do not tell yet. A client still silent once its backend is connected is
+// relayed at once with relay.Pair.RefuseProxy: the engine refuses its
+// first bytes if they are a PROXY header, and the backend gets none.
+
+// serveLoops accepts on lns from the engine's loops until Shutdown.
+func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {
+	x, err := la.Accept(lns, loopAcceptor{s})
+	if err != nil {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return err
+	}
+	if !s.track(x) {
+		x.Close()
+		return ErrServerClosed
+	}
+	s.addAccepting(x)
+	<-x.Done()
+	s.untrack(x)
+	return ErrServerClosed
+}
+
+// loopGroup returns the listeners for the loops of la: ln, more (inherited
+// from an upgrade), and new sockets of ln's SO_REUSEPORT group up to one
+// per loop. False: ln cannot have a group (the caller accepts the old way).
+func (s *Server) loopGroup(la relay.LoopAcceptor, ln net.Listener, more []net.Listener) ([]net.Listener, bool) {
+	lns := append([]net.Listener{ln}, more...)
+	need := la.Loops() - len(lns)
+	if need <= 0 {
+		return lns, true
+	}
+	group, err := relay.ListenGroup(ln, need+1)
+	if err != nil {
+		s.log.Warn("cannot give each loop a listening socket; one goroutine accepts for all",
+			zap.Stringer("listen", ln.Addr()), zap.Error(err))
+		return nil, false
+	}
+	return append(lns, group[1:]...), true
+}
+
+// addAccepting records x for Resume (releaseSlot) and for Listeners.
+func (s *Server) addAccepting(x *relay.Accepting) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.accepting.Load()
+	next := []*relay.Accepting{x}
+	if old != nil {
+		next = append(next, *old...)
+	}
+	s.accepting.Store(&next)
+}
+
+// resumeAccepting lets loops paused at MaxConnections accept again.
+func (s *Server) resumeAccepting() {
+	if xs := s.accepting.Load(); xs != nil {
+		for _, x := range *xs {
+			x.Resume()
+		}
+	}
+}
+
+// Listeners returns the listening sockets the server accepts on, those of
+// the loops' groups included (an upgrade hands them all over).
+func (s *Server) Listeners() []net.Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lns []net.Listener
+	for c := range s.listeners {
+		switch c := c.(type) {
+		case net.Listener:
+			lns = append(lns, c)
+		case *relay.Accepting:
+			lns = append(lns, c.Listeners()...)
+		}
+	}
+	return lns
+}
+
+// loopAcceptor is the server's side of accepting on the loops.
+type loopAcceptor struct{ s *Server }
+
+// Admit implements relay.Acceptor: a connection slot (MaxConnections).
+func (a loopAcceptor) Admit() bool {
+	s := a.s
+	if s.slots == nil {
+		return true
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+		s.metrics.LimitWaits.Add(1)
+		s.logCapReached()
+		return false
+	}
+}
+
+// Unadmit implements relay.Acceptor.
+func (a loopAcceptor) Unadmit() {
+	if a.s.slots != nil {
+		<-a.s.slots
+	}
+}
+
+// AcceptError implements relay.Acceptor: the pause is the goroutine accept
+// loop's backoff, from 5 ms.
+func (a loopAcceptor) AcceptError(err error) time.Duration {
+	a.s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", 5*time.Millisecond))
+	return 5 * time.Millisecond
+}
+
+// Handle implements relay.Acceptor: the handshake on the loop, as far as
+// it goes without waiting (see the top of this file).
+func (a loopAcceptor) Handle(conn *relay.Socket, on relay.Starter) {
+	s := a.s
+	s.conns.Add(1)
+	s.open.Add(1)
+	c := newClient(conn)
+	s.metrics.LoopHandshakes.Add(1) // undone by a hand-over
+	if s.trusted(c.peer.Addr()) {
+		s.handOver(conn, c) // the upstream's header may still be on its way
+		return
+	}
+	settled, err := s.sniffNow(conn, c)
+	if err != nil {
+		s.refuse(conn, c, err)
+		return
+	}
+	b, bconn, err := s.dialBy(c, s.loopDialer)
+	if errors.Is(err, backend.ErrWouldBlock) {
+		s.handOver(conn, c) // dialed from a goroutine, which may wait
+		return
+	}
+	if err == nil && !settled {
+		if settled, err = s.sniffNow(conn, c); err != nil {
+			bconn.Close()
+			b.Release()
+		}
+	} else if err != nil && !settled { // a header sent during the dial is the first news
+		if _, serr := s.sniffNow(conn, c); serr != nil {
+			err = serr
+		}
+	}
+	if err != nil {
+		s.refuse(conn, c, err)
+		return
+	}
+	if !settled && len(c.pending) > 0 { // could start a header: wait for the rest
+		s.spawnSniff(conn, c, b, bconn)
+		return
+	}
+	// Silent so far: the engine checks its first bytes, and holds the
+	// backend's back until then or Options.SniffWait.
+	c.unchecked, c.hold = !settled, !settled
+	relayed, rconn, err := s.formatHeader(c, b, bconn)
+	if err != nil {
+		s.refuse(conn, c, err)
+		return
+	}
+	s.relay(on, conn, c, relayed, rconn)
+}
+
+// handOver gives a loop's handshake to a goroutine (which counts it).
+func (s *Server) handOver(conn relay.Conn, c *client) {
+	s.metrics.LoopHandshakes.Add(-1)
+	s.spawn(conn, c)
+}
+
+// dialNow is the loop's backend.DialFunc: the engine's DialNow, which only
+// connects where that takes no wait.
+func (s *Server) dialNow(_ context.Context, network, address string, _ time.Duration) (net.Conn, error) {
+	conn, err := s.loopDial(network, address)
+	if errors.Is(err, relay.ErrWouldBlock) {
+		return nil, backend.ErrWouldBlock
+	}
+	return conn, err
+}
+
+// spawnSniff waits, on a goroutine, for the rest of what a client's first
+// bytes could start (a PROXY header it may not send), then relays it.
+func (s *Server) spawnSniff(conn relay.Conn, c *client, b *backend.Backend, bconn net.Conn) {
+	s.metrics.LoopHandshakes.Add(-1)
+	s.metrics.GoroutineHandshakes.Add(1)
+	go func() {
+		if err := s.sniffWait(conn, c); err != nil {
+			bconn.Close()
+			b.Release()
+			s.refuse(conn, c, err)
+			return
+		}
+		relayed, rconn, err := s.formatHeader(c, b, bconn)
+		if err != nil {
+			s.refuse(conn, c, err)
+			return
+		}
+		s.relay(s.engine, conn, c, relayed, rconn)
+	}()
+}
