@@ -86,14 +86,13 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 		Done: func(st relay.Stats) {
 			b.Release()
 			s.observe(b, st, proxied)
-			if errors.Is(st.Err, relay.ErrProxyHeader) {
+			s.metrics.BytesIn.Add(st.BytesIn)
+			s.metrics.BytesOut.Add(st.BytesOut)
+			if errors.Is(st.Err, relay.ErrProxyHeader) { // its one line, as a handshake's refusal
 				s.metrics.headerError(proxyproto.ErrUnexpected)
 				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
 					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected))
-			}
-			s.metrics.BytesIn.Add(st.BytesIn)
-			s.metrics.BytesOut.Add(st.BytesOut)
-			if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+			} else if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 				ce.Write(zap.Stringer("peer", peer), zap.Stringer("client", addr), zap.String("via", via),
 					zap.String("backend", b.Name), zap.Int64("bytes_in", st.BytesIn),
 					zap.Int64("bytes_out", st.BytesOut), zap.Duration("duration", time.Since(begun)),

@@ -30,6 +30,7 @@ var engines = []struct {
 }{
 	{"goroutine", func() (relay.Engine, error) { return relay.NewGoroutineEngine(), nil }},
 	{"epoll", func() (relay.Engine, error) { return relay.NewEpollEngine(relay.EpollOptions{Loops: 1}) }},
+	{"epoll-2-loops", twoLoops},
 }
 
 // forEachEngine runs f as a subtest per relay engine.

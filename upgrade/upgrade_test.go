@@ -226,3 +226,50 @@ func TestNewAdoptsInherited(t *testing.T) {
 		t.Errorf("bad descriptor: %v", err)
 	}
 }
+
+// A listener's SO_REUSEPORT group travels with it: the child gets every
+// socket, named after a comma, and InheritedGroup hands out the rest once.
+func TestUpgradeHandsOverAGroup(t *testing.T) {
+	fos := newFakeOS()
+	fos.child = func(env []string, files []*os.File, _ <-chan struct{}) {
+		if r := readyFile(t, env, files); r != nil {
+			r.Write([]byte{1})
+		}
+	}
+	u, err := New(Options{Names: []string{"listen"}, OS: fos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, g1, g2 := testkit.Listen(t, "127.0.0.1:0"), testkit.Listen(t, "127.0.0.1:0"), testkit.Listen(t, "127.0.0.1:0")
+	if err := u.Upgrade([]Listener{{Name: "listen", Listener: ln, Group: []net.Listener{g1, g2}}}, nil); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	for _, want := range []string{"STICKYD_LISTEN_FD=3,4,5", "STICKYD_READY_FD=6"} {
+		if !slices.Contains(fos.started[0], want) {
+			t.Errorf("child env %q lacks %s", fos.started[0], want)
+		}
+	}
+
+	child := newFakeOS()
+	child.env[EnvName("listen")] = "3,4,5"
+	cu, err := New(Options{Names: []string{"listen"}, OS: child})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cu.Close()
+	if len(child.adopted) != 3 {
+		t.Errorf("adopted %v, want fds 3, 4, 5", child.adopted)
+	}
+	first := cu.Inherited("listen")
+	if first == nil {
+		t.Fatal("no inherited listener")
+	}
+	first.Close()
+	group := cu.InheritedGroup("listen")
+	if len(group) != 2 || cu.InheritedGroup("listen") != nil {
+		t.Fatalf("InheritedGroup: %d, then not nil; want 2 once", len(group))
+	}
+	for _, l := range group {
+		l.Close()
+	}
+}

@@ -1,0 +1,342 @@
+package relay
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+)
+
+// echoAcceptor relays every client it is handed to an echo backend, dialed
+// with DialNow, on the loop that accepted it. It counts the clients per
+// loop, and at limit open slots it refuses to admit (limit 0: no limit).
+type echoAcceptor struct {
+	t       *testing.T
+	eng     *EpollEngine
+	backend string
+
+	mu      sync.Mutex
+	perLoop map[Starter]int
+	handled chan string // the client's address, per Handle
+
+	limit    int64
+	slots    atomic.Int64
+	refused  chan struct{} // one per Admit that said no
+	acceptEr chan error
+}
+
+func newEchoAcceptor(t *testing.T, eng *EpollEngine, backend string) *echoAcceptor {
+	return &echoAcceptor{t: t, eng: eng, backend: backend, perLoop: make(map[Starter]int),
+		handled: make(chan string, 1024), refused: make(chan struct{}, 1024), acceptEr: make(chan error, 16)}
+}
+
+func (a *echoAcceptor) Admit() bool {
+	if a.limit > 0 && a.slots.Add(1) > a.limit {
+		a.slots.Add(-1)
+		a.refused <- struct{}{}
+		return false
+	}
+	return true
+}
+
+func (a *echoAcceptor) Unadmit() {
+	if a.limit > 0 {
+		a.slots.Add(-1)
+	}
+}
+
+func (a *echoAcceptor) AcceptError(err error) time.Duration {
+	a.acceptEr <- err
+	return time.Millisecond
+}
+
+func (a *echoAcceptor) Handle(s *Socket, on Starter) {
+	_, remote := s.AddrPorts()
+	a.mu.Lock()
+	a.perLoop[on]++
+	a.mu.Unlock()
+	b, err := a.eng.DialNow("tcp", a.backend)
+	if err != nil {
+		a.t.Errorf("DialNow %s: %v", a.backend, err)
+		s.Close()
+		a.Unadmit()
+		return
+	}
+	on.Start(Pair{Client: s, Backend: b.(*Socket), Header: []byte("hello\n"), Done: func(Stats) { a.Unadmit() }})
+	a.handled <- remote.String()
+}
+
+// echoBackend answers each connection's lines with the same lines.
+func echoBackend(t *testing.T) string {
+	t.Helper()
+	var tr testkit.Tracked
+	tr.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) { io.Copy(c, c); c.Close() }, testkit.WaitHandlers())
+	return tr.Addr()
+}
+
+// newLoopEngine is an epoll engine with n loops, closed at cleanup.
+func newLoopEngine(t *testing.T, n int) *EpollEngine {
+	t.Helper()
+	eng, err := NewEpollEngine(EpollOptions{Loops: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	return eng.(*EpollEngine)
+}
+
+// acceptOn gives each of eng's loops a socket of ln's group.
+func acceptOn(t *testing.T, eng *EpollEngine, a Acceptor) (*Accepting, string) {
+	t.Helper()
+	ln := testkit.Listen(t, "127.0.0.1:0")
+	lns, err := ListenGroup(ln, eng.Loops())
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := eng.Accept(lns, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	return x, ln.Addr().String()
+}
+
+// hello sends a line through a new relayed pair and checks the echo
+// (after the header the acceptor sends, echoed too). The reader is for
+// more lines.
+func hello(c net.Conn, line string) (*bufio.Reader, error) {
+	br := bufio.NewReader(c)
+	return br, echo(c, br, "hello\n", line)
+}
+
+// echo sends a line and checks that want, then the line, come back.
+func echo(c net.Conn, br *bufio.Reader, want, line string) error {
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return err
+	}
+	for _, want := range []string{want, line + "\n"} {
+		if want == "" {
+			continue
+		}
+		got, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return errors.New("got " + got + ", want " + want)
+		}
+	}
+	return nil
+}
+
+// Every loop accepts on its own socket of the group, and relays what it
+// accepted; clients from many addresses reach every loop.
+func TestAcceptOnLoops(t *testing.T) {
+	eng := newLoopEngine(t, 2)
+	a := newEchoAcceptor(t, eng, echoBackend(t))
+	_, addr := acceptOn(t, eng, a)
+	testkit.Parallel(t, 64, 16, func(i int) error {
+		c, err := testkit.DialFrom(testkit.ClientIP(i), addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(testkit.Guard))
+		_, err = hello(c, "client")
+		return err
+	})
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.perLoop) != 2 {
+		t.Errorf("clients per loop: %v, want both loops used", a.perLoop)
+	}
+}
+
+// At Admit's limit a loop stops accepting: the next client waits in the
+// backlog, and is accepted once Resume follows a free slot.
+func TestAcceptPausesAtAdmit(t *testing.T) {
+	eng := newLoopEngine(t, 1)
+	a := newEchoAcceptor(t, eng, echoBackend(t))
+	a.limit = 1
+	x, addr := acceptOn(t, eng, a)
+	first := testkit.Dial(t, "127.0.3.1", addr)
+	if _, err := hello(first, "first"); err != nil {
+		t.Fatal(err)
+	}
+	second := testkit.Dial(t, "127.0.3.2", addr) // completes in the backlog
+	testkit.Await(t, a.refused, "Admit was not asked for the second client")
+	if n := len(a.handled); n != 1 {
+		t.Fatalf("%d clients handled over the limit", n)
+	}
+	first.Close() // its Done frees the slot
+	testkit.WaitFor(t, "the first pair's slot freed", func() bool { return a.slots.Load() == 0 })
+	x.Resume()
+	second.SetDeadline(time.Now().Add(testkit.Guard))
+	if _, err := hello(second, "second"); err != nil {
+		t.Fatalf("second client after Resume: %v", err)
+	}
+}
+
+// Close stops every loop's accepting and closes the group; pairs already
+// relayed go on.
+func TestAcceptClose(t *testing.T) {
+	eng := newLoopEngine(t, 2)
+	a := newEchoAcceptor(t, eng, echoBackend(t))
+	x, addr := acceptOn(t, eng, a)
+	c := testkit.Dial(t, "127.0.3.3", addr)
+	br, err := hello(c, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-x.Done():
+	default:
+		t.Error("Done not closed after Close")
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Error("the group still accepts after Close")
+	}
+	if err := echo(c, br, "", "after"); err != nil {
+		t.Errorf("relayed pair after Close: %v", err)
+	}
+}
+
+// Accept needs a listener per loop, TCP ones.
+func TestAcceptNeedsAListenerPerLoop(t *testing.T) {
+	eng := newLoopEngine(t, 2)
+	a := newEchoAcceptor(t, eng, "127.0.0.1:1")
+	ln := testkit.Listen(t, "127.0.0.1:0")
+	if _, err := eng.Accept([]net.Listener{ln}, a); err == nil || !strings.Contains(err.Error(), "1 listeners for 2 loops") {
+		t.Errorf("one listener for two loops: %v", err)
+	}
+	ul, err := net.Listen("unix", t.TempDir()+"/s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	if _, err := eng.Accept([]net.Listener{ln, ul}, a); err == nil {
+		t.Error("a unix listener was taken")
+	}
+	if _, err := ListenGroup(ul, 2); err == nil {
+		t.Error("ListenGroup took a unix listener")
+	}
+}
+
+// DialNow connects only where connect(2) completes at once: loopback IP
+// literals. Anything else is ErrWouldBlock, before any packet is sent.
+func TestDialNow(t *testing.T) {
+	eng := newLoopEngine(t, 1)
+	for _, addr := range []string{"localhost:80", "192.0.2.1:80", "[2001:db8::1]:80"} {
+		if _, err := eng.DialNow("tcp", addr); !errors.Is(err, ErrWouldBlock) {
+			t.Errorf("DialNow %s: %v, want ErrWouldBlock", addr, err)
+		}
+	}
+	if _, err := eng.DialNow("unix", "/tmp/x"); !errors.Is(err, ErrWouldBlock) {
+		t.Errorf("DialNow unix: %v, want ErrWouldBlock", err)
+	}
+	dead := testkit.FreePort(t)
+	if _, err := eng.DialNow("tcp", dead); err == nil || errors.Is(err, ErrWouldBlock) || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("DialNow to a closed port: %v, want connection refused", err)
+	}
+	live := testkit.Listen(t, "127.0.0.1:0")
+	c, err := eng.DialNow("tcp", live.Addr().String())
+	if err != nil {
+		t.Fatalf("DialNow to a listener: %v", err)
+	}
+	if _, ok := c.(*Socket); !ok {
+		t.Errorf("DialNow returned a %T", c)
+	}
+	c.Close()
+}
+
+// ListenGroup keeps the listener's family and dual-stack setting: a group
+// on [::] takes IPv4 and IPv6 clients on every socket.
+func TestListenGroupDualStack(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::]:0")
+	if err != nil {
+		t.Skip("no IPv6:", err)
+	}
+	lns, err := ListenGroup(ln, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	got := make(chan string, 256)
+	for _, l := range lns {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				got <- c.RemoteAddr().String()
+				c.Close()
+			}
+		}()
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		c, err := net.Dial("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			t.Fatalf("dial %s: %v", host, err)
+		}
+		c.Close()
+		testkit.Await(t, got, "no socket of the group accepted a client from %s", host)
+	}
+}
+
+// Pair.HoldReplies (epoll engine): the backend's bytes wait for the
+// client's first bytes to pass the PROXY check. A client refused for a
+// header gets none of them; one that speaks gets them at once; a silent
+// one gets them when the hold ends.
+func TestEpollHoldReplies(t *testing.T) {
+	eng := newLoopEngine(t, 1)
+	r := newRig(t, eng)
+	hold := func(p *Pair) { p.RefuseProxy, p.HoldReplies = true, time.Hour }
+
+	refused := r.pair(hold)
+	write(t, refused.backend, "greeting\n") // a backend that speaks first
+	write(t, refused.client, "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+	refused.client.SetReadDeadline(time.Now().Add(testkit.Guard))
+	if got, _ := io.ReadAll(refused.client); len(got) != 0 {
+		t.Errorf("a client refused for its header got %q", got)
+	}
+	if st := refused.wait(t); !errors.Is(st.Err, ErrProxyHeader) || st.BytesOut != 0 {
+		t.Errorf("refused: Err %v, BytesOut %d", st.Err, st.BytesOut)
+	}
+
+	speaks := r.pair(hold)
+	write(t, speaks.backend, "greeting\n")
+	write(t, speaks.client, "GET / HTTP/1.1\r\n")
+	speaks.client.SetReadDeadline(time.Now().Add(testkit.Guard))
+	if got := string(readN(t, speaks.client, 9)); got != "greeting\n" {
+		t.Errorf("client that spoke got %q", got)
+	}
+	if got := string(readN(t, speaks.backend, 16)); got != "GET / HTTP/1.1\r\n" {
+		t.Errorf("backend got %q", got)
+	}
+	speaks.closeClean(t)
+
+	silent := r.pair(func(p *Pair) { p.RefuseProxy, p.HoldReplies = true, 30*time.Millisecond })
+	write(t, silent.backend, "greeting\n")
+	silent.client.SetReadDeadline(time.Now().Add(testkit.Guard))
+	if got := string(readN(t, silent.client, 9)); got != "greeting\n" {
+		t.Errorf("silent client got %q after the hold", got)
+	}
+	silent.closeClean(t)
+}

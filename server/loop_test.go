@@ -1,0 +1,91 @@
+package server
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	pp "github.com/pires/go-proxyproto"
+	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/internal/testkit"
+	"github.com/stickyd/stickyd/relay"
+	"go.uber.org/zap"
+)
+
+// twoLoops is an epoll engine with two loops: Serve gives each a socket
+// of the listener's SO_REUSEPORT group.
+func twoLoops() (relay.Engine, error) { return relay.NewEpollEngine(relay.EpollOptions{Loops: 2}) }
+
+// With an engine whose loops accept, a client of a loopback backend is
+// accepted, handshaken and relayed by one loop: no handshake goroutine.
+func TestHandshakesRunOnTheLoop(t *testing.T) {
+	b := startBackend(t, "b0")
+	r := startServer(t, Options{}, twoLoops, b)
+	testkit.Parallel(t, 40, 8, func(i int) error {
+		c, err := testkit.DialFrom(testkit.ClientIP(i), r.addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		testkit.Greeting(t, c) // a silent client: the backend speaks first
+		return nil
+	})
+	m := r.srv.Metrics()
+	if loop, g := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load(); loop != 40 || g != 0 {
+		t.Errorf("handshakes: %d on the loops, %d on goroutines; want 40 and 0", loop, g)
+	}
+	if lns := r.srv.Listeners(); len(lns) != 2 {
+		t.Errorf("Listeners() = %d sockets, want the group of 2", len(lns))
+	}
+}
+
+// What would wait goes to a handshake goroutine: a trusted upstream's
+// header, and a backend given by host name (not dialed from a loop).
+func TestHandshakesHandedOver(t *testing.T) {
+	b := startBackend(t, "b0")
+	r := startServer(t, Options{Trusted: local}, twoLoops, b)
+	hdr := pp.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 7}, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 80})
+	c := testkit.DialHeader(t, "tcp", r.addr, hdr)
+	if _, client, _ := testkit.Greeting(t, c); client.String() != "192.0.2.7:7" {
+		t.Errorf("backend saw %s", client)
+	}
+	c.Close()
+	if g := r.srv.Metrics().GoroutineHandshakes.Load(); g != 1 {
+		t.Errorf("trusted upstream: %d goroutine handshakes, want 1", g)
+	}
+
+	_, port, _ := net.SplitHostPort(b.Addr())
+	set, err := backend.NewSet([]backend.Spec{{Name: "byname", Address: "localhost:" + port}}, backend.Options{DialTimeout: time.Second}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := startServer(t, Options{}, twoLoops, b)
+	r2.srv.SetBackends(set)
+	c2 := testkit.Dial(t, "127.0.4.1", r2.addr)
+	if name, _, _ := testkit.Greeting(t, c2); name != "b0" {
+		t.Errorf("greeting from %q", name)
+	}
+	m := r2.srv.Metrics()
+	if loop, g := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load(); loop != 0 || g != 1 {
+		t.Errorf("host-name backend: %d on the loops, %d on goroutines; want 0 and 1", loop, g)
+	}
+}
+
+// A silent client on a loop is relayed at once, but the backend's first
+// bytes wait for its own: a PROXY header it sends late is refused, and it
+// gets nothing of the backend's.
+func TestLoopLateHeaderGetsNothing(t *testing.T) {
+	b := startBackend(t, "b0")
+	r := startServer(t, Options{SniffWait: time.Hour}, twoLoops, b)
+	c := testkit.Dial(t, "127.0.4.2", r.addr)
+	testkit.WaitFor(t, "the backend connected", func() bool { return len(b.Headers()) == 1 })
+	c.Write([]byte("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"))
+	if got, _ := testkit.ReadAll(t, c); got != "" {
+		t.Errorf("a client refused for a late header got %q", got)
+	}
+	testkit.WaitFor(t, "the refusal logged", func() bool { return len(r.refusals("127.0.4.2")) == 1 })
+	if e := r.refusals("127.0.4.2")[0]; !strings.Contains(e.ContextMap()["error"].(string), "PROXY header from untrusted peer") {
+		t.Errorf("refusal: %v", e.ContextMap())
+	}
+}
