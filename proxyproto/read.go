@@ -74,10 +74,16 @@ type Header struct {
 // bytes read past its end, which belong to the client's stream and must be
 // forwarded. The caller keeps ownership of conn (and closes it on error).
 func ReadHeader(conn net.Conn, timeout time.Duration) (*Header, []byte, error) {
+	return ReadHeaderAfter(conn, nil, timeout)
+}
+
+// ReadHeaderAfter is ReadHeader for a header whose first bytes, have, were
+// read from conn already (Split found them incomplete).
+func ReadHeaderAfter(conn net.Conn, have []byte, timeout time.Duration) (*Header, []byte, error) {
 	if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, nil, err
 	}
-	raw, rest, err := readRaw(conn)
+	raw, rest, err := readRaw(conn, have)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -124,10 +130,24 @@ func Parse(raw []byte) (*Header, error) {
 	return h, nil
 }
 
-// readRaw reads from conn until it holds one whole header, deciding its
-// length from the signature: v1 ends at CRLF, v2 carries its length.
-func readRaw(conn net.Conn) (raw, rest []byte, err error) {
-	buf := make([]byte, 0, 256)
+// Split returns the complete header at the start of buf and the bytes
+// after it (the client's stream); nil, nil, nil while buf holds only the
+// start of one; an error when buf cannot start one (ErrNoHeader), or
+// announces one too long. It never waits: for a server that reads what
+// has arrived, and hands the rest to ReadHeaderAfter.
+func Split(buf []byte) (raw, rest []byte, err error) {
+	need, err := headerLen(buf)
+	if err != nil || need == 0 || len(buf) < need {
+		return nil, nil, err
+	}
+	return buf[:need], buf[need:], nil
+}
+
+// readRaw reads from conn, after the bytes have read already, until it
+// holds one whole header, deciding its length from the signature: v1 ends
+// at CRLF, v2 carries its length.
+func readRaw(conn net.Conn, have []byte) (raw, rest []byte, err error) {
+	buf := append(make([]byte, 0, max(256, len(have))), have...)
 	for {
 		need, err := headerLen(buf)
 		if err != nil {

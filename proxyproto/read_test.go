@@ -251,3 +251,35 @@ func TestReadHeaderResetBeforeAnyByte(t *testing.T) {
 		t.Fatalf("err = %v, want ErrEmpty", err)
 	}
 }
+
+// Split finds a whole header at the start of what has arrived, says when
+// more is needed, and refuses what cannot be one; ReadHeaderAfter reads
+// on from the bytes Split found incomplete.
+func TestSplitThenReadHeaderAfter(t *testing.T) {
+	v2 := v2Header(t, "192.0.2.7:7", "192.0.2.1:80")
+	v1 := []byte("PROXY TCP4 192.0.2.7 192.0.2.1 7 80\r\n")
+	for _, hdr := range [][]byte{v1, v2} {
+		all := append(append([]byte{}, hdr...), "data"...)
+		raw, rest, err := Split(all)
+		if err != nil || !bytes.Equal(raw, hdr) || string(rest) != "data" {
+			t.Errorf("Split(whole): %q %q %v", raw, rest, err)
+		}
+		for _, n := range []int{0, 1, 5, len(hdr) - 1} {
+			if raw, rest, err := Split(hdr[:n]); raw != nil || rest != nil || err != nil {
+				t.Errorf("Split(%d of %d bytes) = %q %q %v, want more needed", n, len(hdr), raw, rest, err)
+			}
+		}
+		client, server := pipePair(t)
+		client.Write(all[5:])
+		h, rest, err := ReadHeaderAfter(server, hdr[:5], time.Second)
+		if err != nil || h.Source.String() != "192.0.2.7:7" || string(rest) != "data" {
+			t.Errorf("ReadHeaderAfter: %+v %q %v", h, rest, err)
+		}
+	}
+	if _, _, err := Split([]byte("GET / HTTP/1.1\r\n")); !errors.Is(err, ErrNoHeader) {
+		t.Errorf("Split(HTTP): %v, want ErrNoHeader", err)
+	}
+	if _, _, err := Split(append([]byte("PROXY TCP4 "), bytes.Repeat([]byte("1"), 120)...)); !errors.Is(err, ErrV1TooLong) {
+		t.Errorf("Split(long v1): %v, want ErrV1TooLong", err)
+	}
+}

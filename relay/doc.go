@@ -2,9 +2,10 @@
 // client connection and its backend connection until both directions end.
 //
 // The rest of stickyd sees the Engine interface and the socket seam. The
-// handler goroutine reads the client address, dials the backend and formats
-// the PROXY header (Pair.Header); then it hands both sockets to an Engine
-// with Start and returns. From that moment the Engine owns both
+// handshake reads the client address, dials the backend and formats the
+// PROXY header (Pair.Header); then it hands both sockets to an Engine with
+// Start (or, on the loop that accepted the client, to a Starter; see
+// Accept on the loops) and returns. From that moment the Engine owns both
 // connections: it closes them, and calls Pair.Done exactly once when the
 // pair is finished.
 //
@@ -44,7 +45,8 @@
 //
 // Loops. There are EpollOptions.Loops loops (default GOMAXPROCS), each a
 // goroutine with its own epoll set; Start spreads pairs round-robin (one
-// loop measured the same CPU per connection as two, on 2 cores). Each
+// loop measured the same CPU per connection as two, on 2 cores), and a
+// pair whose client a loop accepted stays there (Accept on the loops). Each
 // socket is registered once, edge-triggered, for EPOLLIN and EPOLLRDHUP,
 // and keeps readable/writable flags that events set and EAGAIN clears. A
 // socket is assumed writable until a write returns EAGAIN; only then is
@@ -114,6 +116,38 @@
 // the real deadline when it reaches the pair's slot and re-files it if it
 // was active, so the cost is one wheel operation per timeout period. The
 // loop's deadline is set for the next non-empty slot only.
+//
+// Accept on the loops. EpollEngine.Accept gives each loop listening
+// sockets of its own: the sockets of one SO_REUSEPORT group
+// (ListenGroup: the configured listener, given the option, and one more
+// socket bound beside it per extra loop), registered level-triggered in
+// that loop's epoll set. The kernel hands each new connection to one socket
+// of the group, so one loop wakes for it, accepts it (accept4, up to 32 per
+// event), and calls the Acceptor on its own goroutine. The server's
+// Acceptor runs the handshake there as far as it goes without waiting
+// (the sniff of what the client sent, a trusted upstream's header if it
+// has arrived whole, DialNow to a loopback backend, whose connect(2)
+// completes inside the call) and starts the pair on the same loop
+// (loopStarter: no inbox, no eventfd, no other goroutine). A connection is
+// accepted, handshaken and relayed by one thread, as in nginx and HAProxy;
+// what would wait (a backend off loopback or by host name, a header still
+// on its way) goes to a handshake goroutine and EpollEngine.Start.
+//
+// Why a group and not one listener in every loop's set: the loops' epoll
+// sets are themselves watched by the Go netpoller, and EPOLLEXCLUSIVE
+// does not reach through that nesting, so every loop would wake for every
+// connection. Another stickyd still gets "address already in use" (its
+// listener has no SO_REUSEPORT), and an upgrade hands the whole group over
+// (upgrade.Listener.Group): no socket of the group is ever closed with
+// connections in its queue while the service goes on.
+//
+// Admission. Acceptor.Admit takes a connection slot before each accept4; at
+// the limit the loop takes its listeners out of its set (clients wait in
+// the backlog) until Accepting.Resume. An accept error (EMFILE) pauses the
+// loop's accepting for the pause AcceptError returns. A silent client is
+// relayed at once with Pair.HoldReplies: its backend's bytes wait for the
+// client's first bytes to pass the PROXY check (Pair.RefuseProxy), or the
+// hold's end, checked by the wheel.
 //
 // Done. Callbacks run on one goroutine per loop, in close order, after both
 // sockets are closed: a slow callback delays the Done calls of its loop,

@@ -32,6 +32,8 @@ type client struct {
 	// hold: unchecked on a loop, without the wait for its first bytes: the
 	// engine holds the backend's bytes back meanwhile (HoldReplies).
 	hold bool
+	// upstream: a trusted upstream's header has been read (by a loop).
+	upstream bool
 }
 
 // newClient is what is known of conn when it is accepted.
@@ -143,7 +145,10 @@ func (s *Server) handshake(conn relay.Conn, c *client) (*backend.Backend, relay.
 			b, bconn, err = s.dial(c)
 		}
 	case s.trusted(c.peer.Addr()):
-		if err = s.readUpstreamHeader(conn, c); err == nil {
+		if !c.upstream {
+			err = s.readUpstreamHeader(conn, c)
+		}
+		if err == nil {
 			b, bconn, err = s.dial(c)
 		}
 	default:
@@ -167,9 +172,10 @@ func (s *Server) formatHeader(c *client, b *backend.Backend, bconn net.Conn) (*b
 	return b, bconn.(relay.Conn), nil
 }
 
-// readUpstreamHeader reads the PROXY header a trusted upstream must send.
+// readUpstreamHeader reads the PROXY header a trusted upstream must send,
+// after its first bytes in c.pending if a loop read them (loop.go).
 func (s *Server) readUpstreamHeader(conn relay.Conn, c *client) error {
-	h, rest, err := proxyproto.ReadHeader(conn, s.opts.headerTimeout())
+	h, rest, err := proxyproto.ReadHeaderAfter(conn, c.pending, s.opts.headerTimeout())
 	if errors.Is(err, proxyproto.ErrEmpty) {
 		return errQuiet // a port probe
 	}
@@ -177,21 +183,27 @@ func (s *Server) readUpstreamHeader(conn relay.Conn, c *client) error {
 		s.metrics.headerError(err)
 		return err
 	}
-	c.pending = rest
+	s.useUpstreamHeader(c, h, rest)
+	return nil
+}
+
+// useUpstreamHeader takes the client's address from a trusted upstream's
+// header; rest are the client's first bytes.
+func (s *Server) useUpstreamHeader(c *client, h *proxyproto.Header, rest []byte) {
+	c.pending, c.upstream = rest, true
 	c.tlvs = h.TLVs
 	if !s.opts.ForwardTLVs {
 		c.tlvs = nil
 	}
 	if h.Local || !h.Source.IsValid() {
 		c.via = "local" // health check or non-IP family: the socket is the client
-		return nil
+		return
 	}
 	c.addr, c.dst = h.Source, h.Destination
 	c.via = "proxy-v1"
 	if h.Version == 2 {
 		c.via = "proxy-v2"
 	}
-	return nil
 }
 
 func (s *Server) dial(c *client) (*backend.Backend, net.Conn, error) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stickyd/stickyd/backend"
+	"github.com/stickyd/stickyd/proxyproto"
 	"github.com/stickyd/stickyd/relay"
 	"go.uber.org/zap"
 )
@@ -144,11 +145,15 @@ func (a loopAcceptor) Handle(conn *relay.Socket, on relay.Starter) {
 	s.open.Add(1)
 	c := newClient(conn)
 	s.metrics.LoopHandshakes.Add(1) // undone by a hand-over
+	settled, err := false, error(nil)
 	if s.trusted(c.peer.Addr()) {
-		s.handOver(conn, c) // the upstream's header may still be on its way
-		return
+		if settled, err = s.upstreamHeaderNow(conn, c); err == nil && !settled {
+			s.handOver(conn, c) // the rest of the header is on its way
+			return
+		}
+	} else {
+		settled, err = s.sniffNow(conn, c)
 	}
-	settled, err := s.sniffNow(conn, c)
 	if err != nil {
 		s.refuse(conn, c, err)
 		return
@@ -185,6 +190,34 @@ func (a loopAcceptor) Handle(conn *relay.Socket, on relay.Starter) {
 		return
 	}
 	s.relay(on, conn, c, relayed, rconn)
+}
+
+// upstreamHeaderNow reads what a trusted upstream has sent so far (into
+// c.pending) and, when that holds its whole PROXY header, uses it: true.
+// False with a nil error: the rest is to come (ReadHeaderAfter goes on
+// from c.pending).
+func (s *Server) upstreamHeaderNow(conn relay.Conn, c *client) (bool, error) {
+	buf := sniffBufs.Get().(*[sniffSize]byte)
+	n, rerr := relay.ReadNow(conn, buf[:])
+	c.pending = append(c.pending, buf[:n]...)
+	sniffBufs.Put(buf)
+	raw, rest, err := proxyproto.Split(c.pending)
+	switch {
+	case err != nil:
+		s.metrics.headerError(err)
+		return false, err
+	case raw == nil && rerr != nil && len(c.pending) == 0:
+		return false, errQuiet // a port probe
+	case raw == nil:
+		return false, nil // the goroutine meets a read error again
+	}
+	h, err := proxyproto.Parse(raw)
+	if err != nil {
+		s.metrics.headerError(err)
+		return false, err
+	}
+	s.useUpstreamHeader(c, h, rest)
+	return true, nil
 }
 
 // handOver gives a loop's handshake to a goroutine (which counts it).

@@ -40,8 +40,10 @@ func TestHandshakesRunOnTheLoop(t *testing.T) {
 	}
 }
 
-// What would wait goes to a handshake goroutine: a trusted upstream's
-// header, and a backend given by host name (not dialed from a loop).
+// A trusted upstream's header that has arrived whole is read on the loop;
+// one still on its way goes to a handshake goroutine, which reads on from
+// the bytes the loop took. So does a backend given by host name (not
+// dialed from a loop).
 func TestHandshakesHandedOver(t *testing.T) {
 	b := startBackend(t, "b0")
 	r := startServer(t, Options{Trusted: local}, twoLoops, b)
@@ -51,9 +53,26 @@ func TestHandshakesHandedOver(t *testing.T) {
 		t.Errorf("backend saw %s", client)
 	}
 	c.Close()
-	if g := r.srv.Metrics().GoroutineHandshakes.Load(); g != 1 {
-		t.Errorf("trusted upstream: %d goroutine handshakes, want 1", g)
+	m := r.srv.Metrics()
+	if loop, g := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load(); loop != 1 || g != 0 {
+		t.Errorf("whole upstream header: %d on the loops, %d on goroutines; want 1 and 0", loop, g)
 	}
+	raw, err := hdr.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	split := testkit.Dial(t, "127.0.0.1", r.addr)
+	split.Write(raw[:5])
+	testkit.WaitFor(t, "the loop handed the split header over", func() bool { return m.GoroutineHandshakes.Load() == 1 })
+	split.Write(append(raw[5:], "ping\n"...))
+	_, client, br := testkit.Greeting(t, split)
+	if client.String() != "192.0.2.7:7" {
+		t.Errorf("split header: backend saw %s", client)
+	}
+	if line, _ := br.ReadString('\n'); line != "ping\n" {
+		t.Errorf("split header: echo %q", line)
+	}
+	split.Close()
 
 	_, port, _ := net.SplitHostPort(b.Addr())
 	set, err := backend.NewSet([]backend.Spec{{Name: "byname", Address: "localhost:" + port}}, backend.Options{DialTimeout: time.Second}, zap.NewNop())
@@ -66,7 +85,7 @@ func TestHandshakesHandedOver(t *testing.T) {
 	if name, _, _ := testkit.Greeting(t, c2); name != "b0" {
 		t.Errorf("greeting from %q", name)
 	}
-	m := r2.srv.Metrics()
+	m = r2.srv.Metrics()
 	if loop, g := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load(); loop != 0 || g != 1 {
 		t.Errorf("host-name backend: %d on the loops, %d on goroutines; want 0 and 1", loop, g)
 	}
