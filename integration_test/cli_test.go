@@ -229,3 +229,20 @@ func TestCheckConfigAdminTokenAgrees(t *testing.T) {
 		}
 	}
 }
+
+// The listener's SO_REUSEPORT group (a socket per event loop) does not
+// let a second stickyd share the port: it still gets "address already in
+// use", while the first one serves on.
+func TestSecondInstanceOnTheSamePortRefused(t *testing.T) {
+	b := testkit.StartBackend(t, "only")
+	p := startStickyd(t, "--backend", b.Flag())
+	code, _, stderr := runStickyd(t, t.TempDir(), nil, "", "--listen", p.addr, "--backend", b.Addr())
+	if code != 1 || !strings.Contains(stderr, "address already in use") {
+		t.Errorf("second instance on %s: exit %d, stderr %q", p.addr, code, stderr)
+	}
+	c := testkit.Dial(t, "127.0.5.1", p.addr)
+	if name, _, _ := testkit.Greeting(t, c); name != "only" {
+		t.Errorf("first instance after the attempt: greeting from %q", name)
+	}
+	c.Close()
+}
