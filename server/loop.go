@@ -131,10 +131,13 @@ func (a loopAcceptor) Unadmit() {
 }
 
 // AcceptError implements relay.Acceptor: the pause is the goroutine accept
-// loop's backoff, from 5 ms.
+// loop's backoff, from 5 ms to 1 s while errors follow each other (a
+// connection accepted starts it again).
 func (a loopAcceptor) AcceptError(err error) time.Duration {
-	a.s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", 5*time.Millisecond))
-	return 5 * time.Millisecond
+	d := nextBackoff(time.Duration(a.s.acceptBackoff.Load()))
+	a.s.acceptBackoff.Store(int64(d))
+	a.s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", d))
+	return d
 }
 
 // Handle implements relay.Acceptor: the handshake on the loop, as far as
@@ -143,6 +146,9 @@ func (a loopAcceptor) Handle(conn *relay.Socket, on relay.Starter) {
 	s := a.s
 	s.conns.Add(1)
 	s.open.Add(1)
+	if s.acceptBackoff.Load() != 0 {
+		s.acceptBackoff.Store(0)
+	}
 	c := newClient(conn)
 	s.metrics.LoopHandshakes.Add(1) // undone by a hand-over
 	settled, err := false, error(nil)

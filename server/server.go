@@ -101,12 +101,13 @@ type Server struct {
 	ctx    context.Context // cancelled when the drain period ends
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	listeners  map[io.Closer]struct{}                          // net.Listeners, *relay.Accepting; guarded by mu
-	closing    bool                                            // guarded by mu
-	accepting  atomic.Pointer[[]*relay.Accepting]              // the loops' (loop.go); written under mu
-	loopDial   func(network, address string) (net.Conn, error) // the engine's DialNow
-	loopDialer backend.DialFunc                                // s.dialNow, made once
+	mu            sync.Mutex
+	listeners     map[io.Closer]struct{}                          // net.Listeners, *relay.Accepting; guarded by mu
+	closing       bool                                            // guarded by mu
+	accepting     atomic.Pointer[[]*relay.Accepting]              // the loops' (loop.go); written under mu
+	loopDial      func(network, address string) (net.Conn, error) // the engine's DialNow
+	loopDialer    backend.DialFunc                                // s.dialNow, made once
+	acceptBackoff atomic.Int64                                    // the loops' accept error backoff (ns); 0 after an accept
 
 	conns sync.WaitGroup // handshakes and relayed pairs
 	open  atomic.Int64   // client connections open now
