@@ -164,26 +164,15 @@ func (a loopAcceptor) Handle(conn *relay.Socket, on relay.Starter) {
 		s.refuse(conn, c, err)
 		return
 	}
-	b, bconn, err := s.dialBy(c, s.loopDialer)
-	if errors.Is(err, backend.ErrWouldBlock) {
+	b, bconn, settled, err := s.dialNowSniffing(conn, c, settled)
+	switch {
+	case errors.Is(err, backend.ErrWouldBlock):
 		s.handOver(conn, c) // dialed from a goroutine, which may wait
 		return
-	}
-	if err == nil && !settled {
-		if settled, err = s.sniffNow(conn, c); err != nil {
-			bconn.Close()
-			b.Release()
-		}
-	} else if err != nil && !settled { // a header sent during the dial is the first news
-		if _, serr := s.sniffNow(conn, c); serr != nil {
-			err = serr
-		}
-	}
-	if err != nil {
+	case err != nil:
 		s.refuse(conn, c, err)
 		return
-	}
-	if !settled && len(c.pending) > 0 { // could start a header: wait for the rest
+	case !settled && len(c.pending) > 0: // could start a header: wait for the rest
 		s.spawnSniff(conn, c, b, bconn)
 		return
 	}
@@ -196,6 +185,28 @@ func (a loopAcceptor) Handle(conn *relay.Socket, on relay.Starter) {
 		return
 	}
 	s.relay(on, conn, c, relayed, rconn)
+}
+
+// dialNowSniffing dials c's backend from the loop (backend.ErrWouldBlock
+// where that would wait) and, for a client whose sniff is not settled,
+// looks again at what it has sent meanwhile: a header sent during the dial
+// refuses it (the backend connection closed), and is the first news when
+// the dial failed.
+func (s *Server) dialNowSniffing(conn relay.Conn, c *client, settled bool) (*backend.Backend, net.Conn, bool, error) {
+	b, bconn, err := s.dialBy(c, s.loopDialer)
+	switch {
+	case errors.Is(err, backend.ErrWouldBlock) || settled:
+	case err == nil:
+		if settled, err = s.sniffNow(conn, c); err != nil {
+			bconn.Close()
+			b.Release()
+		}
+	default:
+		if _, serr := s.sniffNow(conn, c); serr != nil {
+			err = serr
+		}
+	}
+	return b, bconn, settled, err
 }
 
 // upstreamHeaderNow reads what a trusted upstream has sent so far (into
