@@ -32,11 +32,12 @@ import (
 // serveLoops accepts on lns from the engine's loops until Shutdown.
 func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {
 	x, err := la.Accept(lns, loopAcceptor{s})
-	if err != nil {
-		for _, ln := range lns {
-			ln.Close()
+	if err != nil { // a descriptor could not be duplicated (EMFILE?)
+		s.log.Warn("event loops cannot accept; one goroutine accepts for all", zap.Error(err))
+		for _, ln := range lns[1:] {
+			go s.serve(ln)
 		}
-		return err
+		return s.serve(lns[0])
 	}
 	if !s.track(x) {
 		x.Close()
@@ -108,27 +109,11 @@ func (s *Server) Listeners() []net.Listener {
 type loopAcceptor struct{ s *Server }
 
 // Admit implements relay.Acceptor: a connection slot (MaxConnections).
-func (a loopAcceptor) Admit() bool {
-	s := a.s
-	if s.slots == nil {
-		return true
-	}
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	default:
-		s.metrics.LimitWaits.Add(1)
-		s.logCapReached()
-		return false
-	}
-}
+func (a loopAcceptor) Admit() bool { return a.s.tryAcquire() }
 
-// Unadmit implements relay.Acceptor.
-func (a loopAcceptor) Unadmit() {
-	if a.s.slots != nil {
-		<-a.s.slots
-	}
-}
+// Unadmit implements relay.Acceptor. The slot may be the one another loop,
+// paused at the cap meanwhile, waits for: it is resumed.
+func (a loopAcceptor) Unadmit() { a.s.releaseSlot() }
 
 // AcceptError implements relay.Acceptor: the pause is the goroutine accept
 // loop's backoff, from 5 ms to 1 s while errors follow each other (a

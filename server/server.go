@@ -2,7 +2,8 @@
 // accepts a client, finds its real address (socket, trusted upstream PROXY
 // header, or an HTTP header), asks the backend set for that address's
 // backend, writes the PROXY header to it and hands both sockets to the relay
-// engine.
+// engine. With the epoll engine, each event loop accepts and handshakes its
+// own clients (loop.go); handshake goroutines take what would wait.
 //
 //	srv := server.New(server.Options{...}, set, relay.NewGoroutineEngine(), log)
 //	go srv.Serve(ln)          // returns ErrServerClosed after Shutdown
@@ -117,6 +118,7 @@ type Server struct {
 
 	capLogged atomic.Int64 // unix nanos of the last "max_connections reached" line
 	capWaits  atomic.Int64 // pauses at the cap since that line
+	capFull   atomic.Bool  // at the cap since the last slot taken: the pause is counted
 
 	hints hintLimiter // the PROXY hint, per backend
 }
@@ -269,20 +271,36 @@ func nextBackoff(d time.Duration) time.Duration {
 // acquire takes a connection slot, blocking at MaxConnections. It returns
 // false once the server is shutting down.
 func (s *Server) acquire() bool {
+	if s.tryAcquire() {
+		return true
+	}
+	select {
+	case s.slots <- struct{}{}:
+		s.capFull.Store(false)
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+// tryAcquire takes a connection slot if one is free; at MaxConnections it
+// returns false, and counts and reports a pause once until a slot is
+// taken again (the loops ask again, and ask each, at one cap).
+func (s *Server) tryAcquire() bool {
 	if s.slots == nil {
 		return true
 	}
 	select {
 	case s.slots <- struct{}{}:
+		if s.capFull.Load() {
+			s.capFull.Store(false)
+		}
 		return true
 	default:
-		s.metrics.LimitWaits.Add(1)
-		s.logCapReached()
-	}
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	case <-s.ctx.Done():
+		if !s.capFull.Swap(true) {
+			s.metrics.LimitWaits.Add(1)
+			s.logCapReached()
+		}
 		return false
 	}
 }

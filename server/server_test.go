@@ -133,6 +133,9 @@ func TestMaxConnectionsPausesAccept(t *testing.T) {
 		if n := r.srv.Open(); n != 2 {
 			t.Errorf("Open() = %d at the cap, want 2", n)
 		}
+		if n := r.srv.Metrics().LimitWaits.Load(); n != 1 {
+			t.Errorf("LimitWaits = %d at the cap, want 1 (one pause)", n)
+		}
 		first.Close()
 		if line := testkit.Await(t, greeted, "accepting did not resume after a connection ended"); !strings.HasPrefix(line, "b0 127.0.1.3:") {
 			t.Errorf("third connection got %q", line)
