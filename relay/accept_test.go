@@ -340,3 +340,20 @@ func TestEpollHoldReplies(t *testing.T) {
 	}
 	silent.closeClean(t)
 }
+
+// A client that began a PROXY signature and stalls past the hold is
+// refused as if it had sent it: it never sees the backend's bytes.
+func TestEpollHoldRefusesAStalledSignature(t *testing.T) {
+	eng := newLoopEngine(t, 1)
+	r := newRig(t, eng)
+	e := r.pair(func(p *Pair) { p.RefuseProxy, p.HoldReplies = true, 30*time.Millisecond })
+	write(t, e.backend, "greeting\n")
+	write(t, e.client, "PROX")
+	e.client.SetReadDeadline(time.Now().Add(testkit.Guard))
+	if got, _ := io.ReadAll(e.client); len(got) != 0 {
+		t.Errorf("a client stalled mid-signature got %q", got)
+	}
+	if st := e.wait(t); !errors.Is(st.Err, ErrProxyHeader) {
+		t.Errorf("Err %v, want ErrProxyHeader", st.Err)
+	}
+}

@@ -147,7 +147,8 @@
 // loop's accepting for the pause AcceptError returns. A silent client is
 // relayed at once with Pair.HoldReplies: its backend's bytes wait for the
 // client's first bytes to pass the PROXY check (Pair.RefuseProxy), or the
-// hold's end, checked by the wheel.
+// hold's end, checked by the wheel (a client then stalled in the middle of
+// a signature is refused).
 //
 // Done. Callbacks run on one goroutine per loop, in close order, after both
 // sockets are closed: a slow callback delays the Done calls of its loop,

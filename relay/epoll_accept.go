@@ -155,7 +155,9 @@ func (x *Accepting) Done() <-chan struct{} { return x.done }
 func (x *Accepting) Listeners() []net.Listener { return x.lns }
 
 // Close stops accepting: once every loop has let go of its listeners, it
-// closes them. Connections accepted before keep going. Idempotent.
+// closes them. Connections accepted before keep going. Idempotent. It
+// waits for the loops, so it must not be called from one (an Acceptor's
+// method or an inline Done).
 func (x *Accepting) Close() error {
 	var err error
 	x.once.Do(func() {

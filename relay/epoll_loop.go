@@ -403,6 +403,8 @@ func (l *epLoop) expire(p *epPair) {
 	case d == 0:
 	case d > l.now:
 		l.wheel.add(p, d)
+	case why == errHoldOver && p.partial: // mid-signature all along: no time to wait
+		l.finish(p, fmt.Errorf("relay: client: %w", ErrProxyHeader))
 	case why == errHoldOver: // the backend's bytes may go now
 		p.hold = 0
 		l.service(p)

@@ -64,11 +64,12 @@ type epPair struct {
 	firstByte int32 // Pair.FirstByte in milliseconds; 0: none
 	// hold is the loop time until which the backend's bytes wait for the
 	// client's check (Pair.HoldReplies; a duration until adopt); 0: none.
-	hold   int64
-	half   bool // one flow has ended: linger applies
-	closed bool
-	queued bool // in the loop's ready list
-	filed  bool // in the wheel
+	hold    int64
+	partial bool // the client's bytes so far could start a PROXY signature
+	half    bool // one flow has ended: linger applies
+	closed  bool
+	queued  bool // in the loop's ready list
+	filed   bool // in the wheel
 }
 
 // deadline is the loop time at which p times out, or 0 for never.
@@ -160,6 +161,7 @@ func (l *epLoop) checkClient(p *epPair, f *epFlow, src *epSock) (bool, error) {
 		return false, fmt.Errorf("relay: client: %w", ErrProxyHeader)
 	case maybe:
 		src.readable = false
+		p.partial = true
 		return false, nil
 	}
 	f.first = 0

@@ -98,7 +98,9 @@ type Pair struct {
 	// the client until the client's first bytes have passed the check, or
 	// for this long (resolution as for Idle): a client refused for a PROXY
 	// header then gets none of the backend's bytes, while a backend that
-	// speaks first still reaches a silent client. For the pairs a loop's
+	// speaks first still reaches a silent client. A client whose bytes
+	// could still start a signature when the hold ends is refused like
+	// one that sent it (ErrProxyHeader). For the pairs a loop's
 	// Acceptor starts (the handshake of a client silent so far); the
 	// goroutine engine, whose server sniffs such clients before Start,
 	// ignores it.
