@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"runtime"
+
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/relay"
 	"go.uber.org/zap"
@@ -12,6 +14,11 @@ import (
 // the Go runtime's, the admin API and its clients, health checks, DNS,
 // worker pipes and log files.
 const fdReserve = 128
+
+// fdsPerLoop are the descriptors each event loop of the epoll engine holds
+// besides its connections: its epoll set and eventfd, its socket of the
+// listener's SO_REUSEPORT group and that socket's duplicate.
+const fdsPerLoop = 4
 
 // fdBudget splits the open-file limit between client connections and the
 // epoll engine's splice pipes, so that at the connection cap every
@@ -26,11 +33,18 @@ type fdBudget struct {
 // limit. A max_connections the limit cannot hold is lowered to what it
 // can, with a warning that says how to fix it.
 func newFDBudget(cfg *config.Config, log *zap.Logger) fdBudget {
-	b := fdBudget{pipes: relay.DefaultMaxPipes}
+	limit := 0
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && lim.Cur <= 1<<24 {
-		b.limit = int(lim.Cur)
+		limit = int(lim.Cur)
 	}
+	return budgetFor(limit, runtime.GOMAXPROCS(0), cfg, log)
+}
+
+// budgetFor is newFDBudget under an open-file limit (0: unknown) for an
+// engine of loops event loops.
+func budgetFor(limit, loops int, cfg *config.Config, log *zap.Logger) fdBudget {
+	b := fdBudget{pipes: relay.DefaultMaxPipes, limit: limit}
 	perConn := 2 // epoll engine: two sockets, plus the engine's pipes
 	if cfg.EngineName() == "goroutine" {
 		perConn, b.pipes = 6, 0 // two sockets and two splice pipes each
@@ -43,7 +57,8 @@ func newFDBudget(cfg *config.Config, log *zap.Logger) fdBudget {
 	if b.limit == 0 {
 		return b
 	}
-	fits := max(1, (b.limit-fdReserve-2*b.pipes)/perConn)
+	reserve := fdReserve + fdsPerLoop*loops
+	fits := max(1, (b.limit-reserve-2*b.pipes)/perConn)
 	switch {
 	case b.conns == 0:
 		b.conns = fits
@@ -51,7 +66,7 @@ func newFDBudget(cfg *config.Config, log *zap.Logger) fdBudget {
 		log.Warn("max_connections is more than the open-file limit allows; lowered",
 			zap.Int("max_connections", cfg.MaxConnections), zap.Int("lowered_to", fits),
 			zap.Int("open_file_limit", b.limit),
-			zap.Int("needs_open_files", b.conns*perConn+2*b.pipes+fdReserve),
+			zap.Int("needs_open_files", b.conns*perConn+2*b.pipes+reserve),
 			zap.String("fix", "raise the limit (ulimit -n, systemd LimitNOFILE=) or lower max_connections"))
 		b.conns = fits
 	}
