@@ -108,3 +108,22 @@ func TestLoopLateHeaderGetsNothing(t *testing.T) {
 		t.Errorf("refusal: %v", e.ContextMap())
 	}
 }
+
+// Many clients through a small MaxConnections on two loops: every one is
+// served in turn, whichever loop's socket the kernel gave it to, however
+// the loops' pauses and resumes interleave.
+func TestLoopsShareMaxConnections(t *testing.T) {
+	b := startBackend(t, "b0")
+	r := startServer(t, Options{MaxConnections: 3, SniffWait: 10 * time.Millisecond}, twoLoops, b)
+	testkit.Parallel(t, 120, 24, func(i int) error {
+		c, err := testkit.DialFrom(testkit.ClientIP(i), r.addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(testkit.Guard))
+		testkit.Greeting(t, c)
+		return nil
+	})
+	testkit.WaitFor(t, "every connection closed", func() bool { return r.srv.Open() == 0 })
+}
