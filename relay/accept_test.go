@@ -242,9 +242,20 @@ func TestDialNow(t *testing.T) {
 			t.Errorf("DialNow %s: %v, want ErrWouldBlock", addr, err)
 		}
 	}
-	if _, err := eng.DialNow("unix", "/tmp/x"); !errors.Is(err, ErrWouldBlock) {
-		t.Errorf("DialNow unix: %v, want ErrWouldBlock", err)
+	dir := t.TempDir()
+	if _, err := eng.DialNow("unix", dir+"/none"); err == nil || errors.Is(err, ErrWouldBlock) {
+		t.Errorf("DialNow to a missing unix socket: %v, want an error", err)
 	}
+	ul, err := net.Listen("unix", dir+"/s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	uc, err := eng.DialNow("unix", dir+"/s")
+	if err != nil {
+		t.Fatalf("DialNow to a unix listener: %v", err)
+	}
+	uc.Close()
 	dead := testkit.FreePort(t)
 	if _, err := eng.DialNow("tcp", dead); err == nil || errors.Is(err, ErrWouldBlock) || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("DialNow to a closed port: %v, want connection refused", err)
@@ -355,5 +366,35 @@ func TestEpollHoldRefusesAStalledSignature(t *testing.T) {
 	}
 	if st := e.wait(t); !errors.Is(st.Err, ErrProxyHeader) {
 		t.Errorf("Err %v, want ErrProxyHeader", st.Err)
+	}
+}
+
+// A unix socket dialed by DialNow is relayed like a TCP one.
+func TestDialNowUnixRelays(t *testing.T) {
+	eng := newLoopEngine(t, 1)
+	ul, err := net.Listen("unix", t.TempDir()+"/echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr testkit.Tracked
+	tr.Serve(t, ul, func(c net.Conn) { io.Copy(c, c); c.Close() }, testkit.WaitHandlers())
+	front := listen(t)
+	client, accepted := dialAccept(t, front)
+	defer client.Close()
+	b, err := eng.DialNow("unix", ul.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Stats, 1)
+	eng.Start(Pair{Client: accepted, Backend: b.(Conn), Header: []byte("hi\n"), Done: func(s Stats) { done <- s }})
+	client.SetDeadline(time.Now().Add(testkit.Guard))
+	write(t, client, "there\n")
+	if got := string(readN(t, client, 9)); got != "hi\nthere\n" {
+		t.Errorf("through the unix backend: %q", got)
+	}
+	client.CloseWrite()
+	expectEOF(t, client)
+	if st := testkit.Await(t, done, "Done not called"); st.Err != nil || st.BytesIn != 6 {
+		t.Errorf("Stats %+v", st)
 	}
 }

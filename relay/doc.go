@@ -126,8 +126,8 @@
 // event), and calls the Acceptor on its own goroutine. The server's
 // Acceptor runs the handshake there as far as it goes without waiting
 // (the sniff of what the client sent, a trusted upstream's header if it
-// has arrived whole, DialNow to a loopback backend, whose connect(2)
-// completes inside the call) and starts the pair on the same loop
+// has arrived whole, DialNow to a loopback or unix-socket backend, whose
+// connect(2) completes inside the call) and starts the pair on the same loop
 // (loopStarter: no inbox, no eventfd, no other goroutine). A connection is
 // accepted, handshaken and relayed by one thread, as in nginx and HAProxy;
 // what would wait (a backend off loopback or by host name, a header still

@@ -339,11 +339,15 @@ var ErrWouldBlock = errors.New("relay: the dial would wait")
 
 // DialNow connects like DialTimeout, but only where connect(2) completes
 // at once: to a loopback IP literal, whose three-way handshake runs inside
-// the call. Anything else (another address, a host name, a unix socket, a
-// loopback listener whose backlog is full) returns ErrWouldBlock before
-// any packet is sent, or with the attempt abandoned. It never waits, so a
-// loop's Acceptor may call it.
+// the call, or to a unix socket. Anything else (another address, a host
+// name, a listener whose backlog is full) returns ErrWouldBlock before any
+// packet is sent, or with the attempt abandoned. It never waits, so a
+// loop's Acceptor may call it. The Socket of a unix connection is for
+// Start only (its addresses are not IP ones, and it cannot be converted).
 func (e *EpollEngine) DialNow(network, address string) (net.Conn, error) {
+	if network == "unix" {
+		return e.dialUnixNow(address)
+	}
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || !ap.Addr().Unmap().IsLoopback() || network != "tcp" && network != "tcp4" && network != "tcp6" {
 		return nil, ErrWouldBlock
@@ -368,6 +372,26 @@ func (e *EpollEngine) DialNow(network, address string) (net.Conn, error) {
 		return nil, ErrWouldBlock
 	}
 	return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", errno)}
+}
+
+// dialUnixNow connects a non-blocking unix stream socket to path: done
+// inside connect(2), or EAGAIN when the listener's backlog is full
+// (ErrWouldBlock).
+func (e *EpollEngine) dialUnixNow(path string) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: os.NewSyscallError("socket", err)}
+	}
+	switch err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err {
+	case nil:
+		return &Socket{fd: fd, eng: e}, nil
+	case unix.EAGAIN, unix.EINPROGRESS:
+		unix.Close(fd)
+		return nil, ErrWouldBlock
+	default:
+		unix.Close(fd)
+		return nil, &net.OpError{Op: "dial", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: os.NewSyscallError("connect", err)}
+	}
 }
 
 // LoopAcceptor is an Engine whose loops accept connections themselves:

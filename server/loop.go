@@ -16,18 +16,21 @@ import (
 // engine, relay.LoopAcceptor), Serve gives each loop a listening socket of
 // its own (relay.ListenGroup, SO_REUSEPORT), and a client's handshake runs
 // on the loop that accepted it, as far as it can without waiting: the
-// sniff of what the client has sent, the pick and connect(2) of a backend
-// on a loopback address (which completes inside the call), the PROXY
-// header; then the pair starts on that same loop. One connection, one
-// thread, no hand-off: as nginx and HAProxy do with a listener per worker.
+// sniff of what the client has sent (or a trusted upstream's PROXY header,
+// when it has arrived whole), the pick and connect(2) of a backend on a
+// loopback address or a unix socket (which completes inside the call), the
+// PROXY header; then the pair starts on that same loop. One connection,
+// one thread, no hand-off: as nginx and HAProxy do with a listener per
+// worker.
 //
 // What would wait goes to a handshake goroutine, as with the goroutine
-// accept loop (Serve's other path): a trusted upstream's PROXY header, a
-// backend that is not on loopback (or given by host name, or a unix
-// socket), and a client whose first bytes could start a PROXY header but
-// do not tell yet. A client still silent once its backend is connected is
-// relayed at once with relay.Pair.RefuseProxy: the engine refuses its
-// first bytes if they are a PROXY header, and the backend gets none.
+// accept loop (Serve's other path): an upstream's header still on its way,
+// a backend that is not on loopback (or given by host name), and a client
+// whose first bytes could start a PROXY header but do not tell yet. A
+// client still silent once its backend is connected is relayed at once
+// with relay.Pair.RefuseProxy and HoldReplies: the engine refuses its
+// first bytes if they are a PROXY header (the backend gets none), and
+// holds the backend's bytes back until they pass, or Options.SniffWait.
 
 // serveLoops accepts on lns from the engine's loops until Shutdown.
 func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {

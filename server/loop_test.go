@@ -127,3 +127,36 @@ func TestLoopsShareMaxConnections(t *testing.T) {
 	})
 	testkit.WaitFor(t, "every connection closed", func() bool { return r.srv.Open() == 0 })
 }
+
+// A backend on a unix socket (launched workers with socket_dir) is dialed
+// from the loop too: connect(2) on a unix socket never waits.
+func TestUnixBackendOnTheLoop(t *testing.T) {
+	ul, err := net.Listen("unix", t.TempDir()+"/w0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := testkit.ServeBackend(t, "w0", ul, testkit.WaitHandlers(), testkit.ConnTimeout(testkit.Guard))
+	set, err := backend.NewSet([]backend.Spec{{Name: "w0", Address: "unix:" + ul.Addr().String()}}, backend.Options{DialTimeout: time.Second}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startServer(t, Options{}, twoLoops, startBackend(t, "unused"))
+	r.srv.SetBackends(set)
+	c := testkit.Dial(t, "127.0.4.3", r.addr)
+	c.Write([]byte("ping\n"))
+	name, client, br := testkit.Greeting(t, c)
+	if name != "w0" || client.Addr().String() != "127.0.4.3" {
+		t.Errorf("greeting %q %s", name, client)
+	}
+	if line, _ := br.ReadString('\n'); line != "ping\n" {
+		t.Errorf("echo %q", line)
+	}
+	c.Close()
+	m := r.srv.Metrics()
+	if loop, g := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load(); loop != 1 || g != 0 {
+		t.Errorf("unix backend: %d on the loops, %d on goroutines; want 1 and 0", loop, g)
+	}
+	if len(b.Headers()) != 1 {
+		t.Errorf("the unix backend saw %d PROXY headers", len(b.Headers()))
+	}
+}
