@@ -46,24 +46,31 @@ func TestHandshakesRunOnTheLoop(t *testing.T) {
 // dialed from a loop).
 func TestHandshakesHandedOver(t *testing.T) {
 	b := startBackend(t, "b0")
-	r := startServer(t, Options{Trusted: local}, twoLoops, b)
+	r := startServer(t, Options{Trusted: local, MaxConnections: 1}, twoLoops, b)
 	hdr := pp.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 7}, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 80})
+	// The first client holds the one slot, so that the second waits in the
+	// backlog until its whole header has arrived: then it is accepted.
+	first := testkit.DialHeader(t, "tcp", r.addr, hdr)
+	testkit.Greeting(t, first)
+	m := r.srv.Metrics()
+	loop0, g0 := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load()
 	c := testkit.DialHeader(t, "tcp", r.addr, hdr)
+	first.Close()
 	if _, client, _ := testkit.Greeting(t, c); client.String() != "192.0.2.7:7" {
 		t.Errorf("backend saw %s", client)
 	}
 	c.Close()
-	m := r.srv.Metrics()
-	if loop, g := m.LoopHandshakes.Load(), m.GoroutineHandshakes.Load(); loop != 1 || g != 0 {
+	if loop, g := m.LoopHandshakes.Load()-loop0, m.GoroutineHandshakes.Load()-g0; loop != 1 || g != 0 {
 		t.Errorf("whole upstream header: %d on the loops, %d on goroutines; want 1 and 0", loop, g)
 	}
+	testkit.WaitFor(t, "both closed", func() bool { return r.srv.Open() == 0 })
 	raw, err := hdr.Format()
 	if err != nil {
 		t.Fatal(err)
 	}
 	split := testkit.Dial(t, "127.0.0.1", r.addr)
 	split.Write(raw[:5])
-	testkit.WaitFor(t, "the loop handed the split header over", func() bool { return m.GoroutineHandshakes.Load() == 1 })
+	testkit.WaitFor(t, "the loop handed the split header over", func() bool { return m.GoroutineHandshakes.Load() == g0+1 })
 	split.Write(append(raw[5:], "ping\n"...))
 	_, client, br := testkit.Greeting(t, split)
 	if client.String() != "192.0.2.7:7" {
