@@ -285,7 +285,8 @@ func (l *epLoop) pauseAccept(a Acceptor) {
 		if l.accPaused.CompareAndSwap(true, false) {
 			return // the listener, level-triggered, is reported again
 		}
-		// Resume ran meanwhile: its command re-adds what is not removed.
+		// Resume ran meanwhile (Unadmit's own release may have run it):
+		// the listeners are removed below, and its command adds them back.
 	}
 	for _, acc := range l.accs {
 		epCtl(l.epfd, unix.EPOLL_CTL_DEL, acc.fd, 0)
