@@ -11,7 +11,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -131,11 +130,7 @@ func acceptFD(ln net.Listener) (int32, netip.AddrPort, error) {
 	if err := errors.Join(cerr, errnoErr(errno)); err != nil {
 		return -1, netip.AddrPort{}, fmt.Errorf("relay: accept on %s: %w", ln.Addr(), err)
 	}
-	var local netip.AddrPort
-	if ap := tl.Addr().(*net.TCPAddr).AddrPort(); !ap.Addr().IsUnspecified() {
-		local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return int32(dup), local, nil
+	return int32(dup), listenerAddr(tl), nil
 }
 
 // Resume makes the loops that paused at Admit accept again. Safe from any
@@ -254,9 +249,7 @@ func (l *epLoop) accept(acc *epAcc) {
 			return
 		}
 		var sa unix.RawSockaddrAny
-		n := uint32(unix.SizeofSockaddrAny)
-		r, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, uintptr(acc.fd), uintptr(unsafe.Pointer(&sa)),
-			uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		r, e := epAccept4(acc.fd, &sa)
 		switch e {
 		case 0:
 		case unix.EAGAIN:
@@ -288,6 +281,11 @@ func (l *epLoop) pauseAccept(a Acceptor) {
 		// Resume ran meanwhile (Unadmit's own release may have run it):
 		// the listeners are removed below, and its command adds them back.
 	}
+	l.unlisten()
+}
+
+// unlisten takes the loop's listeners out of its set (a pause).
+func (l *epLoop) unlisten() {
 	for _, acc := range l.accs {
 		epCtl(l.epfd, unix.EPOLL_CTL_DEL, acc.fd, 0)
 	}
@@ -296,9 +294,7 @@ func (l *epLoop) pauseAccept(a Acceptor) {
 // pauseAcceptFor stops this loop's accepting for d (an accept error).
 func (l *epLoop) pauseAcceptFor(d time.Duration) {
 	l.accPaused.Store(true)
-	for _, acc := range l.accs {
-		epCtl(l.epfd, unix.EPOLL_CTL_DEL, acc.fd, 0)
-	}
+	l.unlisten()
 	time.AfterFunc(max(d, time.Millisecond), func() {
 		if l.accPaused.CompareAndSwap(true, false) {
 			l.command(epAccCmd{op: epAccResume})
@@ -357,22 +353,15 @@ func (e *EpollEngine) DialNow(network, address string) (net.Conn, error) {
 	if ap.Addr().Is4() != (network != "tcp6") && network != "tcp" {
 		return nil, ErrWouldBlock // let DialTimeout say what is wrong
 	}
-	fd, errno := epDialSocket(ap)
-	if errno == unix.EINPROGRESS {
-		if errno = epConnectAgain(fd, ap); errno == unix.EALREADY {
-			errno = unix.EINPROGRESS
-		}
-	}
-	switch {
-	case errno == 0:
+	switch fd, errno := epConnect(ap); errno {
+	case 0:
 		return &Socket{fd: int(fd), remote: ap, eng: e}, nil
-	case fd >= 0:
+	case unix.EALREADY: // a full backlog: the handshake would wait
 		epClose(fd)
-	}
-	if errno == unix.EINPROGRESS {
 		return nil, ErrWouldBlock
+	default:
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", errno)}
 	}
-	return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", errno)}
 }
 
 // dialUnixNow connects a non-blocking unix stream socket to path: done

@@ -46,19 +46,9 @@ func (e *EpollEngine) DialTimeout(ctx context.Context, network, address string, 
 	if ap.Addr().Is4() != (network != "tcp6") && network != "tcp" {
 		return fail(net.UnknownNetworkError(network + " for " + ap.Addr().String()))
 	}
-	fd, errno := epDialSocket(ap)
-	if errno != 0 && errno != unix.EINPROGRESS {
-		if fd >= 0 {
-			epClose(fd)
-		}
+	fd, errno := epConnect(ap)
+	if errno != 0 && errno != unix.EALREADY {
 		return fail(os.NewSyscallError("connect", errno))
-	}
-	if errno == unix.EINPROGRESS {
-		// On loopback the whole handshake runs inside connect(2).
-		if errno = epConnectAgain(fd, ap); errno != 0 && errno != unix.EALREADY {
-			epClose(fd)
-			return fail(os.NewSyscallError("connect", errno))
-		}
 	}
 	if errno == 0 { // connected at once: nothing registered, no wait
 		return &Socket{fd: int(fd), remote: ap, eng: e}, nil
@@ -97,6 +87,25 @@ func epConnectResult(fd int32, events uint32) error {
 		return os.NewSyscallError("connect", unix.ECONNREFUSED)
 	}
 	return nil
+}
+
+// epConnect makes a socket for ap and connects it as far as connect(2)
+// goes without waiting: errno 0 once connected, EALREADY while the
+// handshake goes on (fd open either way), any other errno when it failed
+// (fd closed, -1).
+func epConnect(ap netip.AddrPort) (int32, syscall.Errno) {
+	fd, errno := epDialSocket(ap)
+	if errno == unix.EINPROGRESS {
+		// On loopback the whole handshake runs inside connect(2).
+		errno = epConnectAgain(fd, ap)
+	}
+	if errno != 0 && errno != unix.EALREADY {
+		if fd >= 0 {
+			epClose(fd)
+		}
+		return -1, errno
+	}
+	return fd, errno
 }
 
 // epDialSocket makes a non-blocking TCP socket with package net's options

@@ -65,24 +65,38 @@ func (e *EpollEngine) Listener(ln net.Listener) net.Listener {
 		l.file.Close()
 		return ln
 	}
-	if ap := tl.Addr().(*net.TCPAddr).AddrPort(); !ap.Addr().IsUnspecified() {
-		l.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	// unix.Accept4 would add a getsockopt. RawSyscall, not Syscall: the
-	// socket is non-blocking, and Syscall's bookkeeping wakes the runtime's
-	// sysmon thread whenever it sleeps deeply, which then polls every 20 us
-	// for a while: measured, 5-7% of the CPU per short connection. Nothing
-	// puts the listener in blocking mode: an upgrade hands it over with
-	// DupListener, not net's File, whose Fd would clear O_NONBLOCK on the
-	// description this shares.
+	l.local = listenerAddr(tl)
 	l.fn = func(fd uintptr) bool {
-		n := uint32(unix.SizeofSockaddrAny)
-		r, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.sa)),
-			uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-		l.nfd, l.err = int(r), e
-		return e != unix.EAGAIN
+		l.nfd, l.err = epAccept4(int32(fd), &l.sa)
+		return l.err != unix.EAGAIN
 	}
 	return l
+}
+
+// epAccept4 accepts one connection, non-blocking and close-on-exec, its
+// peer's address in sa. unix.Accept4 would add a getsockopt. RawSyscall,
+// not Syscall: the socket is non-blocking, and Syscall's bookkeeping wakes
+// the runtime's sysmon thread whenever it sleeps deeply, which then polls
+// every 20 us for a while: measured, 5-7% of the CPU per short connection.
+// Nothing puts a listener in blocking mode: an upgrade hands it over with
+// DupListener, not net's File, whose Fd would clear O_NONBLOCK on the
+// description this shares.
+func epAccept4(fd int32, sa *unix.RawSockaddrAny) (int, syscall.Errno) {
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(sa)),
+		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	return int(r), e
+}
+
+// listenerAddr is tl's address as its accepted sockets' local address, or
+// the zero AddrPort when tl listens on an unspecified address (a Socket
+// then learns its own with getsockname when asked).
+func listenerAddr(tl *net.TCPListener) netip.AddrPort {
+	ap := tl.Addr().(*net.TCPAddr).AddrPort()
+	if ap.Addr().IsUnspecified() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // Accept implements net.Listener; it returns a *Socket.

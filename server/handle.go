@@ -269,10 +269,7 @@ const sniffSize = 512
 // header, or sniffSize of them).
 func (s *Server) sniffNow(conn relay.Conn, c *client) (settled bool, err error) {
 	if len(c.pending) < sniffSize {
-		buf := sniffBufs.Get().(*[sniffSize]byte)
-		n, rerr := relay.ReadNow(conn, buf[:sniffSize-len(c.pending)])
-		c.pending = append(c.pending, buf[:n]...)
-		sniffBufs.Put(buf)
+		rerr := readPending(conn, c, sniffSize-len(c.pending))
 		if rerr != nil && len(c.pending) == 0 {
 			return true, errQuiet // the client left before saying anything
 		}
@@ -332,9 +329,19 @@ func (s *Server) sniffWait(conn relay.Conn, c *client) error {
 	}
 }
 
-// sniffBufs holds the buffers of sniffNow's reads: c.pending is only
-// allocated once bytes have arrived.
+// sniffBufs holds the buffers of readPending: c.pending is only allocated
+// once bytes have arrived.
 var sniffBufs = sync.Pool{New: func() any { return new([sniffSize]byte) }}
+
+// readPending adds to c.pending what conn has received, up to n bytes
+// (at most sniffSize), without waiting.
+func readPending(conn relay.Conn, c *client, n int) error {
+	buf := sniffBufs.Get().(*[sniffSize]byte)
+	got, err := relay.ReadNow(conn, buf[:n])
+	c.pending = append(c.pending, buf[:got]...)
+	sniffBufs.Put(buf)
+	return err
+}
 
 func (s *Server) trusted(ip netip.Addr) bool {
 	for _, p := range s.opts.Trusted {

@@ -202,10 +202,7 @@ func (s *Server) dialNowSniffing(conn relay.Conn, c *client, settled bool) (*bac
 // False with a nil error: the rest is to come (ReadHeaderAfter goes on
 // from c.pending).
 func (s *Server) upstreamHeaderNow(conn relay.Conn, c *client) (bool, error) {
-	buf := sniffBufs.Get().(*[sniffSize]byte)
-	n, rerr := relay.ReadNow(conn, buf[:])
-	c.pending = append(c.pending, buf[:n]...)
-	sniffBufs.Put(buf)
+	rerr := readPending(conn, c, sniffSize)
 	raw, rest, err := proxyproto.Split(c.pending)
 	switch {
 	case err != nil:
