@@ -67,6 +67,10 @@ type WorkerConfig struct {
 	// StopTimeout is the grace between SIGTERM and SIGKILL when stopping
 	// (default 10s).
 	StopTimeout time.Duration
+	// SendProxy is the PROXY version (1 or 2) of the LOCAL header that
+	// opens each readiness probe; 0 sends none. The daemon sets it like a
+	// health check's (health.send_proxy, defaulting to send_proxy).
+	SendProxy byte
 }
 
 func (c *WorkerConfig) count() int {

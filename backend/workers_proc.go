@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/stickyd/stickyd/proxyproto"
 	"go.uber.org/zap"
 )
 
@@ -154,10 +155,21 @@ func removeStaleWorkerSocket(path string) error {
 }
 
 // accepting reports whether w's address accepts a connection right now.
+// With SendProxy set the probe opens with a PROXY LOCAL header (v1: PROXY
+// UNKNOWN), as a health check does, before it closes: a worker that
+// requires the header logs a bare probe as a broken one (nginx with
+// proxy_protocol: "[error] broken header", HAProxy with accept-proxy:
+// "Connection closed while waiting for PROXY protocol header").
 func (s *Supervisor) accepting(w *supervisedWorker) bool {
 	c, err := net.DialTimeout(w.network, w.dialAddr, s.timing.dialTimeout)
 	if err != nil {
 		return false
+	}
+	if s.cfg.SendProxy != 0 {
+		_ = c.SetWriteDeadline(time.Now().Add(s.timing.dialTimeout))
+		// The connect answered the question: a worker that closed at once
+		// is up all the same.
+		_ = proxyproto.WriteLocal(c, s.cfg.SendProxy)
 	}
 	c.Close()
 	return true

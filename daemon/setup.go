@@ -50,8 +50,10 @@ func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Se
 	if cfg.Workers == nil {
 		return nil, nil, nil
 	}
+	wc := WorkerConfig(cfg.Workers)
+	wc.SendProxy = cfg.HealthSendProxy() // readiness probes open like health checks
 	var sup *backend.Supervisor
-	sup, err := backend.NewSupervisor(WorkerConfig(cfg.Workers), log.Named("worker"), func(slot int, ready bool) {
+	sup, err := backend.NewSupervisor(wc, log.Named("worker"), func(slot int, ready bool) {
 		if b := current().ByName(sup.Slots()[slot].Name); b != nil {
 			b.SetReady(ready)
 		}

@@ -310,3 +310,56 @@ func launchStickydIn(t *testing.T, dir, addr string) *proc {
 	t.Helper()
 	return launch(t, dir, addr)
 }
+
+// nginx launched as the worker, with proxy_protocol on its listener (real
+// software reading stickyd's header): each client is told its own
+// address, and nginx's error log stays clean of stickyd's readiness
+// probes, which open with a LOCAL header (a bare probe is "[error] broken
+// header" there).
+func TestWorkersNginxProxyProtocol(t *testing.T) {
+	bin := requireTool(t, "nginx", nginxStream)
+	port := testkit.FreePortBase(t, 1, workerPortsLo, workerPortsHi)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nginx.conf")
+	errLog := filepath.Join(dir, "error.log")
+	text := fmt.Sprintf(`load_module %s;
+daemon off;
+master_process off;
+user root;
+pid %s/nginx.pid;
+error_log %s info;
+events { worker_connections 64; }
+stream { server { listen 127.0.0.1:%d proxy_protocol; return "$proxy_protocol_addr\n"; } }
+`, nginxStream, dir, errLog, port)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeWorkersConfig(t, port, bin, "-p", dir, "-e", errLog, "-c", conf)
+	p := startStickyd(t, "--config", cfg, "--workers", "1")
+	waitWorkersReady(t, p, 1)
+	for i := range 3 {
+		ip := testkit.ClientIP(i * 11)
+		c, err := testkit.DialFrom(ip, p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		told, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || strings.TrimSpace(string(told)) != ip {
+			t.Errorf("client %s: nginx told %q (%v), want its own address", ip, told, err)
+		}
+	}
+	p.stop(t, syscall.SIGTERM)
+	log, err := os.ReadFile(errLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(log), " connected to "); n < 4 {
+		t.Fatalf("nginx logged %d connections, want the readiness probe and 3 clients:\n%s", n, log)
+	}
+	for _, line := range strings.Split(string(log), "\n") {
+		if strings.Contains(line, "[error]") || strings.Contains(line, "broken header") {
+			t.Errorf("nginx error log: %s", line)
+		}
+	}
+}
