@@ -194,6 +194,15 @@ func TestOpsDeployConfigsValid(t *testing.T) {
 			t.Errorf("stickyd.yaml lacks %q", want)
 		}
 	}
+	// Both bind the admin API beyond loopback: both give it a token.
+	for path, want := range map[string]string{
+		"../deploy/kubernetes/stickyd.yaml":    "name: STICKYD_ADMIN_TOKEN",
+		"../deploy/compose/docker-compose.yml": "STICKYD_ADMIN_TOKEN: ${STICKYD_ADMIN_TOKEN:?",
+	} {
+		if b, _ := os.ReadFile(path); !bytes.Contains(b, []byte(want)) {
+			t.Errorf("%s lacks %q: its admin API binds beyond loopback without a token", path, want)
+		}
+	}
 	if app, _ := os.ReadFile("../deploy/kubernetes/app.yaml"); !bytes.Contains(app, []byte("clusterIP: None")) {
 		t.Error("app.yaml: the workers' Service is not headless")
 	}
