@@ -20,6 +20,7 @@ type epSock struct {
 	writable bool // assumed at first; EAGAIN clears it
 	hup      bool // the peer's FIN (or an error) was seen: read on until EOF
 	outArmed bool // EPOLLOUT is in the socket's event mask
+	failed   bool // a socket error was seen: nothing more goes to it (see fail)
 }
 
 // epFlow is one direction of a pair. Between events it holds nothing unless
@@ -34,6 +35,7 @@ type epFlow struct {
 	piped  bool // pipe is held: read with splice(2), not into the buffer
 	eof    bool // the source reached end of stream
 	shut   bool // eof, flushed, and the destination's write side is shut
+	dead   bool // the destination failed: the source's bytes are dropped (see fail)
 	// first watches the start of the flow. in: epWatch while the client's
 	// first bytes must be checked for a PROXY signature (Pair.RefuseProxy).
 	// out: epWatch until the backend's first byte or end, then a First;
@@ -68,8 +70,11 @@ type epPair struct {
 	partial bool // the client's bytes so far could start a PROXY signature
 	half    bool // one flow has ended: linger applies
 	closed  bool
-	queued  bool // in the loop's ready list
-	filed   bool // in the wheel
+	// err is the first socket error (see fail): the pair ends with it once
+	// the failed socket's last bytes are delivered.
+	err    error
+	queued bool // in the loop's ready list
+	filed  bool // in the wheel
 }
 
 // deadline is the loop time at which p times out, or 0 for never.
@@ -127,6 +132,22 @@ func (p *epPair) opErr(op string, s *epSock, err error) error {
 	return fmt.Errorf("relay: %s %s: %w", op, p.name(s), err)
 }
 
+// epSockErr is an error of a read, write or splice on one socket of a
+// pair: that socket has failed, but what it received before may still be
+// read and delivered (see fail).
+type epSockErr struct {
+	s   *epSock
+	err error
+}
+
+func (e *epSockErr) Error() string { return e.err.Error() }
+func (e *epSockErr) Unwrap() error { return e.err }
+
+// sockErr is opErr for an I/O error on s, which fail handles.
+func (p *epPair) sockErr(op string, s *epSock, e error) error {
+	return &epSockErr{s, p.opErr(op, s, e)}
+}
+
 // backendEnded settles the out flow's watch when the backend ends (EOF
 // or error) before its first byte: FirstClosed while the client's side is
 // open and the end came within EarlyCloseWindow of the client's last byte
@@ -153,7 +174,7 @@ func (l *epLoop) checkClient(p *epPair, f *epFlow, src *epSock) (bool, error) {
 		src.readable = false
 		return false, nil
 	case e != 0:
-		return false, p.opErr("read", src, e)
+		return false, p.sockErr("read", src, e)
 	}
 	maybe, certain := proxySignature(l.buf[:n])
 	switch {
@@ -196,32 +217,87 @@ func (l *epLoop) service(p *epPair) {
 }
 
 // pump moves bytes of f from src to dst until src is drained, dst is full,
-// src ended, or epBudget bytes were read; more reports the last case.
+// src ended, or epBudget bytes were read; more reports the last case. A
+// socket error on src or dst does not stop it: fail records it, and the
+// bytes that can still be delivered go on (see fail).
 func (l *epLoop) pump(p *epPair, f *epFlow, src, dst *epSock) (more bool, err error) {
 	budget := epBudget
 	for {
-		if f.pending() {
+		n := 0
+		switch {
+		case f.dead:
+			return l.discard(p, f, src, budget)
+		case f.pending():
 			if !dst.writable {
 				return false, nil
 			}
-			if err := l.flush(p, f, dst); err != nil {
-				return false, err
-			}
-			continue
-		}
-		if f.eof || !src.readable || !dst.writable {
+			err = l.flush(p, f, dst)
+		case f.eof || !src.readable || !dst.writable:
 			return false, nil
-		}
-		if budget <= 0 {
+		case budget <= 0:
 			return true, nil
+		default:
+			n, err = l.fill(p, f, src, dst)
 		}
-		n, err := l.fill(p, f, src, dst)
-		if err != nil {
+		var se *epSockErr
+		if errors.As(err, &se) {
+			l.fail(p, se.s, err)
+		} else if err != nil {
 			return false, err
 		}
 		budget -= n
 		l.turn += n
 	}
+}
+
+// fail records that socket s failed with err (a reset, say) and keeps
+// what can still be delivered. Linux keeps the bytes s received before the
+// error readable (then EOF, or the error once more), so the flow out of s
+// reads on to its end and flushes, and the pair ends with err only then:
+// a backend that answers 400 and closes with the request unread sends an
+// RST right behind its answer, which must still reach the client. The flow
+// into s has nowhere to go: its pending bytes are dropped, and its source
+// is read and dropped too (see discard). A second error on s comes from
+// reading it: its stream has ended.
+func (l *epLoop) fail(p *epPair, s *epSock, err error) {
+	into, from, peer := &p.out, &p.in, &p.backend // s is the client
+	if s == &p.backend {
+		into, from, peer = &p.in, &p.out, &p.client
+	}
+	if s.failed {
+		from.eof = true
+		return
+	}
+	s.failed, s.readable, s.hup = true, true, true
+	if p.err == nil {
+		p.err = err
+	}
+	l.fromSplice(into) // a pipe with bytes left is closed, not pooled
+	into.pend, into.dead, into.shut = nil, true, true
+	peer.readable = true // its event may not have come yet: discard reads it to EAGAIN
+	l.startLinger(p)
+}
+
+// discard reads and drops what src sends to a failed socket (f.dead), so
+// that src's receive queue is empty when the pair closes: close(2) with
+// unread bytes sends an RST, and the RST would throw away what is still
+// queued for src, the failed socket's last bytes.
+func (l *epLoop) discard(p *epPair, f *epFlow, src *epSock, budget int) (bool, error) {
+	for src.readable && !src.failed {
+		if budget <= 0 {
+			return true, nil
+		}
+		n, e := epRead(src.fd, l.buf)
+		switch {
+		case e == unix.EAGAIN || n == 0:
+			src.readable = false
+		case e != 0:
+			return false, p.sockErr("read", src, e)
+		}
+		budget -= n
+		l.turn += n
+	}
+	return false, nil
 }
 
 // fill reads once from src. In buffer mode the bytes go through the loop's
@@ -243,7 +319,7 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 		src.readable = false
 		return 0, nil
 	case e != 0:
-		return 0, p.opErr("read", src, e)
+		return 0, p.sockErr("read", src, e)
 	case n == 0:
 		f.eof = true
 		if f == &p.out {
@@ -284,7 +360,7 @@ func (l *epLoop) spliceIn(p *epPair, f *epFlow, src *epSock) (int, error) {
 		l.fromSplice(f)
 		return 0, nil
 	case e != 0:
-		return 0, p.opErr("splice from", src, e)
+		return 0, p.sockErr("splice from", src, e)
 	case n == 0:
 		f.eof = true
 		l.fromSplice(f)
@@ -309,7 +385,7 @@ func (l *epLoop) flush(p *epPair, f *epFlow, dst *epSock) error {
 	case e == unix.EAGAIN:
 		return l.blocked(p, dst)
 	case e != 0:
-		return p.opErr("splice to", dst, e)
+		return p.sockErr("splice to", dst, e)
 	case n == 0: // the pipe is empty: the count is wrong, do not spin
 		return p.opErr("splice to", dst, io.ErrNoProgress)
 	}
@@ -327,7 +403,7 @@ func (l *epLoop) write(p *epPair, f *epFlow, dst *epSock, b []byte) (int, error)
 	case e == unix.EAGAIN:
 		return 0, l.blocked(p, dst)
 	case e != 0:
-		return 0, p.opErr("write", dst, e)
+		return 0, p.sockErr("write", dst, e)
 	}
 	f.n += int64(m)
 	p.last = l.now
@@ -381,6 +457,11 @@ func (l *epLoop) endFlow(p *epPair, f, other *epFlow, dst *epSock) {
 		return
 	}
 	epShutdownWrite(dst.fd) // ENOTCONN: the peer is gone; the other flow will say so
+	l.startLinger(p)
+}
+
+// startLinger switches p's timeout to Linger, once: one flow has ended.
+func (l *epLoop) startLinger(p *epPair) {
 	if !p.half {
 		p.half = true
 		l.wheel.remove(p)

@@ -37,6 +37,9 @@ type goPair struct {
 	// aborted is set when one direction failed; the other then stops
 	// without reporting an error of its own.
 	aborted atomic.Bool
+	// broken is set when a direction failed (see fail): the pair ends
+	// once the other direction has delivered what it can.
+	broken atomic.Bool
 	// start is when the pair started; first is Stats.First, written by
 	// the backend -> client direction only.
 	start time.Time
@@ -77,6 +80,10 @@ func (e *GoroutineEngine) run(gp *goPair) {
 	<-done
 	st.Err = errors.Join(inErr, outErr)
 	st.First = gp.first
+	if gp.broken.Load() { // close(2) with unread bytes would send an RST
+		drainNow(gp.Client)
+		drainNow(gp.Backend)
+	}
 	gp.Client.Close()
 	gp.Backend.Close()
 	e.mu.Lock()
@@ -128,11 +135,14 @@ func (gp *goPair) copyDir(dir int, dst, src Conn) (int64, error) {
 			}
 			dst.CloseWrite()
 			gp.finish(dir)
+			if gp.broken.Load() {
+				gp.abort() // the other direction only drops bytes (see fail)
+			}
 			return total, nil
 		case gp.aborted.Load():
 			return total, nil // the other direction failed and reports why
 		case !errors.Is(err, os.ErrDeadlineExceeded):
-			gp.abort()
+			gp.fail(dst, src)
 			return total, err
 		}
 		if err := gp.afterDeadline(dir, w, n); err != nil {
@@ -186,6 +196,24 @@ func (gp *goPair) finish(dir int) {
 		}
 		other.SetReadDeadline(time.Now().Add(d))
 	}
+}
+
+// fail ends the pair after an error of the direction src -> dst, keeping
+// what can still be delivered, as the epoll engine does (see its fail). If
+// dst has failed (reset: its TCP state is CLOSE), the bytes dst received
+// before stay readable: the other direction reads them on to dst's end
+// and delivers them, then aborts, while this one drops what src still
+// sends. Otherwise src has failed, after io.Copy delivered what came
+// before the error (or it cannot be told, on a Unix socket): the other
+// direction, writing to src, stops at once. Either way run drains both
+// sockets before it closes them (see drainNow).
+func (gp *goPair) fail(dst, src Conn) {
+	gp.broken.Store(true)
+	if !tcpClosed(dst) || gp.ended.Load() > 0 { // or the other has ended already
+		gp.abort()
+		return
+	}
+	io.Copy(io.Discard, src) // until src ends, or abort's deadline
 }
 
 // abort unblocks both directions: their reads fail at once.

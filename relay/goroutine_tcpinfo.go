@@ -24,3 +24,36 @@ func clientQuiet(c Conn, start time.Time) time.Duration {
 	})
 	return quiet
 }
+
+// tcpClosed reports whether c is a TCP socket in state CLOSE: reset, or
+// failed otherwise (a timeout). A Unix socket is never.
+func tcpClosed(c Conn) bool {
+	closed := false
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+			closed = err == nil && info.State == unix.BPF_TCP_CLOSE
+		})
+	}
+	return closed
+}
+
+// drainNow reads and drops what c has received, without waiting: closing
+// a socket with unread bytes sends an RST instead of a FIN, and the RST
+// throws away what is still queued for the peer. It reads the descriptor
+// itself, because a read deadline (abort's) would stop a c.Read at once.
+// It stops after 1 MiB: a peer that sends on meanwhile gets its RST.
+func drainNow(c Conn) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	var buf [16 << 10]byte
+	rc.Control(func(fd uintptr) {
+		for range 64 {
+			if n, err := unix.Read(int(fd), buf[:]); n <= 0 || err != nil {
+				return
+			}
+		}
+	})
+}
