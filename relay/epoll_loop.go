@@ -321,9 +321,9 @@ func (l *epLoop) event(ev *unix.EpollEvent) {
 	}
 	// SO_ERROR also clears the error: reads of s then return what it
 	// received before the error, then EOF, which fail has it deliver.
-	if ev.Events&unix.EPOLLERR != 0 && !s.failed {
+	if ev.Events&unix.EPOLLERR != 0 && !p.isFailed(s) {
 		if e, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
-			l.fail(p, s, p.sockErr("socket error on", s, syscall.Errno(e)))
+			l.fail(p, p.sockErr(epOpSocket, s, syscall.Errno(e)))
 		}
 	}
 	if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -440,14 +440,14 @@ func (l *epLoop) arm() {
 }
 
 // finish closes both sockets of p and queues its Done. Pipes with bytes
-// left are closed, not pooled. A socket error seen before (p.err) is the
-// first error, and Stats.Err.
+// left are closed, not pooled. A socket error seen before (see fail) is
+// the first error, and Stats.Err.
 func (l *epLoop) finish(p *epPair, err error) {
 	if p.closed {
 		return
 	}
-	if p.err != nil {
-		err = p.err
+	if first := p.firstSockErr(); first != nil {
+		err = first
 	}
 	p.closed = true
 	l.wheel.remove(p)

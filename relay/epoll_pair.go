@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,7 +21,6 @@ type epSock struct {
 	writable bool // assumed at first; EAGAIN clears it
 	hup      bool // the peer's FIN (or an error) was seen: read on until EOF
 	outArmed bool // EPOLLOUT is in the socket's event mask
-	failed   bool // a socket error was seen: nothing more goes to it (see fail)
 }
 
 // epFlow is one direction of a pair. Between events it holds nothing unless
@@ -35,7 +35,6 @@ type epFlow struct {
 	piped  bool // pipe is held: read with splice(2), not into the buffer
 	eof    bool // the source reached end of stream
 	shut   bool // eof, flushed, and the destination's write side is shut
-	dead   bool // the destination failed: the source's bytes are dropped (see fail)
 	// first watches the start of the flow. in: epWatch while the client's
 	// first bytes must be checked for a PROXY signature (Pair.RefuseProxy).
 	// out: epWatch until the backend's first byte or end, then a First;
@@ -64,18 +63,40 @@ type epPair struct {
 	tick         int64
 
 	firstByte int32 // Pair.FirstByte in milliseconds; 0: none
+	// The first socket error (see fail), Stats.Err at the end: its
+	// socket, system call and errno. Kept in a few bytes, as failed (a
+	// bit per socket that failed), so that the pair keeps its size class.
+	errSide uint8 // epClientBit or epBackendBit; 0: none
+	errOp   epOp
+	errno   uint16
 	// hold is the loop time until which the backend's bytes wait for the
 	// client's check (Pair.HoldReplies; a duration until adopt); 0: none.
 	hold    int64
 	partial bool // the client's bytes so far could start a PROXY signature
 	half    bool // one flow has ended: linger applies
 	closed  bool
-	// err is the first socket error (see fail): the pair ends with it once
-	// the failed socket's last bytes are delivered.
-	err    error
-	queued bool // in the loop's ready list
-	filed  bool // in the wheel
+	queued  bool  // in the loop's ready list
+	filed   bool  // in the wheel
+	failed  uint8 // epClientBit | epBackendBit: sockets that failed (see fail)
 }
+
+// Bits of epPair.failed and values of errSide.
+const (
+	epClientBit = 1 << iota
+	epBackendBit
+)
+
+// bit is s's bit in p.failed.
+func (p *epPair) bit(s *epSock) uint8 {
+	if s == &p.client {
+		return epClientBit
+	}
+	return epBackendBit
+}
+
+// isFailed reports whether a socket error was seen on s: nothing more is
+// written to it, and it is read to its end (see fail).
+func (p *epPair) isFailed(s *epSock) bool { return p.failed&p.bit(s) != 0 }
 
 // deadline is the loop time at which p times out, or 0 for never.
 func (p *epPair) deadline() int64 {
@@ -132,20 +153,48 @@ func (p *epPair) opErr(op string, s *epSock, err error) error {
 	return fmt.Errorf("relay: %s %s: %w", op, p.name(s), err)
 }
 
+// epOp is the system call a socket error came from.
+type epOp uint8
+
+// The values of epOp, and their names in errors.
+const (
+	epOpSocket epOp = iota // SO_ERROR after EPOLLERR
+	epOpRead
+	epOpWrite
+	epOpSpliceFrom
+	epOpSpliceTo
+)
+
+var epOpNames = [...]string{"socket error on", "read", "write", "splice from", "splice to"}
+
 // epSockErr is an error of a read, write or splice on one socket of a
 // pair: that socket has failed, but what it received before may still be
 // read and delivered (see fail).
 type epSockErr struct {
-	s   *epSock
-	err error
+	s     *epSock
+	op    epOp
+	errno syscall.Errno
+	err   error // opErr's
 }
 
 func (e *epSockErr) Error() string { return e.err.Error() }
 func (e *epSockErr) Unwrap() error { return e.err }
 
 // sockErr is opErr for an I/O error on s, which fail handles.
-func (p *epPair) sockErr(op string, s *epSock, e error) error {
-	return &epSockErr{s, p.opErr(op, s, e)}
+func (p *epPair) sockErr(op epOp, s *epSock, e syscall.Errno) *epSockErr {
+	return &epSockErr{s, op, e, p.opErr(epOpNames[op], s, e)}
+}
+
+// firstSockErr is the first socket error of p (see fail), or nil.
+func (p *epPair) firstSockErr() error {
+	s := &p.client
+	switch p.errSide {
+	case 0:
+		return nil
+	case epBackendBit:
+		s = &p.backend
+	}
+	return fmt.Errorf("relay: %s %s: %w", epOpNames[p.errOp], p.name(s), syscall.Errno(p.errno))
 }
 
 // backendEnded settles the out flow's watch when the backend ends (EOF
@@ -174,7 +223,7 @@ func (l *epLoop) checkClient(p *epPair, f *epFlow, src *epSock) (bool, error) {
 		src.readable = false
 		return false, nil
 	case e != 0:
-		return false, p.sockErr("read", src, e)
+		return false, p.sockErr(epOpRead, src, e)
 	}
 	maybe, certain := proxySignature(l.buf[:n])
 	switch {
@@ -225,8 +274,8 @@ func (l *epLoop) pump(p *epPair, f *epFlow, src, dst *epSock) (more bool, err er
 	for {
 		n := 0
 		switch {
-		case f.dead:
-			return l.discard(p, f, src, budget)
+		case p.isFailed(dst):
+			return l.discard(p, src, budget)
 		case f.pending():
 			if !dst.writable {
 				return false, nil
@@ -239,9 +288,8 @@ func (l *epLoop) pump(p *epPair, f *epFlow, src, dst *epSock) (more bool, err er
 		default:
 			n, err = l.fill(p, f, src, dst)
 		}
-		var se *epSockErr
-		if errors.As(err, &se) {
-			l.fail(p, se.s, err)
+		if se, ok := err.(*epSockErr); ok { // not errors.As: no allocation per turn
+			l.fail(p, se)
 		} else if err != nil {
 			return false, err
 		}
@@ -250,40 +298,42 @@ func (l *epLoop) pump(p *epPair, f *epFlow, src, dst *epSock) (more bool, err er
 	}
 }
 
-// fail records that socket s failed with err (a reset, say) and keeps
-// what can still be delivered. Linux keeps the bytes s received before the
-// error readable (then EOF, or the error once more), so the flow out of s
-// reads on to its end and flushes, and the pair ends with err only then:
-// a backend that answers 400 and closes with the request unread sends an
-// RST right behind its answer, which must still reach the client. The flow
-// into s has nowhere to go: its pending bytes are dropped, and its source
-// is read and dropped too (see discard). A second error on s comes from
-// reading it: its stream has ended.
-func (l *epLoop) fail(p *epPair, s *epSock, err error) {
+// fail records that socket e.s failed (a reset, say) and keeps what can
+// still be delivered. Linux keeps the bytes a socket received before the
+// error readable (then EOF, or the error once more), so the flow out of
+// the socket reads on to its end and flushes, and the pair ends with the
+// error only then: a backend that answers 400 and closes with the request
+// unread sends an RST right behind its answer, which must still reach the
+// client. The flow into the socket has nowhere to go: its pending bytes
+// are dropped, and its source is read and dropped too (see discard). A
+// second error on the socket comes from reading it: its stream has ended.
+func (l *epLoop) fail(p *epPair, e *epSockErr) {
+	s := e.s
 	into, from, peer := &p.out, &p.in, &p.backend // s is the client
 	if s == &p.backend {
 		into, from, peer = &p.in, &p.out, &p.client
 	}
-	if s.failed {
+	if p.isFailed(s) {
 		from.eof = true
 		return
 	}
-	s.failed, s.readable, s.hup = true, true, true
-	if p.err == nil {
-		p.err = err
+	p.failed |= p.bit(s)
+	s.readable, s.hup = true, true
+	if p.errSide == 0 {
+		p.errSide, p.errOp, p.errno = p.bit(s), e.op, uint16(e.errno)
 	}
 	l.fromSplice(into) // a pipe with bytes left is closed, not pooled
-	into.pend, into.dead, into.shut = nil, true, true
+	into.pend, into.shut = nil, true
 	peer.readable = true // its event may not have come yet: discard reads it to EAGAIN
 	l.startLinger(p)
 }
 
-// discard reads and drops what src sends to a failed socket (f.dead), so
+// discard reads and drops what src sends to a failed socket, so
 // that src's receive queue is empty when the pair closes: close(2) with
 // unread bytes sends an RST, and the RST would throw away what is still
 // queued for src, the failed socket's last bytes.
-func (l *epLoop) discard(p *epPair, f *epFlow, src *epSock, budget int) (bool, error) {
-	for src.readable && !src.failed {
+func (l *epLoop) discard(p *epPair, src *epSock, budget int) (bool, error) {
+	for src.readable && !p.isFailed(src) {
 		if budget <= 0 {
 			return true, nil
 		}
@@ -292,7 +342,7 @@ func (l *epLoop) discard(p *epPair, f *epFlow, src *epSock, budget int) (bool, e
 		case e == unix.EAGAIN || n == 0:
 			src.readable = false
 		case e != 0:
-			return false, p.sockErr("read", src, e)
+			return false, p.sockErr(epOpRead, src, e)
 		}
 		budget -= n
 		l.turn += n
@@ -319,7 +369,7 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 		src.readable = false
 		return 0, nil
 	case e != 0:
-		return 0, p.sockErr("read", src, e)
+		return 0, p.sockErr(epOpRead, src, e)
 	case n == 0:
 		f.eof = true
 		if f == &p.out {
@@ -360,7 +410,7 @@ func (l *epLoop) spliceIn(p *epPair, f *epFlow, src *epSock) (int, error) {
 		l.fromSplice(f)
 		return 0, nil
 	case e != 0:
-		return 0, p.sockErr("splice from", src, e)
+		return 0, p.sockErr(epOpSpliceFrom, src, e)
 	case n == 0:
 		f.eof = true
 		l.fromSplice(f)
@@ -385,7 +435,7 @@ func (l *epLoop) flush(p *epPair, f *epFlow, dst *epSock) error {
 	case e == unix.EAGAIN:
 		return l.blocked(p, dst)
 	case e != 0:
-		return p.sockErr("splice to", dst, e)
+		return p.sockErr(epOpSpliceTo, dst, e)
 	case n == 0: // the pipe is empty: the count is wrong, do not spin
 		return p.opErr("splice to", dst, io.ErrNoProgress)
 	}
@@ -403,7 +453,7 @@ func (l *epLoop) write(p *epPair, f *epFlow, dst *epSock, b []byte) (int, error)
 	case e == unix.EAGAIN:
 		return 0, l.blocked(p, dst)
 	case e != 0:
-		return 0, p.sockErr("write", dst, e)
+		return 0, p.sockErr(epOpWrite, dst, e)
 	}
 	f.n += int64(m)
 	p.last = l.now
