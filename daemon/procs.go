@@ -68,8 +68,9 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int 
 }
 
 // adaptProcs adjusts GOMAXPROCS to the load until ctx ends, then restores
-// the starting value.
-func adaptProcs(ctx context.Context, log *zap.Logger) {
+// the starting value. onChange, if not nil, is told each new value (the
+// server then spreads accepting over as many event loops).
+func adaptProcs(ctx context.Context, log *zap.Logger, onChange func(int)) {
 	if _, set := os.LookupEnv("GOMAXPROCS"); set || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
@@ -80,7 +81,12 @@ func adaptProcs(ctx context.Context, log *zap.Logger) {
 	log.Debug("adaptive GOMAXPROCS", zap.Int("max", start))
 	t := time.NewTicker(procsPeriod)
 	defer t.Stop()
-	defer runtime.GOMAXPROCS(start)
+	defer func() {
+		runtime.GOMAXPROCS(start)
+		if onChange != nil {
+			onChange(start)
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -88,6 +94,9 @@ func adaptProcs(ctx context.Context, log *zap.Logger) {
 		case now := <-t.C:
 			if p := c.step(processCPU(), now, lat.slowShare()); p != runtime.GOMAXPROCS(0) {
 				runtime.GOMAXPROCS(p)
+				if onChange != nil {
+					onChange(p)
+				}
 				log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
 			}
 		}

@@ -39,7 +39,7 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.loops = d.startLoops(cfg)
-	go adaptProcs(context.Background(), d.log) // for the process's life
+	go adaptProcs(context.Background(), d.log, d.srv.SpreadAccept) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),

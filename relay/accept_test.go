@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"strconv"
 	"strings"
@@ -396,5 +397,47 @@ func TestDialNowUnixRelays(t *testing.T) {
 	expectEOF(t, client)
 	if st := testkit.Await(t, done, "Done not called"); st.Err != nil || st.BytesIn != 6 {
 		t.Errorf("Stats %+v", st)
+	}
+}
+
+// Spread(1) moves every listener to the first loop: all new clients are
+// accepted there, none is lost on the way; Spread(2) gives the second
+// loop its listener back; Close after moves closes everything.
+func TestAcceptSpread(t *testing.T) {
+	eng := newLoopEngine(t, 2)
+	a := newEchoAcceptor(t, eng, echoBackend(t))
+	x, addr := acceptOn(t, eng, a)
+	clients := func(from int) map[Starter]int {
+		a.mu.Lock()
+		clear(a.perLoop)
+		a.mu.Unlock()
+		testkit.Parallel(t, 48, 12, func(i int) error {
+			c, err := testkit.DialFrom(testkit.ClientIP(from+i), addr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(testkit.Guard))
+			_, err = hello(c, "client")
+			return err
+		})
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return maps.Clone(a.perLoop)
+	}
+	x.Spread(1)
+	if got := clients(0); len(got) != 1 || got[loopStarter{eng.loops[0]}] != 48 {
+		t.Errorf("after Spread(1): clients per loop %v, want all 48 on the first", got)
+	}
+	x.Spread(2)
+	if got := clients(100); len(got) != 2 {
+		t.Errorf("after Spread(2): clients per loop %v, want both loops used", got)
+	}
+	x.Spread(1)
+	if err := x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Error("the group still accepts after Close")
 	}
 }

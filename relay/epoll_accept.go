@@ -54,9 +54,11 @@ type Accepting struct {
 	e    *EpollEngine
 	a    Acceptor
 	lns  []net.Listener
-	acc  []*epAcc
 	done chan struct{}
 	once sync.Once
+
+	mu  sync.Mutex // Spread and Close
+	acc []*epAcc   // listener i's place: in the set of loop acc[i].l
 }
 
 // epAcc is one listening socket in one loop's epoll set (level-triggered,
@@ -143,6 +145,39 @@ func (x *Accepting) Resume() {
 	}
 }
 
+// Spread makes the first n loops accept (1 <= n <= the number of loops):
+// listener i moves to loop i modulo n, each added to its new loop's set
+// before it leaves the old one, so that it is never left unwatched. With
+// fewer Ps than loops (adaptive GOMAXPROCS at low load), the loops beyond
+// n then get no new pair: they park, and a connection wakes one goroutine,
+// not one per loop. It waits for the loops, so it must not be called from
+// one.
+func (x *Accepting) Spread(n int) {
+	n = min(max(n, 1), len(x.e.loops))
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	select {
+	case <-x.done:
+		return
+	default:
+	}
+	for i, acc := range x.acc {
+		to := x.e.loops[i%n]
+		if acc.l == to {
+			continue
+		}
+		moved := &epAcc{x: x, l: to, fd: acc.fd, local: acc.local}
+		if !to.command(epAccCmd{op: epAccAdd, acc: moved}) {
+			return // the engine is closing
+		}
+		ack := make(chan struct{})
+		if acc.l.command(epAccCmd{op: epAccRemove, acc: acc, ack: ack}) {
+			<-ack
+		}
+		x.acc[i] = moved
+	}
+}
+
 // Done is closed when Close has been called.
 func (x *Accepting) Done() <-chan struct{} { return x.done }
 
@@ -156,6 +191,8 @@ func (x *Accepting) Listeners() []net.Listener { return x.lns }
 func (x *Accepting) Close() error {
 	var err error
 	x.once.Do(func() {
+		x.mu.Lock()
+		defer x.mu.Unlock()
 		var acks []chan struct{}
 		for _, acc := range x.acc {
 			ack := make(chan struct{})

@@ -47,6 +47,9 @@ func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {
 		return ErrServerClosed
 	}
 	s.addAccepting(x)
+	if n := s.spread.Load(); n > 0 {
+		x.Spread(int(n))
+	}
 	<-x.Done()
 	s.untrack(x)
 	return ErrServerClosed
@@ -80,6 +83,20 @@ func (s *Server) addAccepting(x *relay.Accepting) {
 		next = append(next, *old...)
 	}
 	s.accepting.Store(&next)
+}
+
+// SpreadAccept makes the first n event loops accept, from now on and on
+// the listeners Serve takes later (relay.Accepting.Spread): the daemon
+// follows its adaptive GOMAXPROCS, so that at low load the loops beyond
+// the Ps park instead of each waking for its share of the connections.
+// Without loops that accept, it does nothing.
+func (s *Server) SpreadAccept(n int) {
+	s.spread.Store(int32(n))
+	if xs := s.accepting.Load(); xs != nil {
+		for _, x := range *xs {
+			x.Spread(n)
+		}
+	}
 }
 
 // resumeAccepting lets loops paused at MaxConnections accept again.

@@ -109,6 +109,7 @@ type Server struct {
 	loopDial      func(network, address string) (net.Conn, error) // the engine's DialNow
 	loopDialer    backend.DialFunc                                // s.dialNow, made once
 	acceptBackoff atomic.Int64                                    // the loops' accept error backoff (ns); 0 after an accept
+	spread        atomic.Int32                                    // SpreadAccept's loops; 0: all
 
 	conns sync.WaitGroup // handshakes and relayed pairs
 	open  atomic.Int64   // client connections open now
