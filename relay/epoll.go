@@ -31,6 +31,7 @@ type EpollEngine struct {
 	loops   []*epLoop
 	next    atomic.Uint32
 	pipes   atomic.Int32 // splice pipes held by the loops (EpollOptions.MaxPipes)
+	moves   atomic.Int64 // bulk pairs handed to another loop (epoll_move.go)
 	closed  atomic.Bool
 	loopsWG sync.WaitGroup
 	notesWG sync.WaitGroup

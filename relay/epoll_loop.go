@@ -59,6 +59,8 @@ type epLoop struct {
 	inlineDone bool     // EpollOptions.InlineDone
 	accs       []*epAcc // listeners this loop accepts on
 	accAcks    []chan struct{}
+	moving     []*epPair    // pairs that turned bulk in this batch (moveOut)
+	bulk       atomic.Int32 // pairs of this loop that turned bulk (read by the others)
 }
 
 type epFailed struct {
@@ -186,6 +188,9 @@ func (l *epLoop) poll(uintptr) bool {
 		}
 		l.accAcks = l.accAcks[:0]
 		l.runReady()
+		if len(l.moving) > 0 {
+			l.moveOut()
+		}
 		l.wheel.advance(l.now, l.expire)
 		if len(closeAll) > 0 || stop {
 			l.closePairs()
@@ -282,11 +287,11 @@ func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 }
 
 func (l *epLoop) adopt(p *epPair) {
-	if hi := int(max(p.client.fd, p.backend.fd)); hi >= len(l.table) {
-		l.table = append(l.table, make([]*epPair, hi+1-len(l.table)+len(l.table)/2)...)
+	if p.moved {
+		l.adoptMoved(p)
+		return
 	}
-	l.table[p.client.fd], l.table[p.backend.fd] = p, p
-	l.live++
+	l.enter(p)
 	p.last = l.now
 	if p.hold != 0 {
 		p.hold += l.now
@@ -458,6 +463,9 @@ func (l *epLoop) finish(p *epPair, err error) {
 	epClose(p.client.fd) // also removes it from the epoll set
 	epClose(p.backend.fd)
 	l.live--
+	if p.bulk {
+		l.bulk.Add(-1)
+	}
 	if p.out.first&epGone != 0 {
 		l.backendEnded(p)
 	}

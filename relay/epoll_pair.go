@@ -78,6 +78,8 @@ type epPair struct {
 	queued  bool  // in the loop's ready list
 	filed   bool  // in the wheel
 	failed  uint8 // epClientBit | epBackendBit: sockets that failed (see fail)
+	bulk    bool  // counted in its loop's bulk pairs (see epoll_move.go)
+	moved   bool  // in another loop's inbox, handed over (moveTo)
 }
 
 // Bits of epPair.failed and values of errSide.
@@ -393,8 +395,8 @@ func (l *epLoop) fill(p *epPair, f *epFlow, src, dst *epSock) (int, error) {
 	if m < n {
 		f.pend = append([]byte(nil), l.buf[m:n]...)
 	}
-	if n == len(l.buf) {
-		l.toSplice(f)
+	if n == len(l.buf) && l.toSplice(f) {
+		l.turnedBulk(p)
 	}
 	return n, nil
 }
@@ -477,12 +479,16 @@ func (l *epLoop) blocked(p *epPair, dst *epSock) error {
 	return nil
 }
 
-// toSplice gives f a pipe for a bulk transfer. Without one (no descriptors
-// left) f stays in buffer mode, slower but correct.
-func (l *epLoop) toSplice(f *epFlow) {
-	if pp, err := l.pipes.get(); err == nil {
-		f.pipe, f.piped = pp, true
+// toSplice gives f a pipe for a bulk transfer and reports whether it got
+// one. Without one (no descriptors left) f stays in buffer mode, slower but
+// correct.
+func (l *epLoop) toSplice(f *epFlow) bool {
+	pp, err := l.pipes.get()
+	if err != nil {
+		return false
 	}
+	f.pipe, f.piped = pp, true
+	return true
 }
 
 // fromSplice returns f's pipe to the pool; f is back in buffer mode.

@@ -1,0 +1,109 @@
+//go:build linux
+
+package relay
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// Bulk pairs started on one loop of two are spread over both as they turn
+// bulk, and every byte arrives, both ways: with default buffers, and with
+// tiny ones (pairs move with bytes pending and in their pipes). A moved
+// pair still half-closes, times out and reports its Stats.
+func TestEpollBulkPairsMove(t *testing.T) {
+	const pairs, size = 8, 8 << 20
+	for _, tc := range []struct {
+		name string
+		opts EpollOptions
+	}{
+		{"default", EpollOptions{Loops: 2}},
+		{"tiny", EpollOptions{Loops: 2, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1, Tick: 10 * time.Millisecond, InlineDone: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eng, err := NewEpollEngine(tc.opts)
+			if err != nil {
+				t.Skip(err)
+			}
+			e := eng.(*EpollEngine)
+			r := newRig(t, eng)
+			all := make([]*ends, pairs)
+			for i := range all {
+				idle := time.Minute
+				if i >= pairs/2 {
+					idle = 3 * time.Second
+				}
+				all[i] = r.pair(func(p *Pair) { p.Idle = idle })
+				e.next.Add(1) // the next Start picks the same loop: all on one
+			}
+			both := watchBulk(e)
+			type streams struct{ inSent, inGot, outSent, outGot chan streamResult }
+			ss := make([]streams, pairs)
+			for i, p := range all {
+				ss[i].inSent, ss[i].inGot = stream(p.client, p.backend, size, uint64(2*i), 64<<10, 0)
+				if i < pairs/2 { // the others stay half-closed, to time out
+					ss[i].outSent, ss[i].outGot = stream(p.backend, p.client, size, uint64(2*i+1), 64<<10, 0)
+				}
+			}
+			for i, s := range ss {
+				checkStream(t, "client->backend", s.inSent, s.inGot)
+				if i < pairs/2 {
+					checkStream(t, "backend->client", s.outSent, s.outGot)
+				}
+			}
+			most := <-both
+			t.Logf("%d of %d bulk pairs moved; at most %d bulk pairs on each loop at once", e.moves.Load(), pairs, most)
+			if e.moves.Load() == 0 || most == 0 {
+				t.Errorf("%d pairs moved, at most %d bulk pairs on each loop at once: want both loops used", e.moves.Load(), most)
+			}
+			for i, p := range all {
+				s := p.wait(t)
+				switch {
+				case i < pairs/2 && (s.Err != nil || s.BytesIn != size || s.BytesOut != size):
+					t.Errorf("pair %d: Stats = %+v, want %d bytes each way, no error", i, s, size)
+				case i >= pairs/2 && (!errors.Is(s.Err, ErrIdle) || s.BytesIn != size || s.BytesOut != 0):
+					t.Errorf("pair %d: Stats = %+v, want %d bytes in, the idle timeout", i, s, size)
+				}
+			}
+			waitBulk(t, e, 0)
+		})
+	}
+}
+
+// watchBulk samples the loops' bulk counts until every pair has ended,
+// and sends the most bulk pairs both loops held at once.
+func watchBulk(e *EpollEngine) chan int32 {
+	most := make(chan int32, 1)
+	go func() {
+		var m int32
+		for start := time.Now(); time.Since(start) < 3*time.Minute; time.Sleep(time.Millisecond) {
+			b0, b1 := e.loops[0].bulk.Load(), e.loops[1].bulk.Load()
+			m = max(m, min(b0, b1))
+			if m > 0 && b0+b1 == 0 {
+				break
+			}
+		}
+		most <- m
+	}()
+	return most
+}
+
+// waitBulk waits until the engine's loops count n bulk pairs in all.
+func waitBulk(t *testing.T, e *EpollEngine, n int32) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var sum int32
+		for _, l := range e.loops {
+			sum += l.bulk.Load()
+		}
+		if sum == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bulk pairs counted: %d, want %d", sum, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
