@@ -27,14 +27,16 @@ import (
 // How it works, and why (measured), is the package documentation's
 // "Design of the epoll engine" (doc.go).
 type EpollEngine struct {
-	base    time.Time // loop clocks count from here
-	loops   []*epLoop
-	next    atomic.Uint32
-	pipes   atomic.Int32 // splice pipes held by the loops (EpollOptions.MaxPipes)
-	moves   atomic.Int64 // bulk pairs handed to another loop (epoll_move.go)
-	closed  atomic.Bool
-	loopsWG sync.WaitGroup
-	notesWG sync.WaitGroup
+	base  time.Time // loop clocks count from here
+	loops []*epLoop
+	next  atomic.Uint32
+	pipes atomic.Int32 // splice pipes held by the loops (EpollOptions.MaxPipes)
+	moves atomic.Int64 // bulk pairs handed to another loop (epoll_move.go)
+	// closingAll counts CloseAll calls under way: no pair moves meanwhile.
+	closingAll atomic.Int32
+	closed     atomic.Bool
+	loopsWG    sync.WaitGroup
+	notesWG    sync.WaitGroup
 }
 
 // The epoll engine makes its own sockets.
@@ -252,6 +254,8 @@ func (e *EpollEngine) CloseAll() {
 	if e.closed.Load() {
 		return
 	}
+	e.closingAll.Add(1)
+	defer e.closingAll.Add(-1)
 	var waits []chan struct{}
 	for _, l := range e.loops {
 		ch := make(chan struct{})

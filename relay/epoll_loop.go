@@ -189,7 +189,7 @@ func (l *epLoop) poll(uintptr) bool {
 		l.accAcks = l.accAcks[:0]
 		l.runReady()
 		if len(l.moving) > 0 {
-			l.moveOut()
+			l.moveOut(len(closeAll) == 0 && !stop) // closing them all: none moves
 		}
 		l.wheel.advance(l.now, l.expire)
 		if len(closeAll) > 0 || stop {

@@ -38,9 +38,9 @@ func (l *epLoop) turnedBulk(p *epPair) {
 // that one has at least two fewer than l (see turnedBulk). Run by the loop
 // after its batch, so that no event of the batch is left for a pair gone.
 // The counts move with the pair, so one batch does not overshoot.
-func (l *epLoop) moveOut() {
+func (l *epLoop) moveOut(may bool) {
 	for i, p := range l.moving {
-		if to := l.lightest(); !p.closed && to != nil {
+		if to := l.lightest(); may && !p.closed && to != nil {
 			l.moveTo(p, to)
 		}
 		l.moving[i] = nil
@@ -64,11 +64,14 @@ func (l *epLoop) lightest() *epLoop {
 // moveTo detaches p from l and puts it in to's inbox and epoll set, both
 // under to's lock: an event of p that to's epoll_wait returns comes from
 // the registration, so the intake that follows (it takes the lock) finds p
-// in the inbox. A stopping loop takes no pair: p then stays.
+// in the inbox. A stopping loop takes no pair, nor does any while CloseAll
+// runs: p then stays. (CloseAll counts itself in closingAll before it posts
+// to any loop, and posts under each loop's lock: a pair put in to's inbox
+// before that post is adopted, and closed, by to's next intake.)
 func (l *epLoop) moveTo(p *epPair, to *epLoop) {
 	to.mu.Lock()
 	defer to.mu.Unlock()
-	if to.stop || to.stopped {
+	if to.stop || to.stopped || l.e.closingAll.Load() > 0 {
 		return
 	}
 	l.detach(p)

@@ -4,8 +4,11 @@ package relay
 
 import (
 	"errors"
+	"net"
 	"testing"
 	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // Bulk pairs started on one loop of two are spread over both as they turn
@@ -106,4 +109,31 @@ func waitBulk(t *testing.T, e *EpollEngine, n int32) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// CloseAll while bulk pairs move between loops closes every one of them.
+func TestEpollCloseAllWhileMoving(t *testing.T) {
+	const pairs = 16
+	eng, err := NewEpollEngine(EpollOptions{Loops: 2, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1})
+	if err != nil {
+		t.Skip(err)
+	}
+	e := eng.(*EpollEngine)
+	r := newRig(t, eng)
+	all := make([]*ends, pairs)
+	for i := range all {
+		all[i] = r.pair(nil)
+		e.next.Add(1) // all on one loop
+	}
+	for i, p := range all {
+		stream(p.client, p.backend, 1<<30, uint64(i), 64<<10, 0) // ended by CloseAll
+	}
+	testkit.WaitFor(t, "a pair moved", func() bool { return e.moves.Load() > 0 })
+	e.CloseAll()
+	for i, p := range all {
+		if s := p.wait(t); !errors.Is(s.Err, net.ErrClosed) && s.Err != nil {
+			t.Errorf("pair %d: Stats.Err = %v", i, s.Err)
+		}
+	}
+	waitBulk(t, e, 0)
 }
