@@ -14,7 +14,7 @@ type collector struct {
 	backendActive, backendTotal, backendDialFailures       *prometheus.Desc
 	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
 	headerErrors, workerRestarts                           *prometheus.Desc
-	logLinesDropped, handshakes                            *prometheus.Desc
+	logLinesDropped, handshakes, moves                     *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts           *prometheus.Desc
 }
 
@@ -43,6 +43,7 @@ func NewCollector(src Source) prometheus.Collector {
 		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
 		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
 		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
+		moves:               desc("bulk_moves_total", "Bulk transfers handed from an event loop with two or more of them above another to the least busy loop."),
 		logLinesDropped:     desc("log_lines_dropped_total", "Log lines not written, by reason (rate_limited: over the per-cause rate; output_blocked: the log output did not keep up).", "reason"),
 	}
 	c.backendEarlyCloses = desc("backend_early_closes_total",
@@ -56,7 +57,7 @@ func NewCollector(src Source) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.handshakes, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
+		c.limitWaits, c.handshakes, c.moves, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts} {
 		ch <- d
 	}
@@ -89,6 +90,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.rejected, m.NoBackend.Load(), "no_backend")
 		counter(c.rejected, headers, "header")
+	}
+	if c.src.Moves != nil {
+		counter(c.moves, c.src.Moves())
 	}
 	if c.src.Logs != nil {
 		suppressed, dropped := c.src.Logs()

@@ -66,6 +66,7 @@ type daemon struct {
 	logs    *logging.Logs
 	boot    *config.Config // as started: what only a restart changes
 	srv     *server.Server
+	moves   func() int64        // the epoll engine's bulk moves; nil with the goroutine engine
 	sup     *backend.Supervisor // nil without [workers]
 	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener

@@ -14,6 +14,7 @@ import (
 	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/relay"
 	"github.com/stickyd/stickyd/server"
 	"go.uber.org/zap"
 )
@@ -83,6 +84,9 @@ func (d *daemon) newServer(cfg *config.Config) error {
 		return configErrorf("%v", err)
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
+	if ee, ok := engine.(*relay.EpollEngine); ok {
+		d.moves = ee.Moves
+	}
 	return nil
 }
 
@@ -164,7 +168,7 @@ func (d *daemon) startAdmin() {
 	}
 	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
 		MaxConnections: d.budget.conns, Workers: d.sup,
-		Logs: d.logs.Counts}, d.log.Named("admin"))
+		Logs: d.logs.Counts, Moves: d.moves}, d.log.Named("admin"))
 	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))
 	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
 		MaxHeaderBytes: 16 << 10, ErrorLog: zap.NewStdLog(d.log.Named("admin"))}

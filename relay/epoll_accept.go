@@ -441,3 +441,7 @@ var _ LoopAcceptor = (*EpollEngine)(nil)
 
 // Loops implements LoopAcceptor.
 func (e *EpollEngine) Loops() int { return len(e.loops) }
+
+// Moves is how many bulk pairs a crowded loop has handed to the least busy
+// one so far (relay/epoll_move.go).
+func (e *EpollEngine) Moves() int64 { return e.moves.Load() }

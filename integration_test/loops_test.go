@@ -1,0 +1,73 @@
+package integration_test
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+)
+
+// Downloads opened while stickyd idles all land on the one event loop that
+// accepts at low load (its adaptive GOMAXPROCS is down to 1); as they turn
+// bulk, those above the other loop's count by two move there
+// (stickyd_bulk_moves_total), and every byte arrives.
+func TestBulkTransfersMoveBetweenLoops(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: one event loop")
+	}
+	const clients, size = 8, 16 << 20
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveDownloads(ln, size)
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "dl="+ln.Addr().String(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
+	testkit.WaitFor(t, "GOMAXPROCS down to 1 while idle", func() bool {
+		return strings.Contains(p.stderr.String(), `"gomaxprocs":1`)
+	})
+	got := make(chan int64, clients)
+	for i := range clients {
+		go func() {
+			c, err := testkit.DialFrom(testkit.ClientIP(i*7), p.addr)
+			if err != nil {
+				got <- -1
+				return
+			}
+			defer c.Close()
+			n, _ := io.Copy(io.Discard, c)
+			got <- n
+		}()
+	}
+	for range clients {
+		if n := testkit.Await(t, got, "a download hangs"); n != size {
+			t.Errorf("a client got %d bytes, want %d", n, size)
+		}
+	}
+	if v := opsMetric(t, adm, "stickyd_bulk_moves_total"); v < 1 {
+		t.Errorf("stickyd_bulk_moves_total = %v: no download moved off the accepting loop", v)
+	}
+}
+
+// serveDownloads sends size bytes on each connection of ln, then closes it.
+func serveDownloads(ln net.Listener, size int) {
+	block := make([]byte, 1<<20)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			for sent := 0; sent < size; sent += len(block) {
+				if _, err := c.Write(block); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
