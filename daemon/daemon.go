@@ -67,6 +67,7 @@ type daemon struct {
 	boot    *config.Config // as started: what only a restart changes
 	srv     *server.Server
 	moves   func() int64        // the epoll engine's bulk moves; nil with the goroutine engine
+	spread  int                 // event loops accepting (spreadAccept's; 0: all, as started)
 	sup     *backend.Supervisor // nil without [workers]
 	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener

@@ -68,9 +68,10 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int 
 }
 
 // adaptProcs adjusts GOMAXPROCS to the load until ctx ends, then restores
-// the starting value. onChange, if not nil, is told each new value (the
-// server then spreads accepting over as many event loops).
-func adaptProcs(ctx context.Context, log *zap.Logger, onChange func(int)) {
+// the starting value. onTick, if not nil, is told the value in force after
+// every step, and the starting one at the end (the daemon then chooses how
+// many event loops accept: spreadFor).
+func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int)) {
 	if _, set := os.LookupEnv("GOMAXPROCS"); set || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
@@ -83,8 +84,8 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onChange func(int)) {
 	defer t.Stop()
 	defer func() {
 		runtime.GOMAXPROCS(start)
-		if onChange != nil {
-			onChange(start)
+		if onTick != nil {
+			onTick(start, start)
 		}
 	}()
 	for {
@@ -92,12 +93,13 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onChange func(int)) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if p := c.step(processCPU(), now, lat.slowShare()); p != runtime.GOMAXPROCS(0) {
+			p := c.step(processCPU(), now, lat.slowShare())
+			if p != runtime.GOMAXPROCS(0) {
 				runtime.GOMAXPROCS(p)
-				if onChange != nil {
-					onChange(p)
-				}
 				log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
+			}
+			if onTick != nil {
+				onTick(p, start)
 			}
 		}
 	}
@@ -142,4 +144,24 @@ func (l *schedLatency) slowShare() float64 {
 		return 0
 	}
 	return float64(slow) / float64(all)
+}
+
+// spreadOpenPerLoop is how many open client connections per event loop
+// (max Ps) turn Spread off: past it every loop accepts.
+const spreadOpenPerLoop = 64
+
+// spreadFor is how many event loops accept with p of max Ps and open
+// client connections: p while few are open, so that at low load the loops
+// beyond the Ps park instead of each waking for its share of the
+// connections; max past spreadOpenPerLoop per loop. A connection stays on
+// the loop that accepted it unless it turns into a bulk transfer (those
+// move: relay/epoll_move.go), so many long-lived connections opened in a
+// quiet spell (websockets that may all get busy later) must not all land
+// on the loops of a low-load moment: the kernel's hash spreads them over
+// every loop.
+func spreadFor(p, max int, open int64) int {
+	if open >= int64(spreadOpenPerLoop*max) {
+		return max
+	}
+	return p
 }

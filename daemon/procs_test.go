@@ -85,3 +85,24 @@ func TestSchedLatencyReads(t *testing.T) {
 		t.Fatalf("slowShare = %v with %d buckets", s, len(l.last))
 	}
 }
+
+// Fewer loops accept only while few connections are open.
+func TestSpreadFor(t *testing.T) {
+	for _, tc := range []struct {
+		p, max int
+		open   int64
+		want   int
+	}{
+		{1, 2, 0, 1},
+		{1, 2, 127, 1},
+		{1, 2, 128, 2}, // 64 per loop: every loop accepts
+		{2, 2, 0, 2},
+		{3, 8, 511, 3},
+		{3, 8, 512, 8},
+		{8, 8, 10, 8},
+	} {
+		if got := spreadFor(tc.p, tc.max, tc.open); got != tc.want {
+			t.Errorf("spreadFor(%d, %d, %d) = %d, want %d", tc.p, tc.max, tc.open, got, tc.want)
+		}
+	}
+}

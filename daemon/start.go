@@ -40,7 +40,7 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.loops = d.startLoops(cfg)
-	go adaptProcs(context.Background(), d.log, d.srv.SpreadAccept) // for the process's life
+	go adaptProcs(context.Background(), d.log, d.spreadAccept) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
@@ -176,4 +176,13 @@ func (d *daemon) startAdmin() {
 	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()),
 		zap.Bool("token", d.adminToken != ""), zap.Bool("host_check", adminOnLoopback(d.adminLn)))
 	warnAdminExposure(d.adminLn, d.adminToken, d.log.Named("admin"))
+}
+
+// spreadAccept tells the server how many event loops accept (spreadFor),
+// when that changes. Called by adaptProcs only.
+func (d *daemon) spreadAccept(p, max int) {
+	if n := spreadFor(p, max, d.srv.Open()); n != d.spread {
+		d.spread = n
+		d.srv.SpreadAccept(n)
+	}
 }

@@ -153,9 +153,10 @@
 //
 // Fewer loops accept at low load. Accepting.Spread(n) puts listener i in
 // the set of loop i mod n; the daemon calls it with its adaptive
-// GOMAXPROCS, so that at low load the loops beyond the Ps park instead of
-// each waking for its share of the connections (measured on 2 cores: 13%
-// less CPU per connection at 3000/s). Each listener is added to its new
+// GOMAXPROCS while few connections are open, so that at low load the loops
+// beyond the Ps park instead of each waking for its share of the
+// connections (measured on 2 cores: 4-13% less CPU per connection at
+// 3000/s). Each listener is added to its new
 // loop before it leaves the old one, so it is never unwatched.
 //
 // Bulk pairs move. Placement at accept (the kernel's hash, or Spread) is
