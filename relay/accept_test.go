@@ -144,16 +144,7 @@ func TestAcceptOnLoops(t *testing.T) {
 	eng := newLoopEngine(t, 2)
 	a := newEchoAcceptor(t, eng, echoBackend(t))
 	_, addr := acceptOn(t, eng, a)
-	testkit.Parallel(t, 64, 16, func(i int) error {
-		c, err := testkit.DialFrom(testkit.ClientIP(i), addr)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(testkit.Guard))
-		_, err = hello(c, "client")
-		return err
-	})
+	helloFrom(t, addr, 0, 64, 16)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.perLoop) != 2 {
@@ -411,16 +402,7 @@ func TestAcceptSpread(t *testing.T) {
 		a.mu.Lock()
 		clear(a.perLoop)
 		a.mu.Unlock()
-		testkit.Parallel(t, 48, 12, func(i int) error {
-			c, err := testkit.DialFrom(testkit.ClientIP(from+i), addr)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(testkit.Guard))
-			_, err = hello(c, "client")
-			return err
-		})
+		helloFrom(t, addr, from, 48, 12)
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		return maps.Clone(a.perLoop)
@@ -440,4 +422,20 @@ func TestAcceptSpread(t *testing.T) {
 	if _, err := net.Dial("tcp", addr); err == nil {
 		t.Error("the group still accepts after Close")
 	}
+}
+
+// helloFrom has n clients, from client addresses from, from+1, ..., at
+// most par at a time, exchange a hello through addr.
+func helloFrom(t *testing.T, addr string, from, n, par int) {
+	t.Helper()
+	testkit.Parallel(t, n, par, func(i int) error {
+		c, err := testkit.DialFrom(testkit.ClientIP(from+i), addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(testkit.Guard))
+		_, err = hello(c, "client")
+		return err
+	})
 }

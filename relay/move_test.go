@@ -25,21 +25,12 @@ func TestEpollBulkPairsMove(t *testing.T) {
 		{"tiny", EpollOptions{Loops: 2, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1, Tick: 10 * time.Millisecond, InlineDone: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			eng, err := NewEpollEngine(tc.opts)
-			if err != nil {
-				t.Skip(err)
-			}
-			e := eng.(*EpollEngine)
-			r := newRig(t, eng)
-			all := make([]*ends, pairs)
-			for i := range all {
-				idle := time.Minute
+			e, all := pairsOnOneLoop(t, tc.opts, pairs, func(i int, p *Pair) {
+				p.Idle = time.Minute
 				if i >= pairs/2 {
-					idle = 3 * time.Second
+					p.Idle = 3 * time.Second
 				}
-				all[i] = r.pair(func(p *Pair) { p.Idle = idle })
-				e.next.Add(1) // the next Start picks the same loop: all on one
-			}
+			})
 			both := watchBulk(e)
 			type streams struct{ inSent, inGot, outSent, outGot chan streamResult }
 			ss := make([]streams, pairs)
@@ -113,18 +104,7 @@ func waitBulk(t *testing.T, e *EpollEngine, n int32) {
 
 // CloseAll while bulk pairs move between loops closes every one of them.
 func TestEpollCloseAllWhileMoving(t *testing.T) {
-	const pairs = 16
-	eng, err := NewEpollEngine(EpollOptions{Loops: 2, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1})
-	if err != nil {
-		t.Skip(err)
-	}
-	e := eng.(*EpollEngine)
-	r := newRig(t, eng)
-	all := make([]*ends, pairs)
-	for i := range all {
-		all[i] = r.pair(nil)
-		e.next.Add(1) // all on one loop
-	}
+	e, all := pairsOnOneLoop(t, EpollOptions{Loops: 2, BufferSize: 1000, PipeSize: 4096, PoolPipes: -1}, 16, nil)
 	for i, p := range all {
 		stream(p.client, p.backend, 1<<30, uint64(i), 64<<10, 0) // ended by CloseAll
 	}
@@ -136,4 +116,26 @@ func TestEpollCloseAllWhileMoving(t *testing.T) {
 		}
 	}
 	waitBulk(t, e, 0)
+}
+
+// pairsOnOneLoop starts n pairs on a new epoll engine with opts, all on the
+// same loop; cfg, if not nil, edits pair i first.
+func pairsOnOneLoop(t *testing.T, opts EpollOptions, n int, cfg func(i int, p *Pair)) (*EpollEngine, []*ends) {
+	t.Helper()
+	eng, err := NewEpollEngine(opts)
+	if err != nil {
+		t.Skip(err)
+	}
+	e := eng.(*EpollEngine)
+	r := newRig(t, eng)
+	all := make([]*ends, n)
+	for i := range all {
+		all[i] = r.pair(func(p *Pair) {
+			if cfg != nil {
+				cfg(i, p)
+			}
+		})
+		e.next.Add(1) // the next Start picks the same loop: all on one
+	}
+	return e, all
 }
