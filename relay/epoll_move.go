@@ -86,9 +86,7 @@ func (l *epLoop) moveTo(p *epPair, to *epLoop) {
 		to.failed = append(to.failed, epFailed{p, fmt.Errorf("relay: move: %w", err)})
 	}
 	l.e.moves.Add(1)
-	if to.parked.Load() && to.parked.CompareAndSwap(true, false) {
-		to.wake()
-	}
+	to.wakeIfParked()
 }
 
 // detach takes p out of l: ready queue, wheel, table, epoll set, counts.
