@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -59,6 +60,9 @@ type Source struct {
 	// Moves returns how many bulk transfers the epoll engine moved to a
 	// less busy event loop; nil (the goroutine engine) leaves it out.
 	Moves func() int64
+	// Busy returns the time the epoll engine's loops have spent running;
+	// nil (the goroutine engine) leaves it out.
+	Busy func() time.Duration
 }
 
 // BackendInfo is one entry of GET /backends.

@@ -12,8 +12,10 @@
 # (saturation, or the load generator's limit), then open loop at each RATE
 # connections/s. stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
 # most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"); PROXIES picks
-# (any stickyd* binary in the bundle). Prints one line per run: K proxy
-# scenario conn/s p99_ms cpu_us_per_conn.
+# (any stickyd* binary in the bundle; BIN-P4 is BIN with GOMAXPROCS=4).
+# Prints one line per run: K proxy scenario conn/s p99_ms cpu_us_per_conn,
+# and for stickyd the mean GOMAXPROCS over the run ("P", read from its
+# admin metrics every 0.25 s) and its event loops' busy time in cores.
 set -u
 OUT=$(mkdir -p "$1" && cd "$1" && pwd); KS=${2:-"2 4 8"}; RATES=${3:-"20000"}
 B=$(cd "$(dirname "$0")" && pwd); cd "$B"
@@ -23,7 +25,7 @@ ulimit -n 20000 2>/dev/null
 echo "host: $(uname -r) cpus=$(nproc) nofile=$(ulimit -n)"
 sysctl -qw net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 net.ipv4.tcp_tw_reuse=1 2>/dev/null
 BP="127.0.0.1:9991,127.0.0.1:9992,127.0.0.1:9993,127.0.0.1:9994"
-PORT=3990
+PORT=3990 ADMIN=3989
 
 start_proxy() { # NAME K: sets PP
 	local cpus="0-$(($2 - 1))"
@@ -31,7 +33,8 @@ start_proxy() { # NAME K: sets PP
 	stickyd*) # ./NAME, or ./BIN for BIN-fixedP with GOMAXPROCS=K
 		local env=() bin=$1
 		[[ $1 == *-fixedP ]] && env=(GOMAXPROCS="$2") bin=${1%-fixedP}
-		env "${env[@]}" taskset -c "$cpus" "./$bin" --listen 127.0.0.1:$PORT --backend b0=127.0.0.1:9991 \
+		[[ $1 =~ ^(.*)-P([0-9]+)$ ]] && env=(GOMAXPROCS="${BASH_REMATCH[2]}") bin=${BASH_REMATCH[1]}
+		env "${env[@]}" taskset -c "$cpus" "./$bin" --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN --backend b0=127.0.0.1:9991 \
 			--backend b1=127.0.0.1:9992 --backend b2=127.0.0.1:9993 --backend b3=127.0.0.1:9994 \
 			--send-proxy v2 --log-level error >"$OUT/$1-$2.log" 2>&1 &
 		PP=$! ;;
@@ -88,11 +91,36 @@ stop_proxy() {
 	kill "$PP" 2>/dev/null; wait "$PP" 2>/dev/null; sleep 0.5
 }
 
-# line K NAME SCENARIO FILE: one result line from lg's output.
+# line K NAME SCENARIO FILE: one result line from lg's output (and the
+# sampler's, for stickyd).
 line() {
 	awk -v k="$1" -v n="$2" -v s="$3" '$1 ~ /conns_per_s/ {c=$2} $1 ~ /p99_ms/ {p=$2} $1 ~ /cpu_us_per_conn/ {u=$2}
-		END {printf "K=%s %-15s %-10s conn/s %8.0f  p99 ms %7.2f  CPU us/conn %6.1f\n", k, n, s, c, p, u}' "$4"
+		$1 == "P" {sp += $2; np++} $1 == "B" {if (!b0) {b0 = $2; t0 = $3} b1 = $2; t1 = $3}
+		END {printf "K=%s %-15s %-10s conn/s %8.0f  p99 ms %7.2f  CPU us/conn %6.1f", k, n, s, c, p, u
+			if (np) printf "  P %4.1f  busy cores %4.2f", sp / np, (t1 > t0 ? (b1 - b0) / (t1 - t0) : 0)
+			printf "\n"}' "$4" "$OUT/sampler.out"
 }
+
+# sample NAME: for stickyd, the admin metrics every 0.25 s into sampler.out
+# (lines "P gomaxprocs" and "B loop_busy_seconds unix_time") until killed.
+sample() {
+	: >"$OUT/sampler.out"
+	[[ $1 == stickyd* ]] || { SPID=; return; }
+	(taskset -pc "$rest" $BASHPID >/dev/null 2>&1 # off the proxy's cores
+	while :; do
+		metrics | awk -v t="$(date +%s.%N)" \
+			'$1 == "go_sched_gomaxprocs_threads" {print "P", $2} $1 == "stickyd_loop_busy_seconds_total" {print "B", $2, t}'
+		sleep 0.25
+	done >>"$OUT/sampler.out") &
+	SPID=$!
+}
+metrics() { # GET /metrics from stickyd's admin API, with bash alone
+	exec 3<>/dev/tcp/127.0.0.1/$ADMIN || return
+	printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n' "$ADMIN" >&3
+	cat <&3
+	exec 3<&-
+}
+unsample() { [ -n "$SPID" ] && { kill "$SPID"; wait "$SPID" 2>/dev/null; }; }
 
 for K in $KS; do
 	rest="$K-$LAST"
@@ -101,10 +129,14 @@ for K in $KS; do
 	sleep 0.3
 	for name in ${PROXIES:-stickyd stickyd-fixedP haproxy nginx}; do
 		start_proxy "$name" "$K" || continue
+		sample "$name"
 		taskset -c "$rest" ./lg rate -target 127.0.0.1:$PORT -c $((K * 64)) -d 5s -warmup 1s -pid "$PP" >"$OUT/r.out" 2>&1
+		unsample
 		line "$K" "$name" rate "$OUT/r.out"
 		for r in $RATES; do
+			sample "$name"
 			taskset -c "$rest" ./lg open -target 127.0.0.1:$PORT -rate "$r" -d 4s -warmup 1s -pid "$PP" >"$OUT/o.out" 2>&1
+			unsample
 			line "$K" "$name" "open$r" "$OUT/o.out"
 		done
 		stop_proxy

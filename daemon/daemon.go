@@ -66,10 +66,11 @@ type daemon struct {
 	logs    *logging.Logs
 	boot    *config.Config // as started: what only a restart changes
 	srv     *server.Server
-	moves   func() int64        // the epoll engine's bulk moves; nil with the goroutine engine
-	spread  int                 // event loops accepting (spreadAccept's; 0: all, as started)
-	sup     *backend.Supervisor // nil without [workers]
-	workers []backend.Spec      // the worker slots, fixed for the process's life
+	moves   func() int64         // the epoll engine's bulk moves; nil with the goroutine engine
+	busy    func() time.Duration // the epoll engine's loop busy time (Busy); nil with the goroutine engine
+	spread  int                  // event loops accepting (spreadAccept's; 0: all, as started)
+	sup     *backend.Supervisor  // nil without [workers]
+	workers []backend.Spec       // the worker slots, fixed for the process's life
 	ln      net.Listener
 	lnGroup []net.Listener // the rest of ln's SO_REUSEPORT group, inherited
 	self    *selfAddrs     // what reaches ln; nil until it listens

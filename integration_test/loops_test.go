@@ -52,6 +52,11 @@ func TestBulkTransfersMoveBetweenLoops(t *testing.T) {
 	if v := opsMetric(t, adm, "stickyd_bulk_moves_total"); v < 1 {
 		t.Errorf("stickyd_bulk_moves_total = %v: no download moved off the accepting loop", v)
 	}
+	// 128 MiB through the loops took them some time: a busy clock that
+	// does not run would read 0.
+	if v := opsMetric(t, adm, "stickyd_loop_busy_seconds_total"); v <= 0 {
+		t.Errorf("stickyd_loop_busy_seconds_total = %v after 128 MiB relayed", v)
+	}
 }
 
 // serveDownloads sends size bytes on each connection of ln, then closes it.

@@ -445,3 +445,17 @@ func (e *EpollEngine) Loops() int { return len(e.loops) }
 // Moves is how many bulk pairs a crowded loop has handed to the least busy
 // one so far (relay/epoll_move.go).
 func (e *EpollEngine) Moves() int64 { return e.moves.Load() }
+
+// Busy is the time the loops have spent running, summed over the loops:
+// wall-clock time from each wake-up to the park that follows, their system
+// calls included, the Go scheduler's wake-ups and parking not. Its rate
+// divided by Loops is how busy the loops are: near 1, they are the limit.
+// On cores shared with other work it also counts the time the kernel gave
+// a loop's thread's core to another thread.
+func (e *EpollEngine) Busy() time.Duration {
+	var ns int64
+	for _, l := range e.loops {
+		ns += l.busy.Load()
+	}
+	return time.Duration(ns)
+}

@@ -61,6 +61,7 @@ type epLoop struct {
 	accAcks    []chan struct{}
 	moving     []*epPair    // pairs that turned bulk in this batch (moveOut)
 	bulk       atomic.Int32 // pairs of this loop that turned bulk (read by the others)
+	busy       atomic.Int64 // ns spent running, wake-up to park (EpollEngine.Busy)
 }
 
 type epFailed struct {
@@ -170,6 +171,8 @@ func (l *epLoop) run() {
 func (l *epLoop) poll(uintptr) bool {
 	l.parked.Store(false)
 	l.turn = 0
+	woke := time.Since(l.e.base)
+	defer func() { l.busy.Add(int64(time.Since(l.e.base) - woke)) }()
 	for {
 		n, e := epWaitNow(l.epfd, l.events)
 		if e != 0 {

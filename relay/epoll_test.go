@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // TestEpollIdleCost holds 1000 idle pairs open and checks what they cost the
@@ -217,5 +219,37 @@ func TestEpQueueFIFO(t *testing.T) {
 	}
 	if want != next {
 		t.Fatalf("popped %d pairs, pushed %d", want, next)
+	}
+}
+
+// TestEpollBusyCounts checks the loops' busy clock: it runs while a loop
+// moves bytes, and stands still while no loop wakes (no pair, no timer).
+func TestEpollBusyCounts(t *testing.T) {
+	eng, err := NewEpollEngine(EpollOptions{Loops: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ee := eng.(*EpollEngine)
+	r := newRig(t, eng)
+	e := r.pair(nil)
+	sent, got := stream(e.client, e.backend, 8<<20, 1, 64<<10, 0)
+	checkStream(t, "client->backend", sent, got)
+	e.closeClean(t)
+	// Done runs before the loop parks: wait until the clock settles.
+	var worked time.Duration
+	testkit.WaitFor(t, "the loops park", func() bool {
+		b := ee.Busy()
+		time.Sleep(10 * time.Millisecond)
+		worked = ee.Busy()
+		return worked == b
+	})
+	if worked <= 0 {
+		t.Fatalf("Busy = %v after 8 MiB relayed, want > 0", worked)
+	}
+	// No pair is left, so no loop has a timer or an event: parked time
+	// must not count (a clock that ran while parked would move here).
+	time.Sleep(3 * 50 * time.Millisecond) // three default Ticks
+	if b := ee.Busy(); b != worked {
+		t.Errorf("Busy went from %v to %v with every loop parked and nothing to do", worked, b)
 	}
 }
