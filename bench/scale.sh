@@ -13,9 +13,12 @@
 # connections/s. stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
 # most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"); PROXIES picks
 # (any stickyd* binary in the bundle; BIN-P4 is BIN with GOMAXPROCS=4).
-# Prints one line per run: K proxy scenario conn/s p99_ms cpu_us_per_conn,
-# and for stickyd the mean GOMAXPROCS over the run ("P", read from its
-# admin metrics every 0.25 s) and its event loops' busy time in cores.
+# Prints one line per run: K proxy scenario conn/s p99_ms cpu_us_per_conn;
+# with SAMPLE=1, for stickyd also the mean GOMAXPROCS over the run ("P",
+# read from its admin metrics every 0.25 s) and its event loops' busy time
+# in cores. Sampling costs stickyd at low rates: each scrape makes a few
+# goroutines wait for a P, and its adaptive GOMAXPROCS adds one (2 cores,
+# 1000/s: 10-20% more CPU per connection), so leave it off for ratios.
 set -u
 OUT=$(mkdir -p "$1" && cd "$1" && pwd); KS=${2:-"2 4 8"}; RATES=${3:-"20000"}
 B=$(cd "$(dirname "$0")" && pwd); cd "$B"
@@ -105,7 +108,7 @@ line() {
 # (lines "P gomaxprocs" and "B loop_busy_seconds unix_time") until killed.
 sample() {
 	: >"$OUT/sampler.out"
-	[[ $1 == stickyd* ]] || { SPID=; return; }
+	[[ ${SAMPLE:-0} == 1 && $1 == stickyd* ]] || { SPID=; return; }
 	(taskset -pc "$rest" $BASHPID >/dev/null 2>&1 # off the proxy's cores
 	while :; do
 		metrics | awk -v t="$(date +%s.%N)" \
