@@ -63,6 +63,9 @@ type Source struct {
 	// Busy returns the time the epoll engine's loops have spent running;
 	// nil (the goroutine engine) leaves it out.
 	Busy func() time.Duration
+	// Loops is the number of the epoll engine's event loops; 0 (the
+	// goroutine engine) leaves the metric out.
+	Loops int
 }
 
 // BackendInfo is one entry of GET /backends.

@@ -14,7 +14,7 @@ type collector struct {
 	backendActive, backendTotal, backendDialFailures       *prometheus.Desc
 	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
 	headerErrors, workerRestarts                           *prometheus.Desc
-	logLinesDropped, handshakes, moves, loopBusy           *prometheus.Desc
+	logLinesDropped, handshakes, moves, loopBusy, loops    *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts           *prometheus.Desc
 }
 
@@ -44,7 +44,8 @@ func NewCollector(src Source) prometheus.Collector {
 		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
 		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
 		moves:               desc("bulk_moves_total", "Bulk transfers handed from an event loop with two or more of them above another to the least busy loop."),
-		loopBusy:            desc("loop_busy_seconds_total", "Time the event loops spent running (from each wake-up to the next park), summed over the loops: its rate is the cores the relay's own work takes."),
+		loopBusy:            desc("loop_busy_seconds_total", "Time the event loops spent running (wall clock from each wake-up to the next park), summed over the loops: its rate divided by stickyd_event_loops is how busy they are (near 1: the loops are the limit)."),
+		loops:               desc("event_loops", "The epoll engine's event loops (one per core at start)."),
 		logLinesDropped:     desc("log_lines_dropped_total", "Log lines not written, by reason (rate_limited: over the per-cause rate; output_blocked: the log output did not keep up).", "reason"),
 	}
 	c.backendEarlyCloses = desc("backend_early_closes_total",
@@ -58,7 +59,7 @@ func NewCollector(src Source) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.handshakes, c.moves, c.loopBusy, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
+		c.limitWaits, c.handshakes, c.moves, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts} {
 		ch <- d
 	}
@@ -97,6 +98,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Busy != nil {
 		ch <- prometheus.MustNewConstMetric(c.loopBusy, prometheus.CounterValue, c.src.Busy().Seconds())
+	}
+	if c.src.Loops > 0 {
+		gauge(c.loops, int64(c.src.Loops))
 	}
 	if c.src.Logs != nil {
 		suppressed, dropped := c.src.Logs()

@@ -68,6 +68,7 @@ type daemon struct {
 	srv     *server.Server
 	moves   func() int64         // the epoll engine's bulk moves; nil with the goroutine engine
 	busy    func() time.Duration // the epoll engine's loop busy time (Busy); nil with the goroutine engine
+	nLoops  int                  // the epoll engine's event loops; 0 with the goroutine engine
 	spread  int                  // event loops accepting (spreadAccept's; 0: all, as started)
 	sup     *backend.Supervisor  // nil without [workers]
 	workers []backend.Spec       // the worker slots, fixed for the process's life

@@ -85,7 +85,7 @@ func (d *daemon) newServer(cfg *config.Config) error {
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
 	if ee, ok := engine.(*relay.EpollEngine); ok {
-		d.moves, d.busy = ee.Moves, ee.Busy
+		d.moves, d.busy, d.nLoops = ee.Moves, ee.Busy, ee.Loops()
 	}
 	return nil
 }
@@ -168,7 +168,7 @@ func (d *daemon) startAdmin() {
 	}
 	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
 		MaxConnections: d.budget.conns, Workers: d.sup,
-		Logs: d.logs.Counts, Moves: d.moves, Busy: d.busy}, d.log.Named("admin"))
+		Logs: d.logs.Counts, Moves: d.moves, Busy: d.busy, Loops: d.nLoops}, d.log.Named("admin"))
 	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))
 	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
 		MaxHeaderBytes: 16 << 10, ErrorLog: zap.NewStdLog(d.log.Named("admin"))}

@@ -57,6 +57,9 @@ func TestBulkTransfersMoveBetweenLoops(t *testing.T) {
 	if v := opsMetric(t, adm, "stickyd_loop_busy_seconds_total"); v <= 0 {
 		t.Errorf("stickyd_loop_busy_seconds_total = %v after 128 MiB relayed", v)
 	}
+	if v := opsMetric(t, adm, "stickyd_event_loops"); v != float64(runtime.GOMAXPROCS(0)) {
+		t.Errorf("stickyd_event_loops = %v, want one per core it may use (%d)", v, runtime.GOMAXPROCS(0))
+	}
 }
 
 // serveDownloads sends size bytes on each connection of ln, then closes it.
