@@ -18,7 +18,8 @@
 # read from its admin metrics every 0.25 s) and its event loops' busy time
 # in cores. Sampling costs stickyd at low rates: each scrape makes a few
 # goroutines wait for a P, and its adaptive GOMAXPROCS adds one (2 cores,
-# 1000/s: 10-20% more CPU per connection), so leave it off for ratios.
+# 1000/s, a busy machine: up to 20% more CPU per connection), so leave it
+# off for ratios.
 set -u
 OUT=$(mkdir -p "$1" && cd "$1" && pwd); KS=${2:-"2 4 8"}; RATES=${3:-"20000"}
 B=$(cd "$(dirname "$0")" && pwd); cd "$B"
