@@ -54,7 +54,7 @@
 // EPOLLOUT added (one epoll_ctl, for good), so short connections never wake
 // the loop just to learn that a fresh socket is writable.
 // Each loop clocks the time from a wake-up to the park that follows
-// (EpollEngine.Busy, one clock read per wake-up): the operator's measure
+// (EpollEngine.Busy: one clock reading more per wake-up, at the park): the operator's measure
 // of how close the loops are to their limit.
 //
 // Parking. The loop does not block an OS thread in epoll_wait: a goroutine

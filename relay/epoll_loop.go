@@ -171,8 +171,8 @@ func (l *epLoop) run() {
 func (l *epLoop) poll(uintptr) bool {
 	l.parked.Store(false)
 	l.turn = 0
-	woke := time.Since(l.e.base)
-	defer func() { l.busy.Add(int64(time.Since(l.e.base) - woke)) }()
+	woke := int64(-1) // the first batch's clock: no reading of its own
+	defer func() { l.busy.Add(int64(time.Since(l.e.base)) - woke) }()
 	for {
 		n, e := epWaitNow(l.epfd, l.events)
 		if e != 0 {
@@ -182,6 +182,9 @@ func (l *epLoop) poll(uintptr) bool {
 			n = 0
 		}
 		l.now = int64(time.Since(l.e.base))
+		if woke < 0 {
+			woke = l.now
+		}
 		closeAll, stop := l.intake()
 		for i := range n {
 			l.event(&l.events[i])
