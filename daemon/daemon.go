@@ -24,6 +24,7 @@ import (
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/logging"
+	"github.com/stickyd/stickyd/relay"
 	"github.com/stickyd/stickyd/server"
 	"github.com/stickyd/stickyd/upgrade"
 	"go.uber.org/zap"
@@ -66,12 +67,10 @@ type daemon struct {
 	logs    *logging.Logs
 	boot    *config.Config // as started: what only a restart changes
 	srv     *server.Server
-	moves   func() int64         // the epoll engine's bulk moves; nil with the goroutine engine
-	busy    func() time.Duration // the epoll engine's loop busy time (Busy); nil with the goroutine engine
-	nLoops  int                  // the epoll engine's event loops; 0 with the goroutine engine
-	spread  int                  // event loops accepting (spreadAccept's; 0: all, as started)
-	sup     *backend.Supervisor  // nil without [workers]
-	workers []backend.Spec       // the worker slots, fixed for the process's life
+	epoll   *relay.EpollEngine  // the engine, for its metrics; nil with the goroutine engine
+	spread  int                 // event loops accepting (spreadAccept's; 0: all, as started)
+	sup     *backend.Supervisor // nil without [workers]
+	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener
 	lnGroup []net.Listener // the rest of ln's SO_REUSEPORT group, inherited
 	self    *selfAddrs     // what reaches ln; nil until it listens

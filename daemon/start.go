@@ -84,9 +84,7 @@ func (d *daemon) newServer(cfg *config.Config) error {
 		return configErrorf("%v", err)
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
-	if ee, ok := engine.(*relay.EpollEngine); ok {
-		d.moves, d.busy, d.nLoops = ee.Moves, ee.Busy, ee.Loops()
-	}
+	d.epoll, _ = engine.(*relay.EpollEngine)
 	return nil
 }
 
@@ -166,9 +164,12 @@ func (d *daemon) startAdmin() {
 	if d.adminLn == nil {
 		return
 	}
-	h := admin.NewHandler(admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
-		MaxConnections: d.budget.conns, Workers: d.sup,
-		Logs: d.logs.Counts, Moves: d.moves, Busy: d.busy, Loops: d.nLoops}, d.log.Named("admin"))
+	src := admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
+		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts}
+	if ee := d.epoll; ee != nil {
+		src.Moves, src.Busy, src.Loops = ee.Moves, ee.Busy, ee.Loops()
+	}
+	h := admin.NewHandler(src, d.log.Named("admin"))
 	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))
 	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
 		MaxHeaderBytes: 16 << 10, ErrorLog: zap.NewStdLog(d.log.Named("admin"))}

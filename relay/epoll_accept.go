@@ -449,10 +449,10 @@ func (e *EpollEngine) Moves() int64 { return e.moves.Load() }
 // Busy is the time the loops have spent running, summed over the loops:
 // wall-clock time from each wake-up (the return of its first epoll_wait,
 // which the batch reads the clock at anyway) to the park that follows,
-// their system calls included, the Go scheduler's wake-ups and parking not. Its rate
-// divided by Loops is how busy the loops are: near 1, they are the limit.
-// On cores shared with other work it also counts the time the kernel gave
-// a loop's thread's core to another thread.
+// their system calls included, the Go scheduler's wake-ups and parking
+// not. Its rate divided by Loops is how busy the loops are: near 1, they
+// are the limit. On cores shared with other work it also counts the time
+// the kernel gave a loop's thread's core to another thread.
 func (e *EpollEngine) Busy() time.Duration {
 	var ns int64
 	for _, l := range e.loops {
