@@ -28,7 +28,8 @@ type echoAcceptor struct {
 	perLoop map[Starter]int
 	handled chan string // the client's address, per Handle
 
-	limit    int64
+	limit    atomic.Int64
+	silent   bool // no header: the backend sends nothing unless the client does
 	slots    atomic.Int64
 	refused  chan struct{} // one per Admit that said no
 	acceptEr chan error
@@ -40,7 +41,7 @@ func newEchoAcceptor(t *testing.T, eng *EpollEngine, backend string) *echoAccept
 }
 
 func (a *echoAcceptor) Admit() bool {
-	if a.limit > 0 && a.slots.Add(1) > a.limit {
+	if limit := a.limit.Load(); limit > 0 && a.slots.Add(1) > limit {
 		a.slots.Add(-1)
 		a.refused <- struct{}{}
 		return false
@@ -49,7 +50,7 @@ func (a *echoAcceptor) Admit() bool {
 }
 
 func (a *echoAcceptor) Unadmit() {
-	if a.limit > 0 {
+	if a.limit.Load() > 0 {
 		a.slots.Add(-1)
 	}
 }
@@ -71,7 +72,11 @@ func (a *echoAcceptor) Handle(s *Socket, on Starter) {
 		a.Unadmit()
 		return
 	}
-	on.Start(Pair{Client: s, Backend: b.(*Socket), Header: []byte("hello\n"), Done: func(Stats) { a.Unadmit() }})
+	var header []byte
+	if !a.silent {
+		header = []byte("hello\n")
+	}
+	on.Start(Pair{Client: s, Backend: b.(*Socket), Header: header, Done: func(Stats) { a.Unadmit() }})
 	a.handled <- remote.String()
 }
 
@@ -157,7 +162,7 @@ func TestAcceptOnLoops(t *testing.T) {
 func TestAcceptPausesAtAdmit(t *testing.T) {
 	eng := newLoopEngine(t, 1)
 	a := newEchoAcceptor(t, eng, echoBackend(t))
-	a.limit = 1
+	a.limit.Store(1)
 	x, addr := acceptOn(t, eng, a)
 	first := testkit.Dial(t, "127.0.3.1", addr)
 	if _, err := hello(first, "first"); err != nil {
@@ -175,6 +180,28 @@ func TestAcceptPausesAtAdmit(t *testing.T) {
 	if _, err := hello(second, "second"); err != nil {
 		t.Fatalf("second client after Resume: %v", err)
 	}
+}
+
+// A backlog longer than one accept batch is taken whole with nothing else
+// to wake the loop. The listener is level-triggered in the loop's set, but
+// the Go netpoller watches that set edge-triggered: a loop that parked
+// with connections left in the backlog would not be woken for them.
+func TestAcceptBacklogBeyondBatch(t *testing.T) {
+	eng := newLoopEngine(t, 1)
+	a := newEchoAcceptor(t, eng, echoBackend(t))
+	a.silent = true // no pair's bytes wake the loop
+	a.limit.Store(1)
+	x, addr := acceptOn(t, eng, a)
+	testkit.Dial(t, "127.0.3.1", addr)
+	testkit.Await(t, a.handled, "the first client was not handled")
+	const backlog = 3*epAcceptBatch + 5
+	for i := range backlog {
+		testkit.Dial(t, "127.0.4."+strconv.Itoa(i+1), addr) // completes in the backlog
+	}
+	testkit.Await(t, a.refused, "Admit was not asked for the backlog")
+	a.limit.Store(0)
+	x.Resume()
+	testkit.WaitFor(t, "the whole backlog handled", func() bool { return len(a.handled) == backlog })
 }
 
 // Close stops every loop's accepting and closes the group; pairs already

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func TestSeamOnBothConns(t *testing.T) {
 			if local.String() != ln.Addr().String() || remote.String() != client.LocalAddr().String() {
 				t.Fatalf("AddrPorts = %v, %v; want %v, %v", local, remote, ln.Addr(), client.LocalAddr())
 			}
-			checkOptions(t, c)
+			checkOptions(t, c, true)
 			checkReadNow(t, client, c)
 			if _, err := TCPConn(c); err != nil {
 				t.Fatal(err)
@@ -100,11 +101,14 @@ func checkReadNow(t *testing.T, client *net.TCPConn, c Conn) {
 
 // checkOptions checks the options package net sets (tcpOptions) on c's
 // descriptor: a Socket's own, before any conversion (which sets them anew).
-func checkOptions(t *testing.T, c Conn) {
+// keepAlive false wants TCP_NODELAY alone (a dial to loopback, see
+// dialOptions).
+func checkOptions(t *testing.T, c Conn, keepAlive bool) {
 	t.Helper()
-	var idle, nodelay int
+	var idle, ka, nodelay int
 	get := func(fd int) {
 		idle, _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		ka, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
 		nodelay, _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
 	}
 	if s, ok := c.(*Socket); ok {
@@ -118,28 +122,53 @@ func checkOptions(t *testing.T, c Conn) {
 		}
 		rc.Control(func(fd uintptr) { get(int(fd)) })
 	}
-	if idle != 15 || nodelay == 0 {
-		t.Fatalf("%T: TCP_KEEPIDLE %d, TCP_NODELAY %d; want 15 and set, as package net sets them", c, idle, nodelay)
+	if nodelay == 0 {
+		t.Errorf("%T: TCP_NODELAY not set", c)
+	}
+	if keepAlive && (ka == 0 || idle != 15) {
+		t.Errorf("%T: SO_KEEPALIVE %d, TCP_KEEPIDLE %d; want set and 15, as package net sets them", c, ka, idle)
+	}
+	if !keepAlive && ka != 0 {
+		t.Errorf("%T: SO_KEEPALIVE set on a loopback dial", c)
 	}
 }
 
-// A Socket dialed by the engine has package net's options too.
+// A Socket dialed by the engine has TCP_NODELAY, and no keep-alive to a
+// loopback address, where probes test nothing.
 func TestDialedSocketOptions(t *testing.T) {
 	eng, err := NewEpollEngine(EpollOptions{Loops: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer eng.Close()
-	ln := listen(t)
-	c, err := eng.(SocketMaker).DialTimeout(context.Background(), "tcp", ln.Addr().String(), testkit.Guard)
-	if err != nil {
-		t.Fatal(err)
+	for _, network := range []string{"tcp4", "tcp6"} {
+		ln, err := net.Listen(network, map[string]string{"tcp4": "127.0.0.1:0", "tcp6": "[::1]:0"}[network])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := eng.(SocketMaker).DialTimeout(context.Background(), "tcp", ln.Addr().String(), testkit.Guard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, ok := c.(*Socket); !ok {
+			t.Fatalf("DialTimeout returned a %T", c)
+		}
+		checkOptions(t, c.(Conn), false)
 	}
-	defer c.Close()
-	if _, ok := c.(*Socket); !ok {
-		t.Fatalf("DialTimeout returned a %T", c)
+}
+
+// Off loopback a dial gets all of package net's options. (Checked on the
+// choice itself: tests dial nothing but loopback.)
+func TestDialOptions(t *testing.T) {
+	for addr, want := range map[string]int{"127.0.0.1": 1, "127.9.9.9": 1, "::1": 1,
+		"10.0.0.1": len(tcpOptions), "192.0.2.7": len(tcpOptions), "2001:db8::1": len(tcpOptions)} {
+		opts := dialOptions(netip.MustParseAddr(addr))
+		if len(opts) != want || opts[0].opt != unix.TCP_NODELAY {
+			t.Errorf("dialOptions(%s) = %v, want the first %d of tcpOptions", addr, opts, want)
+		}
 	}
-	checkOptions(t, c.(Conn))
 }
 
 // A connection that is not TCP is refused.

@@ -277,7 +277,11 @@ func (l *epLoop) accFor(fd int32) *epAcc {
 }
 
 // accept takes up to epAcceptBatch connections from acc and hands each to
-// the Acceptor, which may start its pair on this loop at once.
+// the Acceptor, which may start its pair on this loop at once. After a
+// whole batch the loop waits again before it parks (accMore): the
+// listener is level-triggered in the loop's set, but the netpoller watches
+// that set edge-triggered and would not report it again for the
+// connections left in the backlog.
 func (l *epLoop) accept(acc *epAcc) {
 	a := acc.x.a
 	for range epAcceptBatch {
@@ -303,6 +307,7 @@ func (l *epLoop) accept(acc *epAcc) {
 		s := &Socket{fd: int(r), local: acc.local, remote: rawAddrPort(&sa), eng: l.e}
 		a.Handle(s, loopStarter{l})
 	}
+	l.accMore = true
 }
 
 // pauseAccept stops this loop's accepting until Accepting.Resume. The
@@ -313,7 +318,8 @@ func (l *epLoop) pauseAccept(a Acceptor) {
 	if a.Admit() {
 		a.Unadmit()
 		if l.accPaused.CompareAndSwap(true, false) {
-			return // the listener, level-triggered, is reported again
+			l.accMore = true // the listener, level-triggered, is reported at the next wait
+			return
 		}
 		// Resume ran meanwhile (Unadmit's own release may have run it):
 		// the listeners are removed below, and its command adds them back.

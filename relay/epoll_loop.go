@@ -59,6 +59,7 @@ type epLoop struct {
 	inlineDone bool     // EpollOptions.InlineDone
 	accs       []*epAcc // listeners this loop accepts on
 	accAcks    []chan struct{}
+	accMore    bool         // a listener may have connections left: wait again before parking
 	moving     []*epPair    // pairs that turned bulk in this batch (moveOut)
 	bulk       atomic.Int32 // pairs of this loop that turned bulk (read by the others)
 	busy       atomic.Int64 // ns spent running, wake-up to park (EpollEngine.Busy)
@@ -186,6 +187,7 @@ func (l *epLoop) poll(uintptr) bool {
 			woke = l.now
 		}
 		closeAll, stop := l.intake()
+		l.accMore = false
 		for i := range n {
 			l.event(&l.events[i])
 		}
@@ -213,7 +215,7 @@ func (l *epLoop) poll(uintptr) bool {
 		if l.ready.n > 0 && l.turn >= epTurnBudget {
 			return l.yield()
 		}
-		if n == len(l.events) || l.ready.n > 0 || !l.park() {
+		if n == len(l.events) || l.ready.n > 0 || l.accMore || !l.park() {
 			continue
 		}
 		l.arm()

@@ -364,8 +364,9 @@ func (s *Socket) opErr(op string, err error) error {
 
 // tcpOptions are the options package net sets on every TCP connection it
 // dials or accepts, by default: no Nagle, keep-alive 15s/15s/9. A dialed
-// Socket gets them at once; a listener gets them once, and the sockets it
-// accepts inherit them (EpollEngine.Listener).
+// Socket gets them at once (to a loopback address only the first: see
+// dialOptions); a listener gets them once, and the sockets it accepts
+// inherit them (EpollEngine.Listener). TCP_NODELAY comes first.
 var tcpOptions = [...]struct{ level, opt, v int32 }{
 	{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 	{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
@@ -376,8 +377,12 @@ var tcpOptions = [...]struct{ level, opt, v int32 }{
 
 // setTCPOptions sets tcpOptions on fd; it returns the raw errno of the
 // first that fails, or 0.
-func setTCPOptions(fd int32) syscall.Errno {
-	for _, o := range tcpOptions {
+func setTCPOptions(fd int32) syscall.Errno { return setOptions(fd, tcpOptions[:]) }
+
+// setOptions sets opts on fd; it returns the raw errno of the first that
+// fails, or 0.
+func setOptions(fd int32, opts []struct{ level, opt, v int32 }) syscall.Errno {
+	for _, o := range opts {
 		v := o.v
 		if _, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(o.level), uintptr(o.opt),
 			uintptr(unsafe.Pointer(&v)), 4, 0); e != 0 {
