@@ -182,9 +182,10 @@ func TestAcceptPausesAtAdmit(t *testing.T) {
 	}
 }
 
-// A backlog longer than one accept batch is taken whole with nothing else
-// to wake the loop. The listener is level-triggered in the loop's set, but
-// the Go netpoller watches that set edge-triggered: a loop that parked
+// A backlog longer than one accept batch, and than a wake-up's share
+// (epAcceptTurn, past which the loop yields), is taken whole with nothing
+// else to wake the loop. The listener is level-triggered in the loop's set,
+// but the Go netpoller watches that set edge-triggered: a loop that parked
 // with connections left in the backlog would not be woken for them.
 func TestAcceptBacklogBeyondBatch(t *testing.T) {
 	eng := newLoopEngine(t, 1)
@@ -194,7 +195,7 @@ func TestAcceptBacklogBeyondBatch(t *testing.T) {
 	x, addr := acceptOn(t, eng, a)
 	testkit.Dial(t, "127.0.3.1", addr)
 	testkit.Await(t, a.handled, "the first client was not handled")
-	const backlog = 3*epAcceptBatch + 5
+	const backlog = epAcceptTurn + epAcceptBatch + 5
 	for i := range backlog {
 		testkit.Dial(t, "127.0.4."+strconv.Itoa(i+1), addr) // completes in the backlog
 	}

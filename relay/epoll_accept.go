@@ -84,8 +84,14 @@ const (
 )
 
 // epAcceptBatch bounds the connections one loop accepts per event, so that
-// one wake-up's handshakes do not delay the pairs it relays.
-const epAcceptBatch = 32
+// one wake-up's handshakes do not delay the pairs it relays; epAcceptTurn
+// bounds them per wake-up: past it, with more waiting, the loop yields
+// (see yield), as it does past epTurnBudget, so that a flood of new
+// connections cannot hold a P either.
+const (
+	epAcceptBatch = 32
+	epAcceptTurn  = 4 * epAcceptBatch
+)
 
 // Accept makes the loops accept on lns, listener i on loop i modulo the
 // number of loops, calling a for every connection. The Accepting owns lns
@@ -304,6 +310,7 @@ func (l *epLoop) accept(acc *epAcc) {
 			l.pauseAcceptFor(a.AcceptError(os.NewSyscallError("accept4", e)))
 			return
 		}
+		l.accTurn++
 		s := &Socket{fd: int(r), local: acc.local, remote: rawAddrPort(&sa), eng: l.e}
 		a.Handle(s, loopStarter{l})
 	}

@@ -60,6 +60,7 @@ type epLoop struct {
 	accs       []*epAcc // listeners this loop accepts on
 	accAcks    []chan struct{}
 	accMore    bool         // a listener may have connections left: wait again before parking
+	accTurn    int          // connections accepted since the loop woke (epAcceptTurn)
 	moving     []*epPair    // pairs that turned bulk in this batch (moveOut)
 	bulk       atomic.Int32 // pairs of this loop that turned bulk (read by the others)
 	busy       atomic.Int64 // ns spent running, wake-up to park (EpollEngine.Busy)
@@ -171,7 +172,7 @@ func (l *epLoop) run() {
 // arms the timer and returns false to park. It returns true to stop.
 func (l *epLoop) poll(uintptr) bool {
 	l.parked.Store(false)
-	l.turn = 0
+	l.turn, l.accTurn = 0, 0
 	woke := int64(-1) // the first batch's clock: no reading of its own
 	defer func() { l.busy.Add(int64(time.Since(l.e.base)) - woke) }()
 	for {
@@ -212,7 +213,7 @@ func (l *epLoop) poll(uintptr) bool {
 		if stop {
 			return true
 		}
-		if l.ready.n > 0 && l.turn >= epTurnBudget {
+		if l.ready.n > 0 && l.turn >= epTurnBudget || l.accMore && l.accTurn >= epAcceptTurn {
 			return l.yield()
 		}
 		if n == len(l.events) || l.ready.n > 0 || l.accMore || !l.park() {
