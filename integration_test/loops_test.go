@@ -3,12 +3,14 @@ package integration_test
 import (
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/stickyd/stickyd/internal/testkit"
+	"golang.org/x/sys/unix"
 )
 
 // Downloads opened while stickyd idles all land on the one event loop that
@@ -79,4 +81,64 @@ func serveDownloads(ln net.Listener, size int) {
 			}
 		}()
 	}
+}
+
+// A burst of clients (a reconnect storm after a restart, say) is accepted
+// whole, though nothing else wakes the event loops afterwards: each client
+// sends one byte before it is accepted and nothing more, and the backend
+// answers nothing. A loop that had accepted a batch of 32 used to park with
+// the rest of the backlog still queued, until its next event.
+func TestBurstOfClientsAccepted(t *testing.T) {
+	const clients = 1000
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() { // a silent backend that holds what it accepts
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "quiet="+ln.Addr().String(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
+	if runtime.NumCPU() >= 2 && os.Getenv("GOMAXPROCS") == "" {
+		// Settled: no change of GOMAXPROCS (and of the accepting loops)
+		// wakes a loop during the burst.
+		testkit.WaitFor(t, "GOMAXPROCS down to 1 while idle", func() bool {
+			return strings.Contains(p.stderr.String(), `"gomaxprocs":1`)
+		})
+	}
+	// Non-blocking connects, fired without waiting for any: the kernel
+	// completes each handshake into the listeners' backlogs at once.
+	ap := netip.MustParseAddrPort(p.addr)
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	for i := range clients {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+			t.Fatalf("client %d: connect: %v", i, err)
+		}
+		// A first byte, there before the accept: no hold waits for it
+		// (and no hold's end wakes the loop).
+		if _, err := unix.Write(fd, []byte{'x'}); err != nil {
+			t.Fatalf("client %d: write: %v", i, err)
+		}
+	}
+	testkit.WaitFor(t, "every client of the burst accepted", func() bool {
+		return opsMetric(t, adm, "stickyd_connections_open") == clients
+	})
 }
