@@ -154,7 +154,7 @@ func epConnectAgain(fd int32, ap netip.AddrPort) syscall.Errno {
 // nothing (the peer is this kernel, which answers them while the backend
 // hangs, and closes the socket itself when the backend dies), and four
 // setsockopt(2) calls less are about 1% of a short connection's CPU.
-func dialOptions(addr netip.Addr) []struct{ level, opt, v int32 } {
+func dialOptions(addr netip.Addr) []sockOpt {
 	if addr.IsLoopback() {
 		return tcpOptions[:1]
 	}

@@ -367,7 +367,7 @@ func (s *Socket) opErr(op string, err error) error {
 // Socket gets them at once (to a loopback address only the first: see
 // dialOptions); a listener gets them once, and the sockets it accepts
 // inherit them (EpollEngine.Listener). TCP_NODELAY comes first.
-var tcpOptions = [...]struct{ level, opt, v int32 }{
+var tcpOptions = [...]sockOpt{
 	{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 	{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int32(15 * time.Second / time.Second)},
@@ -375,13 +375,16 @@ var tcpOptions = [...]struct{ level, opt, v int32 }{
 	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
 }
 
+// sockOpt is an integer socket option: setsockopt(fd, level, opt, &v).
+type sockOpt struct{ level, opt, v int32 }
+
 // setTCPOptions sets tcpOptions on fd; it returns the raw errno of the
 // first that fails, or 0.
 func setTCPOptions(fd int32) syscall.Errno { return setOptions(fd, tcpOptions[:]) }
 
 // setOptions sets opts on fd; it returns the raw errno of the first that
 // fails, or 0.
-func setOptions(fd int32, opts []struct{ level, opt, v int32 }) syscall.Errno {
+func setOptions(fd int32, opts []sockOpt) syscall.Errno {
 	for _, o := range opts {
 		v := o.v
 		if _, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(o.level), uintptr(o.opt),
