@@ -22,14 +22,9 @@ func TestBulkTransfersMoveBetweenLoops(t *testing.T) {
 		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS, no single accepting loop")
 	}
 	const clients, size = 8, 16 << 20
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go serveDownloads(ln, size)
+	dl := serveDownloads(t, size)
 	adm := testkit.FreePort(t)
-	p := startStickyd(t, "--backend", "dl="+ln.Addr().String(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
+	p := startStickyd(t, "--backend", "dl="+dl.Addr(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
 	testkit.WaitFor(t, "GOMAXPROCS down to 1 while idle", func() bool {
 		return strings.Contains(p.stderr.String(), `"gomaxprocs":1`)
 	})
@@ -64,23 +59,21 @@ func TestBulkTransfersMoveBetweenLoops(t *testing.T) {
 	}
 }
 
-// serveDownloads sends size bytes on each connection of ln, then closes it.
-func serveDownloads(ln net.Listener, size int) {
+// serveDownloads serves size bytes on each connection, then closes it,
+// until the test ends.
+func serveDownloads(t *testing.T, size int) *testkit.Tracked {
 	block := make([]byte, 1<<20)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			for sent := 0; sent < size; sent += len(block) {
-				if _, err := c.Write(block); err != nil {
-					return
-				}
+	var tr testkit.Tracked
+	tr.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
+		defer tr.Forget(c)
+		defer c.Close()
+		for sent := 0; sent < size; sent += len(block) {
+			if _, err := c.Write(block); err != nil {
+				return
 			}
-		}()
-	}
+		}
+	})
+	return &tr
 }
 
 // A burst of clients (a reconnect storm after a restart, say) is accepted
@@ -90,28 +83,10 @@ func serveDownloads(ln net.Listener, size int) {
 // the rest of the backlog still queued, until its next event.
 func TestBurstOfClientsAccepted(t *testing.T) {
 	const clients = 1000
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() { // a silent backend that holds what it accepts
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
+	var quiet testkit.Tracked // holds what it accepts, answers nothing
+	quiet.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(net.Conn) {})
 	adm := testkit.FreePort(t)
-	p := startStickyd(t, "--backend", "quiet="+ln.Addr().String(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
+	p := startStickyd(t, "--backend", "quiet="+quiet.Addr(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
 	if runtime.NumCPU() >= 2 && os.Getenv("GOMAXPROCS") == "" {
 		// Settled: no change of GOMAXPROCS (and of the accepting loops)
 		// wakes a loop during the burst.
