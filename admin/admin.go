@@ -60,6 +60,9 @@ type Source struct {
 	// Moves returns how many bulk transfers the epoll engine moved to a
 	// less busy event loop; nil (the goroutine engine) leaves it out.
 	Moves func() int64
+	// Sheds returns how many long-lived connections busy event loops
+	// handed to less busy ones; nil (the goroutine engine) leaves it out.
+	Sheds func() int64
 	// Busy returns the time the epoll engine's loops have spent running;
 	// nil (the goroutine engine) leaves it out.
 	Busy func() time.Duration

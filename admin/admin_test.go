@@ -42,7 +42,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f := &fixture{set: set, metrics: server.NewMetrics()}
 	h := NewHandler(Source{Backends: func() *backend.Set { return f.set }, Metrics: f.metrics,
-		Open: func() int64 { return 7 }, MaxConnections: 100, Moves: func() int64 { return 5 },
+		Open: func() int64 { return 7 }, MaxConnections: 100, Moves: func() int64 { return 5 }, Sheds: func() int64 { return 6 },
 		Busy: func() time.Duration { return 1500 * time.Millisecond }, Loops: 2}, zap.NewNop())
 	f.srv = httptest.NewServer(h)
 	t.Cleanup(f.srv.Close)
@@ -112,6 +112,7 @@ func TestAdminMetrics(t *testing.T) {
 		`stickyd_bytes_total{direction="out"} 2000`,
 		`stickyd_header_errors_total{kind="untrusted"} 0`,
 		`stickyd_bulk_moves_total 5`,
+		`stickyd_busy_moves_total 6`,
 		`stickyd_loop_busy_seconds_total 1.5`,
 		`stickyd_event_loops 2`,
 		`go_goroutines `,

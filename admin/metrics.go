@@ -10,12 +10,12 @@ import (
 type collector struct {
 	src Source
 
-	backendUp, backendHealthy, backendState, backendWeight *prometheus.Desc
-	backendActive, backendTotal, backendDialFailures       *prometheus.Desc
-	open, max, relayed, rejected, limitWaits, bytes        *prometheus.Desc
-	headerErrors, workerRestarts                           *prometheus.Desc
-	logLinesDropped, handshakes, moves, loopBusy, loops    *prometheus.Desc
-	backendEarlyCloses, backendFirstByteTimeouts           *prometheus.Desc
+	backendUp, backendHealthy, backendState, backendWeight     *prometheus.Desc
+	backendActive, backendTotal, backendDialFailures           *prometheus.Desc
+	open, max, relayed, rejected, limitWaits, bytes            *prometheus.Desc
+	headerErrors, workerRestarts                               *prometheus.Desc
+	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
+	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -44,6 +44,7 @@ func NewCollector(src Source) prometheus.Collector {
 		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
 		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
 		moves:               desc("bulk_moves_total", "Bulk transfers handed from an event loop with two or more of them above another to the least busy loop."),
+		sheds:               desc("busy_moves_total", "Long-lived connections handed from an event loop busy over half the time to an accepting loop busy a quarter of the time less (they may have opened while few loops accepted)."),
 		loopBusy:            desc("loop_busy_seconds_total", "Time the event loops spent running (wall clock from each wake-up to the next park), summed over the loops: its rate divided by stickyd_event_loops is how busy they are (near 1: the loops are the limit)."),
 		loops:               desc("event_loops", "The epoll engine's event loops (one per core at start)."),
 		logLinesDropped:     desc("log_lines_dropped_total", "Log lines not written, by reason (rate_limited: over the per-cause rate; output_blocked: the log output did not keep up).", "reason"),
@@ -59,7 +60,7 @@ func NewCollector(src Source) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.handshakes, c.moves, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
+		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts} {
 		ch <- d
 	}
@@ -95,6 +96,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Moves != nil {
 		counter(c.moves, c.src.Moves())
+	}
+	if c.src.Sheds != nil {
+		counter(c.sheds, c.src.Sheds())
 	}
 	if c.src.Busy != nil {
 		ch <- prometheus.MustNewConstMetric(c.loopBusy, prometheus.CounterValue, c.src.Busy().Seconds())

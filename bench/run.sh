@@ -6,14 +6,14 @@
 #   bench/run.sh --quick         # smoke run, ~1-2 minutes
 #   bench/run.sh --reps 5 --proxies "haproxy nginx"
 #   bench/run.sh --rate-only --reps 6 --proxies "stickyd haproxy"   # A/B of conn/s, p99, CPU/conn
-#   bench/run.sh --load-only --reps 3     # A/B of the bulk+short mix and the open-loop rates
+#   bench/run.sh --load-only --reps 3     # A/B of the bulk+short mix, the open-loop rates and chat
 #
 # The proxy "floor" (bench/floor, in the default list) is a measuring stick,
 # not a proxy: it runs the short-connection scenario only.
 #
 # Writes bench/results/{raw.csv,summary.csv,table.md,mem-per-conn.dat,mem-per-conn.png}
 # (--rate-only: bench/results/rate-only/, short connections only, no plot;
-# --load-only: bench/results/load-only/, mix and open loop only)
+# --load-only: bench/results/load-only/, mix, open loop and chat only)
 # and prints the table. Idempotent: installs what is missing, rebuilds, and
 # starts every process it needs on fresh ports; stops them on exit.
 set -euo pipefail
@@ -46,8 +46,9 @@ else
 fi
 RATE_C=16
 # Load scenarios: MIX_BULK endless downloads beside MIX_C short-connection
-# workers; open-loop runs at each of OPEN_RATES connections/s.
-MIX_BULK=60 MIX_C=8 OPEN_RATES="1000 3000"
+# workers; open-loop runs at each of OPEN_RATES connections/s; CHAT_N
+# long-lived connections, opened at CHAT_OPEN_RATE/s, exchanging messages.
+MIX_BULK=60 MIX_C=8 OPEN_RATES="1000 3000" CHAT_N=100 CHAT_OPEN_RATE=50
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
@@ -293,13 +294,15 @@ run_traffic() {
 run_load() {
 	local name=$1 rep=$2 r
 	shift 2
-	log "$name rep $rep: mix ($MIX_BULK downloads + $MIX_C short workers, $LOAD_D), open loop at $OPEN_RATES/s"
+	log "$name rep $rep: mix ($MIX_BULK downloads + $MIX_C short workers, $LOAD_D), open loop at $OPEN_RATES/s, chat ($CHAT_N connections)"
 	[ "$name" = floor ] || "$LG" mix "$@" -bulk "$MIX_BULK" -c "$MIX_C" -d "$LOAD_D" -warmup 2s >>"$WORK/client.log" 2>&1 ||
 		log "$name rep $rep: mix failed (see $WORK/client.log)"
 	for r in $OPEN_RATES; do
 		"$LG" open "$@" -rate "$r" -d "$LOAD_D" -warmup "$WARMUP" >>"$WORK/client.log" 2>&1 ||
 			log "$name rep $rep: open $r/s failed (see $WORK/client.log)"
 	done
+	[ "$name" = floor ] || "$LG" chat "$@" -n "$CHAT_N" -open-rate "$CHAT_OPEN_RATE" -d "$LOAD_D" >>"$WORK/client.log" 2>&1 ||
+		log "$name rep $rep: chat failed (see $WORK/client.log)"
 }
 
 # rotate N WORDS...: the words rotated left by N, so each repetition starts

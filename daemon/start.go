@@ -167,7 +167,7 @@ func (d *daemon) startAdmin() {
 	src := admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
 		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts}
 	if ee := d.epoll; ee != nil {
-		src.Moves, src.Busy, src.Loops = ee.Moves, ee.Busy, ee.Loops()
+		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
 	}
 	h := admin.NewHandler(src, d.log.Named("admin"))
 	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))

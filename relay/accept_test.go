@@ -439,9 +439,15 @@ func TestAcceptSpread(t *testing.T) {
 	if got := clients(0); len(got) != 1 || got[loopStarter{eng.loops[0]}] != 48 {
 		t.Errorf("after Spread(1): clients per loop %v, want all 48 on the first", got)
 	}
+	if n := eng.mayTake(); n != 1 {
+		t.Errorf("after Spread(1): %d loops may take shed pairs, want 1", n)
+	}
 	x.Spread(2)
 	if got := clients(100); len(got) != 2 {
 		t.Errorf("after Spread(2): clients per loop %v, want both loops used", got)
+	}
+	if n := eng.mayTake(); n != 2 {
+		t.Errorf("after Spread(2): %d loops may take shed pairs, want 2", n)
 	}
 	x.Spread(1)
 	if err := x.Close(); err != nil {

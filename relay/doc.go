@@ -176,7 +176,22 @@
 // the other loop's inbox and set, both under that loop's lock, with its
 // pipes, pending bytes, ends and deadlines. The new loop assumes both
 // sockets readable and writable (an EAGAIN each at most). No pair moves
-// while CloseAll runs or a loop stops, and a pair moves once at most.
+// while CloseAll runs or a loop stops, and a pair moves once at most as
+// bulk.
+//
+// Busy loops shed long-lived pairs. Connections that never turn bulk can
+// crowd a loop too: websockets opened in a quiet spell, while one loop
+// accepted, that all get busy later. Every 100 ms a loop weighs the
+// loops' busy clocks; when it was busy over half the window and a quarter
+// of the window more than the least busy loop that accepts, it hands that
+// loop enough of its active pairs to close half the gap, as they are next
+// served (epoll_move.go). It picks only pairs that have been on it for
+// two windows (short connections never move) and moved bytes in this one.
+// Measured on 2 cores, 100 connections opened at 50/s, then each echoing
+// 64-byte messages as fast as it could: half of them moved, and the
+// messages per second rose by 7-16% in three rounds of four (the load
+// generator shares the cores); a single accepting loop on 16 cores would
+// hold them all on one core.
 //
 // Done. Callbacks run on one goroutine per loop, in close order, after both
 // sockets are closed: a slow callback delays the Done calls of its loop,

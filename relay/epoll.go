@@ -16,7 +16,7 @@ import (
 )
 
 // EpollEngine relays pairs from a few event loops, so that an idle pair
-// costs its two sockets and about 0.2 KB (a 176-byte struct and two table
+// costs its two sockets and about 0.2 KB (a 192-byte struct and two table
 // slots): no goroutine, no stack, no pipe, no buffer, no Go timer.
 //
 //	eng, err := relay.NewEpollEngine(relay.EpollOptions{})
@@ -32,6 +32,12 @@ type EpollEngine struct {
 	next  atomic.Uint32
 	pipes atomic.Int32 // splice pipes held by the loops (EpollOptions.MaxPipes)
 	moves atomic.Int64 // bulk pairs handed to another loop (epoll_move.go)
+	sheds atomic.Int64 // chatty pairs a busy loop handed to another (epoll_move.go)
+	// spread is how many loops accept (Accepting.Spread); 0: all. Only
+	// those take pairs that a busy loop sheds: the others may have no P.
+	spread  atomic.Int32
+	balance epBalance    // the load balancing between loops (epoll_move.go)
+	weighs  atomic.Int64 // windows the loops have weighed (tests wait for them)
 	// closingAll counts CloseAll calls under way: no pair moves meanwhile.
 	closingAll atomic.Int32
 	closed     atomic.Bool
@@ -45,7 +51,10 @@ var _ SocketMaker = (*EpollEngine)(nil)
 // NewEpollEngine starts the loops of an epoll engine. The caller owns the
 // engine and must Close it.
 func NewEpollEngine(opts EpollOptions) (Engine, error) {
-	e := &EpollEngine{base: time.Now()}
+	e := &EpollEngine{base: time.Now(), balance: epBalance{epLoadWindow, epShedBusy, epShedGap}}
+	if opts.balance != nil {
+		e.balance = *opts.balance
+	}
 	for range opts.loops() {
 		l, err := newEpLoop(e, opts)
 		if err != nil {

@@ -160,6 +160,7 @@ func (x *Accepting) Resume() {
 // one.
 func (x *Accepting) Spread(n int) {
 	n = min(max(n, 1), len(x.e.loops))
+	x.e.spread.Store(int32(n))
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	select {
@@ -458,6 +459,10 @@ func (e *EpollEngine) Loops() int { return len(e.loops) }
 // Moves is how many bulk pairs a crowded loop has handed to the least busy
 // one so far (relay/epoll_move.go).
 func (e *EpollEngine) Moves() int64 { return e.moves.Load() }
+
+// Sheds is how many long-lived pairs busy loops have handed to less busy
+// ones so far (relay/epoll_move.go).
+func (e *EpollEngine) Sheds() int64 { return e.sheds.Load() }
 
 // Busy is the time the loops have spent running, summed over the loops:
 // wall-clock time from each wake-up (the return of its first epoll_wait,

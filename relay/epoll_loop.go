@@ -64,6 +64,7 @@ type epLoop struct {
 	moving     []*epPair    // pairs that turned bulk in this batch (moveOut)
 	bulk       atomic.Int32 // pairs of this loop that turned bulk (read by the others)
 	busy       atomic.Int64 // ns spent running, wake-up to park (EpollEngine.Busy)
+	load       epLoad       // this loop's busy share and what it sheds (epoll_move.go)
 }
 
 type epFailed struct {
@@ -187,6 +188,9 @@ func (l *epLoop) poll(uintptr) bool {
 		if woke < 0 {
 			woke = l.now
 		}
+		if l.now-l.load.at >= l.e.balance.window {
+			l.weigh()
+		}
 		closeAll, stop := l.intake()
 		l.accMore = false
 		for i := range n {
@@ -197,7 +201,7 @@ func (l *epLoop) poll(uintptr) bool {
 		}
 		l.accAcks = l.accAcks[:0]
 		l.runReady()
-		if len(l.moving) > 0 {
+		if len(l.moving) > 0 || len(l.load.shedding) > 0 {
 			l.moveOut(len(closeAll) == 0 && !stop) // closing them all: none moves
 		}
 		l.wheel.advance(l.now, l.expire)
@@ -296,12 +300,13 @@ func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 }
 
 func (l *epLoop) adopt(p *epPair) {
-	if p.moved {
+	if p.mv&epMvTransit != 0 {
 		l.adoptMoved(p)
 		return
 	}
 	l.enter(p)
 	p.last = l.now
+	p.born = l.load.win
 	if p.hold != 0 {
 		p.hold += l.now
 	}
@@ -472,7 +477,7 @@ func (l *epLoop) finish(p *epPair, err error) {
 	epClose(p.client.fd) // also removes it from the epoll set
 	epClose(p.backend.fd)
 	l.live--
-	if p.bulk {
+	if p.mv&epMvBulk != 0 {
 		l.bulk.Add(-1)
 	}
 	if p.out.first&epGone != 0 {

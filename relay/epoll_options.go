@@ -40,6 +40,18 @@ type EpollOptions struct {
 	// Tick is the resolution of idle and linger timeouts: a timeout fires
 	// between its duration and its duration plus Tick late. Zero means 50ms.
 	Tick time.Duration
+
+	// balance, when set, replaces the defaults of the load balancing
+	// between loops (epoll_move.go): tests make it eager.
+	balance *epBalance
+}
+
+// epBalance tunes the load balancing between loops: the window over which
+// loops weigh their busy clocks, and the busy shares, per mille, past
+// which a loop sheds pairs (see weigh).
+type epBalance struct {
+	window            int64 // ns
+	shedBusy, shedGap int64
 }
 
 func (o EpollOptions) loops() int {

@@ -78,8 +78,8 @@ type epPair struct {
 	queued  bool  // in the loop's ready list
 	filed   bool  // in the wheel
 	failed  uint8 // epClientBit | epBackendBit: sockets that failed (see fail)
-	bulk    bool  // counted in its loop's bulk pairs (see epoll_move.go)
-	moved   bool  // in another loop's inbox, handed over (moveTo)
+	mv      uint8 // epMvBulk | epMvTransit | epMvPicked (see epoll_move.go)
+	born    uint8 // its loop's load window when it arrived there (low bits)
 }
 
 // Bits of epPair.failed and values of errSide.
@@ -262,6 +262,9 @@ func (l *epLoop) service(p *epPair) {
 		l.finish(p, nil)
 		return
 	}
+	if l.load.shedLeft > 0 {
+		l.considerShed(p)
+	}
 	if moreIn || moreOut {
 		l.enqueue(p)
 	}
@@ -443,6 +446,7 @@ func (l *epLoop) flush(p *epPair, f *epFlow, dst *epSock) error {
 	}
 	f.inPipe -= int32(n)
 	f.n += int64(n)
+	l.active(p)
 	p.last = l.now
 	return nil
 }
@@ -458,6 +462,7 @@ func (l *epLoop) write(p *epPair, f *epFlow, dst *epSock, b []byte) (int, error)
 		return 0, p.sockErr(epOpWrite, dst, e)
 	}
 	f.n += int64(m)
+	l.active(p)
 	p.last = l.now
 	return m, nil
 }

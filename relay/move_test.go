@@ -3,7 +3,9 @@
 package relay
 
 import (
+	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -118,8 +120,8 @@ func TestEpollCloseAllWhileMoving(t *testing.T) {
 	waitBulk(t, e, 0)
 }
 
-// pairsOnOneLoop starts n pairs on a new epoll engine with opts, all on the
-// same loop; cfg, if not nil, edits pair i first.
+// pairsOnOneLoop starts n pairs on a new epoll engine with opts, all on its
+// first loop; cfg, if not nil, edits pair i first.
 func pairsOnOneLoop(t *testing.T, opts EpollOptions, n int, cfg func(i int, p *Pair)) (*EpollEngine, []*ends) {
 	t.Helper()
 	eng, err := NewEpollEngine(opts)
@@ -130,12 +132,118 @@ func pairsOnOneLoop(t *testing.T, opts EpollOptions, n int, cfg func(i int, p *P
 	r := newRig(t, eng)
 	all := make([]*ends, n)
 	for i := range all {
+		e.next.Store(uint32(len(e.loops) - 1)) // the next Start picks loop 0 (pick)
 		all[i] = r.pair(func(p *Pair) {
 			if cfg != nil {
 				cfg(i, p)
 			}
 		})
-		e.next.Add(1) // the next Start picks the same loop: all on one
 	}
 	return e, all
+}
+
+// Chatty pairs crowded on one loop of two, none of them bulk, are shed to
+// the other once the loop has weighed them, and every message arrives
+// intact and in order. They stay put when only one loop may take pairs
+// (Accepting.Spread(1)).
+func TestEpollChattyPairsShed(t *testing.T) {
+	const pairs = 16
+	eager := &epBalance{window: int64(20 * time.Millisecond), shedBusy: 1, shedGap: 1}
+	for _, tc := range []struct {
+		name   string
+		spread int32
+	}{{"both loops take", 0}, {"one loop accepts", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, all := pairsOnOneLoop(t, EpollOptions{Loops: 2, balance: eager}, pairs, nil)
+			e.spread.Store(tc.spread)
+			stop := make(chan struct{})
+			rounds := make([]chan int, pairs)
+			for i, p := range all {
+				rounds[i] = make(chan int, 1)
+				go func() { rounds[i] <- chat(p, stop) }()
+			}
+			// Each pair must age epShedAge windows, then be weighed: a
+			// dozen windows, whatever the outcome.
+			testkit.WaitFor(t, "a dozen load windows", func() bool { return e.weighs.Load() >= 24 })
+			if tc.spread == 0 {
+				testkit.WaitFor(t, "a chatty pair shed", func() bool { return e.sheds.Load() > 0 })
+			}
+			close(stop)
+			for i, p := range all {
+				n := testkit.Await(t, rounds[i], "chat did not end")
+				if n < 0 {
+					t.Fatalf("pair %d: a message went wrong", i)
+				}
+				s := p.closeClean(t)
+				if want := int64(n * 8); s.BytesIn != want || s.BytesOut != want {
+					t.Errorf("pair %d: %d bytes in, %d out, want %d each way", i, s.BytesIn, s.BytesOut, want)
+				}
+			}
+			moved := e.sheds.Load()
+			t.Logf("%d moves of %d pairs", moved, pairs)
+			if tc.spread == 1 && moved != 0 {
+				t.Errorf("%d pairs moved to a loop that does not accept", moved)
+			}
+		})
+	}
+}
+
+// chat exchanges numbered 8-byte messages over p, the client asking and
+// the backend answering, until stop is closed; it returns the rounds, or
+// -1 if a message came back wrong.
+func chat(p *ends, stop chan struct{}) int {
+	var out, in [8]byte
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return n
+		default:
+		}
+		deadline := time.Now().Add(testkit.Guard)
+		p.client.SetDeadline(deadline)
+		p.backend.SetDeadline(deadline)
+		binary.LittleEndian.PutUint64(out[:], uint64(n))
+		for _, step := range []struct{ from, to *net.TCPConn }{{p.client, p.backend}, {p.backend, p.client}} {
+			if _, err := step.from.Write(out[:]); err != nil {
+				return -1
+			}
+			if _, err := io.ReadFull(step.to, in[:]); err != nil || in != out {
+				return -1
+			}
+		}
+	}
+}
+
+// Short connections are never shed, however busy their loop: each ends
+// before it is epShedAge windows old. Sixteen are open at a time, each
+// with an exchange when it opens and one before it closes, so that many
+// move bytes in two windows.
+func TestEpollShortPairsStay(t *testing.T) {
+	eager := &epBalance{window: int64(50 * time.Millisecond), shedBusy: 1, shedGap: 1}
+	eng, err := NewEpollEngine(EpollOptions{Loops: 2, balance: eager})
+	if err != nil {
+		t.Skip(err)
+	}
+	e := eng.(*EpollEngine)
+	r := newRig(t, eng)
+	var open [16]*ends
+	short := 0
+	for start := e.weighs.Load(); e.weighs.Load() < start+12; short++ {
+		e.next.Store(uint32(len(e.loops) - 1)) // on loop 0 (pick)
+		p, i := r.pair(nil), short%len(open)
+		if err := echoAll([]*ends{p}); err != nil {
+			t.Fatal(err)
+		}
+		if old := open[i]; old != nil {
+			if err := echoAll([]*ends{old}); err != nil {
+				t.Fatal(err)
+			}
+			old.closeClean(t)
+		}
+		open[i] = p
+	}
+	t.Logf("%d short pairs, %d shed", short, e.sheds.Load())
+	if m := e.sheds.Load(); m != 0 {
+		t.Errorf("%d short pairs moved", m)
+	}
 }

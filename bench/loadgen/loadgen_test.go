@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,5 +255,66 @@ stickyd,1,cpu_us_per_conn,60
 	}
 	if gp := renderCPUPlotScript(names, "/r/cpu"); !strings.Contains(gp, "'/r/cpu.dat' index 1 using 1:2") {
 		t.Errorf("cpu plot script:\n%s", gp)
+	}
+}
+
+// chat opens its connections and exchanges messages on each until the
+// run stops, through a plain echo server (no proxy).
+func TestChatExchanges(t *testing.T) {
+	var echo testkit.Tracked
+	var echoed atomic.Int64
+	echo.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
+		defer echo.Forget(c)
+		defer c.Close()
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+			echoed.Add(int64(n))
+		}
+	})
+	src, err := parseSourceIPs("127.1.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 4, 64
+	msg := echoMessage(size)
+	conns, err := openChats(src, echo.Addr(), n, 0, msg, testkit.Guard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var phase atomic.Int32
+	phase.Store(phaseMeasure)
+	type result struct {
+		trips int
+		errs  int64
+	}
+	got := make(chan result, n)
+	for _, c := range conns {
+		go func() {
+			lats, errs := chatWorker(&phase, c, msg, testkit.Guard)
+			got <- result{len(lats), errs}
+		}()
+	}
+	testkit.WaitFor(t, "a hundred messages echoed", func() bool { return echoed.Load() >= (n+100)*size })
+	phase.Store(phaseStop)
+	trips := 0
+	for range n {
+		r := testkit.Await(t, got, "a chat worker hangs")
+		if r.errs != 0 {
+			t.Errorf("a chat worker had %d errors", r.errs)
+		}
+		trips += r.trips
+	}
+	if trips == 0 {
+		t.Error("no round trip measured")
+	}
+	for _, c := range conns {
+		c.Close()
 	}
 }

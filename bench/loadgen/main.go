@@ -35,13 +35,14 @@ var modes = map[string]func(args []string) error{
 	"idle":    runIdle,
 	"mix":     runMix,
 	"open":    runOpen,
+	"chat":    runChat,
 	"report":  runReport,
 	"ports":   runPorts,
 }
 
 func main() {
 	if len(os.Args) < 2 || modes[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: loadgen backend|check|rate|stream|idle|mix|open|report|ports [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen backend|check|rate|stream|idle|mix|open|chat|report|ports [flags]")
 		os.Exit(2)
 	}
 	if err := modes[os.Args[1]](os.Args[2:]); err != nil {

@@ -8,7 +8,8 @@ import (
 )
 
 // The second table: the load scenarios of bench/run.sh, short connections
-// beside bulk downloads (mix) and open-loop runs at fixed rates (open).
+// beside bulk downloads (mix), open-loop runs at fixed rates (open) and
+// long-lived connections exchanging small messages (chat).
 
 // loadColumns are the second table's columns for the open-loop rates.
 func loadColumns(rates []int) []column {
@@ -23,7 +24,10 @@ func loadColumns(rates []int) []column {
 			column{head: fmt.Sprintf("open %s/s p99 ms", levelName(r)), metric: fmt.Sprintf("open_p99_ms@%d", r), digits: 2},
 			column{head: fmt.Sprintf("open %s/s CPU µs/conn", levelName(r)), metric: fmt.Sprintf("open_cpu_us_per_conn@%d", r)})
 	}
-	return cols
+	return append(cols,
+		column{head: "chat msg/s", metric: "chat_msgs_per_s"},
+		column{head: "chat p99 ms", metric: "chat_p99_ms", digits: 2},
+		column{head: "chat CPU µs/msg", metric: "chat_cpu_us_per_msg", digits: 1})
 }
 
 // hasData reports whether any proxy has a value in one of cols.
