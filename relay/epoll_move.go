@@ -198,8 +198,11 @@ func (l *epLoop) moveOut(may bool) {
 	l.moving = l.moving[:0]
 	w := &l.load
 	for i, p := range w.shedding {
-		if may && !p.closed && w.shedTo != nil { // picked by a timeout after the last batch: weigh may have reset it
-			l.moveTo(p, w.shedTo, &l.e.sheds)
+		// shedTo is nil for a pair a timeout picked after the last
+		// batch, if weigh has reset it since. A pair that stays may be
+		// picked again.
+		if !may || p.closed || w.shedTo == nil || !l.moveTo(p, w.shedTo, &l.e.sheds) {
+			p.mv &^= epMvPicked
 		}
 		w.shedding[i] = nil
 	}
@@ -223,14 +226,15 @@ func (l *epLoop) lightest() *epLoop {
 // under to's lock: an event of p that to's epoll_wait returns comes from
 // the registration, so the intake that follows (it takes the lock) finds p
 // in the inbox. A stopping loop takes no pair, nor does any while CloseAll
-// runs: p then stays. (CloseAll counts itself in closingAll before it posts
-// to any loop, and posts under each loop's lock: a pair put in to's inbox
-// before that post is adopted, and closed, by to's next intake.)
-func (l *epLoop) moveTo(p *epPair, to *epLoop, count *atomic.Int64) {
+// runs: p then stays. It reports whether p moved: from then on p is to's,
+// and l must not touch it. (CloseAll counts itself in closingAll before it
+// posts to any loop, and posts under each loop's lock: a pair put in to's
+// inbox before that post is adopted, and closed, by to's next intake.)
+func (l *epLoop) moveTo(p *epPair, to *epLoop, count *atomic.Int64) bool {
 	to.mu.Lock()
 	defer to.mu.Unlock()
 	if to.stop || to.stopped || l.e.closingAll.Load() > 0 {
-		return
+		return false
 	}
 	l.detach(p)
 	if p.mv&epMvBulk != 0 {
@@ -247,6 +251,7 @@ func (l *epLoop) moveTo(p *epPair, to *epLoop, count *atomic.Int64) {
 	}
 	count.Add(1)
 	to.wakeIfParked()
+	return true
 }
 
 // detach takes p out of l: ready queue, wheel, table, epoll set, counts.

@@ -120,6 +120,24 @@ func TestEpollCloseAllWhileMoving(t *testing.T) {
 	waitBulk(t, e, 0)
 }
 
+// CloseAll while busy loops shed chatty pairs closes every one of them.
+func TestEpollCloseAllWhileShedding(t *testing.T) {
+	eager := &epBalance{window: int64(5 * time.Millisecond), shedBusy: 1, shedGap: 1}
+	e, all := pairsOnOneLoop(t, EpollOptions{Loops: 2, balance: eager}, 32, nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, p := range all {
+		go chat(p, stop) // ends with an error at CloseAll
+	}
+	testkit.WaitFor(t, "a chatty pair shed", func() bool { return e.sheds.Load() > 0 })
+	e.CloseAll()
+	for i, p := range all {
+		if s := p.wait(t); !errors.Is(s.Err, net.ErrClosed) && s.Err != nil {
+			t.Errorf("pair %d: Stats.Err = %v", i, s.Err)
+		}
+	}
+}
+
 // pairsOnOneLoop starts n pairs on a new epoll engine with opts, all on its
 // first loop; cfg, if not nil, edits pair i first.
 func pairsOnOneLoop(t *testing.T, opts EpollOptions, n int, cfg func(i int, p *Pair)) (*EpollEngine, []*ends) {
