@@ -187,11 +187,15 @@
 // loop enough of its active pairs to close half the gap, as they are next
 // served (epoll_move.go). It picks only pairs that have been on it for
 // two windows (short connections never move) and moved bytes in this one.
-// Measured on 2 cores, 100 connections opened at 50/s, then each echoing
-// 64-byte messages as fast as it could: half of them moved, and the
-// messages per second rose by 7-16% in three rounds of four (the load
-// generator shares the cores); a single accepting loop on 16 cores would
-// hold them all on one core.
+// Loops that have no P take nothing: only those that accept (Spread) may.
+// Measured on 2 cores (bench's chat scenario: 100 connections opened at
+// 50/s, then each echoing 64-byte messages as fast as it could): in the
+// rounds where the adaptive GOMAXPROCS gave the loops a second P, 50 of
+// the 100 moved and messages per second rose by a median 16% (8 rounds:
+// -1% to +21%; the load generator shares the cores). In the other rounds
+// stickyd stayed on one P, at about 0.6 of a core, and nothing moved.
+// Without this, a single accepting loop on 16 cores would have kept them
+// all on one core.
 //
 // Done. Callbacks run on one goroutine per loop, in close order, after both
 // sockets are closed: a slow callback delays the Done calls of its loop,
