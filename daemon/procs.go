@@ -26,14 +26,25 @@ import (
 // goroutines wait for a P): when more than procsSlowShare of them waited
 // over procsSlowWait, it adds a P whatever the CPU says, and it never drops
 // one while a noticeable share waits.
+//
+// At rest it samples less. Ten samples a second were nearly all that an
+// idle stickyd did (about 38 thread wake-ups a second, 2 ms of CPU): so
+// once it has used under procsIdle of a core, on one P, for procsRestAfter
+// samples in a row, it samples once per procsRestPeriod instead, until an
+// event loop wakes (the epoll engine tells it at a loop's first wake-up
+// after a quiet spell: EpollEngine.Woke). It then samples at once and
+// goes back to procsPeriod. Without the epoll engine it never rests.
 
 const (
-	procsPeriod    = 100 * time.Millisecond
-	procsGrow      = 0.8 // add a P when CPU use passes this fraction of the Ps
-	procsShrink    = 0.6 // drop one when use stays below this fraction of one P fewer
-	procsCalm      = 5   // samples in a row below procsShrink before dropping one
-	procsSlowWait  = 200e-6
-	procsSlowShare = 0.05
+	procsPeriod     = 100 * time.Millisecond
+	procsGrow       = 0.8 // add a P when CPU use passes this fraction of the Ps
+	procsShrink     = 0.6 // drop one when use stays below this fraction of one P fewer
+	procsCalm       = 5   // samples in a row below procsShrink before dropping one
+	procsSlowWait   = 200e-6
+	procsSlowShare  = 0.05
+	procsIdle       = 0.02 // cores: below this on one P, a sample is idle
+	procsRestAfter  = 20   // idle samples in a row before resting
+	procsRestPeriod = time.Second
 )
 
 // procsControl decides the number of Ps from CPU samples. It is not safe
@@ -41,9 +52,17 @@ const (
 type procsControl struct {
 	max, p  int
 	calm    int // samples in a row below the shrink threshold
+	idle    int // samples in a row under procsIdle on one P
 	lastCPU time.Duration
 	lastAt  time.Time
 }
+
+// resting reports whether the samples have been idle long enough to take
+// them less often.
+func (c *procsControl) resting() bool { return c.idle >= procsRestAfter }
+
+// woken is told that an event loop woke: the next samples are not idle.
+func (c *procsControl) woken() { c.idle = 0 }
 
 // step takes the process's CPU time at now and the share of goroutines
 // that waited over procsSlowWait for a P since the last step, and returns
@@ -52,6 +71,11 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int 
 	wall := now.Sub(c.lastAt)
 	used := float64(cpu-c.lastCPU) / float64(max(wall, 1)) // cores
 	c.lastCPU, c.lastAt = cpu, now
+	if c.p == 1 && used < procsIdle {
+		c.idle++
+	} else {
+		c.idle = 0
+	}
 	switch {
 	case (used > procsGrow*float64(c.p) || slow > procsSlowShare) && c.p < c.max:
 		c.p++
@@ -70,8 +94,9 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int 
 // adaptProcs adjusts GOMAXPROCS to the load until ctx ends, then restores
 // the starting value. onTick, if not nil, is told the value in force after
 // every step, and the starting one at the end (the daemon then chooses how
-// many event loops accept: spreadFor).
-func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int)) {
+// many event loops accept: spreadFor). woke, if not nil, receives when an
+// event loop wakes after a quiet spell: only then does the controller rest.
+func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), woke <-chan struct{}) {
 	if _, set := os.LookupEnv("GOMAXPROCS"); set || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
@@ -88,20 +113,44 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int)) {
 			onTick(start, start)
 		}
 	}()
+	resting := false
+	var wake <-chan struct{} // woke while resting
 	for {
+		var now time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			p := c.step(processCPU(), now, lat.slowShare())
-			if p != runtime.GOMAXPROCS(0) {
-				runtime.GOMAXPROCS(p)
-				log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
-			}
-			if onTick != nil {
-				onTick(p, start)
-			}
+		case now = <-t.C:
+		case <-wake:
+			now = time.Now()
+			c.woken()
 		}
+		p := c.step(processCPU(), now, lat.slowShare())
+		if p != runtime.GOMAXPROCS(0) {
+			runtime.GOMAXPROCS(p)
+			log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
+		}
+		if onTick != nil {
+			onTick(p, start)
+		}
+		if rest := woke != nil && c.resting(); rest != resting {
+			resting, wake = rest, nil
+			t.Reset(procsPeriod)
+			if rest {
+				drain(woke) // a wake-up from before the rest is stale
+				wake = woke
+				t.Reset(procsRestPeriod)
+			}
+			log.Debug("GOMAXPROCS controller", zap.Bool("resting", rest))
+		}
+	}
+}
+
+// drain takes what ch holds, without waiting.
+func drain(ch <-chan struct{}) {
+	select {
+	case <-ch:
+	default:
 	}
 }
 

@@ -73,6 +73,48 @@ func TestProcsControl(t *testing.T) {
 	}
 }
 
+// The controller rests after procsRestAfter idle samples on one P, not
+// before, nor while it has more Ps or any use; a loop's wake-up ends the
+// rest.
+func TestProcsControlRests(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	c := &procsControl{max: 2, p: 2, lastAt: t0}
+	var cpu time.Duration
+	now := t0
+	feed := func(cores float64) {
+		now = now.Add(procsPeriod)
+		cpu += time.Duration(cores * float64(procsPeriod))
+		c.step(cpu, now, 0)
+	}
+	for range procsRestAfter {
+		feed(0.001) // idle, but on 2 Ps until procsCalm samples have passed
+	}
+	if c.p != 1 || c.resting() {
+		t.Fatalf("after %d idle samples from 2 Ps: %d Ps, resting %v; want 1 P, not resting yet", procsRestAfter, c.p, c.resting())
+	}
+	for c.idle < procsRestAfter-1 {
+		feed(0.001)
+	}
+	if c.resting() {
+		t.Fatal("resting one sample early")
+	}
+	feed(0.001)
+	if !c.resting() {
+		t.Fatalf("not resting after %d idle samples on one P", procsRestAfter)
+	}
+	feed(0.05) // a little work: no longer idle
+	if c.resting() {
+		t.Fatal("still resting after a sample at 5% of a core")
+	}
+	for range procsRestAfter {
+		feed(0.001)
+	}
+	c.woken()
+	if c.resting() {
+		t.Fatal("still resting after a loop woke")
+	}
+}
+
 // TestSchedLatencyReads checks that the scheduler's latency histogram is
 // there and gives a share between 0 and 1.
 func TestSchedLatencyReads(t *testing.T) {

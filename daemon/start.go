@@ -40,7 +40,11 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.loops = d.startLoops(cfg)
-	go adaptProcs(context.Background(), d.log, d.spreadAccept) // for the process's life
+	var woke <-chan struct{}
+	if d.epoll != nil {
+		woke = d.epoll.Woke()
+	}
+	go adaptProcs(context.Background(), d.log, d.spreadAccept, woke) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),

@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stickyd/stickyd/internal/testkit"
 	"golang.org/x/sys/unix"
@@ -116,4 +118,39 @@ func TestBurstOfClientsAccepted(t *testing.T) {
 	testkit.WaitFor(t, "every client of the burst accepted", func() bool {
 		return opsMetric(t, adm, "stickyd_connections_open") == clients
 	})
+}
+
+// An idle stickyd rests its GOMAXPROCS controller (one sample a second
+// instead of ten: those samples were nearly all an idle stickyd woke up
+// for), and the first client wakes it: the event loop that accepts it
+// tells the controller, which samples at once and at its usual pace again.
+func TestIdleControllerRestsUntilAClient(t *testing.T) {
+	if runtime.NumCPU() < 2 || os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS")
+	}
+	var echo testkit.Tracked
+	echo.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
+		defer echo.Forget(c)
+		defer c.Close()
+		io.Copy(c, c)
+	})
+	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--log-level", "debug")
+	resting := func(v bool) func() bool {
+		want := fmt.Sprintf(`"msg":"GOMAXPROCS controller","resting":%v`, v)
+		return func() bool { return strings.Contains(p.stderr.String(), want) }
+	}
+	testkit.WaitFor(t, "the controller resting while idle", resting(true))
+	c, err := testkit.DialFrom(testkit.ClientIP(1), p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testkit.Guard))
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the controller awake after a client", resting(false))
 }

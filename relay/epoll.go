@@ -36,8 +36,9 @@ type EpollEngine struct {
 	// spread is how many loops accept (Accepting.Spread); 0: all. Only
 	// those take pairs that a busy loop sheds: the others may have no P.
 	spread  atomic.Int32
-	balance epBalance    // the load balancing between loops (epoll_move.go)
-	weighs  atomic.Int64 // windows the loops have weighed (tests wait for them)
+	balance epBalance     // the load balancing between loops (epoll_move.go)
+	weighs  atomic.Int64  // windows the loops have weighed (tests wait for them)
+	woke    chan struct{} // Woke: a loop weighed a window (capacity 1)
 	// closingAll counts CloseAll calls under way: no pair moves meanwhile.
 	closingAll atomic.Int32
 	closed     atomic.Bool
@@ -51,7 +52,7 @@ var _ SocketMaker = (*EpollEngine)(nil)
 // NewEpollEngine starts the loops of an epoll engine. The caller owns the
 // engine and must Close it.
 func NewEpollEngine(opts EpollOptions) (Engine, error) {
-	e := &EpollEngine{base: time.Now(), balance: epBalance{epLoadWindow, epShedBusy, epShedGap}}
+	e := &EpollEngine{base: time.Now(), balance: epBalance{epLoadWindow, epShedBusy, epShedGap}, woke: make(chan struct{}, 1)}
 	if opts.balance != nil {
 		e.balance = *opts.balance
 	}

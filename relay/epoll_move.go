@@ -117,6 +117,10 @@ func (l *epLoop) weigh() {
 	w.shedLeft, w.shedTo = 0, nil
 	w.promised.Store(0)
 	l.e.weighs.Add(1)
+	select {
+	case l.e.woke <- struct{}{}:
+	default:
+	}
 	first := w.seen == nil
 	if first {
 		w.seen = make([]int64, len(l.e.loops))
