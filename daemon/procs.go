@@ -31,9 +31,10 @@ import (
 // idle stickyd did (about 38 thread wake-ups a second, 2 ms of CPU): so
 // once it has used under procsIdle of a core, on one P, for procsRestAfter
 // samples in a row, it samples once per procsRestPeriod instead, until an
-// event loop wakes (the epoll engine tells it at a loop's first wake-up
-// after a quiet spell: EpollEngine.Woke). It then samples at once and
-// goes back to procsPeriod. Without the epoll engine it never rests.
+// event loop wakes after a quiet spell of a second or more (the epoll
+// engine tells it: EpollEngine.Woke; keep-alives on open connections that
+// wake a loop more often do not). It then samples at once and goes back
+// to procsPeriod. Without the epoll engine it never rests.
 
 const (
 	procsPeriod     = 100 * time.Millisecond

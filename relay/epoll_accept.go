@@ -460,11 +460,12 @@ func (e *EpollEngine) Loops() int { return len(e.loops) }
 // one so far (relay/epoll_move.go).
 func (e *EpollEngine) Moves() int64 { return e.moves.Load() }
 
-// Woke receives when a loop runs after a load window has passed since it
-// last looked (epoll_move.go: at most every 100 ms per loop while it runs,
-// and at the first wake-up after a quiet spell). The daemon's GOMAXPROCS
-// controller, which samples less often at rest, listens to it to wake up
-// with the loops. It holds one value at most: nobody needs to listen.
+// Woke receives when a loop runs again after a quiet spell: its first
+// wake-up after a second or more without one (a loop that runs weighs its
+// load every 100 ms; epoll_move.go). The daemon's GOMAXPROCS controller,
+// which samples less often at rest, listens to it to wake up with the
+// loops, and not with every keep-alive of a mostly idle proxy. It holds
+// one value at most: nobody needs to listen.
 func (e *EpollEngine) Woke() <-chan struct{} { return e.woke }
 
 // Sheds is how many long-lived pairs busy loops have handed to less busy

@@ -54,6 +54,9 @@ const (
 	epShedBusy   = 500 // per mille of the window: a loop busier sheds...
 	epShedGap    = 250 // ...to a loop this much less busy
 	epShedAge    = 2   // windows a pair must have lived to be shed
+	// epQuietSpell is how long a loop must have gone without a window to
+	// tell EpollEngine.Woke's listener that it runs again.
+	epQuietSpell = int64(time.Second)
 )
 
 // epLoad is a loop's view of the loops' load: its own window, the busy
@@ -117,9 +120,11 @@ func (l *epLoop) weigh() {
 	w.shedLeft, w.shedTo = 0, nil
 	w.promised.Store(0)
 	l.e.weighs.Add(1)
-	select {
-	case l.e.woke <- struct{}{}:
-	default:
+	if span >= epQuietSpell { // the first run after a quiet spell (EpollEngine.Woke)
+		select {
+		case l.e.woke <- struct{}{}:
+		default:
+		}
 	}
 	first := w.seen == nil
 	if first {
