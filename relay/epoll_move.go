@@ -64,7 +64,6 @@ const (
 // it, except promised.
 type epLoad struct {
 	at       int64   // loop time the window started
-	prev     int64   // loop time the previous window started
 	win      uint8   // windows weighed so far (low bits; epPair.born)
 	active   int     // pairs that moved bytes in this window (activity)
 	seen     []int64 // each loop's busy clock at at
@@ -115,7 +114,7 @@ func (l *epLoop) weigh() {
 	w := &l.load
 	span := l.now - w.at
 	active := w.active
-	w.prev, w.at, w.active = w.at, l.now, 0
+	w.at, w.active = l.now, 0
 	w.win++
 	w.shedLeft, w.shedTo = 0, nil
 	w.promised.Store(0)
