@@ -53,15 +53,7 @@ func runChat(args []string) error {
 	if m == 0 {
 		return fmt.Errorf("no message echoed")
 	}
-	r := &results{f: cf}
-	r.add("chat_msgs_per_s", float64(m)/run.elapsed.Seconds())
-	r.add("chat_p50_ms", ms(percentile(run.lats, 50)))
-	r.add("chat_p99_ms", ms(percentile(run.lats, 99)))
-	r.add("chat_errors", float64(run.errors))
-	if cf.pid != 0 {
-		r.add("chat_cpu_us_per_msg", float64(run.ticks)*1e6/clockTicksPerSecond/float64(m))
-	}
-	return r.flush()
+	return run.report(cf, runMetrics{"chat_msgs_per_s", "chat_p50_ms", "chat_p99_ms", "chat_errors", "chat_cpu_us_per_msg"})
 }
 
 // openChats opens n echo connections at rate per second (0: no pause),

@@ -42,15 +42,8 @@ func runOpen(args []string) error {
 	if n == 0 {
 		return fmt.Errorf("no successful connection")
 	}
-	r := &results{f: cf}
-	r.add(fmt.Sprintf("open_conns_per_s@%d", *rate), float64(n)/run.elapsed.Seconds())
-	r.add(fmt.Sprintf("open_p50_ms@%d", *rate), ms(percentile(run.lats, 50)))
-	r.add(fmt.Sprintf("open_p99_ms@%d", *rate), ms(percentile(run.lats, 99)))
-	r.add(fmt.Sprintf("open_errors@%d", *rate), float64(run.errors))
-	if cf.pid != 0 {
-		r.add(fmt.Sprintf("open_cpu_us_per_conn@%d", *rate), float64(run.ticks)*1e6/clockTicksPerSecond/float64(n))
-	}
-	return r.flush()
+	at := func(metric string) string { return fmt.Sprintf("%s@%d", metric, *rate) }
+	return run.report(cf, runMetrics{at("open_conns_per_s"), at("open_p50_ms"), at("open_p99_ms"), at("open_errors"), at("open_cpu_us_per_conn")})
 }
 
 // openLoop starts op rate times per second, each on a goroutine of its

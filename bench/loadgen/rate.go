@@ -52,13 +52,24 @@ func runRate(args []string) error {
 	if n == 0 {
 		return fmt.Errorf("no successful connection")
 	}
+	return run.report(cf, runMetrics{"conns_per_s", "p50_ms", "p99_ms", "errors", "cpu_us_per_conn"})
+}
+
+// runMetrics names what a timed run reports: operations per second,
+// latency percentiles, errors, and the proxy's CPU µs per operation.
+type runMetrics struct{ rate, p50, p99, errors, cpu string }
+
+// report writes run's figures under the names of m (the CPU only with a
+// pid to sample). run must have at least one operation.
+func (run rateRun) report(cf *clientFlags, m runMetrics) error {
+	n := len(run.lats)
 	r := &results{f: cf}
-	r.add("conns_per_s", float64(n)/run.elapsed.Seconds())
-	r.add("p50_ms", ms(percentile(run.lats, 50)))
-	r.add("p99_ms", ms(percentile(run.lats, 99)))
-	r.add("errors", float64(run.errors))
+	r.add(m.rate, float64(n)/run.elapsed.Seconds())
+	r.add(m.p50, ms(percentile(run.lats, 50)))
+	r.add(m.p99, ms(percentile(run.lats, 99)))
+	r.add(m.errors, float64(run.errors))
 	if cf.pid != 0 {
-		r.add("cpu_us_per_conn", float64(run.ticks)*1e6/clockTicksPerSecond/float64(n))
+		r.add(m.cpu, float64(run.ticks)*1e6/clockTicksPerSecond/float64(n))
 	}
 	return r.flush()
 }
