@@ -62,7 +62,7 @@ type procsControl struct {
 // them less often.
 func (c *procsControl) resting() bool { return c.idle >= procsRestAfter }
 
-// woken is told that an event loop woke: the next samples are not idle.
+// woken restarts the count of idle samples: an event loop woke.
 func (c *procsControl) woken() { c.idle = 0 }
 
 // step takes the process's CPU time at now and the share of goroutines
@@ -136,12 +136,12 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 		}
 		if rest := woke != nil && c.resting(); rest != resting {
 			resting, wake = rest, nil
-			t.Reset(procsPeriod)
+			period := procsPeriod
 			if rest {
 				drain(woke) // a wake-up from before the rest is stale
-				wake = woke
-				t.Reset(procsRestPeriod)
+				wake, period = woke, procsRestPeriod
 			}
+			t.Reset(period)
 			log.Debug("GOMAXPROCS controller", zap.Bool("resting", rest))
 		}
 	}
