@@ -10,7 +10,10 @@
 #
 # Per K and proxy: the short-connection scenario with 64 x K workers
 # (saturation, or the load generator's limit), then open loop at each RATE
-# connections/s. stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
+# connections/s; with CHAT=1, then 100 x K long-lived connections opened at
+# 200/s exchanging 64 B messages (lg chat: whether connections opened
+# while stickyd idled spread over its cores; msg/s and CPU µs per message
+# in the conn/s and CPU columns). stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
 # most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"); PROXIES picks
 # (any stickyd* binary in the bundle; BIN-P4 is BIN with GOMAXPROCS=4).
 # Prints one line per run: K proxy scenario conn/s p99_ms cpu_us_per_conn;
@@ -98,7 +101,7 @@ stop_proxy() {
 # line K NAME SCENARIO FILE: one result line from lg's output (and the
 # sampler's, for stickyd).
 line() {
-	awk -v k="$1" -v n="$2" -v s="$3" '$1 ~ /conns_per_s/ {c=$2} $1 ~ /p99_ms/ {p=$2} $1 ~ /cpu_us_per_conn/ {u=$2}
+	awk -v k="$1" -v n="$2" -v s="$3" '$1 ~ /conns_per_s|msgs_per_s/ {c=$2} $1 ~ /p99_ms/ {p=$2} $1 ~ /cpu_us_per_(conn|msg)/ {u=$2}
 		$1 == "P" {sp += $2; np++} $1 == "B" {if (!b0) {b0 = $2; t0 = $3} b1 = $2; t1 = $3}
 		END {printf "K=%s %-15s %-10s conn/s %8.0f  p99 ms %7.2f  CPU us/conn %6.1f", k, n, s, c, p, u
 			if (np) printf "  P %4.1f  busy cores %4.2f", sp / np, (t1 > t0 ? (b1 - b0) / (t1 - t0) : 0)
@@ -143,6 +146,12 @@ for K in $KS; do
 			unsample
 			line "$K" "$name" "open$r" "$OUT/o.out"
 		done
+		if [[ ${CHAT:-0} == 1 ]]; then
+			sample "$name"
+			taskset -c "$rest" ./lg chat -target 127.0.0.1:$PORT -n $((K * 100)) -open-rate 200 -d 4s -pid "$PP" >"$OUT/c.out" 2>&1
+			unsample
+			line "$K" "$name" chat "$OUT/c.out"
+		fi
 		stop_proxy
 	done
 	kill "$BPID"; wait "$BPID" 2>/dev/null
