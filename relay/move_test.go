@@ -138,6 +138,9 @@ func TestEpollCloseAllWhileShedding(t *testing.T) {
 	}
 }
 
+// startOnFirstLoop makes e's next Start pick its first loop (see pick).
+func startOnFirstLoop(e *EpollEngine) { e.next.Store(uint32(len(e.loops) - 1)) }
+
 // pairsOnOneLoop starts n pairs on a new epoll engine with opts, all on its
 // first loop; cfg, if not nil, edits pair i first.
 func pairsOnOneLoop(t *testing.T, opts EpollOptions, n int, cfg func(i int, p *Pair)) (*EpollEngine, []*ends) {
@@ -150,7 +153,7 @@ func pairsOnOneLoop(t *testing.T, opts EpollOptions, n int, cfg func(i int, p *P
 	r := newRig(t, eng)
 	all := make([]*ends, n)
 	for i := range all {
-		e.next.Store(uint32(len(e.loops) - 1)) // the next Start picks loop 0 (pick)
+		startOnFirstLoop(e)
 		all[i] = r.pair(func(p *Pair) {
 			if cfg != nil {
 				cfg(i, p)
@@ -247,7 +250,7 @@ func TestEpollShortPairsStay(t *testing.T) {
 	var open [4]*ends
 	short := 0
 	for start := e.weighs.Load(); e.weighs.Load() < start+12; short++ {
-		e.next.Store(uint32(len(e.loops) - 1)) // on loop 0 (pick)
+		startOnFirstLoop(e)
 		p, i := r.pair(nil), short%len(open)
 		if err := echoAll([]*ends{p}); err != nil {
 			t.Fatal(err)
