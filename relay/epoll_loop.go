@@ -59,12 +59,13 @@ type epLoop struct {
 	inlineDone bool     // EpollOptions.InlineDone
 	accs       []*epAcc // listeners this loop accepts on
 	accAcks    []chan struct{}
-	accMore    bool         // a listener may have connections left: wait again before parking
-	accTurn    int          // connections accepted since the loop woke (epAcceptTurn)
-	moving     []*epPair    // pairs that turned bulk in this batch (moveOut)
-	bulk       atomic.Int32 // pairs of this loop that turned bulk (read by the others)
-	busy       atomic.Int64 // ns spent running, wake-up to park (EpollEngine.Busy)
-	load       epLoad       // this loop's busy share and what it sheds (epoll_move.go)
+	accMore    bool                    // a listener may have connections left: wait again before parking
+	accTurn    int                     // connections accepted since the loop woke (epAcceptTurn)
+	moving     []*epPair               // pairs that turned bulk in this batch (moveOut)
+	bulk       atomic.Int32            // pairs of this loop that turned bulk (read by the others)
+	busy       atomic.Int64            // ns spent running, wake-up to park (EpollEngine.Busy)
+	load       epLoad                  // this loop's busy share and what it sheds (epoll_move.go)
+	closeWaits map[*epPair]epCloseWait // closing pairs (epoll_close.go); nil until the first
 }
 
 type epFailed struct {
@@ -418,6 +419,12 @@ func (q *epQueue) pop() *epPair {
 // expire is called by the wheel when p's tick has come: p times out, or is
 // filed again if it moved bytes meanwhile.
 func (l *epLoop) expire(p *epPair) {
+	if p.failed&epClosing != 0 {
+		if l.closing(p); !p.closed {
+			l.wheel.add(p, l.now+l.wheel.tick)
+		}
+		return
+	}
 	d, why := p.deadlineWhy()
 	switch {
 	case d == 0:
@@ -469,6 +476,9 @@ func (l *epLoop) finish(p *epPair, err error) {
 		err = first
 	}
 	p.closed = true
+	if p.failed&epClosing != 0 {
+		delete(l.closeWaits, p)
+	}
 	l.wheel.remove(p)
 	l.fromSplice(&p.in)
 	l.fromSplice(&p.out)

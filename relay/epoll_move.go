@@ -237,11 +237,12 @@ func (l *epLoop) lightest() *epLoop {
 // runs: p then stays. It reports whether p moved: from then on p is to's,
 // and l must not touch it. (CloseAll counts itself in closingAll before it
 // posts to any loop, and posts under each loop's lock: a pair put in to's
-// inbox before that post is adopted, and closed, by to's next intake.)
+// inbox before that post is adopted, and closed, by to's next intake.) A
+// closing pair stays too: its loop holds what it waits for.
 func (l *epLoop) moveTo(p *epPair, to *epLoop, count *atomic.Int64) bool {
 	to.mu.Lock()
 	defer to.mu.Unlock()
-	if to.stop || to.stopped || l.e.closingAll.Load() > 0 {
+	if to.stop || to.stopped || l.e.closingAll.Load() > 0 || p.failed&epClosing != 0 {
 		return false
 	}
 	l.detach(p)

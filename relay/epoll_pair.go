@@ -77,7 +77,7 @@ type epPair struct {
 	closed  bool
 	queued  bool  // in the loop's ready list
 	filed   bool  // in the wheel
-	failed  uint8 // epClientBit | epBackendBit: sockets that failed (see fail)
+	failed  uint8 // epClientBit | epBackendBit: sockets that failed (see fail); epClosing
 	mv      uint8 // epMvBulk | epMvTransit | epMvPicked (see epoll_move.go)
 	born    uint8 // its loop's load window when it arrived there (low bits)
 }
@@ -245,8 +245,13 @@ func (l *epLoop) checkClient(p *epPair, f *epFlow, src *epSock) (bool, error) {
 const epBudget = 1 << 20
 
 // service moves whatever both flows of p can move now, then half-closes
-// ended flows and finishes p when both have ended or one failed.
+// ended flows and ends p when both have ended (see end), or finishes it
+// on an error that is not a socket's. A closing pair is served by closing.
 func (l *epLoop) service(p *epPair) {
+	if p.failed&epClosing != 0 {
+		l.closing(p)
+		return
+	}
 	moreIn, err := l.pump(p, &p.in, &p.client, &p.backend)
 	moreOut := false
 	if err == nil && !(p.holding() && l.now < p.hold) {
@@ -259,7 +264,7 @@ func (l *epLoop) service(p *epPair) {
 	l.endFlow(p, &p.in, &p.out, &p.backend)
 	l.endFlow(p, &p.out, &p.in, &p.client)
 	if p.in.shut && p.out.shut {
-		l.finish(p, nil)
+		l.end(p)
 		return
 	}
 	if l.load.shedLeft > 0 {

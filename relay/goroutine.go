@@ -40,6 +40,10 @@ type goPair struct {
 	// broken is set when a direction failed (see fail): the pair ends
 	// once the other direction has delivered what it can.
 	broken atomic.Bool
+	// shut[dir] is set when direction dir reached its source's end and
+	// half-closed its destination; each is written by its direction only,
+	// and read by run once both have returned.
+	shut [2]bool
 	// start is when the pair started; first is Stats.First, written by
 	// the backend -> client direction only.
 	start time.Time
@@ -81,8 +85,13 @@ func (e *GoroutineEngine) run(gp *goPair) {
 	st.Err = errors.Join(inErr, outErr)
 	st.First = gp.first
 	if gp.broken.Load() { // close(2) with unread bytes would send an RST
-		drainNow(gp.Client)
-		drainNow(gp.Backend)
+		st.BytesIn += gp.deliverRest(0)
+		st.BytesOut += gp.deliverRest(1)
+		for _, c := range [2]Conn{gp.Client, gp.Backend} {
+			if drainNow(c); !tcpClosed(c) {
+				closeSlowly(c) // the survivor (see closing.go)
+			}
+		}
 	}
 	gp.Client.Close()
 	gp.Backend.Close()
@@ -134,6 +143,7 @@ func (gp *goPair) copyDir(dir int, dst, src Conn) (int64, error) {
 				gp.inEOF.Store(true)
 			}
 			dst.CloseWrite()
+			gp.shut[dir] = true
 			gp.finish(dir)
 			if gp.broken.Load() {
 				gp.abort() // the other direction only drops bytes (see fail)
@@ -206,7 +216,9 @@ func (gp *goPair) finish(dir int) {
 // sends. Otherwise src has failed, after io.Copy delivered what came
 // before the error (or it cannot be told, on a Unix socket): the other
 // direction, writing to src, stops at once. Either way run drains both
-// sockets before it closes them (see drainNow).
+// sockets before it closes them (see drainNow), and closes a socket that
+// has not failed only once its peer has what was written to it (see
+// closeSlowly).
 func (gp *goPair) fail(dst, src Conn) {
 	gp.broken.Store(true)
 	if !tcpClosed(dst) || gp.ended.Load() > 0 { // or the other has ended already
@@ -214,6 +226,25 @@ func (gp *goPair) fail(dst, src Conn) {
 		return
 	}
 	io.Copy(io.Discard, src) // until src ends, or abort's deadline
+}
+
+// deliverRest writes on what direction dir's source still holds when it
+// has failed (reset: TCP state CLOSE) and the direction stopped before its
+// end, aborted by the other's error: Linux keeps what a reset socket
+// received readable, then EOF, so the reads never wait. It returns the
+// bytes written, and half-closes the destination after them.
+func (gp *goPair) deliverRest(dir int) int64 {
+	dst, src := gp.Backend, gp.Client
+	if dir == 1 {
+		dst, src = gp.Client, gp.Backend
+	}
+	if gp.shut[dir] || !tcpClosed(src) || tcpClosed(dst) {
+		return 0
+	}
+	src.SetReadDeadline(time.Time{}) // abort's
+	n, _ := io.Copy(dst, src)
+	dst.CloseWrite()
+	return n
 }
 
 // abort unblocks both directions: their reads fail at once.

@@ -172,3 +172,164 @@ func TestEngineResetWhileBlocked(t *testing.T) {
 		}
 	})
 }
+
+// sendUntil writes to c until stop is closed or a write fails (the engine
+// closed its side). It closes sent when it returns.
+func sendUntil(c *net.TCPConn, stop <-chan struct{}, sent chan<- struct{}) {
+	defer close(sent)
+	chunk := make([]byte, 16<<10)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		c.SetWriteDeadline(time.Now().Add(testkit.Guard))
+		if _, err := c.Write(chunk); err != nil {
+			return
+		}
+	}
+}
+
+// closingReply is the size of the reply in closingPair: much more than the
+// reader takes while it does not read (64-128 KiB), all of it within the
+// engine's send buffer (see sndBufForce).
+const closingReply = 400 << 10
+
+// sndBufForce sets c's send buffer to n bytes, past net.core.wmem_max
+// (SO_SNDBUFFORCE, which needs CAP_NET_ADMIN): SO_SNDBUF stops at
+// wmem_max (208 KiB by default, doubled), and the kernel counts each
+// packet's overhead against it too.
+func sndBufForce(c *net.TCPConn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if cerr := rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// closingPair connects a pair and starts it with the reader's side set up
+// for closing (see closing.go): the engine's socket towards the reader
+// takes the whole reply into its send queue, and most of the reply waits
+// there while the reader does not read. from is the side that will reset,
+// to the reader, which sends until stop is closed.
+func closingPair(t *testing.T, r *rig, dir string, stop <-chan struct{}, sent chan<- struct{}) (e *ends, from, to *net.TCPConn) {
+	e, p := r.connect()
+	from, to, out := e.backend, e.client, p.Client.(*net.TCPConn)
+	if dir == "client->backend" {
+		from, to, out = e.client, e.backend, p.Backend.(*net.TCPConn)
+	}
+	// Room for the whole reply beyond net.core.wmem_max (root only).
+	if err := sndBufForce(out, 8<<20); err != nil {
+		t.Skipf("SO_SNDBUFFORCE: %v", err)
+	}
+	go sendUntil(to, stop, sent)
+	r.eng.Start(*p)
+	write(t, from, string(message(reply400, closingReply)))
+	return e, from, to
+}
+
+// inQueue is how many received bytes wait unread in c (SIOCINQ).
+func inQueue(c *net.TCPConn) int {
+	n := 0
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	}
+	return n
+}
+
+// TestEngineResetWhilePeerSends: as TestEngineResetWhileBlocked, but the
+// reader sends all along (the rest of an upload the backend refused) and
+// reads only once the engine has had time to end the pair. The engine
+// must not close its side while the reader has not received every byte:
+// the reader's next bytes would draw an RST, which would throw away what
+// the engine still held for it (see closing.go). Done comes only then.
+func TestEngineResetWhilePeerSends(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, r *rig) {
+		for _, dir := range []string{"backend->client", "client->backend"} {
+			t.Run(strings.ReplaceAll(dir, ">", ""), func(t *testing.T) {
+				stop, sent := make(chan struct{}), make(chan struct{})
+				defer func() { close(stop); <-sent }()
+				e, from, to := closingPair(t, r, dir, stop, sent)
+				resetWhenSent(t, from)
+				testkit.WaitFor(t, "the reply to reach the reader", func() bool { return inQueue(to) > 0 }, testkit.Every(time.Millisecond))
+				select { // not a condition: time for an engine that closes too early to do it
+				case s := <-e.done:
+					t.Errorf("Done (%v) before the reader took the reply", s.Err)
+					e.done <- s
+				case <-time.After(200 * time.Millisecond):
+				}
+				got := readToEnd(t, to)
+				checkResetStats(t, e.wait(t), dir, closingReply)
+				sameBytes(t, dir, got, message(reply400, closingReply))
+			})
+		}
+	})
+}
+
+// TestEngineClosingStalls: after a reset, a reader that takes nothing and
+// sends on holds its pair only until it has acknowledged nothing for
+// closingStall: then the pair ends (Done, descriptors released) and the
+// reader's side is reset under its writes. Both directions at once, and
+// the engines in parallel (each has its own listeners), so that the
+// stalls overlap.
+func TestEngineClosingStalls(t *testing.T) {
+	fds, _ := settleFDs(t)
+	t.Run("engines", func(t *testing.T) {
+		forEachEngine(t, func(t *testing.T, r *rig) {
+			t.Parallel()
+			type stalled struct {
+				dir  string
+				e    *ends
+				sent chan struct{}
+			}
+			var all []stalled
+			for _, dir := range []string{"backend->client", "client->backend"} {
+				stop, sent := make(chan struct{}), make(chan struct{})
+				defer func() { close(stop); <-sent }()
+				e, from, _ := closingPair(t, r, dir, stop, sent)
+				resetWhenSent(t, from)
+				all = append(all, stalled{dir, e, sent})
+			}
+			for _, st := range all {
+				if s := st.e.wait(t); s.Err == nil {
+					t.Errorf("%s: Stats.Err = nil, want the reset", st.dir)
+				}
+				select {
+				case <-st.sent: // a write failed: the engine's side is gone
+				case <-time.After(testkit.Guard):
+					t.Errorf("%s: the reader's writes still succeed after Done", st.dir)
+				}
+			}
+		})
+	})
+	if now, _ := settleFDs(t); now > fds {
+		t.Errorf("%d descriptors open after the pairs ended, %d before", now, fds)
+	}
+}
+
+// TestEngineCloseAllWhileClosing: CloseAll ends pairs that wait, after a
+// reset, for a reader that takes nothing (see TestEngineClosingStalls),
+// each with one Done.
+func TestEngineCloseAllWhileClosing(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, r *rig) {
+		var all []*ends
+		for range 8 {
+			stop, sent := make(chan struct{}), make(chan struct{})
+			t.Cleanup(func() { close(stop); <-sent })
+			e, from, to := closingPair(t, r, "backend->client", stop, sent)
+			resetWhenSent(t, from)
+			testkit.WaitFor(t, "the reply to reach the reader", func() bool { return inQueue(to) > 0 }, testkit.Every(time.Millisecond))
+			all = append(all, e)
+		}
+		r.eng.CloseAll()
+		for _, e := range all {
+			if s := e.wait(t); s.Err == nil {
+				t.Errorf("Done after CloseAll: Err = nil")
+			}
+		}
+	})
+}

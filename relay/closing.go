@@ -1,0 +1,84 @@
+//go:build linux
+
+package relay
+
+import (
+	"errors"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Closing after a reset. When one socket of a pair fails (a backend that
+// answers 400 and resets, the request unread), the pair ends once the other
+// socket, the survivor, has been written what the failed one sent before
+// its reset. But that peer may still be sending (the rest of an upload),
+// and close(2) on a socket that receives data afterwards makes the kernel
+// answer with an RST, which throws away what is still in the survivor's
+// send queue: the end of the 400 reply, unread by a client busy uploading.
+// So the survivor is half-closed (a FIN behind its last byte), and what its
+// peer sends is read and dropped until the peer has acknowledged all that
+// was written to it, ends or fails, or acknowledges nothing for
+// closingStall; only then is it closed. This is nginx's lingering close,
+// bounded by progress instead of a fixed time. Only TCP needs it: a Unix
+// socket's peer keeps what it was sent.
+
+// closingStall is how long a closing survivor waits while its peer
+// acknowledges nothing more before it is closed anyway.
+const closingStall = 5 * time.Second
+
+// closingPoll is the longest wait between two looks at what the peer has
+// acknowledged (the goroutine engine's; the epoll engine looks once a Tick).
+const closingPoll = 50 * time.Millisecond
+
+// tcpUnsent is how many bytes written to the TCP socket fd its peer has
+// not acknowledged yet (SIOCOUTQ): 0 for another kind of socket or on an
+// error.
+func tcpUnsent(fd int) int {
+	if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.IPPROTO_TCP {
+		return 0
+	}
+	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// unsent is tcpUnsent for c.
+func unsent(c Conn) int {
+	n := 0
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { n = tcpUnsent(int(fd)) })
+	}
+	return n
+}
+
+// closeSlowly is the goroutine engine's closing of a survivor c (see
+// above): it returns when c may be closed without losing what c's peer
+// has not yet received. It returns at once if the peer has everything.
+func closeSlowly(c Conn) {
+	last := unsent(c)
+	if last == 0 {
+		return
+	}
+	c.CloseWrite()
+	since, wait := time.Now(), time.Millisecond
+	for {
+		c.SetReadDeadline(time.Now().Add(wait))
+		if _, err := io.Copy(io.Discard, c); !errors.Is(err, os.ErrDeadlineExceeded) {
+			return // the peer ended or failed, or CloseAll closed c
+		}
+		switch n := unsent(c); {
+		case n == 0:
+			return
+		case n < last:
+			last, since = n, time.Now()
+		case time.Since(since) >= closingStall:
+			return
+		}
+		wait = min(2*wait, closingPoll)
+	}
+}
