@@ -113,7 +113,9 @@
 // down for writing (half-close) and switches the pair's timeout to Linger;
 // the other direction keeps flowing. When both directions have ended the
 // sockets are closed. A read, write or socket error (ECONNRESET, EPIPE,
-// EPOLLERR) closes both at once, with Stats.Err set.
+// EPOLLERR) ends the pair with Stats.Err set, once what the failed socket
+// received before is delivered (fail); the other socket is then closed
+// only once its peer has what was written to it (closing.go).
 //
 // Timeouts. Each loop has a timing wheel (Tick resolution, 1024 slots).
 // Moving bytes only stores the loop's clock in the pair; the wheel checks
