@@ -231,8 +231,9 @@ func (gp *goPair) fail(dst, src Conn) {
 // deliverRest writes on what direction dir's source still holds when it
 // has failed (reset: TCP state CLOSE) and the direction stopped before its
 // end, aborted by the other's error: Linux keeps what a reset socket
-// received readable, then EOF, so the reads never wait. It returns the
-// bytes written, and half-closes the destination after them.
+// received readable, then EOF, so the reads never wait. The writes give
+// up once the destination has taken nothing for closingStall. It returns
+// the bytes written, and half-closes the destination after them.
 func (gp *goPair) deliverRest(dir int) int64 {
 	dst, src := gp.Backend, gp.Client
 	if dir == 1 {
@@ -242,9 +243,18 @@ func (gp *goPair) deliverRest(dir int) int64 {
 		return 0
 	}
 	src.SetReadDeadline(time.Time{}) // abort's
-	n, _ := io.Copy(dst, src)
+	var total int64
+	for {
+		dst.SetWriteDeadline(time.Now().Add(closingStall))
+		n, err := io.Copy(dst, src)
+		total += n
+		if n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+	}
+	dst.SetWriteDeadline(time.Time{})
 	dst.CloseWrite()
-	return n
+	return total
 }
 
 // abort unblocks both directions: their reads fail at once.

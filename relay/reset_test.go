@@ -333,3 +333,33 @@ func TestEngineCloseAllWhileClosing(t *testing.T) {
 		}
 	})
 }
+
+// TestGoroutineDeliverRest: when a direction of a goroutine pair stopped
+// before its end (another error aborted it) and its source was reset,
+// run still writes on what the source's queue holds, then half-closes.
+func TestGoroutineDeliverRest(t *testing.T) {
+	r := newRig(t, NewGoroutineEngine())
+	e, p := r.connect()
+	bigQueues(t, p)
+	msg := message(reply400, 300<<10)
+	write(t, e.backend, string(msg))
+	resetWhenSent(t, e.backend)
+	gp := &goPair{Pair: p, start: time.Now()}
+	testkit.WaitFor(t, "the reset to reach the engine's socket", func() bool { return tcpClosed(p.Backend) }, testkit.Every(time.Millisecond))
+	got := make(chan []byte, 1)
+	go func() { // to the client's end (EOF; an error shows as missing bytes)
+		var b bytes.Buffer
+		e.client.SetReadDeadline(time.Now().Add(testkit.Guard))
+		io.Copy(&b, e.client)
+		got <- b.Bytes()
+	}()
+	if n := gp.deliverRest(1); n != int64(len(msg)) {
+		t.Errorf("deliverRest wrote %d bytes, want %d", n, len(msg))
+	}
+	if n := gp.deliverRest(0); n != 0 {
+		t.Errorf("deliverRest(0) wrote %d bytes, want 0 (its source did not fail)", n)
+	}
+	sameBytes(t, "backend->client", testkit.Await(t, got, "the client did not reach an end"), msg)
+	p.Client.Close()
+	p.Backend.Close()
+}
