@@ -47,6 +47,29 @@ func tcpUnsent(fd int) int {
 	return n
 }
 
+// closeWatch is what a closing survivor waits for, in both engines: the
+// bytes its peer had not acknowledged at the last look, and when (ns, on
+// the caller's clock) that count last went down.
+type closeWatch struct {
+	unsent int
+	since  int64
+}
+
+// over takes a new look, n bytes unacknowledged at now: it reports whether
+// the survivor may be closed (the peer has everything, or has acknowledged
+// nothing for closingStall), and otherwise notes any progress.
+func (w *closeWatch) over(n int, now int64) bool {
+	switch {
+	case n == 0:
+		return true
+	case n < w.unsent:
+		w.unsent, w.since = n, now
+	case now-w.since >= int64(closingStall):
+		return true
+	}
+	return false
+}
+
 // unsent is tcpUnsent for c.
 func unsent(c Conn) int {
 	n := 0
@@ -65,18 +88,14 @@ func closeSlowly(c Conn) {
 		return
 	}
 	c.CloseWrite()
-	since, wait := time.Now(), time.Millisecond
+	start := time.Now()
+	w, wait := closeWatch{last, 0}, time.Millisecond
 	for {
 		c.SetReadDeadline(time.Now().Add(wait))
 		if _, err := io.Copy(io.Discard, c); !errors.Is(err, os.ErrDeadlineExceeded) {
 			return // the peer ended or failed, or CloseAll closed c
 		}
-		switch n := unsent(c); {
-		case n == 0:
-			return
-		case n < last:
-			last, since = n, time.Now()
-		case time.Since(since) >= closingStall:
+		if w.over(unsent(c), int64(time.Since(start))) {
 			return
 		}
 		wait = min(2*wait, closingPoll)

@@ -17,14 +17,6 @@ import (
 // closing. Kept there so that the pair keeps its size class.
 const epClosing = 1 << 2
 
-// epCloseWait is what a closing pair waits for: the bytes its survivor's
-// peer had not acknowledged at the last look, and the loop time that
-// count last went down.
-type epCloseWait struct {
-	unsent int
-	since  int64
-}
-
 // survivor is the socket of p that has not failed, if only one has.
 func (p *epPair) survivor() *epSock {
 	switch p.failed &^ epClosing {
@@ -52,9 +44,9 @@ func (l *epLoop) end(p *epPair) {
 	epShutdownWrite(s.fd)
 	p.failed |= epClosing
 	if l.closeWaits == nil {
-		l.closeWaits = make(map[*epPair]epCloseWait)
+		l.closeWaits = make(map[*epPair]*closeWatch)
 	}
-	l.closeWaits[p] = epCloseWait{n, l.now}
+	l.closeWaits[p] = &closeWatch{n, l.now}
 	l.wheel.remove(p)
 	l.wheel.add(p, l.now+l.wheel.tick)
 }
@@ -86,11 +78,7 @@ func (l *epLoop) closing(p *epPair) {
 			l.turn += n
 		}
 	}
-	w := l.closeWaits[p]
-	switch n := tcpUnsent(int(s.fd)); {
-	case n == 0 || n >= w.unsent && l.now-w.since >= int64(closingStall):
+	if l.closeWaits[p].over(tcpUnsent(int(s.fd)), l.now) {
 		l.finish(p, nil)
-	case n < w.unsent:
-		l.closeWaits[p] = epCloseWait{n, l.now}
 	}
 }

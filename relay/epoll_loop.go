@@ -65,7 +65,7 @@ type epLoop struct {
 	bulk       atomic.Int32            // pairs of this loop that turned bulk (read by the others)
 	busy       atomic.Int64            // ns spent running, wake-up to park (EpollEngine.Busy)
 	load       epLoad                  // this loop's busy share and what it sheds (epoll_move.go)
-	closeWaits map[*epPair]epCloseWait // closing pairs (epoll_close.go); nil until the first
+	closeWaits map[*epPair]*closeWatch // closing pairs (epoll_close.go); nil until the first
 }
 
 type epFailed struct {
