@@ -306,9 +306,7 @@ func TestEngineClosingStalls(t *testing.T) {
 			}
 		})
 	})
-	if now, _ := settleFDs(t); now > fds {
-		t.Errorf("%d descriptors open after the pairs ended, %d before", now, fds)
-	}
+	waitFDs(t, fds) // Go's splice pipes close by finalizer, a GC or two later
 }
 
 // TestEngineCloseAllWhileClosing: CloseAll ends pairs that wait, after a
