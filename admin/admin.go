@@ -69,6 +69,11 @@ type Source struct {
 	// Loops is the number of the epoll engine's event loops; 0 (the
 	// goroutine engine) leaves the metric out.
 	Loops int
+	// Closings returns how many client or backend sockets are closing
+	// after their pair's other side reset (their peer is still being
+	// given what it was sent), and how many such closes gave up after 5 s
+	// without an acknowledgement; nil leaves the metrics out.
+	Closings func() (closing, stalled int64)
 }
 
 // BackendInfo is one entry of GET /backends.

@@ -43,7 +43,8 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{set: set, metrics: server.NewMetrics()}
 	h := NewHandler(Source{Backends: func() *backend.Set { return f.set }, Metrics: f.metrics,
 		Open: func() int64 { return 7 }, MaxConnections: 100, Moves: func() int64 { return 5 }, Sheds: func() int64 { return 6 },
-		Busy: func() time.Duration { return 1500 * time.Millisecond }, Loops: 2}, zap.NewNop())
+		Busy: func() time.Duration { return 1500 * time.Millisecond }, Loops: 2,
+		Closings: func() (int64, int64) { return 3, 8 }}, zap.NewNop())
 	f.srv = httptest.NewServer(h)
 	t.Cleanup(f.srv.Close)
 	return f
@@ -115,6 +116,8 @@ func TestAdminMetrics(t *testing.T) {
 		`stickyd_busy_moves_total 6`,
 		`stickyd_loop_busy_seconds_total 1.5`,
 		`stickyd_event_loops 2`,
+		`stickyd_connections_closing 3`,
+		`stickyd_closes_stalled_total 8`,
 		`go_goroutines `,
 		`process_open_fds `,
 	} {

@@ -16,6 +16,7 @@ type collector struct {
 	headerErrors, workerRestarts                               *prometheus.Desc
 	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
+	closing, closesStalled                                     *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -53,6 +54,10 @@ func NewCollector(src Source) prometheus.Collector {
 		"Relayed connections the backend closed or reset before its first byte, while the client was there.", "backend")
 	c.backendFirstByteTimeouts = desc("backend_first_byte_timeouts_total",
 		"Relayed connections closed because the backend sent nothing within first_byte_timeout.", "backend")
+	c.closing = desc("connections_closing",
+		"Connections whose backend or client reset, held while the other side is still given what it was sent (a lingering close; they count as open).")
+	c.closesStalled = desc("closes_stalled_total",
+		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
 }
 
@@ -61,7 +66,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
-		c.backendEarlyCloses, c.backendFirstByteTimeouts} {
+		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled} {
 		ch <- d
 	}
 }
@@ -102,6 +107,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Busy != nil {
 		ch <- prometheus.MustNewConstMetric(c.loopBusy, prometheus.CounterValue, c.src.Busy().Seconds())
+	}
+	if c.src.Closings != nil {
+		closing, stalled := c.src.Closings()
+		gauge(c.closing, closing)
+		counter(c.closesStalled, stalled)
 	}
 	if c.src.Loops > 0 {
 		gauge(c.loops, int64(c.src.Loops))

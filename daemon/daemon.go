@@ -77,6 +77,8 @@ type daemon struct {
 	adminLn net.Listener   // nil when admin is off
 	admin   *http.Server
 	budget  fdBudget // connections and pipes under the open-file limit
+	// closings is the engine's count of lingering closes (either engine).
+	closings relay.ClosingCounter
 
 	up        *upgrade.Upgrader // hands the listeners to a new process
 	inherited bool              // ln came from the process before an upgrade

@@ -89,6 +89,7 @@ func (d *daemon) newServer(cfg *config.Config) error {
 	}
 	d.srv = server.New(serverOptions(cfg, d.budget), set, engine, d.log.Named("server"))
 	d.epoll, _ = engine.(*relay.EpollEngine)
+	d.closings, _ = engine.(relay.ClosingCounter)
 	return nil
 }
 
@@ -172,6 +173,9 @@ func (d *daemon) startAdmin() {
 		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts}
 	if ee := d.epoll; ee != nil {
 		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
+	}
+	if d.closings != nil {
+		src.Closings = d.closings.Closings
 	}
 	h := admin.NewHandler(src, d.log.Named("admin"))
 	h = admin.Protect(h, adminAccess(d.adminLn, d.adminToken), d.log.Named("admin"))

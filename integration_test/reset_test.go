@@ -104,8 +104,9 @@ func TestBackendResetKeepsReply(t *testing.T) {
 			ln := testkit.Listen(t, "127.0.0.1:0")
 			acked := make(chan int64, 1)
 			go stallThenReset(ln, reply, acked)
+			adm := testkit.FreePort(t)
 			p := startStickyd(t, "--backend", "app="+ln.Addr().String(), "--send-proxy", "none",
-				"--engine", engine, "--log-level", "debug")
+				"--engine", engine, "--log-level", "debug", "--admin", adm)
 			c := testkit.Dial(t, "127.0.0.1", p.addr)
 			c.Write([]byte("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n"))
 			go upload(c) // still uploading while it reads: the backend never reads it
@@ -122,6 +123,12 @@ func TestBackendResetKeepsReply(t *testing.T) {
 			testkit.WaitFor(t, "the connection's end logged", func() bool {
 				return strings.Contains(p.stderr.String(), "reset by peer")
 			})
+			if v := opsMetric(t, adm, "stickyd_connections_closing"); v != 0 {
+				t.Errorf("stickyd_connections_closing = %v after the end, want 0", v)
+			}
+			if v := opsMetric(t, adm, "stickyd_closes_stalled_total"); v != 0 {
+				t.Errorf("stickyd_closes_stalled_total = %v, want 0 (the client took the reply)", v)
+			}
 		})
 	}
 }

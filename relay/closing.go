@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,8 +52,9 @@ func tcpUnsent(fd int) int {
 // bytes its peer had not acknowledged at the last look, and when (ns, on
 // the caller's clock) that count last went down.
 type closeWatch struct {
-	unsent int
-	since  int64
+	unsent  int
+	since   int64
+	stalled bool // over gave up: the peer acknowledged nothing for closingStall
 }
 
 // over takes a new look, n bytes unacknowledged at now: it reports whether
@@ -65,6 +67,7 @@ func (w *closeWatch) over(n int, now int64) bool {
 	case n < w.unsent:
 		w.unsent, w.since = n, now
 	case now-w.since >= int64(closingStall):
+		w.stalled = true
 		return true
 	}
 	return false
@@ -79,17 +82,53 @@ func unsent(c Conn) int {
 	return n
 }
 
+// closings counts an engine's closing survivors, for its Closings
+// method (the operator's stickyd_connections_closing and
+// stickyd_closes_stalled_total).
+type closings struct {
+	now     atomic.Int64 // closing now
+	stalled atomic.Int64 // closed after closingStall without progress
+}
+
+// Closings returns how many connections are closing now (see above) and
+// how many were closed because their peer acknowledged nothing for
+// closingStall (what it had not acknowledged is lost).
+func (c *closings) Closings() (closing, stalled int64) {
+	return c.now.Load(), c.stalled.Load()
+}
+
+// done counts the end of a closing watched by w.
+func (c *closings) done(w *closeWatch) {
+	c.now.Add(-1)
+	if w.stalled {
+		c.stalled.Add(1)
+	}
+}
+
+// ClosingCounter is an engine that counts its closing survivors (both of
+// this package's engines).
+type ClosingCounter interface {
+	Closings() (closing, stalled int64)
+}
+
+var (
+	_ ClosingCounter = (*EpollEngine)(nil)
+	_ ClosingCounter = (*GoroutineEngine)(nil)
+)
+
 // closeSlowly is the goroutine engine's closing of a survivor c (see
 // above): it returns when c may be closed without losing what c's peer
 // has not yet received. It returns at once if the peer has everything.
-func closeSlowly(c Conn) {
+func (cs *closings) closeSlowly(c Conn) {
 	last := unsent(c)
 	if last == 0 {
 		return
 	}
 	c.CloseWrite()
 	start := time.Now()
-	w, wait := closeWatch{last, 0}, time.Millisecond
+	w, wait := closeWatch{unsent: last}, time.Millisecond
+	cs.now.Add(1)
+	defer cs.done(&w)
 	for {
 		c.SetReadDeadline(time.Now().Add(wait))
 		if _, err := io.Copy(io.Discard, c); !errors.Is(err, os.ErrDeadlineExceeded) {

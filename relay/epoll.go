@@ -33,6 +33,8 @@ type EpollEngine struct {
 	pipes atomic.Int32 // splice pipes held by the loops (EpollOptions.MaxPipes)
 	moves atomic.Int64 // bulk pairs handed to another loop (epoll_move.go)
 	sheds atomic.Int64 // chatty pairs a busy loop handed to another (epoll_move.go)
+	// closings counts the survivors closing after a reset (epoll_close.go).
+	closings
 	// spread is how many loops accept (Accepting.Spread); 0: all. Only
 	// those take pairs that a busy loop sheds: the others may have no P.
 	spread  atomic.Int32

@@ -46,7 +46,8 @@ func (l *epLoop) end(p *epPair) {
 	if l.closeWaits == nil {
 		l.closeWaits = make(map[*epPair]*closeWatch)
 	}
-	l.closeWaits[p] = &closeWatch{n, l.now}
+	l.closeWaits[p] = &closeWatch{unsent: n, since: l.now}
+	l.e.closings.now.Add(1)
 	l.wheel.remove(p)
 	l.wheel.add(p, l.now+l.wheel.tick)
 }

@@ -477,6 +477,7 @@ func (l *epLoop) finish(p *epPair, err error) {
 	}
 	p.closed = true
 	if p.failed&epClosing != 0 {
+		l.e.closings.done(l.closeWaits[p])
 		delete(l.closeWaits, p)
 	}
 	l.wheel.remove(p)

@@ -17,6 +17,7 @@ import (
 type GoroutineEngine struct {
 	mu    sync.Mutex
 	pairs map[*goPair]struct{} // guarded by mu
+	closings
 }
 
 // NewGoroutineEngine returns an Engine with two goroutines per pair.
@@ -89,7 +90,7 @@ func (e *GoroutineEngine) run(gp *goPair) {
 		st.BytesOut += gp.deliverRest(1)
 		for _, c := range [2]Conn{gp.Client, gp.Backend} {
 			if drainNow(c); !tcpClosed(c) {
-				closeSlowly(c) // the survivor (see closing.go)
+				e.closeSlowly(c) // the survivor (see closing.go)
 			}
 		}
 	}

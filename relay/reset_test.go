@@ -241,6 +241,16 @@ func inQueue(c *net.TCPConn) int {
 	return n
 }
 
+// closingCounts is r's engine's Closings.
+func closingCounts(t *testing.T, r *rig) (closing, stalled int64) {
+	t.Helper()
+	cc, ok := r.eng.(ClosingCounter)
+	if !ok {
+		t.Fatalf("%T does not count its closing sockets", r.eng)
+	}
+	return cc.Closings()
+}
+
 // TestEngineResetWhilePeerSends: as TestEngineResetWhileBlocked, but the
 // reader sends all along (the rest of an upload the backend refused) and
 // reads only once the engine has had time to end the pair. The engine
@@ -262,9 +272,16 @@ func TestEngineResetWhilePeerSends(t *testing.T) {
 					e.done <- s
 				case <-time.After(200 * time.Millisecond):
 				}
+				testkit.WaitFor(t, "Closings to count the closing socket", func() bool {
+					n, _ := closingCounts(t, r)
+					return n == 1
+				}, testkit.Every(time.Millisecond))
 				got := readToEnd(t, to)
 				checkResetStats(t, e.wait(t), dir, closingReply)
 				sameBytes(t, dir, got, message(reply400, closingReply))
+				if n, stalled := closingCounts(t, r); n != 0 || stalled != 0 {
+					t.Errorf("Closings after Done = %d closing, %d stalled; want 0, 0", n, stalled)
+				}
 			})
 		}
 	})
@@ -304,6 +321,9 @@ func TestEngineClosingStalls(t *testing.T) {
 					t.Errorf("%s: the reader's writes still succeed after Done", st.dir)
 				}
 			}
+			if n, stalled := closingCounts(t, r); n != 0 || stalled != int64(len(all)) {
+				t.Errorf("Closings after the stalls = %d closing, %d stalled; want 0, %d", n, stalled, len(all))
+			}
 		})
 	})
 	waitFDs(t, fds) // Go's splice pipes close by finalizer, a GC or two later
@@ -323,11 +343,18 @@ func TestEngineCloseAllWhileClosing(t *testing.T) {
 			testkit.WaitFor(t, "the reply to reach the reader", func() bool { return inQueue(to) > 0 }, testkit.Every(time.Millisecond))
 			all = append(all, e)
 		}
+		testkit.WaitFor(t, "Closings to count the closing sockets", func() bool {
+			n, _ := closingCounts(t, r)
+			return n == int64(len(all))
+		}, testkit.Every(time.Millisecond))
 		r.eng.CloseAll()
 		for _, e := range all {
 			if s := e.wait(t); s.Err == nil {
 				t.Errorf("Done after CloseAll: Err = nil")
 			}
+		}
+		if n, stalled := closingCounts(t, r); n != 0 || stalled != 0 {
+			t.Errorf("Closings after CloseAll = %d closing, %d stalled; want 0, 0 (CloseAll is no stall)", n, stalled)
 		}
 	})
 }
