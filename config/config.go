@@ -72,6 +72,10 @@ type Config struct {
 	// IdleTimeout closes a connection with no traffic either way for this
 	// long. Default 0: never.
 	IdleTimeout Duration `toml:"idle_timeout"`
+	// HalfCloseTimeout replaces IdleTimeout once one side of a connection
+	// has closed (FIN or reset): the other is closed after this long
+	// without a byte moving. Default 0: IdleTimeout applies.
+	HalfCloseTimeout Duration `toml:"half_close_timeout"`
 	// FirstByteTimeout closes a connection whose backend has sent nothing
 	// this long after it was relayed or after the client's last byte.
 	// Default 0: never (a silent backend holds its client; see README).

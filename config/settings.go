@@ -92,6 +92,7 @@ var settings = []Setting{
 	{Key: "proxy_header_timeout", Kind: KindDuration, Default: "5s", Usage: "deadline for an upstream PROXY header or HTTP header block"},
 	{Key: "connect_timeout", Kind: KindDuration, Live: true, Default: "5s", Usage: "deadline for one backend dial"},
 	{Key: "idle_timeout", Kind: KindDuration, Default: "0 (never)", Usage: "close connections idle both ways this long"},
+	{Key: "half_close_timeout", Kind: KindDuration, Default: "0 (as idle_timeout)", Usage: "once one side has closed (FIN or reset), close the connection after this long without a byte moving"},
 	{Key: "first_byte_timeout", Kind: KindDuration, Default: "0 (never)", Usage: "close a connection whose backend sent nothing this long after the client's last byte"},
 	{Key: "drain_timeout", Kind: KindDuration, Live: true, Default: "30s", Usage: "on SIGTERM, how long open connections may finish"},
 	{Key: "max_connections", Kind: KindInt, Default: "from the open-file limit", Usage: "cap on open client connections"},

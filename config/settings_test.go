@@ -34,6 +34,7 @@ var settingCases = map[string]settingCase{
 	"proxy_header_timeout":      {`"7s"`, 7 * time.Second, `"-1s"`, -time.Second},
 	"connect_timeout":           {`"7s"`, 7 * time.Second, `"-1s"`, -time.Second},
 	"idle_timeout":              {`"7s"`, 7 * time.Second, `"-1s"`, -time.Second},
+	"half_close_timeout":        {`"7s"`, 7 * time.Second, `"-1s"`, -time.Second},
 	"first_byte_timeout":        {`"7s"`, 7 * time.Second, `"-1s"`, -time.Second},
 	"drain_timeout":             {`"7s"`, 7 * time.Second, `"-1s"`, -time.Second},
 	"max_connections":           {`100`, 100, `-1`, -1},

@@ -22,6 +22,7 @@ func serverOptions(cfg *config.Config, budget fdBudget) server.Options {
 		ClientIPHeader:      cfg.ClientIPHeader,
 		IgnoreMissingHeader: cfg.IgnoreMissingHeader,
 		Idle:                cfg.Idle(),
+		Linger:              cfg.HalfCloseTimeout.Duration,
 		FirstByte:           cfg.FirstByteTimeout.Duration,
 		MaxConnections:      budget.conns,
 	}
