@@ -70,10 +70,10 @@ func TestHalfCloseTimeout(t *testing.T) {
 				t.Errorf("without --half-close-timeout: read %q, %v after 1 s; want the connection still open", got, err)
 			}
 
-			// A backend that answers slowly, a line every 100 ms for 1.2 s
-			// (three times the timeout), then closes: nothing is cut.
+			// A backend that answers slowly, a line every 100 ms for 2 s
+			// (four times the timeout), then closes: nothing is cut.
 			var want bytes.Buffer
-			for i := range 12 {
+			for i := range 20 {
 				fmt.Fprintf(&want, "line %d\n", i)
 			}
 			slow := halfCloseBackend(t, func(c net.Conn) {
@@ -84,10 +84,10 @@ func TestHalfCloseTimeout(t *testing.T) {
 				c.Close()
 			})
 			q := startStickyd(t, "--backend", "app="+slow, "--send-proxy", "none", "--engine", engine,
-				"--half-close-timeout", "400ms")
+				"--half-close-timeout", "500ms")
 			c = halfCloseClient(t, q.addr)
 			if got, err := readEnd(c, testkit.Guard); err != nil || !bytes.Equal(got, want.Bytes()) {
-				t.Errorf("slow backend: read %q, %v; want all %d lines, then EOF", got, err, 12)
+				t.Errorf("slow backend: read %q, %v; want all %d lines, then EOF", got, err, 20)
 			}
 		})
 	}
