@@ -100,7 +100,7 @@ func (c *closings) Closings() (closing, stalled int64) {
 // done counts the end of a closing watched by w.
 func (c *closings) done(w *closeWatch) {
 	c.now.Add(-1)
-	if w.stalled {
+	if w != nil && w.stalled {
 		c.stalled.Add(1)
 	}
 }
