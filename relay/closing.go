@@ -97,6 +97,9 @@ func (c *closings) Closings() (closing, stalled int64) {
 	return c.now.Load(), c.stalled.Load()
 }
 
+// start counts a closing that begins.
+func (c *closings) start() { c.now.Add(1) }
+
 // done counts the end of a closing watched by w.
 func (c *closings) done(w *closeWatch) {
 	c.now.Add(-1)
@@ -127,7 +130,7 @@ func (cs *closings) closeSlowly(c Conn) {
 	c.CloseWrite()
 	start := time.Now()
 	w, wait := closeWatch{unsent: last}, time.Millisecond
-	cs.now.Add(1)
+	cs.start()
 	defer cs.done(&w)
 	for {
 		c.SetReadDeadline(time.Now().Add(wait))

@@ -47,7 +47,7 @@ func (l *epLoop) end(p *epPair) {
 		l.closeWaits = make(map[*epPair]*closeWatch)
 	}
 	l.closeWaits[p] = &closeWatch{unsent: n, since: l.now}
-	l.e.closings.now.Add(1)
+	l.e.closings.start()
 	l.wheel.remove(p)
 	l.wheel.add(p, l.now+l.wheel.tick)
 }
