@@ -504,6 +504,53 @@ func TestEngineLinger(t *testing.T) {
 	})
 }
 
+// TestEngineStalledReader: a client that stops reading while the backend
+// sends more than the sockets hold is closed once nothing has moved for
+// Idle, or, after the backend's reset, for Linger (no idle timeout): no
+// read is under way on the engine's side to time out, only a blocked
+// write. (A FIN would not do: it waits behind the bytes the engine's full
+// socket cannot take, so the engine never learns of it.)
+func TestEngineStalledReader(t *testing.T) {
+	const bound = 300 * time.Millisecond
+	cases := []struct {
+		name  string
+		set   func(*Pair)
+		reset bool // the backend resets once its writes block
+	}{
+		{"idle", func(p *Pair) { p.Idle = bound }, false},
+		{"linger after the backend's reset", func(p *Pair) { p.Linger = bound }, true},
+	}
+	forEachEngine(t, func(t *testing.T, r *rig) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				e := r.pair(tc.set)
+				e.client.SetReadBuffer(4 << 10)
+				sent := make(chan struct{})
+				go func() { // until the engine's side takes no more
+					defer close(sent)
+					chunk := make([]byte, 64<<10)
+					for {
+						e.backend.SetWriteDeadline(time.Now().Add(bound / 2))
+						if _, err := e.backend.Write(chunk); err != nil {
+							return
+						}
+					}
+				}()
+				<-sent
+				if tc.reset {
+					e.backend.SetLinger(0)
+					e.backend.Close()
+				}
+				// Done at all is the point; after a reset its Err may be
+				// the reset, the first error (as the epoll engine says).
+				if s := e.wait(t); !errors.Is(s.Err, ErrIdle) && !(tc.reset && errors.Is(s.Err, syscall.ECONNRESET)) {
+					t.Errorf("Done: Err = %v, want ErrIdle", s.Err)
+				}
+			})
+		}
+	})
+}
+
 // TestEngineClientGoneBeforeStart: bytes and FIN that arrived before Start
 // still reach the backend.
 func TestEngineClientGoneBeforeStart(t *testing.T) {

@@ -49,6 +49,9 @@ type goPair struct {
 	// the backend -> client direction only.
 	start time.Time
 	first First
+	// stall ends the pair when nothing moves while a write is blocked
+	// (goroutine_stall.go).
+	stall stallWatch
 }
 
 // Start implements Engine.
@@ -64,6 +67,7 @@ func (e *GoroutineEngine) Start(p Pair) {
 func (e *GoroutineEngine) run(gp *goPair) {
 	var st Stats
 	var outErr error
+	gp.watchStalls()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -85,7 +89,11 @@ func (e *GoroutineEngine) run(gp *goPair) {
 	<-done
 	st.Err = errors.Join(inErr, outErr)
 	st.First = gp.first
-	if gp.broken.Load() { // close(2) with unread bytes would send an RST
+	stalled := gp.endStallWatch()
+	if stalled && !errors.Is(st.Err, ErrIdle) {
+		st.Err = errors.Join(st.Err, ErrIdle)
+	}
+	if gp.broken.Load() && !stalled { // close(2) with unread bytes would send an RST
 		st.BytesIn += gp.deliverRest(0)
 		st.BytesOut += gp.deliverRest(1)
 		for _, c := range [2]Conn{gp.Client, gp.Backend} {
