@@ -3,9 +3,7 @@ package daemon
 import (
 	"net"
 	"testing"
-	"time"
 
-	"github.com/stickyd/stickyd/config"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -42,34 +40,6 @@ func TestWarnAdminExposure(t *testing.T) {
 		}
 		if tc.warn && logs.Len() == 1 && logs.All()[0].ContextMap()["fix"] == nil {
 			t.Errorf("%v: warning without a fix", tc.addr)
-		}
-	}
-}
-
-// The goroutine engine's partial timeouts are warned about, once, with the
-// fix, only when a timeout it cannot fully enforce is set.
-func TestWarnEngineLimits(t *testing.T) {
-	tests := []struct {
-		engine          string
-		idle, halfClose time.Duration
-		warn            bool
-	}{
-		{"goroutine", time.Minute, 0, true},
-		{"goroutine", 0, 30 * time.Second, true},
-		{"goroutine", 0, 0, false},
-		{"epoll", time.Minute, 30 * time.Second, false},
-		{"", time.Minute, 0, false}, // the default engine
-	}
-	for _, tc := range tests {
-		cfg := &config.Config{Engine: tc.engine}
-		cfg.IdleTimeout.Duration, cfg.HalfCloseTimeout.Duration = tc.idle, tc.halfClose
-		core, logs := observer.New(zap.WarnLevel)
-		warnEngineLimits(cfg, zap.New(core))
-		if got := logs.Len() == 1; got != tc.warn || logs.Len() > 1 {
-			t.Errorf("%+v: %d warnings, want warned %v", tc, logs.Len(), tc.warn)
-		}
-		if tc.warn && logs.Len() == 1 && logs.All()[0].ContextMap()["fix"] == nil {
-			t.Errorf("%+v: warning without a fix", tc)
 		}
 	}
 }

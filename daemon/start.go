@@ -47,7 +47,6 @@ func (d *daemon) start() error {
 	go adaptProcs(context.Background(), d.log, d.spreadAccept, woke) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
-	warnEngineLimits(cfg, d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
 		zap.Int("backends", len(d.srv.Backends().Backends())), zap.String("send_proxy", cfg.SendProxyName()),
 		zap.Strings("accept_proxy", cfg.AcceptProxy), zap.Bool("inherited", d.inherited),

@@ -21,16 +21,3 @@ func warnRiskySetup(cfg *config.Config, log *zap.Logger) {
 			zap.String("fix", "set --accept-proxy to your proxies' addresses, or make sure clients can only reach stickyd through them"))
 	}
 }
-
-// warnEngineLimits logs, once at start, a timeout the chosen engine does
-// not fully enforce, with the fix: the goroutine engine's idle and
-// half-close timeouts count only what stickyd reads, so a client that
-// stops reading while stickyd writes to it is held past them.
-func warnEngineLimits(cfg *config.Config, log *zap.Logger) {
-	if cfg.EngineName() != "goroutine" || cfg.Idle() == 0 && cfg.HalfCloseTimeout.Duration == 0 {
-		return
-	}
-	log.Warn("with engine goroutine, idle_timeout and half_close_timeout do not close a client that stops reading while stickyd writes to it (the kernel's TCP timeouts apply)",
-		zap.Duration("idle_timeout", cfg.Idle()), zap.Duration("half_close_timeout", cfg.HalfCloseTimeout.Duration),
-		zap.String("fix", "use the default epoll engine (remove engine = \"goroutine\" / --engine goroutine)"))
-}
