@@ -103,12 +103,7 @@ func (gp *goPair) endStallWatch() bool {
 // false if a socket has no TCP_INFO.
 func (gp *goPair) tcpMoved() (moved uint64, closed, ok bool) {
 	for _, c := range [2]Conn{gp.Client, gp.Backend} {
-		rc, err := c.SyscallConn()
-		if err != nil {
-			return 0, false, false
-		}
-		var info *unix.TCPInfo
-		rc.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+		info := tcpInfo(c)
 		if info == nil {
 			return 0, false, false
 		}

@@ -8,34 +8,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// tcpInfo is c's TCP_INFO, or nil (a Unix socket, a closed one).
+func tcpInfo(c Conn) *unix.TCPInfo {
+	var info *unix.TCPInfo
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	}
+	return info
+}
+
 // clientQuiet is how long c has sent no byte: the time since start, or
 // less if the kernel says (TCP_INFO) that c's last data came later. Only
 // called on rare paths (a timeout, a backend's early end).
 func clientQuiet(c Conn, start time.Time) time.Duration {
 	quiet := time.Since(start)
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return quiet
+	if info := tcpInfo(c); info != nil {
+		quiet = min(quiet, time.Duration(info.Last_data_recv)*time.Millisecond)
 	}
-	rc.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			quiet = min(quiet, time.Duration(info.Last_data_recv)*time.Millisecond)
-		}
-	})
 	return quiet
 }
 
 // tcpClosed reports whether c is a TCP socket in state CLOSE: reset, or
 // failed otherwise (a timeout). A Unix socket is never.
 func tcpClosed(c Conn) bool {
-	closed := false
-	if rc, err := c.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) {
-			info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-			closed = err == nil && info.State == unix.BPF_TCP_CLOSE
-		})
-	}
-	return closed
+	info := tcpInfo(c)
+	return info != nil && info.State == unix.BPF_TCP_CLOSE
 }
 
 // drainNow reads and drops what c has received, without waiting: closing
