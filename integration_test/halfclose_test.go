@@ -56,7 +56,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 				"--half-close-timeout", "400ms")
 			start := time.Now()
 			c := halfCloseClient(t, p.addr)
-			got, err := readEnd(c, testkit.Guard)
+			got, err := testkit.ReadAll(t, c)
 			if err != nil || len(got) != 0 {
 				t.Fatalf("silent backend: read %q, %v; want EOF", got, err)
 			}
@@ -66,7 +66,8 @@ func TestHalfCloseTimeout(t *testing.T) {
 
 			plain := startStickyd(t, "--backend", "app="+silent, "--send-proxy", "none", "--engine", engine)
 			c = halfCloseClient(t, plain.addr)
-			if got, err := readEnd(c, time.Second); !errors.Is(err, os.ErrDeadlineExceeded) {
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if got, err := io.ReadAll(c); !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Errorf("without --half-close-timeout: read %q, %v after 1 s; want the connection still open", got, err)
 			}
 
@@ -86,7 +87,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 			q := startStickyd(t, "--backend", "app="+slow, "--send-proxy", "none", "--engine", engine,
 				"--half-close-timeout", "500ms")
 			c = halfCloseClient(t, q.addr)
-			if got, err := readEnd(c, testkit.Guard); err != nil || !bytes.Equal(got, want.Bytes()) {
+			if got, err := testkit.ReadAll(t, c); err != nil || got != want.String() {
 				t.Errorf("slow backend: read %q, %v; want all %d lines, then EOF", got, err, 20)
 			}
 		})
@@ -117,12 +118,4 @@ func TestHalfCloseTimeoutStalledClient(t *testing.T) {
 			})
 		})
 	}
-}
-
-// readEnd reads c until EOF (nil error) or an error, for at most d.
-func readEnd(c net.Conn, d time.Duration) ([]byte, error) {
-	c.SetReadDeadline(time.Now().Add(d))
-	var b bytes.Buffer
-	_, err := io.Copy(&b, c)
-	return b.Bytes(), err
 }
