@@ -77,9 +77,9 @@ func (gp *goPair) lookForStall() {
 	}
 	if ok && period > 0 && now.Sub(w.since) >= period {
 		w.fired = true
-		gp.aborted.Store(true)
-		gp.Client.SetDeadline(now) // the blocked write too
-		gp.Backend.SetDeadline(now)
+		gp.abort()
+		gp.Client.SetWriteDeadline(now) // the blocked write too
+		gp.Backend.SetWriteDeadline(now)
 		return
 	}
 	w.timer.Reset(stallTick(gp.Idle, gp.Linger))
