@@ -15,7 +15,8 @@
 # while stickyd idled spread over its cores; msg/s and CPU µs per message
 # in the conn/s and CPU columns). stickyd runs twice: as shipped (adaptive GOMAXPROCS, at
 # most K) and with GOMAXPROCS=K fixed ("stickyd-fixedP"); PROXIES picks
-# (any stickyd* binary in the bundle; BIN-P4 is BIN with GOMAXPROCS=4).
+# (any stickyd* binary in the bundle; BIN-P4 is BIN with GOMAXPROCS=4;
+# nginx-hc is nginx with proxy_half_close on, stickyd's half-close).
 # Prints one line per run: K proxy scenario conn/s p99_ms cpu_us_per_conn;
 # with SAMPLE=1, for stickyd also the mean GOMAXPROCS over the run ("P",
 # read from its admin metrics every 0.25 s) and its event loops' busy time
@@ -70,7 +71,9 @@ start_proxy() { # NAME K: sets PP
 		EOC
 		taskset -c "$cpus" $LDS ./haproxy -db -f "$OUT/h.cfg" >"$OUT/haproxy-$2.log" 2>&1 &
 		PP=$! ;;
-	nginx)
+	nginx | nginx-hc) # nginx-hc: with proxy_half_close on (stickyd's half-close)
+		local hc=""
+		[ "$1" = nginx-hc ] && hc="proxy_half_close on;"
 		mkdir -p "$OUT/ngx"
 		cat >"$OUT/ngx/n.conf" <<-EOC
 			load_module $B/ngx_stream_module.so;
@@ -82,10 +85,10 @@ start_proxy() { # NAME K: sets PP
 			events { worker_connections 9000; }
 			stream {
 			    upstream be { hash \$remote_addr consistent; server 127.0.0.1:9991; server 127.0.0.1:9992; server 127.0.0.1:9993; server 127.0.0.1:9994; }
-			    server { listen 127.0.0.1:$PORT reuseport; proxy_pass be; proxy_protocol on; }
+			    server { listen 127.0.0.1:$PORT reuseport; proxy_pass be; proxy_protocol on; $hc }
 			}
 		EOC
-		taskset -c "$cpus" $LDS ./nginx -p "$OUT/ngx" -c "$OUT/ngx/n.conf" >"$OUT/nginx-$2.log" 2>&1 &
+		taskset -c "$cpus" $LDS ./nginx -p "$OUT/ngx" -c "$OUT/ngx/n.conf" >"$OUT/$1-$2.log" 2>&1 &
 		PP=$! ;;
 	esac
 	for _ in $(seq 50); do ./lg check -target 127.0.0.1:$PORT -timeout 1s >/dev/null 2>&1 && return 0; sleep 0.2; done
