@@ -25,14 +25,7 @@ import (
 // work, so it also watches the Go scheduler's latency (how long runnable
 // goroutines wait for a P): when more than procsSlowShare of them waited
 // over procsSlowWait, it adds a P whatever the CPU says, and it never drops
-// one while a noticeable share waits. A share counts only from
-// procsSlowMin slow waits in a sample up: at rest a sample holds a handful
-// of goroutine wake-ups, and one scrape of the admin API (a millisecond of
-// work on the only P) made one or two of them wait, a share of 20-100%.
-// Scraped every quarter second, an idle stickyd went from 1 to 2 Ps and
-// back 14 times in 10 s (each change stops the world and moves listeners
-// between loops); on 16 cores the same scrapes kept 4 Ps for a load of
-// half a core.
+// one while a noticeable share waits.
 //
 // At rest it samples less. Ten samples a second were nearly all that an
 // idle stickyd did (about 38 thread wake-ups a second, 2 ms of CPU): so
@@ -50,7 +43,6 @@ const (
 	procsCalm       = 5   // samples in a row below procsShrink before dropping one
 	procsSlowWait   = 200e-6
 	procsSlowShare  = 0.05
-	procsSlowMin    = 5    // slow waits in a sample below which the share does not count
 	procsIdle       = 0.02 // cores: below this on one P, a sample is idle
 	procsRestAfter  = 20   // idle samples in a row before resting
 	procsRestPeriod = time.Second
@@ -179,8 +171,7 @@ type schedLatency struct {
 }
 
 // slowShare returns the share of goroutines that waited over
-// procsSlowWait for a P since the previous call, or 0 when fewer than
-// procsSlowMin did.
+// procsSlowWait for a P since the previous call.
 func (l *schedLatency) slowShare() float64 {
 	l.sample[0].Name = "/sched/latencies:seconds"
 	metrics.Read(l.sample[:])
@@ -188,32 +179,21 @@ func (l *schedLatency) slowShare() float64 {
 		return 0
 	}
 	h := l.sample[0].Value.Float64Histogram()
-	slow, all := slowWaits(h, l.last)
-	l.last = append(l.last[:0], h.Counts...)
-	return slowShareOf(slow, all)
-}
-
-// slowShareOf is slow of all waits as a share, or 0 below procsSlowMin.
-func slowShareOf(slow, all uint64) float64 {
-	if slow < procsSlowMin {
-		return 0
-	}
-	return float64(slow) / float64(all)
-}
-
-// slowWaits counts the goroutine waits of h since the bucket counts last:
-// all of them, and those of buckets from procsSlowWait up.
-func slowWaits(h *metrics.Float64Histogram, last []uint64) (slow, all uint64) {
+	var all, slow uint64
 	for i, n := range h.Counts {
-		if i < len(last) {
-			n -= last[i]
+		if i < len(l.last) {
+			n -= l.last[i]
 		}
 		all += n
 		if h.Buckets[i] >= procsSlowWait { // the bucket's lower bound
 			slow += n
 		}
 	}
-	return slow, all
+	l.last = append(l.last[:0], h.Counts...)
+	if all == 0 {
+		return 0
+	}
+	return float64(slow) / float64(all)
 }
 
 // spreadOpenPerLoop is how many open client connections per event loop

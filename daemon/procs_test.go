@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"math"
-	"runtime/metrics"
 	"testing"
 	"time"
 )
@@ -127,37 +125,6 @@ func TestSchedLatencyReads(t *testing.T) {
 	}
 	if s := l.slowShare(); s < 0 || s > 1 || len(l.last) == 0 {
 		t.Fatalf("slowShare = %v with %d buckets", s, len(l.last))
-	}
-}
-
-// TestSlowShare counts the waits since the last read from the buckets
-// at procsSlowWait and up, and ignores a handful of slow ones (one admin
-// API scrape at rest) however large their share.
-func TestSlowShare(t *testing.T) {
-	h := &metrics.Float64Histogram{
-		Buckets: []float64{0, 50e-6, procsSlowWait, 1e-3, math.Inf(1)},
-		Counts:  []uint64{100, 40, 7, 3},
-	}
-	last := []uint64{10, 10, 1, 1}
-	if slow, all := slowWaits(h, last); slow != 8 || all != 128 {
-		t.Fatalf("slowWaits = %d of %d, want 8 of 128", slow, all)
-	}
-	if slow, all := slowWaits(h, nil); slow != 10 || all != 150 {
-		t.Fatalf("slowWaits from nothing = %d of %d, want 10 of 150", slow, all)
-	}
-	for _, tc := range []struct {
-		slow, all uint64
-		want      float64
-	}{
-		{0, 0, 0},
-		{2, 2, 0},                // a scrape at rest: all slow, but two
-		{procsSlowMin - 1, 5, 0}, // still a handful
-		{procsSlowMin, 10, float64(procsSlowMin) / 10},
-		{30, 600, 0.05},
-	} {
-		if got := slowShareOf(tc.slow, tc.all); got != tc.want {
-			t.Errorf("slowShareOf(%d, %d) = %v, want %v", tc.slow, tc.all, got, tc.want)
-		}
 	}
 }
 
