@@ -1,6 +1,8 @@
 package integration_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -58,6 +60,80 @@ func TestBulkTransfersMoveBetweenLoops(t *testing.T) {
 	}
 	if v := opsMetric(t, adm, "stickyd_event_loops"); v != float64(runtime.GOMAXPROCS(0)) {
 		t.Errorf("stickyd_event_loops = %v, want one per core it may use (%d)", v, runtime.GOMAXPROCS(0))
+	}
+}
+
+// Long-lived connections opened while stickyd idles all land on the one
+// event loop that accepts at low load. Once their messages keep that loop
+// busy, the adaptive GOMAXPROCS adds a P, a second loop accepts, and the
+// busy loop hands it some of its pairs (stickyd_busy_moves_total): the
+// socket.io case of clients that connect in a quiet spell and get busy
+// later. Every message comes back whole and in order across the moves.
+func TestChattyClientsShedBetweenLoops(t *testing.T) {
+	if runtime.NumCPU() < 2 || os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS, no single accepting loop")
+	}
+	// 100 clients: under the 64 per loop past which every loop accepts
+	// (spreadFor; 128 on 2 cores), and enough round trips in flight to keep one loop busy
+	// on 2 cores. The echo splices in the kernel and the clients read
+	// without a buffer, so that the race-instrumented test leaves stickyd
+	// the CPU to get busy.
+	const clients = 100
+	var echo testkit.Tracked
+	echo.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
+		defer echo.Forget(c)
+		defer c.Close()
+		io.Copy(c, c)
+	})
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
+	testkit.WaitFor(t, "GOMAXPROCS down to 1 while idle", func() bool {
+		return strings.Contains(p.stderr.String(), `"gomaxprocs":1`)
+	})
+	stop := make(chan struct{})
+	errs := make(chan error, clients)
+	conns := make([]net.Conn, clients)
+	for i := range conns {
+		conns[i] = testkit.Dial(t, testkit.ClientIP(i), p.addr)
+	}
+	for i, c := range conns {
+		go func() {
+			defer c.Close()
+			msg := make([]byte, 512)
+			back := make([]byte, len(msg))
+			binary.BigEndian.PutUint32(msg, uint32(i))
+			c.SetDeadline(time.Now().Add(testkit.Guard))
+			for seq := uint32(0); ; seq++ {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				binary.BigEndian.PutUint32(msg[4:], seq)
+				if _, err := c.Write(msg); err != nil {
+					errs <- fmt.Errorf("client %d, message %d: %w", i, seq, err)
+					return
+				}
+				if _, err := io.ReadFull(c, back); err != nil {
+					errs <- fmt.Errorf("client %d, message %d: %w", i, seq, err)
+					return
+				}
+				if !bytes.Equal(back, msg) {
+					errs <- fmt.Errorf("client %d, message %d: echoed % x", i, seq, back[:8])
+					return
+				}
+			}
+		}()
+	}
+	testkit.WaitFor(t, "the busy loop to hand pairs to the other", func() bool {
+		return opsMetric(t, adm, "stickyd_busy_moves_total") >= 1
+	}, testkit.Every(50*time.Millisecond))
+	close(stop)
+	for range clients {
+		if err := testkit.Await(t, errs, "a client hangs"); err != nil {
+			t.Error(err)
+		}
 	}
 }
 
