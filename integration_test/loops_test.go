@@ -79,12 +79,7 @@ func TestChattyClientsShedBetweenLoops(t *testing.T) {
 	// without a buffer, so that the race-instrumented test leaves stickyd
 	// the CPU to get busy.
 	const clients = 100
-	var echo testkit.Tracked
-	echo.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
-		defer echo.Forget(c)
-		defer c.Close()
-		io.Copy(c, c)
-	})
+	echo := serveEcho(t)
 	adm := testkit.FreePort(t)
 	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
 	testkit.WaitFor(t, "GOMAXPROCS down to 1 while idle", func() bool {
@@ -154,6 +149,18 @@ func serveDownloads(t *testing.T, size int) *testkit.Tracked {
 	return &tr
 }
 
+// serveEcho echoes each connection's bytes until its EOF, in the kernel
+// (io.Copy between TCP sockets splices), until the test ends.
+func serveEcho(t *testing.T) *testkit.Tracked {
+	var tr testkit.Tracked
+	tr.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
+		defer tr.Forget(c)
+		defer c.Close()
+		io.Copy(c, c)
+	})
+	return &tr
+}
+
 // A burst of clients (a reconnect storm after a restart, say) is accepted
 // whole, though nothing else wakes the event loops afterwards: each client
 // sends one byte before it is accepted and nothing more, and the backend
@@ -204,12 +211,7 @@ func TestIdleControllerRestsUntilAClient(t *testing.T) {
 	if runtime.NumCPU() < 2 || os.Getenv("GOMAXPROCS") != "" {
 		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS")
 	}
-	var echo testkit.Tracked
-	echo.Serve(t, testkit.Listen(t, "127.0.0.1:0"), func(c net.Conn) {
-		defer echo.Forget(c)
-		defer c.Close()
-		io.Copy(c, c)
-	})
+	echo := serveEcho(t)
 	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--log-level", "debug")
 	resting := func(v bool) func() bool {
 		want := fmt.Sprintf(`"msg":"GOMAXPROCS controller","resting":%v`, v)
