@@ -74,10 +74,10 @@ func TestChattyClientsShedBetweenLoops(t *testing.T) {
 		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS, no single accepting loop")
 	}
 	// 100 clients: under the 64 per loop past which every loop accepts
-	// (spreadFor; 128 on 2 cores), and enough round trips in flight to keep one loop busy
-	// on 2 cores. The echo splices in the kernel and the clients read
-	// without a buffer, so that the race-instrumented test leaves stickyd
-	// the CPU to get busy.
+	// (spreadFor; 128 on 2 cores), and enough round trips in flight to
+	// keep one loop busy on 2 cores. The echo splices in the kernel and
+	// the clients read without a buffer, so that the race-instrumented
+	// test leaves stickyd the CPU to get busy.
 	const clients = 100
 	echo := serveEcho(t)
 	adm := testkit.FreePort(t)
