@@ -11,6 +11,7 @@ import (
 
 	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/relay"
 	"go.uber.org/zap"
 )
 
@@ -34,7 +35,7 @@ func adminToken(cfg *config.Config) (token string, fromEnv bool, err error) {
 func listenAdmin(addr string, perm os.FileMode) (net.Listener, error) {
 	path, ok := strings.CutPrefix(addr, "unix:")
 	if !ok {
-		return net.Listen("tcp", addr)
+		return relay.ListenTCP(addr)
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/stickyd/stickyd/relay"
 	"github.com/stickyd/stickyd/upgrade"
 )
 
@@ -57,7 +58,7 @@ func (d *daemon) proxyListen(addr string) (net.Listener, error) {
 		d.lnGroup = d.up.InheritedGroup(proxyListener)
 		return ln, nil
 	}
-	return net.Listen("tcp", addr)
+	return relay.ListenTCP(addr)
 }
 
 // adminListen returns the inherited admin socket or a new one on addr

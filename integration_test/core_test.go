@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -115,6 +116,53 @@ func TestSendProxyNone(t *testing.T) {
 	got, _ := io.ReadAll(bc)
 	if string(got) != "hello" {
 		t.Errorf("backend got %q, want exactly the client's bytes", got)
+	}
+}
+
+// Clients get plain TCP, as from HAProxy and nginx, on every event loop's
+// listener: a client that asks for Multipath TCP (Linux with mptcpize,
+// Apple's devices) falls back to TCP. Package net listens with MPTCP by
+// default since Go 1.24 where the kernel has it, while the loops' other
+// SO_REUSEPORT sockets were plain TCP: whether a client's connection was
+// MPTCP depended on the socket the kernel's hash gave it to.
+func TestClientsGetPlainTCP(t *testing.T) {
+	d := net.Dialer{Timeout: testkit.Guard}
+	d.SetMultipathTCP(true)
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(true)
+	if ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0"); err == nil {
+		c, err := d.Dial("tcp", ln.Addr().String())
+		mp := false
+		if err == nil {
+			mp, _ = c.(*net.TCPConn).MultipathTCP()
+			c.Close()
+		}
+		ln.Close()
+		if !mp {
+			t.Skip("no Multipath TCP between two MPTCP sockets here (net.mptcp.enabled = 0?)")
+		}
+	}
+	echo := serveEcho(t)
+	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none")
+	// Distinct client addresses: the kernel's hash spreads them over the
+	// loops' listeners.
+	for i := range 32 {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(testkit.ClientIP(i))}
+		c, err := d.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(testkit.Guard))
+		if mp, err := c.(*net.TCPConn).MultipathTCP(); err != nil || mp {
+			t.Errorf("client %d: MultipathTCP() = %v, %v: want plain TCP", i, mp, err)
+		}
+		msg := fmt.Sprintf("client %d", i)
+		c.Write([]byte(msg))
+		c.(*net.TCPConn).CloseWrite()
+		if got, err := io.ReadAll(c); err != nil || string(got) != msg {
+			t.Errorf("client %d: echoed %q, %v; want %q", i, got, err, msg)
+		}
+		c.Close()
 	}
 }
 

@@ -2,10 +2,12 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stickyd/stickyd/internal/testkit"
+	"golang.org/x/sys/unix"
 )
 
 // echoAcceptor relays every client it is handed to an echo backend, dialed
@@ -328,6 +331,60 @@ func TestListenGroupDualStack(t *testing.T) {
 		}
 		c.Close()
 		testkit.Await(t, got, "no socket of the group accepted a client from %s", host)
+	}
+}
+
+// ListenTCP listens with plain TCP even where the kernel has Multipath TCP
+// (package net's default since Go 1.24 is MPTCP), and ListenGroup gives
+// every sibling the first socket's protocol: a group is all TCP or all
+// MPTCP, never a mix in which an MPTCP client's connection depends on
+// the socket the kernel's hash picks.
+func TestListenGroupKeepsProtocol(t *testing.T) {
+	protocol := func(l net.Listener) int {
+		t.Helper()
+		rc, err := l.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var proto int
+		var gerr error
+		if err := rc.Control(func(fd uintptr) { proto, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL) }); err != nil || gerr != nil {
+			t.Fatal(err, gerr)
+		}
+		return proto
+	}
+	group := func(ln net.Listener) []int {
+		t.Helper()
+		lns, err := ListenGroup(ln, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var protos []int
+		for _, l := range lns {
+			protos = append(protos, protocol(l))
+			l.Close()
+		}
+		return protos
+	}
+	ln, err := ListenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := group(ln); !slices.Equal(got, []int{unix.IPPROTO_TCP, unix.IPPROTO_TCP, unix.IPPROTO_TCP}) {
+		t.Errorf("ListenTCP's group: protocols %v, want TCP (%d) only", got, unix.IPPROTO_TCP)
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(true)
+	mp, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if protocol(mp) != unix.IPPROTO_MPTCP {
+		mp.Close()
+		t.Skip("no Multipath TCP in this kernel (net.mptcp.enabled = 0?): the mixed group cannot happen")
+	}
+	if got := group(mp); !slices.Equal(got, []int{unix.IPPROTO_MPTCP, unix.IPPROTO_MPTCP, unix.IPPROTO_MPTCP}) {
+		t.Errorf("an MPTCP listener's group: protocols %v, want MPTCP (%d) only", got, unix.IPPROTO_MPTCP)
 	}
 }
 

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,12 +12,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ListenTCP listens on a TCP address with a plain TCP socket. Since Go 1.24
+// package net listens with Multipath TCP wherever the kernel has it
+// (net.mptcp.enabled, on by default): the socket then takes the MPTCP
+// accept path, which costs each connection more, and an MPTCP client's
+// connection stays MPTCP. A proxy, like HAProxy and nginx, speaks plain
+// TCP unless told otherwise, on every socket of the group (ListenGroup).
+func ListenTCP(address string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), "tcp", address)
+}
+
 // ListenGroup returns n listening sockets on ln's address that share its
 // connections: ln itself, given SO_REUSEPORT, and n-1 new sockets bound
-// with it (ln's family, IPV6_V6ONLY and backlog). The kernel then hands
-// each new connection to one socket of the group, by a hash of its
-// addresses, so that a loop accepting on a socket of its own wakes alone
-// for it (EpollEngine.Accept).
+// with it (ln's family, protocol, IPV6_V6ONLY and backlog). The kernel
+// then hands each new connection to one socket of the group, by a hash of
+// its addresses, so that a loop accepting on a socket of its own wakes
+// alone for it (EpollEngine.Accept).
 //
 // Only sockets with SO_REUSEPORT and the same user can join the group:
 // another stickyd, whose listen does not set it, still gets "address
@@ -32,15 +45,15 @@ func ListenGroup(ln net.Listener, n int) ([]net.Listener, error) {
 		return nil, err
 	}
 	var sa unix.Sockaddr
-	var v6only, had int
+	var v6only, proto, had int
 	var serr error
-	cerr := rc.Control(func(fd uintptr) { sa, v6only, had, serr = prepareGroup(int(fd)) })
+	cerr := rc.Control(func(fd uintptr) { sa, v6only, proto, had, serr = prepareGroup(int(fd)) })
 	if err := errors.Join(cerr, serr); err != nil {
 		return nil, fmt.Errorf("relay: listen group on %s: %w", ln.Addr(), err)
 	}
 	group := []net.Listener{ln}
 	for len(group) < n {
-		sib, err := listenSibling(sa, v6only)
+		sib, err := listenSibling(sa, v6only, proto)
 		if err != nil {
 			for _, l := range group[1:] {
 				l.Close()
@@ -56,32 +69,38 @@ func ListenGroup(ln net.Listener, n int) ([]net.Listener, error) {
 }
 
 // prepareGroup sets SO_REUSEPORT on a listening socket and returns its
-// address, its IPV6_V6ONLY (IPv6 only) and whether it had SO_REUSEPORT.
-func prepareGroup(fd int) (sa unix.Sockaddr, v6only, had int, err error) {
+// address, its IPV6_V6ONLY (IPv6 only), its protocol (TCP or MPTCP) and
+// whether it had SO_REUSEPORT.
+func prepareGroup(fd int) (sa unix.Sockaddr, v6only, proto, had int, err error) {
 	if sa, err = unix.Getsockname(fd); err != nil {
-		return nil, 0, 0, os.NewSyscallError("getsockname", err)
+		return nil, 0, 0, 0, os.NewSyscallError("getsockname", err)
 	}
 	if _, ok := sa.(*unix.SockaddrInet6); ok {
 		if v6only, err = unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err != nil {
-			return nil, 0, 0, os.NewSyscallError("getsockopt IPV6_V6ONLY", err)
+			return nil, 0, 0, 0, os.NewSyscallError("getsockopt IPV6_V6ONLY", err)
 		}
 	}
+	if proto, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
+		return nil, 0, 0, 0, os.NewSyscallError("getsockopt SO_PROTOCOL", err)
+	}
 	if had, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT); err != nil {
-		return nil, 0, 0, os.NewSyscallError("getsockopt SO_REUSEPORT", err)
+		return nil, 0, 0, 0, os.NewSyscallError("getsockopt SO_REUSEPORT", err)
 	}
 	if err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-		return nil, 0, 0, os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+		return nil, 0, 0, 0, os.NewSyscallError("setsockopt SO_REUSEPORT", err)
 	}
-	return sa, v6only, had, nil
+	return sa, v6only, proto, had, nil
 }
 
-// listenSibling opens one more socket of the group on sa.
-func listenSibling(sa unix.Sockaddr, v6only int) (net.Listener, error) {
+// listenSibling opens one more socket of the group on sa, of protocol
+// proto (IPPROTO_TCP or IPPROTO_MPTCP, as the group's first socket: every
+// socket of the group accepts alike).
+func listenSibling(sa unix.Sockaddr, v6only, proto int) (net.Listener, error) {
 	family := unix.AF_INET
 	if _, ok := sa.(*unix.SockaddrInet6); ok {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
