@@ -35,6 +35,16 @@ import (
 // engine tells it: EpollEngine.Woke; keep-alives on open connections that
 // wake a loop more often do not). It then samples at once and goes back
 // to procsPeriod. Without the epoll engine it never rests.
+//
+// Its ceiling follows the CPU limit. Go picks the starting GOMAXPROCS from
+// the CPUs, the affinity mask and the cgroup CPU quota, and would follow
+// them as they change (a container resized in place, a new cpuset), but
+// any call to runtime.GOMAXPROCS turns that off. So outside its rests the
+// controller asks the runtime once every procsLimitEvery samples what it
+// would choose now (cpuLimit) and never uses more Ps than that: more
+// threads than the quota allows only get throttled. The event loops are
+// made at start, so a limit raised above the starting GOMAXPROCS takes a
+// restart to use (the log says so).
 
 const (
 	procsPeriod     = 100 * time.Millisecond
@@ -46,6 +56,7 @@ const (
 	procsIdle       = 0.02 // cores: below this on one P, a sample is idle
 	procsRestAfter  = 20   // idle samples in a row before resting
 	procsRestPeriod = time.Second
+	procsLimitEvery = 10 // samples between two readings of the CPU limit (cpuLimit)
 )
 
 // procsControl decides the number of Ps from CPU samples. It is not safe
@@ -56,6 +67,15 @@ type procsControl struct {
 	idle    int // samples in a row under procsIdle on one P
 	lastCPU time.Duration
 	lastAt  time.Time
+}
+
+// setMax makes n the most Ps the controller may use (the CPU limit
+// changed); Ps above it are dropped at once.
+func (c *procsControl) setMax(n int) {
+	c.max = max(n, 1)
+	if c.p > c.max {
+		c.p, c.calm = c.max, 0
+	}
 }
 
 // resting reports whether the samples have been idle long enough to take
@@ -116,6 +136,7 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 	}()
 	resting := false
 	var wake <-chan struct{} // woke while resting
+	limit, sinceLimit := start, 0
 	for {
 		var now time.Time
 		select {
@@ -125,6 +146,17 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 		case <-wake:
 			now = time.Now()
 			c.woken()
+			sinceLimit = procsLimitEvery // the limit may have changed during the rest
+		}
+		if !resting {
+			if sinceLimit++; sinceLimit >= procsLimitEvery {
+				sinceLimit = 0
+				if l := cpuLimit(c.p); l != limit {
+					limit = l
+					c.setMax(min(l, start))
+					logLimit(log, l, start)
+				}
+			}
 		}
 		p := c.step(processCPU(), now, lat.slowShare())
 		if p != runtime.GOMAXPROCS(0) {
@@ -132,7 +164,7 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 			log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
 		}
 		if onTick != nil {
-			onTick(p, start)
+			onTick(p, c.max)
 		}
 		if rest := woke != nil && c.resting(); rest != resting {
 			resting, wake = rest, nil
@@ -145,6 +177,33 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 			log.Debug("GOMAXPROCS controller", zap.Bool("resting", rest))
 		}
 	}
+}
+
+// cpuLimit returns the GOMAXPROCS that the Go runtime would choose now
+// (CPUs, affinity mask, cgroup CPU quota; at least 2 where there are 2
+// CPUs, as at start) and sets GOMAXPROCS back to p. The runtime reads the
+// quota its own way (cgroup v1 and v2, nested limits), and exports no
+// other way to ask it; the cost is one or two stops of the world, as an
+// adaptation of GOMAXPROCS costs.
+func cpuLimit(p int) int {
+	runtime.SetDefaultGOMAXPROCS()
+	return runtime.GOMAXPROCS(p)
+}
+
+// logLimit says what a new CPU limit of l Ps means for stickyd, started
+// with start (and as many event loops).
+func logLimit(log *zap.Logger, l, start int) {
+	if l < start {
+		log.Info("CPU limit lowered: GOMAXPROCS and the accepting event loops stay within it",
+			zap.Int("cpu_limit", l), zap.Int("event_loops", start))
+		return
+	}
+	if l > start {
+		log.Warn("CPU limit raised above what stickyd started with: it has one event loop per CPU of its start; restart it to use the new limit",
+			zap.Int("cpu_limit", l), zap.Int("event_loops", start))
+		return
+	}
+	log.Info("CPU limit back to what stickyd started with", zap.Int("cpu_limit", l), zap.Int("event_loops", start))
 }
 
 // drain takes what ch holds, without waiting.

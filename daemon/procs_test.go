@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
@@ -70,6 +71,59 @@ func TestProcsControl(t *testing.T) {
 	slow = 0.2
 	if p := feed(0.5); p != 2 {
 		t.Fatalf("goroutines waiting at 1 P: %d Ps, want 2", p)
+	}
+}
+
+// A lower CPU limit drops the Ps above it at once and caps growth; a
+// limit back up lets the controller grow again.
+func TestProcsControlLimit(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	c := &procsControl{max: 4, p: 4, lastAt: t0}
+	var cpu time.Duration
+	now := t0
+	feed := func(cores float64) int {
+		now = now.Add(procsPeriod)
+		cpu += time.Duration(cores * float64(procsPeriod))
+		return c.step(cpu, now, 0)
+	}
+	c.setMax(2)
+	if c.p != 2 {
+		t.Fatalf("limit 2 with 4 Ps in use: %d Ps, want 2", c.p)
+	}
+	for range 10 {
+		if p := feed(8); p != 2 {
+			t.Fatalf("overloaded under a limit of 2: %d Ps", p)
+		}
+	}
+	c.setMax(4)
+	if c.p != 2 {
+		t.Fatalf("limit raised: %d Ps, want 2 until the load asks for more", c.p)
+	}
+	for range 10 {
+		feed(8)
+	}
+	if c.p != 4 {
+		t.Fatalf("overloaded under a limit of 4: %d Ps, want 4", c.p)
+	}
+	c.setMax(0)
+	if c.p != 1 || c.max != 1 {
+		t.Fatalf("limit 0: %d Ps, max %d; want 1 and 1", c.p, c.max)
+	}
+}
+
+// cpuLimit reads the runtime's default GOMAXPROCS and puts back the value
+// it is given.
+func TestCPULimit(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	// The CPUs in the affinity mask, or a cgroup quota below them
+	// (rounded up, and at least 2).
+	n := runtime.NumCPU()
+	if got := cpuLimit(1); got < min(2, n) || got > n {
+		t.Errorf("cpuLimit = %d with %d CPUs", got, n)
+	}
+	if now := runtime.GOMAXPROCS(0); now != 1 {
+		t.Errorf("GOMAXPROCS after cpuLimit(1) = %d, want 1", now)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +131,108 @@ func TestChattyClientsShedBetweenLoops(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// The adaptive GOMAXPROCS stays within the CPU limit as it changes, as the
+// Go runtime's own default would: with stickyd's threads pinned to one CPU
+// (a cpuset shrunk under a running container) it says so in the log and
+// never takes a second P, and when the CPU comes back it says that too.
+// Clients keep chatting throughout, so that the controller samples rather
+// than rests.
+func TestGOMAXPROCSFollowsCPULimit(t *testing.T) {
+	if runtime.NumCPU() < 2 || os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS")
+	}
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil || all.Count() < 2 {
+		t.Skip("fewer than 2 CPUs in this process's affinity mask")
+	}
+	echo := serveEcho(t)
+	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--log-level", "debug")
+	// pin sets the affinity of every thread of stickyd: threads made
+	// later inherit it from the thread that makes them.
+	pin := func(set unix.CPUSet) {
+		t.Helper()
+		for range 3 { // again, for threads made meanwhile
+			tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, task := range tasks {
+				if tid, err := strconv.Atoi(task.Name()); err == nil {
+					unix.SchedSetaffinity(tid, &set) // a thread may have ended
+				}
+			}
+		}
+	}
+	stop := make(chan struct{})
+	errs := make(chan error, 8)
+	for i := range cap(errs) {
+		c := testkit.Dial(t, testkit.ClientIP(i), p.addr)
+		go func() {
+			defer c.Close()
+			msg, back := make([]byte, 512), make([]byte, 512)
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				if _, err := c.Write(msg); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := io.ReadFull(c, back); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	type limitLine struct {
+		Limit int `json:"cpu_limit"`
+		Loops int `json:"event_loops"`
+	}
+	const lowered = "CPU limit lowered: GOMAXPROCS and the accepting event loops stay within it"
+	const back = "CPU limit back to what stickyd started with"
+	var one unix.CPUSet
+	one.Set(firstCPU(all))
+	pin(one)
+	testkit.WaitFor(t, "the log to tell of a CPU limit of 1", func() bool {
+		l := logsOf[limitLine](p, lowered)
+		return len(l) == 1 && l[0].Limit == 1 && l[0].Loops >= 2
+	})
+	pin(all)
+	testkit.WaitFor(t, "the log to tell of the CPU limit back", func() bool {
+		return len(logsOf[limitLine](p, back)) == 1
+	})
+	close(stop)
+	for range cap(errs) {
+		if err := testkit.Await(t, errs, "a client hangs"); err != nil {
+			t.Error(err)
+		}
+	}
+	// Between the two lines, no second P.
+	log := p.stderr.String()
+	from := strings.Index(log, lowered)
+	to := strings.Index(log, back)
+	if from < 0 || to < from {
+		t.Fatalf("log lines out of order")
+	}
+	if i := strings.Index(log[from:to], `"gomaxprocs":2`); i >= 0 {
+		t.Errorf("GOMAXPROCS went to 2 with the threads on one CPU:\n%s", log[from:to])
+	}
+}
+
+// firstCPU is the lowest CPU in set.
+func firstCPU(set unix.CPUSet) int {
+	for cpu := range 1024 {
+		if set.IsSet(cpu) {
+			return cpu
+		}
+	}
+	return 0
 }
 
 // serveDownloads serves size bytes on each connection, then closes it,
