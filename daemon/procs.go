@@ -190,6 +190,23 @@ func cpuLimit(p int) int {
 	return runtime.GOMAXPROCS(p)
 }
 
+// warnProcsOverLimit warns, once at start, when the GOMAXPROCS environment
+// variable asks for more Ps, and so more event loops, than the CPU limit
+// gives: the loops then take turns on fewer CPUs, and under a cgroup quota
+// the threads beyond it are throttled.
+func warnProcsOverLimit(log *zap.Logger) {
+	v, set := os.LookupEnv("GOMAXPROCS")
+	if !set {
+		return
+	}
+	n := runtime.GOMAXPROCS(0)
+	if l := cpuLimit(n); n > l {
+		log.Warn("GOMAXPROCS is above the CPU limit: more event loops than CPUs to run them",
+			zap.String("GOMAXPROCS", v), zap.Int("event_loops", n), zap.Int("cpu_limit", l),
+			zap.String("fix", "unset GOMAXPROCS (stickyd then adapts to the load within the limit), or set it to the limit at most"))
+	}
+}
+
 // logLimit says what a new CPU limit of l Ps means for stickyd, started
 // with start (and as many event loops).
 func logLimit(log *zap.Logger, l, start int) {

@@ -225,6 +225,33 @@ func TestGOMAXPROCSFollowsCPULimit(t *testing.T) {
 	}
 }
 
+// GOMAXPROCS set above the CPU limit (more event loops than CPUs) is a
+// setup mistake stickyd names once at start, with the fix; at or below
+// the limit it says nothing.
+func TestGOMAXPROCSAboveCPULimitWarned(t *testing.T) {
+	type warning struct {
+		Env   string `json:"GOMAXPROCS"`
+		Loops int    `json:"event_loops"`
+		Limit int    `json:"cpu_limit"`
+		Fix   string `json:"fix"`
+	}
+	const msg = "GOMAXPROCS is above the CPU limit: more event loops than CPUs to run them"
+	backend := serveEcho(t)
+	run := func(env string) *proc {
+		addr := testkit.FreePort(t)
+		return launchVia(t, []string{"env", "GOMAXPROCS=" + env}, t.TempDir(), addr,
+			"--listen", addr, "--log-format", "json", "--backend", "echo="+backend.Addr(), "--send-proxy", "none")
+	}
+	over := strconv.Itoa(runtime.NumCPU() + 2)
+	w := logsOf[warning](run(over), msg)
+	if len(w) != 1 || w[0].Env != over || w[0].Loops != runtime.NumCPU()+2 || w[0].Limit > runtime.NumCPU() || !strings.Contains(w[0].Fix, "unset GOMAXPROCS") {
+		t.Errorf("GOMAXPROCS=%s on %d CPUs: warnings %+v, want one naming both and the fix", over, runtime.NumCPU(), w)
+	}
+	if w := logsOf[warning](run("1"), msg); len(w) != 0 {
+		t.Errorf("GOMAXPROCS=1: warned %+v", w)
+	}
+}
+
 // firstCPU is the lowest CPU in set.
 func firstCPU(set unix.CPUSet) int {
 	for cpu := range 1024 {
