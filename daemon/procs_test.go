@@ -6,20 +6,25 @@ import (
 	"time"
 )
 
+// feeder returns what gives c one sample period at a CPU use of cores
+// (and returns the Ps it then wants), *slow being the share of goroutines
+// that waited long for a P in that period.
+func feeder(c *procsControl, slow *float64) func(cores float64) int {
+	now, cpu := c.lastAt, c.lastCPU
+	return func(cores float64) int {
+		now = now.Add(procsPeriod)
+		cpu += time.Duration(cores * float64(procsPeriod))
+		return c.step(cpu, now, *slow)
+	}
+}
+
 // TestProcsControl drives the GOMAXPROCS controller with synthetic CPU
 // samples: it adds a P when the ones it has are nearly full, never goes
 // above its maximum, and drops one only after procsCalm calm samples.
 func TestProcsControl(t *testing.T) {
-	t0 := time.Unix(0, 0)
-	c := &procsControl{max: 4, p: 4, lastAt: t0}
-	var cpu time.Duration
-	now := t0
-	slow := 0.0                       // share of goroutines that waited long for a P
-	feed := func(cores float64) int { // one period at this CPU use
-		now = now.Add(procsPeriod)
-		cpu += time.Duration(cores * float64(procsPeriod))
-		return c.step(cpu, now, slow)
-	}
+	c := &procsControl{max: 4, p: 4, lastAt: time.Unix(0, 0)}
+	slow := 0.0 // share of goroutines that waited long for a P
+	feed := feeder(c, &slow)
 	for i := 1; i < procsCalm; i++ {
 		if p := feed(0.1); p != 4 {
 			t.Fatalf("calm sample %d: %d Ps, want 4 until %d calm samples", i, p, procsCalm)
@@ -77,15 +82,8 @@ func TestProcsControl(t *testing.T) {
 // A lower CPU limit drops the Ps above it at once and caps growth; a
 // limit back up lets the controller grow again.
 func TestProcsControlLimit(t *testing.T) {
-	t0 := time.Unix(0, 0)
-	c := &procsControl{max: 4, p: 4, lastAt: t0}
-	var cpu time.Duration
-	now := t0
-	feed := func(cores float64) int {
-		now = now.Add(procsPeriod)
-		cpu += time.Duration(cores * float64(procsPeriod))
-		return c.step(cpu, now, 0)
-	}
+	c := &procsControl{max: 4, p: 4, lastAt: time.Unix(0, 0)}
+	feed := feeder(c, new(float64))
 	c.setMax(2)
 	if c.p != 2 {
 		t.Fatalf("limit 2 with 4 Ps in use: %d Ps, want 2", c.p)
@@ -131,15 +129,8 @@ func TestCPULimit(t *testing.T) {
 // before, nor while it has more Ps or any use; a loop's wake-up ends the
 // rest.
 func TestProcsControlRests(t *testing.T) {
-	t0 := time.Unix(0, 0)
-	c := &procsControl{max: 2, p: 2, lastAt: t0}
-	var cpu time.Duration
-	now := t0
-	feed := func(cores float64) {
-		now = now.Add(procsPeriod)
-		cpu += time.Duration(cores * float64(procsPeriod))
-		c.step(cpu, now, 0)
-	}
+	c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0)}
+	feed := feeder(c, new(float64))
 	for range procsRestAfter {
 		feed(0.001) // idle, but on 2 Ps until procsCalm samples have passed
 	}
