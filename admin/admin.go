@@ -69,6 +69,10 @@ type Source struct {
 	// Loops is the number of the epoll engine's event loops; 0 (the
 	// goroutine engine) leaves the metric out.
 	Loops int
+	// ProcsCeiling returns the most Go processors the adaptive GOMAXPROCS
+	// may use now (the event loops, or the CPU limit when lower); nil or
+	// 0 (GOMAXPROCS fixed) leaves the metric out.
+	ProcsCeiling func() int64
 	// Closings returns how many client or backend sockets are closing
 	// after their pair's other side reset (their peer is still being
 	// given what it was sent), and how many such closes gave up after 5 s

@@ -16,7 +16,7 @@ type collector struct {
 	headerErrors, workerRestarts                               *prometheus.Desc
 	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
-	closing, closesStalled                                     *prometheus.Desc
+	closing, closesStalled, procsCeiling                       *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -56,6 +56,8 @@ func NewCollector(src Source) prometheus.Collector {
 		"Relayed connections closed because the backend sent nothing within first_byte_timeout.", "backend")
 	c.closing = desc("connections_closing",
 		"Connections whose backend or client reset, held while the other side is still given what it was sent (a lingering close; they count as open).")
+	c.procsCeiling = desc("gomaxprocs_ceiling",
+		"The most Go processors the adaptive GOMAXPROCS may use now: the event loops, or the CPU limit (CPUs, affinity mask, cgroup quota, as the Go runtime reads them) when lower. go_sched_gomaxprocs_threads is the number in use.")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
@@ -66,7 +68,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
-		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled} {
+		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling} {
 		ch <- d
 	}
 }
@@ -115,6 +117,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Loops > 0 {
 		gauge(c.loops, int64(c.src.Loops))
+	}
+	if c.src.ProcsCeiling != nil {
+		if n := c.src.ProcsCeiling(); n > 0 {
+			gauge(c.procsCeiling, n)
+		}
 	}
 	if c.src.Logs != nil {
 		suppressed, dropped := c.src.Logs()

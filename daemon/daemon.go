@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,6 +70,7 @@ type daemon struct {
 	srv     *server.Server
 	epoll   *relay.EpollEngine  // the engine, for its metrics; nil with the goroutine engine
 	spread  int                 // event loops accepting (spreadAccept's; 0: all, as started)
+	ceiling atomic.Int64        // the adaptive GOMAXPROCS's most Ps now (spreadAccept's); 0: fixed
 	sup     *backend.Supervisor // nil without [workers]
 	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener

@@ -171,7 +171,7 @@ func (d *daemon) startAdmin() {
 		return
 	}
 	src := admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
-		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts}
+		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts, ProcsCeiling: d.ceiling.Load}
 	if ee := d.epoll; ee != nil {
 		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
 	}
@@ -191,6 +191,7 @@ func (d *daemon) startAdmin() {
 // spreadAccept tells the server how many event loops accept (spreadFor),
 // when that changes. Called by adaptProcs only.
 func (d *daemon) spreadAccept(p, max int) {
+	d.ceiling.Store(int64(max))
 	if n := spreadFor(p, max, d.srv.Open()); n != d.spread {
 		d.spread = n
 		d.srv.SpreadAccept(n)

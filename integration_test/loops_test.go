@@ -148,7 +148,8 @@ func TestGOMAXPROCSFollowsCPULimit(t *testing.T) {
 		t.Skip("fewer than 2 CPUs in this process's affinity mask")
 	}
 	echo := serveEcho(t)
-	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--log-level", "debug")
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
 	// pin sets the affinity of every thread of stickyd: threads made
 	// later inherit it from the thread that makes them.
 	pin := func(set unix.CPUSet) {
@@ -203,9 +204,15 @@ func TestGOMAXPROCSFollowsCPULimit(t *testing.T) {
 		l := logsOf[limitLine](p, lowered)
 		return len(l) == 1 && l[0].Limit == 1 && l[0].Loops >= 2
 	})
+	testkit.WaitFor(t, "stickyd_gomaxprocs_ceiling at 1", func() bool {
+		return opsMetric(t, adm, "stickyd_gomaxprocs_ceiling") == 1
+	})
 	pin(all)
 	testkit.WaitFor(t, "the log to tell of the CPU limit back", func() bool {
 		return len(logsOf[limitLine](p, back)) == 1
+	})
+	testkit.WaitFor(t, "stickyd_gomaxprocs_ceiling back to the loops", func() bool {
+		return opsMetric(t, adm, "stickyd_gomaxprocs_ceiling") == opsMetric(t, adm, "stickyd_event_loops")
 	})
 	close(stop)
 	for range cap(errs) {
@@ -237,10 +244,12 @@ func TestGOMAXPROCSAboveCPULimitWarned(t *testing.T) {
 	}
 	const msg = "GOMAXPROCS is above the CPU limit: more event loops than CPUs to run them"
 	backend := serveEcho(t)
+	var adm string // the last run's admin address
 	run := func(env string) *proc {
 		addr := testkit.FreePort(t)
+		adm = testkit.FreePort(t)
 		return launchVia(t, []string{"env", "GOMAXPROCS=" + env}, t.TempDir(), addr,
-			"--listen", addr, "--log-format", "json", "--backend", "echo="+backend.Addr(), "--send-proxy", "none")
+			"--listen", addr, "--log-format", "json", "--backend", "echo="+backend.Addr(), "--send-proxy", "none", "--admin", adm)
 	}
 	over := strconv.Itoa(runtime.NumCPU() + 2)
 	w := logsOf[warning](run(over), msg)
@@ -249,6 +258,10 @@ func TestGOMAXPROCSAboveCPULimitWarned(t *testing.T) {
 	}
 	if w := logsOf[warning](run("1"), msg); len(w) != 0 {
 		t.Errorf("GOMAXPROCS=1: warned %+v", w)
+	}
+	// GOMAXPROCS fixed: no adaptive GOMAXPROCS, no ceiling of its own.
+	if v := opsMetric(t, adm, "stickyd_gomaxprocs_ceiling"); v != -1 {
+		t.Errorf("GOMAXPROCS=1: stickyd_gomaxprocs_ceiling = %v, want it left out", v)
 	}
 }
 
