@@ -126,7 +126,9 @@
 // Accept on the loops. EpollEngine.Accept gives each loop listening
 // sockets of its own: the sockets of one SO_REUSEPORT group
 // (ListenGroup: the configured listener, given the option, and one more
-// socket bound beside it per extra loop), registered level-triggered in
+// socket of its protocol bound beside it per extra loop; the daemon's is
+// plain TCP, ListenTCP, not Go's default Multipath TCP), registered
+// level-triggered in
 // that loop's epoll set. The kernel hands each new connection to one socket
 // of the group, so one loop wakes for it, accepts it (accept4, up to 32 per
 // event), and calls the Acceptor on its own goroutine. After a whole batch
