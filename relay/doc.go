@@ -128,12 +128,12 @@
 // (ListenGroup: the configured listener, given the option, and one more
 // socket of its protocol bound beside it per extra loop; the daemon's is
 // plain TCP, ListenTCP, not Go's default Multipath TCP), registered
-// level-triggered in
-// that loop's epoll set. The kernel hands each new connection to one socket
-// of the group, so one loop wakes for it, accepts it (accept4, up to 32 per
-// event), and calls the Acceptor on its own goroutine. After a whole batch
-// the loop waits again before it parks: the Go netpoller watches the
-// loop's set edge-triggered, so a listener still ready in it would not
+// level-triggered in that loop's epoll set. The kernel hands each new
+// connection to one socket of the group, so one loop wakes for it, accepts
+// it (accept4, up to 32 per event), and calls the Acceptor on its own
+// goroutine. After a whole batch the loop waits again before it parks:
+// the Go netpoller watches the loop's set edge-triggered, so a listener
+// still ready in it would not
 // wake the loop again (the rest of a burst would wait for the loop's next
 // event, as long as its next timeout). The server's
 // Acceptor runs the handshake there as far as it goes without waiting
