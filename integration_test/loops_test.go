@@ -93,34 +93,7 @@ func TestChattyClientsShedBetweenLoops(t *testing.T) {
 		conns[i] = testkit.Dial(t, testkit.ClientIP(i), p.addr)
 	}
 	for i, c := range conns {
-		go func() {
-			defer c.Close()
-			msg := make([]byte, 512)
-			back := make([]byte, len(msg))
-			binary.BigEndian.PutUint32(msg, uint32(i))
-			c.SetDeadline(time.Now().Add(testkit.Guard))
-			for seq := uint32(0); ; seq++ {
-				select {
-				case <-stop:
-					errs <- nil
-					return
-				default:
-				}
-				binary.BigEndian.PutUint32(msg[4:], seq)
-				if _, err := c.Write(msg); err != nil {
-					errs <- fmt.Errorf("client %d, message %d: %w", i, seq, err)
-					return
-				}
-				if _, err := io.ReadFull(c, back); err != nil {
-					errs <- fmt.Errorf("client %d, message %d: %w", i, seq, err)
-					return
-				}
-				if !bytes.Equal(back, msg) {
-					errs <- fmt.Errorf("client %d, message %d: echoed % x", i, seq, back[:8])
-					return
-				}
-			}
-		}()
+		go chat(c, i, stop, errs)
 	}
 	testkit.WaitFor(t, "the busy loop to hand pairs to the other", func() bool {
 		return opsMetric(t, adm, "stickyd_busy_moves_total") >= 1
@@ -169,27 +142,7 @@ func TestGOMAXPROCSFollowsCPULimit(t *testing.T) {
 	stop := make(chan struct{})
 	errs := make(chan error, 8)
 	for i := range cap(errs) {
-		c := testkit.Dial(t, testkit.ClientIP(i), p.addr)
-		go func() {
-			defer c.Close()
-			msg, back := make([]byte, 512), make([]byte, 512)
-			for {
-				select {
-				case <-stop:
-					errs <- nil
-					return
-				default:
-				}
-				if _, err := c.Write(msg); err != nil {
-					errs <- err
-					return
-				}
-				if _, err := io.ReadFull(c, back); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
+		go chat(testkit.Dial(t, testkit.ClientIP(i), p.addr), i, stop, errs)
 	}
 	type limitLine struct {
 		Limit int `json:"cpu_limit"`
@@ -273,6 +226,38 @@ func firstCPU(set unix.CPUSet) int {
 		}
 	}
 	return 0
+}
+
+// chat is client i of an echo: it sends 512 B messages numbered by client
+// and sequence over c, one at a time, and checks each echo, until stop is
+// closed; then it closes c and sends errs nil, or the first error.
+func chat(c net.Conn, i int, stop <-chan struct{}, errs chan<- error) {
+	defer c.Close()
+	msg := make([]byte, 512)
+	back := make([]byte, len(msg))
+	binary.BigEndian.PutUint32(msg, uint32(i))
+	c.SetDeadline(time.Now().Add(testkit.Guard))
+	for seq := uint32(0); ; seq++ {
+		select {
+		case <-stop:
+			errs <- nil
+			return
+		default:
+		}
+		binary.BigEndian.PutUint32(msg[4:], seq)
+		if _, err := c.Write(msg); err != nil {
+			errs <- fmt.Errorf("client %d, message %d: %w", i, seq, err)
+			return
+		}
+		if _, err := io.ReadFull(c, back); err != nil {
+			errs <- fmt.Errorf("client %d, message %d: %w", i, seq, err)
+			return
+		}
+		if !bytes.Equal(back, msg) {
+			errs <- fmt.Errorf("client %d, message %d: echoed % x", i, seq, back[:8])
+			return
+		}
+	}
 }
 
 // serveDownloads serves size bytes on each connection, then closes it,
