@@ -130,17 +130,19 @@ func TestClientsGetPlainTCP(t *testing.T) {
 	d.SetMultipathTCP(true)
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(true)
-	if ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0"); err == nil {
-		c, err := d.Dial("tcp", ln.Addr().String())
-		mp := false
-		if err == nil {
-			mp, _ = c.(*net.TCPConn).MultipathTCP()
-			c.Close()
-		}
-		ln.Close()
-		if !mp {
-			t.Skip("no Multipath TCP between two MPTCP sockets here (net.mptcp.enabled = 0?)")
-		}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp, _ := probe.(*net.TCPConn).MultipathTCP()
+	probe.Close()
+	ln.Close()
+	if !mp {
+		t.Skip("no Multipath TCP between two MPTCP sockets here (net.mptcp.enabled = 0?)")
 	}
 	echo := serveEcho(t)
 	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none")
