@@ -45,18 +45,43 @@ import (
 // threads than the quota allows only get throttled. The event loops are
 // made at start, so a limit raised above the starting GOMAXPROCS takes a
 // restart to use (the log says so).
+//
+// Between the thresholds it tries. At the same CPU use, a second P can buy
+// a closed loop (clients that wait for each answer before the next
+// request: socket.io's round trips, a pool of short connections) 10-20%
+// more throughput, and cost an open loop (connections arriving at their
+// own pace) 10-15% more CPU per connection for nothing. Neither the CPU
+// nor the scheduler's latency tells the two apart, and the latency rule
+// can add a P on a single goroutine that waited (the runtime tracks one
+// wake-up in eight: a handful a sample), which the latency of the Ps in
+// use then keeps. What does tell them apart is the answer to the question
+// itself. With the epoll engine the controller reads the loops' work
+// (connections accepted, or bytes moved where few connections come:
+// EpollEngine.Work), and when the load has sat steady between the
+// thresholds for procsTrialLen samples on more than one P, it tries one P
+// fewer for procsTrialLen samples. It keeps one fewer if the work rate
+// did not fall by procsTrialGain, and goes back otherwise. The next
+// trial waits procsTrialHold, twice as long after each trial that kept
+// the P (up to procsTrialHoldMax), except after a P added on the latency
+// rule: that one is tried as soon as the load has settled.
 
 const (
-	procsPeriod     = 100 * time.Millisecond
-	procsGrow       = 0.8 // add a P when CPU use passes this fraction of the Ps
-	procsShrink     = 0.6 // drop one when use stays below this fraction of one P fewer
-	procsCalm       = 5   // samples in a row below procsShrink before dropping one
-	procsSlowWait   = 200e-6
-	procsSlowShare  = 0.05
-	procsIdle       = 0.02 // cores: below this on one P, a sample is idle
-	procsRestAfter  = 20   // idle samples in a row before resting
-	procsRestPeriod = time.Second
-	procsLimitEvery = 10 // samples between two readings of the CPU limit (cpuLimit)
+	procsPeriod       = 100 * time.Millisecond
+	procsGrow         = 0.8 // add a P when CPU use passes this fraction of the Ps
+	procsShrink       = 0.6 // drop one when use stays below this fraction of one P fewer
+	procsCalm         = 5   // samples in a row below procsShrink before dropping one
+	procsSlowWait     = 200e-6
+	procsSlowShare    = 0.05
+	procsIdle         = 0.02 // cores: below this on one P, a sample is idle
+	procsRestAfter    = 20   // idle samples in a row before resting
+	procsRestPeriod   = time.Second
+	procsLimitEvery   = 10 // samples between two readings of the CPU limit (cpuLimit)
+	procsTrialLen     = 8  // samples compared on each side of a trial
+	procsTrialGain    = 0.03
+	procsTrialConns   = 20 // connections a second: the measure of a trial (gain)
+	procsTrialSlow    = procsSlowShare / 2
+	procsTrialHold    = 30 * time.Second // between two trials
+	procsTrialHoldMax = 8 * time.Minute
 )
 
 // procsControl decides the number of Ps from CPU samples. It is not safe
@@ -67,14 +92,50 @@ type procsControl struct {
 	idle    int // samples in a row under procsIdle on one P
 	lastCPU time.Duration
 	lastAt  time.Time
+
+	// Trials (with work counters only: trials).
+	trials   bool
+	lastWork work
+	rates    [procsTrialLen]workRate // the last samples' rates at p, a ring
+	useds    [procsTrialLen]float64  // and their CPU use
+	lats     [procsTrialLen]waits    // and their goroutines' waits
+	nRates   int                     // samples in rates since p last changed
+	trial    procsTrial
+	next     time.Time     // no trial before
+	hold     time.Duration // after the next trial that keeps the P; 0: procsTrialHold
+}
+
+// work is what the event loops have done so far (EpollEngine.Work).
+type work struct{ bytes, conns int64 }
+
+// workRate is work per second.
+type workRate struct{ bytes, conns float64 }
+
+// procsTrial is a trial under way: from Ps to to.
+type procsTrial struct {
+	on       bool
+	from, to int
+	skip     int      // samples left before counting (the change settling)
+	n        int      // samples counted
+	sum      workRate // their rates, summed
+	base     workRate // the mean rate at from, before the trial
+}
+
+// trialOutcome is what a finished trial found, for the log.
+type trialOutcome struct {
+	from, to, kept int
+	base, tried    workRate
 }
 
 // setMax makes n the most Ps the controller may use (the CPU limit
 // changed); Ps above it are dropped at once.
 func (c *procsControl) setMax(n int) {
 	c.max = max(n, 1)
+	if c.trial.on && max(c.trial.from, c.trial.to) > c.max {
+		c.trial.on = false
+	}
 	if c.p > c.max {
-		c.p, c.calm = c.max, 0
+		c.p, c.calm, c.nRates = c.max, 0, 0
 	}
 }
 
@@ -85,22 +146,38 @@ func (c *procsControl) resting() bool { return c.idle >= procsRestAfter }
 // woken restarts the count of idle samples: an event loop woke.
 func (c *procsControl) woken() { c.idle = 0 }
 
-// step takes the process's CPU time at now and the share of goroutines
-// that waited over procsSlowWait for a P since the last step, and returns
-// the Ps to use.
-func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int {
+// step takes the process's CPU time at now, the goroutine wake-ups since
+// the last step (how many the runtime tracked, and how many of those
+// waited over procsSlowWait for a P) and the loops' work (ignored unless
+// c.trials), and returns the Ps to use. A finished trial's outcome is in
+// done.
+func (c *procsControl) step(cpu time.Duration, now time.Time, lat waits, w work) (p int, done *trialOutcome) {
+	slow := lat.share()
 	wall := now.Sub(c.lastAt)
 	used := float64(cpu-c.lastCPU) / float64(max(wall, 1)) // cores
 	c.lastCPU, c.lastAt = cpu, now
+	rate := workRate{
+		bytes: float64(w.bytes-c.lastWork.bytes) / max(wall.Seconds(), 1e-9),
+		conns: float64(w.conns-c.lastWork.conns) / max(wall.Seconds(), 1e-9),
+	}
+	c.lastWork = w
 	if c.p == 1 && used < procsIdle {
 		c.idle++
 	} else {
 		c.idle = 0
 	}
+	if c.trial.on {
+		return c.p, c.runTrial(rate, used, now)
+	}
+	was := c.p
 	switch {
-	case (used > procsGrow*float64(c.p) || slow > procsSlowShare) && c.p < c.max:
+	case used > procsGrow*float64(c.p) && c.p < c.max:
 		c.p++
 		c.calm = 0
+	case slow > procsSlowShare && c.p < c.max:
+		c.p++
+		c.calm = 0
+		c.next = time.Time{} // on one slow wait, maybe: try without it soon
 	case c.p > 1 && used < procsShrink*float64(c.p-1) && slow < procsSlowShare/5:
 		if c.calm++; c.calm >= procsCalm {
 			c.p--
@@ -109,7 +186,115 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int 
 	default:
 		c.calm = 0
 	}
-	return c.p
+	if !c.trials {
+		return c.p, nil
+	}
+	if c.p != was {
+		c.nRates = 0
+		return c.p, nil
+	}
+	c.rates[c.nRates%procsTrialLen] = rate
+	c.useds[c.nRates%procsTrialLen] = used
+	c.lats[c.nRates%procsTrialLen] = lat
+	c.nRates++
+	if c.nRates >= procsTrialLen && c.calm == 0 && !now.Before(c.next) {
+		c.startTrial()
+	}
+	return c.p, nil
+}
+
+// startTrial tries one P fewer, if the last samples used less CPU than
+// one fewer may (procsGrow of them), were steady (none under half their
+// mean CPU use, or over one and a half), moved something to compare, and
+// had few goroutines waiting for a P (under
+// procsTrialSlow of the wake-ups in all the samples together: enough of
+// them to mean something, where a sample's own share rests on a handful).
+func (c *procsControl) startTrial() {
+	if c.p < 2 {
+		return
+	}
+	var used float64
+	var base workRate
+	for i, u := range c.useds {
+		used += u / procsTrialLen
+		base.bytes += c.rates[i].bytes / procsTrialLen
+		base.conns += c.rates[i].conns / procsTrialLen
+	}
+	if used > procsGrow*float64(c.p-1) {
+		return // one fewer would be added back at once
+	}
+	for _, u := range c.useds {
+		if u < used/2 || u > used*3/2 {
+			return
+		}
+	}
+	if base.bytes <= 0 && base.conns < procsTrialConns {
+		return // nothing moves: nothing to compare
+	}
+	var lat waits
+	for _, w := range c.lats {
+		lat.slow += w.slow
+		lat.all += w.all
+	}
+	if lat.share() >= procsTrialSlow {
+		return // goroutines still wait for the Ps in use: all are needed
+	}
+	c.trial = procsTrial{on: true, from: c.p, to: c.p - 1, skip: 1, base: base}
+	c.p--
+	c.calm = 0
+}
+
+// runTrial takes one sample of a trial, and ends it after procsTrialLen
+// counted samples, or at once if one P fewer is overloaded.
+func (c *procsControl) runTrial(rate workRate, used float64, now time.Time) *trialOutcome {
+	t := &c.trial
+	if used > procsGrow*float64(t.to) {
+		c.endTrial(t.from, now)
+		return &trialOutcome{from: t.from, to: t.to, kept: t.from, base: t.base}
+	}
+	if t.skip > 0 {
+		t.skip--
+		return nil
+	}
+	t.sum.bytes += rate.bytes
+	t.sum.conns += rate.conns
+	if t.n++; t.n < procsTrialLen {
+		return nil
+	}
+	tried := workRate{bytes: t.sum.bytes / float64(t.n), conns: t.sum.conns / float64(t.n)}
+	kept := t.to // one fewer did as much
+	if gain(t.base, tried) <= -procsTrialGain {
+		kept = t.from
+	}
+	c.endTrial(kept, now)
+	return &trialOutcome{from: t.from, to: t.to, kept: kept, base: t.base, tried: tried}
+}
+
+// endTrial ends the trial with p Ps and sets when the next may start.
+func (c *procsControl) endTrial(p int, now time.Time) {
+	hold := procsTrialHold
+	if p == c.trial.from { // the P was needed: ask again less often
+		hold = max(c.hold, procsTrialHold)
+		c.hold = min(2*hold, procsTrialHoldMax)
+	} else {
+		c.hold = 0
+	}
+	c.trial.on = false
+	c.p, c.calm, c.nRates = min(p, c.max), 0, 0
+	c.next = now.Add(hold)
+}
+
+// gain returns the relative change of the work rate from base to tried:
+// of the connections accepted when base has a few a second, of the bytes
+// moved otherwise (long-lived connections). The bytes of short
+// connections are no measure: a client's first bytes read with its accept
+// are written by the acceptor, not by a loop, and so counted or not
+// depending on when they arrive.
+func gain(base, tried workRate) float64 {
+	if base.conns >= procsTrialConns {
+		return tried.conns/base.conns - 1
+	}
+	return tried.bytes/base.bytes - 1
 }
 
 // adaptProcs adjusts GOMAXPROCS to the load until ctx ends, then restores
@@ -117,14 +302,24 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, slow float64) int 
 // every step, and the starting one at the end (the daemon then chooses how
 // many event loops accept: spreadFor). woke, if not nil, receives when an
 // event loop wakes after a quiet spell: only then does the controller rest.
-func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), woke <-chan struct{}) {
+// loops, if not nil, reads the event loops' work (EpollEngine.Work): only
+// then does the controller try Ps between its thresholds.
+func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), woke <-chan struct{}, loops func() (bytes, conns int64)) {
 	if _, set := os.LookupEnv("GOMAXPROCS"); set || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
 	start := runtime.GOMAXPROCS(0)
-	c := &procsControl{max: start, p: start, lastCPU: processCPU(), lastAt: time.Now()}
+	c := &procsControl{max: start, p: start, lastCPU: processCPU(), lastAt: time.Now(), trials: loops != nil}
+	readWork := func() work {
+		if loops == nil {
+			return work{}
+		}
+		b, n := loops()
+		return work{b, n}
+	}
+	c.lastWork = readWork()
 	var lat schedLatency
-	lat.slowShare()
+	lat.read()
 	log.Debug("adaptive GOMAXPROCS", zap.Int("max", start))
 	t := time.NewTicker(procsPeriod)
 	defer t.Stop()
@@ -158,7 +353,12 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 				}
 			}
 		}
-		p := c.step(processCPU(), now, lat.slowShare())
+		p, tried := c.step(processCPU(), now, lat.read(), readWork())
+		if tried != nil {
+			log.Debug("GOMAXPROCS trial", zap.Int("from", tried.from), zap.Int("tried", tried.to), zap.Int("kept", tried.kept),
+				zap.Float64("bytes_per_s", tried.base.bytes), zap.Float64("tried_bytes_per_s", tried.tried.bytes),
+				zap.Float64("conns_per_s", tried.base.conns), zap.Float64("tried_conns_per_s", tried.tried.conns))
+		}
 		if p != runtime.GOMAXPROCS(0) {
 			runtime.GOMAXPROCS(p)
 			log.Debug("GOMAXPROCS adapted to the load", zap.Int("gomaxprocs", p))
@@ -246,13 +446,24 @@ type schedLatency struct {
 	last   []uint64 // bucket counts at the previous read
 }
 
-// slowShare returns the share of goroutines that waited over
-// procsSlowWait for a P since the previous call.
-func (l *schedLatency) slowShare() float64 {
+// waits counts goroutine wake-ups that the runtime tracked (all) and
+// those of them that waited over procsSlowWait for a P (slow).
+type waits struct{ slow, all uint64 }
+
+// share is the share of slow wake-ups; 0 when none was tracked.
+func (w waits) share() float64 {
+	if w.all == 0 {
+		return 0
+	}
+	return float64(w.slow) / float64(w.all)
+}
+
+// read returns the wake-ups tracked since the previous call.
+func (l *schedLatency) read() waits {
 	l.sample[0].Name = "/sched/latencies:seconds"
 	metrics.Read(l.sample[:])
 	if l.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-		return 0
+		return waits{}
 	}
 	h := l.sample[0].Value.Float64Histogram()
 	var all, slow uint64
@@ -266,10 +477,7 @@ func (l *schedLatency) slowShare() float64 {
 		}
 	}
 	l.last = append(l.last[:0], h.Counts...)
-	if all == 0 {
-		return 0
-	}
-	return float64(slow) / float64(all)
+	return waits{slow: slow, all: all}
 }
 
 // spreadOpenPerLoop is how many open client connections per event loop

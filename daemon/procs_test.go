@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -14,7 +15,8 @@ func feeder(c *procsControl, slow *float64) func(cores float64) int {
 	return func(cores float64) int {
 		now = now.Add(procsPeriod)
 		cpu += time.Duration(cores * float64(procsPeriod))
-		return c.step(cpu, now, *slow)
+		p, _ := c.step(cpu, now, waits{slow: uint64(*slow * 1000), all: 1000}, work{})
+		return p
 	}
 }
 
@@ -161,15 +163,26 @@ func TestProcsControlRests(t *testing.T) {
 }
 
 // TestSchedLatencyReads checks that the scheduler's latency histogram is
-// there and gives a share between 0 and 1.
+// there and counts the wake-ups since the last read: 1000 goroutines
+// started and waited for give the runtime's sample of them (one in
+// eight), no more slow ones than all, and a share between 0 and 1.
 func TestSchedLatencyReads(t *testing.T) {
 	var l schedLatency
-	l.slowShare()
+	l.read()
+	var wg sync.WaitGroup
 	for range 1000 {
-		go func() {}()
+		wg.Go(func() {})
 	}
-	if s := l.slowShare(); s < 0 || s > 1 || len(l.last) == 0 {
-		t.Fatalf("slowShare = %v with %d buckets", s, len(l.last))
+	wg.Wait()
+	w := l.read()
+	if w.all == 0 || w.slow > w.all || len(l.last) == 0 {
+		t.Fatalf("read = %+v with %d buckets, want some wake-ups tracked", w, len(l.last))
+	}
+	if s := w.share(); s < 0 || s > 1 {
+		t.Fatalf("share = %v", s)
+	}
+	if (waits{}).share() != 0 {
+		t.Fatal("share of no wake-ups is not 0")
 	}
 }
 
@@ -190,6 +203,160 @@ func TestSpreadFor(t *testing.T) {
 	} {
 		if got := spreadFor(tc.p, tc.max, tc.open); got != tc.want {
 			t.Errorf("spreadFor(%d, %d, %d) = %d, want %d", tc.p, tc.max, tc.open, got, tc.want)
+		}
+	}
+}
+
+// load is one sample period's load for trialFeeder: CPU use in cores, the
+// share of tracked wake-ups that waited long, and the loops' work per
+// second.
+type load struct {
+	cores, slow  float64
+	conns, bytes float64
+}
+
+// trialFeeder returns what gives c one sample period of a load, and
+// returns the Ps it then wants and a finished trial's outcome.
+func trialFeeder(c *procsControl) (feed func(load) (int, *trialOutcome), clock func() time.Time) {
+	now, cpu := c.lastAt, c.lastCPU
+	var w work
+	feed = func(l load) (int, *trialOutcome) {
+		now = now.Add(procsPeriod)
+		cpu += time.Duration(l.cores * float64(procsPeriod))
+		w.conns += int64(l.conns * procsPeriod.Seconds())
+		w.bytes += int64(l.bytes * procsPeriod.Seconds())
+		return c.step(cpu, now, waits{slow: uint64(l.slow*1000 + 0.5), all: 1000}, w)
+	}
+	return feed, func() time.Time { return now }
+}
+
+// trialTill feeds l until a trial ends, at most limit samples, and
+// returns its outcome and the Ps in use during it.
+func trialTill(t *testing.T, feed func(load) (int, *trialOutcome), l load, limit int) (out *trialOutcome, during []int) {
+	t.Helper()
+	for range limit {
+		p, out := feed(l)
+		if out != nil {
+			return out, during
+		}
+		during = append(during, p)
+	}
+	t.Fatalf("no trial ended in %d samples of %+v; Ps %v", limit, l, during)
+	return nil, nil
+}
+
+// The controller tells a load that a P only costs (an open loop: the
+// work rate holds with one fewer) from one that the P serves (a closed
+// loop: the rate falls), between its CPU thresholds, where the latency
+// rule's P would otherwise stay.
+func TestProcsControlTrial(t *testing.T) {
+	c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0), trials: true}
+	feed, now := trialFeeder(c)
+	// An open loop at 3000/s on 2 Ps: 0.57 of a core, and 2.5% of the
+	// wake-ups waiting long in each sample (over the 1% that blocks
+	// dropping a P on CPU alone, and not under procsTrialSlow).
+	open := load{cores: 0.57, slow: 0.025, conns: 3000, bytes: 3000 * 128}
+	for i := range procsTrialLen - 1 {
+		if p, out := feed(open); p != 2 || out != nil {
+			t.Fatalf("sample %d: %d Ps, trial %v; want 2 and none before %d steady samples", i, p, out, procsTrialLen)
+		}
+	}
+	if p, _ := feed(open); p != 2 {
+		t.Fatalf("%d steady samples: %d Ps, want 2 (a trial only with fewer slow wake-ups)", procsTrialLen, p)
+	}
+	open.slow = 0.02 // under procsTrialSlow, pooled over the samples
+	out, during := trialTill(t, feed, open, 3*procsTrialLen)
+	if out.from != 2 || out.to != 1 || out.kept != 1 || c.p != 1 {
+		t.Fatalf("open loop: trial %+v, %d Ps; want 2 -> 1 kept", out, c.p)
+	}
+	for _, p := range during[len(during)-procsTrialLen:] {
+		if p != 1 {
+			t.Fatalf("Ps during the trial %v, want 1", during)
+		}
+	}
+	if !c.next.Equal(now().Add(procsTrialHold)) {
+		t.Fatalf("next trial at %v, want %v after the last", c.next.Sub(now()), procsTrialHold)
+	}
+
+	// A closed loop that a second P serves: the latency rule adds it, and
+	// it is tried at once, hold or not. Its rate falls by 15% with one P
+	// fewer: the P comes back, and the next trial waits twice as long each
+	// time it is needed.
+	closed := load{cores: 0.6, slow: 0.2, conns: 4500}
+	if p, _ := feed(closed); p != 2 {
+		t.Fatalf("goroutines waiting at 1 P: %d Ps, want 2", p)
+	}
+	closed.slow = 0.02
+	for round, hold := range []time.Duration{procsTrialHold, 2 * procsTrialHold, 4 * procsTrialHold} {
+		start := now()
+		var out *trialOutcome
+		for out == nil {
+			l := closed
+			if c.trial.on {
+				l.conns *= 0.85
+			}
+			var p int
+			if p, out = feed(l); out == nil && p == 1 && !c.trial.on {
+				t.Fatalf("round %d: 1 P outside a trial", round)
+			}
+			if now().Sub(start) > 10*time.Minute {
+				t.Fatalf("round %d: no trial in 10 minutes", round)
+			}
+		}
+		if out.kept != 2 || c.p != 2 {
+			t.Fatalf("round %d: trial %+v, %d Ps; want the P kept", round, out, c.p)
+		}
+		if got := c.next.Sub(now()); got != hold {
+			t.Fatalf("round %d: next trial in %v, want %v", round, got, hold)
+		}
+	}
+	// A trial that would overload one P fewer ends at once.
+	c.next = time.Time{}
+	for !c.trial.on {
+		feed(closed)
+	}
+	if p, out := feed(load{cores: 0.9, slow: 0.02, conns: 4500}); p != 2 || out == nil || out.kept != 2 {
+		t.Fatalf("one P overloaded in a trial: %d Ps, outcome %+v; want 2 at once", p, out)
+	}
+}
+
+// Long-lived connections are compared by the bytes they move, and there
+// is no trial without work to compare, nor one that one P fewer could not
+// carry, nor without the work counters.
+func TestProcsControlTrialMeasures(t *testing.T) {
+	c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0), trials: true}
+	feed, _ := trialFeeder(c)
+	chat := load{cores: 0.7, slow: 0.02, conns: 0, bytes: 4e6}
+	for range procsTrialLen {
+		feed(chat)
+	}
+	if !c.trial.on {
+		t.Fatal("chat: no trial after steady samples")
+	}
+	chat.bytes = 3.5e6 // -12.5%
+	out, _ := trialTill(t, feed, chat, 2*procsTrialLen)
+	if out.kept != 2 {
+		t.Fatalf("chat moving 12.5%% less on one P: trial %+v, want the P kept", out)
+	}
+
+	for _, l := range []load{
+		{cores: 0.55, slow: 0.02},                      // nothing moves
+		{cores: 0.9, slow: 0.02, conns: 5000},          // one P fewer would be added back
+		{cores: 0.55, slow: 0.02, conns: 10, bytes: 0}, // too few connections, no bytes
+	} {
+		c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0), trials: true}
+		feed, _ := trialFeeder(c)
+		for range 3 * procsTrialLen {
+			if p, _ := feed(l); p != 2 || c.trial.on {
+				t.Fatalf("%+v: %d Ps, trial %v; want 2 and no trial", l, p, c.trial.on)
+			}
+		}
+	}
+	c = &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0)} // no work counters
+	feed, _ = trialFeeder(c)
+	for range 3 * procsTrialLen {
+		if p, _ := feed(load{cores: 0.57, slow: 0.02, conns: 3000}); p != 2 || c.trial.on {
+			t.Fatalf("without trials: %d Ps, trial %v; want 2", p, c.trial.on)
 		}
 	}
 }

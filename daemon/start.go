@@ -41,10 +41,11 @@ func (d *daemon) start() error {
 	}
 	d.loops = d.startLoops(cfg)
 	var woke <-chan struct{}
+	var loops func() (int64, int64)
 	if d.epoll != nil {
-		woke = d.epoll.Woke()
+		woke, loops = d.epoll.Woke(), d.epoll.Work
 	}
-	go adaptProcs(context.Background(), d.log, d.spreadAccept, woke) // for the process's life
+	go adaptProcs(context.Background(), d.log, d.spreadAccept, woke, loops) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	warnProcsOverLimit(d.log)

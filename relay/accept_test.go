@@ -530,3 +530,36 @@ func helloFrom(t *testing.T, addr string, from, n, par int) {
 		return err
 	})
 }
+
+// Work counts the connections the loops accepted and the bytes they
+// moved, both ways.
+func TestEpollWork(t *testing.T) {
+	eng := newLoopEngine(t, 2)
+	a := newEchoAcceptor(t, eng, echoBackend(t))
+	_, addr := acceptOn(t, eng, a)
+	const clients, size = 20, 64 << 10
+	payload := strings.Repeat("x", size-1)
+	for i := range clients {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second)) // hang guard
+		if _, err := hello(c, payload); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		c.Close()
+	}
+	// Each loop adds its counts when it parks: wait for the last ones.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		bytes, conns := eng.Work()
+		if conns == clients && bytes >= 2*clients*size {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Work = %d bytes, %d connections; want %d connections and at least %d bytes", bytes, conns, clients, 2*clients*size)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -472,6 +472,19 @@ func (e *EpollEngine) Woke() <-chan struct{} { return e.woke }
 // ones so far (relay/epoll_move.go).
 func (e *EpollEngine) Sheds() int64 { return e.sheds.Load() }
 
+// Work is what the loops have done so far: the bytes they moved between
+// sockets and the connections they accepted, summed over the loops, each
+// loop's counted when it parks or yields. Its rate is the proxy's
+// throughput, whatever the connections' lengths; the adaptive GOMAXPROCS
+// compares it with a P more and one fewer (daemon/procs.go).
+func (e *EpollEngine) Work() (bytes, conns int64) {
+	for _, l := range e.loops {
+		bytes += l.moved.Load()
+		conns += l.accepted.Load()
+	}
+	return bytes, conns
+}
+
 // Busy is the time the loops have spent running, summed over the loops:
 // wall-clock time from each wake-up (the return of its first epoll_wait,
 // which the batch reads the clock at anyway) to the park that follows,

@@ -64,6 +64,8 @@ type epLoop struct {
 	moving     []*epPair               // pairs that turned bulk in this batch (moveOut)
 	bulk       atomic.Int32            // pairs of this loop that turned bulk (read by the others)
 	busy       atomic.Int64            // ns spent running, wake-up to park (EpollEngine.Busy)
+	moved      atomic.Int64            // bytes moved (EpollEngine.Work)
+	accepted   atomic.Int64            // connections accepted (EpollEngine.Work)
 	load       epLoad                  // this loop's busy share and what it sheds (epoll_move.go)
 	closeWaits map[*epPair]*closeWatch // closing pairs (epoll_close.go); nil until the first
 }
@@ -176,7 +178,15 @@ func (l *epLoop) poll(uintptr) bool {
 	l.parked.Store(false)
 	l.turn, l.accTurn = 0, 0
 	woke := int64(-1) // the first batch's clock: no reading of its own
-	defer func() { l.busy.Add(int64(time.Since(l.e.base)) - woke) }()
+	defer func() {
+		l.busy.Add(int64(time.Since(l.e.base)) - woke)
+		if l.turn > 0 {
+			l.moved.Add(int64(l.turn))
+		}
+		if l.accTurn > 0 {
+			l.accepted.Add(int64(l.accTurn))
+		}
+	}()
 	for {
 		n, e := epWaitNow(l.epfd, l.events)
 		if e != 0 {
