@@ -93,7 +93,7 @@ type procsControl struct {
 	lastCPU time.Duration
 	lastAt  time.Time
 
-	// Trials (with work counters only: trials).
+	// Trials of one P fewer: only with the loops' work to compare.
 	trials   bool
 	lastWork work
 	rates    [procsTrialLen]workRate // the last samples' rates at p, a ring
@@ -206,9 +206,9 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, lat waits, w work)
 // startTrial tries one P fewer, if the last samples used less CPU than
 // one fewer may (procsGrow of them), were steady (none under half their
 // mean CPU use, or over one and a half), moved something to compare, and
-// had few goroutines waiting for a P (under
-// procsTrialSlow of the wake-ups in all the samples together: enough of
-// them to mean something, where a sample's own share rests on a handful).
+// had few goroutines waiting for a P: under procsTrialSlow of the
+// wake-ups of all the samples together, enough of them to mean something
+// where a sample's own share rests on a handful.
 func (c *procsControl) startTrial() {
 	if c.p < 2 {
 		return
