@@ -73,6 +73,11 @@ type Source struct {
 	// may use now (the event loops, or the CPU limit when lower); nil or
 	// 0 (GOMAXPROCS fixed) leaves the metric out.
 	ProcsCeiling func() int64
+	// ProcsTrials returns how many trials of one Go processor fewer the
+	// adaptive GOMAXPROCS has made that kept one fewer (dropped) and that
+	// brought it back (kept); nil (GOMAXPROCS fixed, or the goroutine
+	// engine) leaves the metric out.
+	ProcsTrials func() (dropped, kept int64)
 	// Closings returns how many client or backend sockets are closing
 	// after their pair's other side reset (their peer is still being
 	// given what it was sent), and how many such closes gave up after 5 s

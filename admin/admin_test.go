@@ -45,6 +45,7 @@ func newFixture(t *testing.T) *fixture {
 		Open: func() int64 { return 7 }, MaxConnections: 100, Moves: func() int64 { return 5 }, Sheds: func() int64 { return 6 },
 		Busy: func() time.Duration { return 1500 * time.Millisecond }, Loops: 2,
 		ProcsCeiling: func() int64 { return 1 },
+		ProcsTrials:  func() (int64, int64) { return 9, 2 },
 		Closings:     func() (int64, int64) { return 3, 8 }}, zap.NewNop())
 	f.srv = httptest.NewServer(h)
 	t.Cleanup(f.srv.Close)
@@ -118,6 +119,8 @@ func TestAdminMetrics(t *testing.T) {
 		`stickyd_loop_busy_seconds_total 1.5`,
 		`stickyd_event_loops 2`,
 		`stickyd_gomaxprocs_ceiling 1`,
+		`stickyd_gomaxprocs_trials_total{result="dropped"} 9`,
+		`stickyd_gomaxprocs_trials_total{result="kept"} 2`,
 		`stickyd_connections_closing 3`,
 		`stickyd_closes_stalled_total 8`,
 		`go_goroutines `,

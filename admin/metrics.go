@@ -16,7 +16,7 @@ type collector struct {
 	headerErrors, workerRestarts                               *prometheus.Desc
 	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
-	closing, closesStalled, procsCeiling                       *prometheus.Desc
+	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -58,6 +58,8 @@ func NewCollector(src Source) prometheus.Collector {
 		"Connections whose backend or client reset, held while the other side is still given what it was sent (a lingering close; they count as open).")
 	c.procsCeiling = desc("gomaxprocs_ceiling",
 		"The most Go processors the adaptive GOMAXPROCS may use now: the event loops, or the CPU limit (CPUs, affinity mask, cgroup quota, as the Go runtime reads them) when lower. go_sched_gomaxprocs_threads is the number in use.")
+	c.procsTrials = desc("gomaxprocs_trials_total",
+		"Trials of one Go processor fewer that the adaptive GOMAXPROCS made where its CPU thresholds could not decide, by result (dropped: the event loops' work rate held, one fewer stayed; kept: it fell, the processor came back).", "result")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
@@ -68,7 +70,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
-		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling} {
+		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials} {
 		ch <- d
 	}
 }
@@ -122,6 +124,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if n := c.src.ProcsCeiling(); n > 0 {
 			gauge(c.procsCeiling, n)
 		}
+	}
+	if c.src.ProcsTrials != nil {
+		dropped, kept := c.src.ProcsTrials()
+		counter(c.procsTrials, dropped, "dropped")
+		counter(c.procsTrials, kept, "kept")
 	}
 	if c.src.Logs != nil {
 		suppressed, dropped := c.src.Logs()

@@ -71,6 +71,7 @@ type daemon struct {
 	epoll   *relay.EpollEngine  // the engine, for its metrics; nil with the goroutine engine
 	spread  int                 // event loops accepting (spreadAccept's; 0: all, as started)
 	ceiling atomic.Int64        // the adaptive GOMAXPROCS's most Ps now (spreadAccept's); 0: fixed
+	trials  [2]atomic.Int64     // its trials of one P fewer: kept one fewer, brought it back (countTrial)
 	sup     *backend.Supervisor // nil without [workers]
 	workers []backend.Spec      // the worker slots, fixed for the process's life
 	ln      net.Listener

@@ -297,24 +297,44 @@ func gain(base, tried workRate) float64 {
 	return tried.bytes/base.bytes - 1
 }
 
+// procsHooks connects adaptProcs to the daemon; each may be nil.
+type procsHooks struct {
+	// onTick is told the Ps in force after every step, and the starting
+	// number at the end (the daemon then chooses how many event loops
+	// accept: spreadFor), with the most it may use now.
+	onTick func(p, max int)
+	// woke receives when an event loop wakes after a quiet spell: only
+	// then does the controller rest.
+	woke <-chan struct{}
+	// loops reads the event loops' work (EpollEngine.Work): only then
+	// does the controller try Ps between its thresholds.
+	loops func() (bytes, conns int64)
+	// onTrial is told how each trial ended: one P fewer kept (dropped) or
+	// the P back.
+	onTrial func(dropped bool)
+}
+
+// adaptive reports whether adaptProcs adapts GOMAXPROCS: not when the
+// GOMAXPROCS environment variable fixes it, nor on one CPU.
+func adaptive() bool {
+	_, set := os.LookupEnv("GOMAXPROCS")
+	return !set && runtime.GOMAXPROCS(0) >= 2
+}
+
 // adaptProcs adjusts GOMAXPROCS to the load until ctx ends, then restores
-// the starting value. onTick, if not nil, is told the value in force after
-// every step, and the starting one at the end (the daemon then chooses how
-// many event loops accept: spreadFor). woke, if not nil, receives when an
-// event loop wakes after a quiet spell: only then does the controller rest.
-// loops, if not nil, reads the event loops' work (EpollEngine.Work): only
-// then does the controller try Ps between its thresholds.
-func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), woke <-chan struct{}, loops func() (bytes, conns int64)) {
-	if _, set := os.LookupEnv("GOMAXPROCS"); set || runtime.GOMAXPROCS(0) < 2 {
+// the starting value, if adaptive.
+func adaptProcs(ctx context.Context, log *zap.Logger, h procsHooks) {
+	if !adaptive() {
 		return
 	}
+	onTick, woke := h.onTick, h.woke
 	start := runtime.GOMAXPROCS(0)
-	c := &procsControl{max: start, p: start, lastCPU: processCPU(), lastAt: time.Now(), trials: loops != nil}
+	c := &procsControl{max: start, p: start, lastCPU: processCPU(), lastAt: time.Now(), trials: h.loops != nil}
 	readWork := func() work {
-		if loops == nil {
+		if h.loops == nil {
 			return work{}
 		}
-		b, n := loops()
+		b, n := h.loops()
 		return work{b, n}
 	}
 	c.lastWork = readWork()
@@ -355,6 +375,9 @@ func adaptProcs(ctx context.Context, log *zap.Logger, onTick func(p, max int), w
 		}
 		p, tried := c.step(processCPU(), now, lat.read(), readWork())
 		if tried != nil {
+			if h.onTrial != nil {
+				h.onTrial(tried.kept < tried.from)
+			}
 			log.Debug("GOMAXPROCS trial", zap.Int("from", tried.from), zap.Int("tried", tried.to), zap.Int("kept", tried.kept),
 				zap.Float64("bytes_per_s", tried.base.bytes), zap.Float64("tried_bytes_per_s", tried.tried.bytes),
 				zap.Float64("conns_per_s", tried.base.conns), zap.Float64("tried_conns_per_s", tried.tried.conns))

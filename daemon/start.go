@@ -40,12 +40,11 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.loops = d.startLoops(cfg)
-	var woke <-chan struct{}
-	var loops func() (int64, int64)
+	h := procsHooks{onTick: d.spreadAccept}
 	if d.epoll != nil {
-		woke, loops = d.epoll.Woke(), d.epoll.Work
+		h.woke, h.loops, h.onTrial = d.epoll.Woke(), d.epoll.Work, d.countTrial
 	}
-	go adaptProcs(context.Background(), d.log, d.spreadAccept, woke, loops) // for the process's life
+	go adaptProcs(context.Background(), d.log, h) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
 	warnProcsOverLimit(d.log)
@@ -175,6 +174,9 @@ func (d *daemon) startAdmin() {
 		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts, ProcsCeiling: d.ceiling.Load}
 	if ee := d.epoll; ee != nil {
 		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
+		if adaptive() {
+			src.ProcsTrials = func() (int64, int64) { return d.trials[0].Load(), d.trials[1].Load() }
+		}
 	}
 	if d.closings != nil {
 		src.Closings = d.closings.Closings
@@ -187,6 +189,16 @@ func (d *daemon) startAdmin() {
 	d.log.Info("admin listening", zap.String("admin", d.adminLn.Addr().String()),
 		zap.Bool("token", d.adminToken != ""), zap.Bool("host_check", adminOnLoopback(d.adminLn)))
 	warnAdminExposure(d.adminLn, d.adminToken, d.log.Named("admin"))
+}
+
+// countTrial counts a trial of the adaptive GOMAXPROCS
+// (stickyd_gomaxprocs_trials_total).
+func (d *daemon) countTrial(dropped bool) {
+	if dropped {
+		d.trials[0].Add(1)
+	} else {
+		d.trials[1].Add(1)
+	}
 }
 
 // spreadAccept tells the server how many event loops accept (spreadFor),

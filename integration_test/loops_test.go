@@ -167,6 +167,11 @@ func TestGOMAXPROCSFollowsCPULimit(t *testing.T) {
 	testkit.WaitFor(t, "stickyd_gomaxprocs_ceiling back to the loops", func() bool {
 		return opsMetric(t, adm, "stickyd_gomaxprocs_ceiling") == opsMetric(t, adm, "stickyd_event_loops")
 	})
+	for _, result := range []string{"dropped", "kept"} { // how many: the load's, the machine's
+		if v := opsMetric(t, adm, `stickyd_gomaxprocs_trials_total{result="`+result+`"}`); v < 0 {
+			t.Errorf("stickyd_gomaxprocs_trials_total{result=%q} missing with the adaptive GOMAXPROCS", result)
+		}
+	}
 	close(stop)
 	for range cap(errs) {
 		if err := testkit.Await(t, errs, "a client hangs"); err != nil {
@@ -212,9 +217,12 @@ func TestGOMAXPROCSAboveCPULimitWarned(t *testing.T) {
 	if w := logsOf[warning](run("1"), msg); len(w) != 0 {
 		t.Errorf("GOMAXPROCS=1: warned %+v", w)
 	}
-	// GOMAXPROCS fixed: no adaptive GOMAXPROCS, no ceiling of its own.
-	if v := opsMetric(t, adm, "stickyd_gomaxprocs_ceiling"); v != -1 {
-		t.Errorf("GOMAXPROCS=1: stickyd_gomaxprocs_ceiling = %v, want it left out", v)
+	// GOMAXPROCS fixed: no adaptive GOMAXPROCS, no ceiling of its own, no
+	// trials.
+	for _, series := range []string{"stickyd_gomaxprocs_ceiling", `stickyd_gomaxprocs_trials_total{result="dropped"}`} {
+		if v := opsMetric(t, adm, series); v != -1 {
+			t.Errorf("GOMAXPROCS=1: %s = %v, want it left out", series, v)
+		}
 	}
 }
 
