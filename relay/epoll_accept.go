@@ -476,7 +476,7 @@ func (e *EpollEngine) Sheds() int64 { return e.sheds.Load() }
 // sockets and the connections they accepted, summed over the loops, each
 // loop's counted when it parks or yields. Its rate is the proxy's
 // throughput, whatever the connections' lengths; the adaptive GOMAXPROCS
-// compares it with a P more and one fewer (daemon/procs.go).
+// compares it before and during a trial of one P fewer (daemon/procs.go).
 func (e *EpollEngine) Work() (bytes, conns int64) {
 	for _, l := range e.loops {
 		bytes += l.moved.Load()
