@@ -125,6 +125,7 @@ type procsTrial struct {
 type trialOutcome struct {
 	from, to, kept int
 	base, tried    workRate
+	overloaded     bool // ended early: one P fewer was over the grow threshold
 }
 
 // setMax makes n the most Ps the controller may use (the CPU limit
@@ -250,7 +251,7 @@ func (c *procsControl) runTrial(rate workRate, used float64, now time.Time) *tri
 	t := &c.trial
 	if used > procsGrow*float64(t.to) {
 		c.endTrial(t.from, now)
-		return &trialOutcome{from: t.from, to: t.to, kept: t.from, base: t.base}
+		return &trialOutcome{from: t.from, to: t.to, kept: t.from, base: t.base, overloaded: true}
 	}
 	if t.skip > 0 {
 		t.skip--
@@ -295,6 +296,19 @@ func gain(base, tried workRate) float64 {
 		return tried.conns/base.conns - 1
 	}
 	return tried.bytes/base.bytes - 1
+}
+
+// logTrial shows a finished trial at debug level: the rates compared, or
+// that one P fewer was overloaded (no rate was measured then).
+func logTrial(log *zap.Logger, t *trialOutcome) {
+	fields := []zap.Field{zap.Int("from", t.from), zap.Int("tried", t.to), zap.Int("kept", t.kept),
+		zap.Float64("bytes_per_s", t.base.bytes), zap.Float64("conns_per_s", t.base.conns)}
+	if t.overloaded {
+		fields = append(fields, zap.Bool("overloaded", true))
+	} else {
+		fields = append(fields, zap.Float64("tried_bytes_per_s", t.tried.bytes), zap.Float64("tried_conns_per_s", t.tried.conns))
+	}
+	log.Debug("GOMAXPROCS trial", fields...)
 }
 
 // procsHooks connects adaptProcs to the daemon; each may be nil.
@@ -378,9 +392,7 @@ func adaptProcs(ctx context.Context, log *zap.Logger, h procsHooks) {
 			if h.onTrial != nil {
 				h.onTrial(tried.kept < tried.from)
 			}
-			log.Debug("GOMAXPROCS trial", zap.Int("from", tried.from), zap.Int("tried", tried.to), zap.Int("kept", tried.kept),
-				zap.Float64("bytes_per_s", tried.base.bytes), zap.Float64("tried_bytes_per_s", tried.tried.bytes),
-				zap.Float64("conns_per_s", tried.base.conns), zap.Float64("tried_conns_per_s", tried.tried.conns))
+			logTrial(log, tried)
 		}
 		if p != runtime.GOMAXPROCS(0) {
 			runtime.GOMAXPROCS(p)

@@ -303,7 +303,7 @@ func TestProcsControlTrial(t *testing.T) {
 				t.Fatalf("round %d: no trial in 10 minutes", round)
 			}
 		}
-		if out.kept != 2 || c.p != 2 {
+		if out.kept != 2 || c.p != 2 || out.overloaded {
 			t.Fatalf("round %d: trial %+v, %d Ps; want the P kept", round, out, c.p)
 		}
 		if got := c.next.Sub(now()); got != hold {
@@ -315,7 +315,7 @@ func TestProcsControlTrial(t *testing.T) {
 	for !c.trial.on {
 		feed(closed)
 	}
-	if p, out := feed(load{cores: 0.9, slow: 0.02, conns: 4500}); p != 2 || out == nil || out.kept != 2 {
+	if p, out := feed(load{cores: 0.9, slow: 0.02, conns: 4500}); p != 2 || out == nil || out.kept != 2 || !out.overloaded {
 		t.Fatalf("one P overloaded in a trial: %d Ps, outcome %+v; want 2 at once", p, out)
 	}
 }
