@@ -25,7 +25,10 @@ import (
 // work, so it also watches the Go scheduler's latency (how long runnable
 // goroutines wait for a P): when more than procsSlowShare of them waited
 // over procsSlowWait, it adds a P whatever the CPU says, and it never drops
-// one while a noticeable share waits.
+// one while a noticeable share waits. With the epoll engine's work
+// counters, waits count only in samples where the loops did work: at rest
+// an admin API scrape or a health check makes one of a handful of
+// wake-ups wait, a share of 20-100%, for work that one P serves well.
 //
 // At rest it samples less. Ten samples a second were nearly all that an
 // idle stickyd did (about 38 thread wake-ups a second, 2 ms of CPU): so
@@ -169,6 +172,12 @@ func (c *procsControl) step(cpu time.Duration, now time.Time, lat waits, w work)
 	}
 	if c.trial.on {
 		return c.p, c.runTrial(rate, used, now)
+	}
+	if c.trials && rate == (workRate{}) {
+		// The loops did nothing: the goroutines that waited for a P
+		// were others (an admin API scrape, a health check), which one
+		// P serves well enough. Only the CPU rule applies.
+		slow = 0
 	}
 	was := c.p
 	switch {

@@ -323,6 +323,36 @@ func TestProcsControlTrial(t *testing.T) {
 // Long-lived connections are compared by the bytes they move, and there
 // is no trial without work to compare, nor one that one P fewer could not
 // carry, nor without the work counters.
+// Goroutines that wait for a P while the loops do nothing (an admin API
+// scraped at rest) add no P, and keep none; while the loops work, the
+// same waits add one. Without the work counters (the goroutine engine)
+// every wait counts.
+func TestProcsControlWaitsWithoutWork(t *testing.T) {
+	c := &procsControl{max: 2, p: 1, lastAt: time.Unix(0, 0), trials: true}
+	feed, _ := trialFeeder(c)
+	scrape := load{cores: 0.01, slow: 0.5}
+	for i := range 3 * procsCalm {
+		if p, _ := feed(scrape); p != 1 {
+			t.Fatalf("scrape %d at rest: %d Ps, want 1", i, p)
+		}
+	}
+	if p, _ := feed(load{cores: 0.3, slow: 0.5, conns: 100}); p != 2 {
+		t.Fatalf("waits while the loops accept: %d Ps, want 2", p)
+	}
+	for range procsCalm - 1 {
+		feed(scrape)
+	}
+	if p, _ := feed(scrape); p != 1 {
+		t.Fatalf("%d scrapes after the load: %d Ps, want 1", procsCalm, p)
+	}
+
+	c = &procsControl{max: 2, p: 1, lastAt: time.Unix(0, 0)}
+	feed, _ = trialFeeder(c)
+	if p, _ := feed(scrape); p != 2 {
+		t.Fatalf("without work counters: %d Ps, want 2", p)
+	}
+}
+
 func TestProcsControlTrialMeasures(t *testing.T) {
 	c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0), trials: true}
 	feed, _ := trialFeeder(c)
@@ -340,7 +370,7 @@ func TestProcsControlTrialMeasures(t *testing.T) {
 	}
 
 	for _, l := range []load{
-		{cores: 0.55, slow: 0.02},                      // nothing moves
+		{cores: 0.65, slow: 0.02},                      // nothing moves
 		{cores: 0.9, slow: 0.02, conns: 5000},          // one P fewer would be added back
 		{cores: 0.55, slow: 0.02, conns: 10, bytes: 0}, // too few connections, no bytes
 	} {

@@ -106,6 +106,34 @@ func TestChattyClientsShedBetweenLoops(t *testing.T) {
 	}
 }
 
+// Scrapes of the admin API at rest add no P: goroutines that wait for a P
+// count for the adaptive GOMAXPROCS only while the event loops work, and
+// an admin request is no work of theirs. (Before, each scrape at rest
+// could make one goroutine wait and add a P for half a second.)
+func TestScrapesAtRestAddNoP(t *testing.T) {
+	if runtime.NumCPU() < 2 || os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("one CPU, or GOMAXPROCS set: no adaptive GOMAXPROCS")
+	}
+	echo := serveEcho(t)
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "echo="+echo.Addr(), "--send-proxy", "none", "--admin", adm, "--log-level", "debug")
+	testkit.WaitFor(t, "GOMAXPROCS down to 1 while idle", func() bool {
+		return strings.Contains(p.stderr.String(), `"gomaxprocs":1`)
+	})
+	from := len(p.stderr.String())
+	pace := time.NewTicker(50 * time.Millisecond)
+	defer pace.Stop()
+	for range 60 { // 3 s: through the controller's rest and out of it
+		if v := opsMetric(t, adm, "stickyd_event_loops"); v < 1 {
+			t.Fatalf("stickyd_event_loops = %v", v)
+		}
+		<-pace.C
+	}
+	if log := p.stderr.String()[from:]; strings.Contains(log, `"gomaxprocs":2`) {
+		t.Errorf("a second P for scrapes at rest:\n%s", log)
+	}
+}
+
 // The adaptive GOMAXPROCS stays within the CPU limit as it changes, as the
 // Go runtime's own default would: with stickyd's threads pinned to one CPU
 // (a cpuset shrunk under a running container) it says so in the log and
