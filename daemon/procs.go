@@ -62,8 +62,11 @@ import (
 // (connections accepted, or bytes moved where few connections come:
 // EpollEngine.Work), and when the load has sat steady between the
 // thresholds for procsTrialLen samples on more than one P, it tries one P
-// fewer for procsTrialLen samples. It keeps one fewer if the work rate
-// did not fall by procsTrialGain, and goes back otherwise. The next
+// fewer for procsTrialLen samples. It goes back if the work rate fell by
+// procsTrialGain; if not, it looks again after procsTrialLen samples
+// more, over all of them, and keeps one fewer only if the rate still
+// holds (a closed loop's rate is noisy, and often falls only after the
+// first look). The next
 // trial waits procsTrialHold, twice as long after each trial that kept
 // the P (up to procsTrialHoldMax), except after a P added on the latency
 // rule: that one is tried as soon as the load has settled.
@@ -255,7 +258,9 @@ func (c *procsControl) startTrial() {
 }
 
 // runTrial takes one sample of a trial, and ends it after procsTrialLen
-// counted samples, or at once if one P fewer is overloaded.
+// counted samples if the rate fell, after twice as many if it did not
+// (the second look, over all of them, confirms what the first found on
+// a noisy rate), or at once if one P fewer is overloaded.
 func (c *procsControl) runTrial(rate workRate, used float64, now time.Time) *trialOutcome {
 	t := &c.trial
 	if used > procsGrow*float64(t.to) {
@@ -268,13 +273,15 @@ func (c *procsControl) runTrial(rate workRate, used float64, now time.Time) *tri
 	}
 	t.sum.bytes += rate.bytes
 	t.sum.conns += rate.conns
-	if t.n++; t.n < procsTrialLen {
+	if t.n++; t.n < procsTrialLen || t.n > procsTrialLen && t.n < 2*procsTrialLen {
 		return nil
 	}
 	tried := workRate{bytes: t.sum.bytes / float64(t.n), conns: t.sum.conns / float64(t.n)}
 	kept := t.to // one fewer did as much
 	if gain(t.base, tried) <= -procsTrialGain {
 		kept = t.from
+	} else if t.n == procsTrialLen {
+		return nil // look again
 	}
 	c.endTrial(kept, now)
 	return &trialOutcome{from: t.from, to: t.to, kept: kept, base: t.base, tried: tried}

@@ -369,6 +369,41 @@ func TestProcsControlTrialMeasures(t *testing.T) {
 		t.Fatalf("chat moving 12.5%% less on one P: trial %+v, want the P kept", out)
 	}
 
+	// The first look finds the rate held, the second a fall: over all
+	// the trial's samples it fell by 7.5%, and the P comes back. A rate
+	// that holds through both looks keeps one P fewer.
+	for _, fall := range []bool{true, false} {
+		c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0), trials: true}
+		feed, _ := trialFeeder(c)
+		l := load{cores: 0.6, slow: 0.02, conns: 4000}
+		for range procsTrialLen {
+			feed(l)
+		}
+		if !c.trial.on {
+			t.Fatal("closed loop: no trial after steady samples")
+		}
+		var out *trialOutcome
+		counted := 0
+		for i := 0; out == nil && i < 3*procsTrialLen; i++ {
+			m := l
+			if fall && c.trial.n >= procsTrialLen {
+				m.conns = 3400
+			}
+			if c.trial.skip == 0 {
+				counted++
+			}
+			_, out = feed(m)
+		}
+		want := 1
+		if fall {
+			want = 2
+		}
+		if out == nil || out.kept != want || c.p != want || counted != 2*procsTrialLen {
+			t.Fatalf("fall after the first look %v: trial %+v after %d counted samples, %d Ps; want %d Ps after %d",
+				fall, out, counted, c.p, want, 2*procsTrialLen)
+		}
+	}
+
 	for _, l := range []load{
 		{cores: 0.65, slow: 0.02},                      // nothing moves
 		{cores: 0.9, slow: 0.02, conns: 5000},          // one P fewer would be added back
