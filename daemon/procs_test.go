@@ -320,9 +320,6 @@ func TestProcsControlTrial(t *testing.T) {
 	}
 }
 
-// Long-lived connections are compared by the bytes they move, and there
-// is no trial without work to compare, nor one that one P fewer could not
-// carry, nor without the work counters.
 // Goroutines that wait for a P while the loops do nothing (an admin API
 // scraped at rest) add no P, and keep none; while the loops work, the
 // same waits add one. Without the work counters (the goroutine engine)
@@ -353,6 +350,10 @@ func TestProcsControlWaitsWithoutWork(t *testing.T) {
 	}
 }
 
+// Long-lived connections are compared by the bytes they move; a rate
+// that held at the first look is looked at again; and there is no trial
+// without work to compare, nor one that one P fewer could not carry, nor
+// without the work counters.
 func TestProcsControlTrialMeasures(t *testing.T) {
 	c := &procsControl{max: 2, p: 2, lastAt: time.Unix(0, 0), trials: true}
 	feed, _ := trialFeeder(c)
