@@ -273,8 +273,8 @@ func (c *procsControl) runTrial(rate workRate, used float64, now time.Time) *tri
 	}
 	t.sum.bytes += rate.bytes
 	t.sum.conns += rate.conns
-	if t.n++; t.n < procsTrialLen || t.n > procsTrialLen && t.n < 2*procsTrialLen {
-		return nil
+	if t.n++; t.n != procsTrialLen && t.n != 2*procsTrialLen {
+		return nil // not at one of the two looks
 	}
 	tried := workRate{bytes: t.sum.bytes / float64(t.n), conns: t.sum.conns / float64(t.n)}
 	kept := t.to // one fewer did as much
