@@ -66,10 +66,10 @@ import (
 // procsTrialGain; if not, it looks again after procsTrialLen samples
 // more, over all of them, and keeps one fewer only if the rate still
 // holds (a closed loop's rate is noisy, and often falls only after the
-// first look). The next
-// trial waits procsTrialHold, twice as long after each trial that kept
-// the P (up to procsTrialHoldMax), except after a P added on the latency
-// rule: that one is tried as soon as the load has settled.
+// first look). The next trial waits procsTrialHold, twice as long after
+// each trial that kept the P (up to procsTrialHoldMax), except after a P
+// added on the latency rule: that one is tried as soon as the load has
+// settled.
 
 const (
 	procsPeriod       = 100 * time.Millisecond
