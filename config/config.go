@@ -237,7 +237,7 @@ func describeDecodeError(err error) error {
 		row, col := de.Position()
 		key := strings.Join(de.Key(), ".")
 		if key != "" {
-			return fmt.Errorf("%w: line %d column %d: key %q: %s", ErrInvalid, row, col, key, de.Error())
+			return fmt.Errorf("%w: line %d column %d: key %q: %s%s", ErrInvalid, row, col, key, de.Error(), withHint(keyHint(de.Key())))
 		}
 		return fmt.Errorf("%w: line %d column %d: %s", ErrInvalid, row, col, de.Error())
 	}
@@ -245,9 +245,17 @@ func describeDecodeError(err error) error {
 	if errors.As(err, &se) && len(se.Errors) > 0 {
 		e := se.Errors[0]
 		row, _ := e.Position()
-		return fmt.Errorf("%w: line %d: unknown key %q", ErrInvalid, row, strings.Join(e.Key(), "."))
+		return fmt.Errorf("%w: line %d: unknown key %q%s", ErrInvalid, row, strings.Join(e.Key(), "."), withHint(keyHint(e.Key())))
 	}
 	return fmt.Errorf("%w: %w", ErrInvalid, err)
+}
+
+// withHint is hint as the end of an error message, or "".
+func withHint(hint string) string {
+	if hint == "" {
+		return ""
+	}
+	return " (" + hint + ")"
 }
 
 // ListenAddr returns the listen address, default ":3000".

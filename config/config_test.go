@@ -66,6 +66,12 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"no command", "[workers]\ncount = 2\n", []string{"workers.command"}},
 		{"syntax", "listen = \"unterminated\n", []string{"line 1"}},
 		{"unknown worker key", "[workers]\ncommand = [\"x\"]\ncolor = \"red\"\n", []string{"line 3", "color"}},
+		{"typo", "listen = \":1\"\nsend_proxi = \"v2\"\n", []string{"line 2", "send_proxi", `did you mean "send_proxy"?`}},
+		{"flag spelling", "send-proxy = \"v2\"\n", []string{"line 1", `did you mean "send_proxy"?`}},
+		{"typo in workers", "[workers]\ncommand = [\"x\"]\ncuont = 2\n", []string{"line 3", `did you mean "workers.count"?`}},
+		{"typo in backend", "[[backend]]\nadress = \"a:1\"\n", []string{"line 2", `did you mean "backend.address"?`}},
+		{"top-level key under workers", "[workers]\ncommand = [\"x\"]\nlisten = \":1\"\n", []string{"line 3", "workers.listen", `"listen" is a top-level key: move it above the first [table] header`}},
+		{"workers key at the top level", "listen = \":1\"\ncount = 2\n", []string{"line 2", `"count" is a key of [workers]: move it under that header`}},
 		{"bad hash_key", "listen = \":1\"\nhash_key = \"bogus\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 2", "hash_key", "bogus"}},
 		{"hash_key /33", "hash_key = \"/33\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 1", "hash_key", "/33"}},
 		{"huge weight", "[[backend]]\naddress = \"a:1\"\n\nweight = 100000000\n", []string{"line 4", "backend[0].weight", "1..65535"}},
@@ -144,4 +150,45 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("error %v does not wrap ErrInvalid", err)
 		}
 	})
+}
+
+// keyHint names the key a typo was meant to be, or the table a key
+// belongs to, and says nothing for a known key or one far from any.
+func TestKeyHint(t *testing.T) {
+	for _, tc := range []struct {
+		path []string
+		want string
+	}{
+		{[]string{"send_proxi"}, `did you mean "send_proxy"?`},
+		{[]string{"acept_proxy"}, `did you mean "accept_proxy"?`},
+		{[]string{"health", "intreval"}, `did you mean "health.interval"?`},
+		{[]string{"backend", "dsn"}, `did you mean "backend.dns"?`},
+		{[]string{"backend", "listen"}, `"listen" is a top-level key: move it above the first [table] header (TOML puts a key in the last table opened above it)`},
+		{[]string{"health", "command"}, `"command" is a key of [workers]: move it under that header`},
+		{[]string{"rise"}, `"rise" is a key of [health]: move it under that header`},
+		{[]string{"send_proxy"}, ""},          // known
+		{[]string{"bogus"}, ""},               // far from every key
+		{[]string{"workers", "color"}, ""},    // count is three edits away
+		{[]string{"workers", "env", "X"}, ""}, // a map takes any key
+		{[]string{"nosuch", "listen"}, ""},    // no such table
+		{nil, ""},
+	} {
+		if got := keyHint(tc.path); got != tc.want {
+			t.Errorf("keyHint(%q) = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0}, {"", "abc", 3}, {"count", "count", 0}, {"cuont", "count", 1},
+		{"adress", "address", 1}, {"send-proxy", "send_proxy", 1}, {"color", "count", 3}, {"ab", "ba", 1},
+	} {
+		if got := editDistance(tc.a, tc.b); got != tc.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
 }

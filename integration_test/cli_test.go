@@ -68,7 +68,7 @@ func TestExitCodes(t *testing.T) {
 		{"bad backend flag", []string{"--backend", "x="}, 2, "--backend"},
 		{"no backends", []string{"--listen", "127.0.0.1:0"}, 2, "backend"},
 		{"bad value in file", []string{"--config", bad}, 2, "line 3"},
-		{"unknown key in file", []string{"--config", unknown}, 2, "line 2"},
+		{"unknown key in file", []string{"--config", unknown}, 2, `line 2 column 1: key "lisen": toml: unknown field (did you mean "listen"?)`},
 		{"port in use", []string{"--listen", busy.Addr().String(), "--backend", "127.0.0.1:1"}, 1, "address already in use"},
 		{"check-config bad", []string{"check-config", bad}, 2, "send_proxy"},
 		{"stray arguments", []string{"--backend", "127.0.0.1:1", "node", "app.js"}, 2, "--workers"},
