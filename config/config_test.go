@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -190,5 +191,25 @@ func TestEditDistance(t *testing.T) {
 		if got := editDistance(tc.a, tc.b); got != tc.want {
 			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
 		}
+	}
+}
+
+// A STICKYD_ variable that stickyd does not read is reported, with the
+// twin it was probably meant to be; twins, --config's, the token and what
+// stickyd sets itself (workers, upgrades) are not, nor other variables.
+func TestUnknownEnvs(t *testing.T) {
+	got := UnknownEnvs([]string{
+		"STICKYD_SEND_PROXI=v1", "STICKYD_SEND_PROXY=v2", "STICKYD_CONFIG=/etc/s.toml", "STICKYD_ADMIN_TOKEN=x",
+		"STICKYD_WORKER_ID=0", "STICKYD_WORKERS=2", "STICKYD_LISTEN_FD=3", "STICKYD_READY_FD=4", "PATH=/bin",
+		"STICKYD_HEALTH_CHEK=tcp", "STICKYD_BOGUS=1", "STICKYD_ACCEPT_PROXY=10.0.0.0/8", "STICKYD_LISTN=:1",
+	})
+	want := []UnknownEnv{
+		{"STICKYD_SEND_PROXI", "STICKYD_SEND_PROXY"},
+		{"STICKYD_HEALTH_CHEK", "STICKYD_HEALTH_CHECK"},
+		{"STICKYD_BOGUS", ""},
+		{"STICKYD_LISTN", "STICKYD_LISTEN"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("UnknownEnvs = %+v, want %+v", got, want)
 	}
 }

@@ -47,6 +47,7 @@ func (d *daemon) start() error {
 	go adaptProcs(context.Background(), d.log, h) // for the process's life
 	d.startAdmin()
 	warnRiskySetup(cfg, d.log)
+	warnUnknownEnv(d.log)
 	warnProcsOverLimit(d.log)
 	d.log.Info("stickyd listening", zap.String("listen", d.ln.Addr().String()),
 		zap.Int("backends", len(d.srv.Backends().Backends())), zap.String("send_proxy", cfg.SendProxyName()),

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"os"
+
 	"github.com/stickyd/stickyd/config"
 	"go.uber.org/zap"
 )
@@ -19,5 +21,18 @@ func warnRiskySetup(cfg *config.Config, log *zap.Logger) {
 		log.Warn("client_ip_header without accept_proxy: every peer is believed as the nearest proxy, so a client that reaches stickyd directly chooses its own address",
 			zap.String("client_ip_header", cfg.ClientIPHeader),
 			zap.String("fix", "set --accept-proxy to your proxies' addresses, or make sure clients can only reach stickyd through them"))
+	}
+}
+
+// warnUnknownEnv logs, once at start, each STICKYD_ variable that stickyd
+// does not read: a misspelt environment twin would otherwise be ignored
+// without a word.
+func warnUnknownEnv(log *zap.Logger) {
+	for _, u := range config.UnknownEnvs(os.Environ()) {
+		fix := "remove it, or name a setting's twin (stickyd --help lists them: $STICKYD_SEND_PROXY for --send-proxy)"
+		if u.Meant != "" {
+			fix = "did you mean " + u.Meant + "?"
+		}
+		log.Warn("unknown STICKYD_ environment variable: ignored", zap.String("variable", u.Name), zap.String("fix", fix))
 	}
 }

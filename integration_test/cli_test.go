@@ -126,6 +126,26 @@ func TestEnvAndFileAndFlagPrecedence(t *testing.T) {
 	}
 }
 
+// A misspelt environment twin is not ignored in silence: stickyd warns
+// once, naming the variable and the twin it was probably meant to be,
+// and serves with the setting's default (here v2, not the v1 asked for).
+func TestUnknownEnvWarned(t *testing.T) {
+	b := testkit.StartBackend(t, "only")
+	t.Setenv("STICKYD_SEND_PROXI", "v1")
+	p := startStickyd(t, "--backend", b.Addr())
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
+	testkit.Greeting(t, c)
+	c.Close()
+	if v := b.Headers()[0].Version; v != 2 {
+		t.Errorf("backend got v%d, want the default v2", v)
+	}
+	log := p.stderr.String()
+	want := `"msg":"unknown STICKYD_ environment variable: ignored","variable":"STICKYD_SEND_PROXI","fix":"did you mean STICKYD_SEND_PROXY?"`
+	if n := strings.Count(log, `"variable":"STICKYD_SEND_PROXI"`); n != 1 || !strings.Contains(log, want) {
+		t.Errorf("%d warnings about STICKYD_SEND_PROXI, want 1 with %s; log:\n%s", n, want, log)
+	}
+}
+
 func lookupArgs(names []string) []string {
 	args := []string{"lookup"}
 	for i, n := range names {

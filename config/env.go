@@ -1,0 +1,38 @@
+package config
+
+import (
+	"slices"
+	"strings"
+)
+
+// UnknownEnv is a STICKYD_ variable in the environment that stickyd does
+// not read, and the one it was probably meant to be ("" when none is
+// close): an environment twin misspelt is otherwise ignored in silence.
+type UnknownEnv struct{ Name, Meant string }
+
+// UnknownEnvs returns the STICKYD_ variables of environ (os.Environ's
+// form) that are no setting's twin, nor --config's, nor one that stickyd
+// sets or reads itself (STICKYD_ADMIN_TOKEN, a worker's STICKYD_WORKER_ID
+// and STICKYD_WORKERS, an upgrade's STICKYD_<NAME>_FD).
+func UnknownEnvs(environ []string) []UnknownEnv {
+	known := []string{EnvName("config"), EnvAdminToken, "STICKYD_WORKER_ID", "STICKYD_WORKERS"}
+	for _, s := range settings {
+		known = append(known, s.Env())
+	}
+	var out []UnknownEnv
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "STICKYD_") || slices.Contains(known, name) || strings.HasSuffix(name, "_FD") {
+			continue
+		}
+		u := UnknownEnv{Name: name}
+		best := 0
+		for _, k := range known {
+			if d := editDistance(name[len("STICKYD_"):], k[len("STICKYD_"):]); d <= typoBudget(k[len("STICKYD_"):]) && (u.Meant == "" || d < best) {
+				u.Meant, best = k, d
+			}
+		}
+		out = append(out, u)
+	}
+	return out
+}
