@@ -72,6 +72,7 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"typo in workers", "[workers]\ncommand = [\"x\"]\ncuont = 2\n", []string{"line 3", `did you mean "workers.count"?`}},
 		{"typo in backend", "[[backend]]\nadress = \"a:1\"\n", []string{"line 2", `did you mean "backend.address"?`}},
 		{"top-level key under workers", "[workers]\ncommand = [\"x\"]\nlisten = \":1\"\n", []string{"line 3", "workers.listen", `"listen" is a top-level key: move it above the first [table] header`}},
+		{"table typo", "[[backends]]\naddress = \"a:1\"\n", []string{"line 1", `did you mean "backend"?`}},
 		{"workers key at the top level", "listen = \":1\"\ncount = 2\n", []string{"line 2", `"count" is a key of [workers]: move it under that header`}},
 		{"bad hash_key", "listen = \":1\"\nhash_key = \"bogus\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 2", "hash_key", "bogus"}},
 		{"hash_key /33", "hash_key = \"/33\"\n[[backend]]\naddress = \"a:1\"\n", []string{"line 1", "hash_key", "/33"}},
