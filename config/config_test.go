@@ -168,11 +168,13 @@ func TestKeyHint(t *testing.T) {
 		{[]string{"backend", "listen"}, `"listen" is a top-level key: move it above the first [table] header (TOML puts a key in the last table opened above it)`},
 		{[]string{"health", "command"}, `"command" is a key of [workers]: move it under that header`},
 		{[]string{"rise"}, `"rise" is a key of [health]: move it under that header`},
-		{[]string{"send_proxy"}, ""},          // known
-		{[]string{"bogus"}, ""},               // far from every key
-		{[]string{"workers", "color"}, ""},    // count is three edits away
-		{[]string{"workers", "env", "X"}, ""}, // a map takes any key
-		{[]string{"nosuch", "listen"}, ""},    // no such table
+		{[]string{"send_proxy"}, ""},               // known
+		{[]string{"bogus"}, ""},                    // far from every key
+		{[]string{"workers", "color"}, ""},         // count is three edits away
+		{[]string{"workers", "env", "X"}, ""},      // a map takes any key
+		{[]string{"workers", "env", "0", "0"}, ""}, // below a map
+		{[]string{"listen", "x"}, ""},              // below a value
+		{[]string{"nosuch", "listen"}, ""},         // no such table
 		{nil, ""},
 	} {
 		if got := keyHint(tc.path); got != tc.want {

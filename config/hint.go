@@ -62,6 +62,9 @@ func tableName(table []string) string {
 // any key).
 func tableType(t reflect.Type, table []string) reflect.Type {
 	for _, name := range table {
+		if t.Kind() != reflect.Struct {
+			return nil // a map ([workers.env]) or a value: no table of ours below
+		}
 		f, ok := fieldByKey(t, name)
 		if !ok {
 			return nil
