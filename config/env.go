@@ -15,22 +15,24 @@ type UnknownEnv struct{ Name, Meant string }
 // sets or reads itself (STICKYD_ADMIN_TOKEN, a worker's STICKYD_WORKER_ID
 // and STICKYD_WORKERS, an upgrade's STICKYD_<NAME>_FD).
 func UnknownEnvs(environ []string) []UnknownEnv {
+	const prefix = "STICKYD_"
 	known := []string{EnvName("config"), EnvAdminToken, "STICKYD_WORKER_ID", "STICKYD_WORKERS"}
 	for _, s := range settings {
 		known = append(known, s.Env())
 	}
+	for i, k := range known {
+		known[i] = strings.TrimPrefix(k, prefix)
+	}
 	var out []UnknownEnv
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, "STICKYD_") || slices.Contains(known, name) || strings.HasSuffix(name, "_FD") {
+		rest, ok := strings.CutPrefix(name, prefix)
+		if !ok || slices.Contains(known, rest) || strings.HasSuffix(rest, "_FD") {
 			continue
 		}
 		u := UnknownEnv{Name: name}
-		best := 0
-		for _, k := range known {
-			if d := editDistance(name[len("STICKYD_"):], k[len("STICKYD_"):]); d <= typoBudget(k[len("STICKYD_"):]) && (u.Meant == "" || d < best) {
-				u.Meant, best = k, d
-			}
+		if m := closest(rest, known); m != "" {
+			u.Meant = prefix + m
 		}
 		out = append(out, u)
 	}

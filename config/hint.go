@@ -25,13 +25,7 @@ func keyHint(path []string) string {
 	if slices.Contains(keys, key) {
 		return ""
 	}
-	best, bestD := "", 0
-	for _, k := range keys {
-		if d := editDistance(key, k); d <= typoBudget(k) && (best == "" || d < bestD) {
-			best, bestD = k, d
-		}
-	}
-	if best != "" {
+	if best := closest(key, keys); best != "" {
 		return fmt.Sprintf("did you mean %q?", strings.Join(append(slices.Clone(table), best), "."))
 	}
 	for _, other := range configTables {
@@ -102,6 +96,18 @@ func tomlKeys(t reflect.Type) []string {
 		}
 	}
 	return keys
+}
+
+// closest is the candidate that word is the fewest edits from, within
+// typoBudget of it (the first of equals), or "" when none is that close.
+func closest(word string, candidates []string) string {
+	best, bestD := "", 0
+	for _, c := range candidates {
+		if d := editDistance(word, c); d <= typoBudget(c) && (best == "" || d < bestD) {
+			best, bestD = c, d
+		}
+	}
+	return best
 }
 
 // typoBudget is how many edits from key a typo may be: one for short
