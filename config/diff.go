@@ -3,7 +3,6 @@ package config
 import (
 	"reflect"
 	"slices"
-	"strings"
 )
 
 // ChangedKeys returns the keys whose values differ between a and b, sorted:
@@ -21,7 +20,7 @@ func diffFields(a, b reflect.Value, prefix string, out *[]string) {
 	t := a.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		tag := tomlKey(f)
 		if !f.IsExported() || tag == "" {
 			continue
 		}

@@ -74,25 +74,15 @@ func tableType(t reflect.Type, table []string) reflect.Type {
 	return t
 }
 
-// fieldByKey is t's field whose toml tag is key.
-func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
-	for _, f := range reflect.VisibleFields(t) {
-		if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag == key {
-			return f, true
-		}
-	}
-	return reflect.StructField{}, false
-}
-
 // tomlKeys are the keys of struct type t (nil: none), in field order.
 func tomlKeys(t reflect.Type) []string {
 	if t == nil {
 		return nil
 	}
 	var keys []string
-	for _, f := range reflect.VisibleFields(t) {
-		if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag != "" && tag != "-" {
-			keys = append(keys, tag)
+	for i := range t.NumField() {
+		if key := tomlKey(t.Field(i)); key != "" && key != "-" {
+			keys = append(keys, key)
 		}
 	}
 	return keys

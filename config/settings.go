@@ -238,13 +238,27 @@ func (c *Config) field(key string) reflect.Value {
 }
 
 func fieldByTag(v reflect.Value, tag string) reflect.Value {
-	t := v.Type()
+	f, ok := fieldByKey(v.Type(), tag)
+	if !ok {
+		return reflect.Value{}
+	}
+	return v.FieldByIndex(f.Index)
+}
+
+// fieldByKey is struct type t's field whose TOML key is key.
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := range t.NumField() {
-		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ","); name == tag {
-			return v.Field(i)
+		if f := t.Field(i); tomlKey(f) == key {
+			return f, true
 		}
 	}
-	return reflect.Value{}
+	return reflect.StructField{}, false
+}
+
+// tomlKey is f's key in a config file (its toml tag without options), or "".
+func tomlKey(f reflect.StructField) string {
+	key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	return key
 }
 
 // setBackends applies --backend: the backends on the command line are the
