@@ -126,10 +126,23 @@ func (c *WorkerConfig) Validate() error {
 			return bad("env", "invalid variable name %q", k)
 		}
 	}
-	if name := c.Command[0]; !strings.Contains(name, "/") {
-		if _, err := exec.LookPath(name); err != nil {
-			return bad("command", "%v", err)
+	if c.Dir != "" {
+		if fi, err := os.Stat(c.Dir); err != nil {
+			return bad("dir", "%v", err)
+		} else if !fi.IsDir() {
+			return bad("dir", "%s is not a directory", c.Dir)
 		}
+	}
+	// The program must exist and be executable now, as exec will need it:
+	// a bare name in $PATH, a path relative to Dir (as exec resolves it),
+	// or an absolute path. One that goes missing later is a failed start,
+	// retried with backoff.
+	name := c.Command[0]
+	if strings.Contains(name, "/") && !filepath.IsAbs(name) && c.Dir != "" {
+		name = filepath.Join(c.Dir, name)
+	}
+	if _, err := exec.LookPath(name); err != nil {
+		return bad("command", "%v", err)
 	}
 	return nil
 }
@@ -414,7 +427,8 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 		return 0
 	}
 	if err != nil {
-		s.log.Error("start worker", zap.Int("worker", w.slot.Slot), zap.Error(err))
+		s.log.Error("start worker", zap.Int("worker", w.slot.Slot), zap.Error(err),
+			zap.String("fix", "workers.command must name a program that exists and that stickyd's user may run (it did at start); stickyd retries with backoff"))
 		return 0
 	}
 	log := s.log.With(zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid))

@@ -400,13 +400,26 @@ func TestWorkerUnixSocket(t *testing.T) {
 	}
 }
 
+// TestWorkerStartFailureRetried: a program that was there when the
+// Supervisor was made (Validate checks it) and has gone when it starts is
+// a failed start, logged with its fix and retried.
 func TestWorkerStartFailureRetried(t *testing.T) {
 	cfg := fakeConfig(t, 1, nil)
-	cfg.Command = []string{"./no-such-worker"}
-	h := startSupervisor(t, cfg, nil)
+	prog := filepath.Join(t.TempDir(), "worker")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Command = []string{prog}
+	h := newSupHarness(t, cfg)
+	os.Remove(prog)
+	h.run(t)
 	testkit.WaitFor(t, "two restarts", func() bool { return h.sup.Restarts(0) >= 2 })
-	if e := h.entries("start worker", 0); len(e) < 2 {
-		t.Errorf("start failures logged %d times, want >= 2", len(e))
+	e := h.entries("start worker", 0)
+	if len(e) < 2 {
+		t.Fatalf("start failures logged %d times, want >= 2", len(e))
+	}
+	if fix, _ := e[0].ContextMap()["fix"].(string); !strings.Contains(fix, "workers.command") {
+		t.Errorf("start failure logged with fix %q, want one naming workers.command", fix)
 	}
 }
 
@@ -457,6 +470,10 @@ func TestWorkerDiesWithSupervisor(t *testing.T) {
 
 func TestWorkerConfigValidate(t *testing.T) {
 	long := "/tmp/" + strings.Repeat("d", 100)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.js"), []byte("//"), 0o644); err != nil { // not executable
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		cfg  WorkerConfig
@@ -464,6 +481,12 @@ func TestWorkerConfigValidate(t *testing.T) {
 	}{
 		{"no command", WorkerConfig{}, "workers.command"},
 		{"unknown command", WorkerConfig{Command: []string{"stickyd-no-such-command"}}, "workers.command"},
+		{"missing program", WorkerConfig{Command: []string{"/no/such/dir/app"}}, "workers.command: exec: \"/no/such/dir/app\": stat /no/such/dir/app: no such file or directory"},
+		{"missing relative program", WorkerConfig{Command: []string{"./no-such-app"}, Dir: dir}, "workers.command: exec: \"" + dir + "/no-such-app\""},
+		{"program not executable", WorkerConfig{Command: []string{"./app.js"}, Dir: dir}, "workers.command: exec: \"" + dir + "/app.js\": permission denied"},
+		{"program a directory", WorkerConfig{Command: []string{"/tmp"}}, "workers.command: exec: \"/tmp\": is a directory"},
+		{"missing dir", WorkerConfig{Command: []string{"sh"}, Dir: filepath.Join(dir, "gone")}, "workers.dir: stat " + dir + "/gone: no such file or directory"},
+		{"dir a file", WorkerConfig{Command: []string{"sh"}, Dir: filepath.Join(dir, "app.js")}, "workers.dir: " + dir + "/app.js is not a directory"},
 		{"negative count", WorkerConfig{Command: []string{"sh"}, Count: -1}, "workers.count"},
 		{"ports overflow", WorkerConfig{Command: []string{"sh"}, Count: 3, PortBase: 65534}, "workers.port_base"},
 		{"socket path too long", WorkerConfig{Command: []string{"sh"}, SocketDir: long}, "workers.socket_dir"},

@@ -108,6 +108,17 @@ func TestCheckConfigWorkersForms(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, "no-such-worker-cmd") {
 		t.Errorf("unknown worker command: exit %d %q", code, stderr)
 	}
+	// A path is checked as exec will use it; serving fails the same way.
+	for _, cmd := range []string{"check-config", "serve"} {
+		args := []string{"check-config", "--workers", "2", file, "--", "./no-such-app.js"}
+		if cmd == "serve" {
+			args = []string{"--config", file, "--workers", "2", "--", "./no-such-app.js"}
+		}
+		code, _, stderr = runStickyd(t, dir, nil, "", args...)
+		if code != 2 || !strings.Contains(stderr, `workers.command: exec: "./no-such-app.js": stat ./no-such-app.js: no such file or directory`) {
+			t.Errorf("%s with a missing worker program: exit %d %q", cmd, code, stderr)
+		}
+	}
 }
 
 // Two stickyd instances with workers and no port settings run side by
