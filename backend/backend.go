@@ -463,14 +463,18 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool
 	}
 	if err != nil {
 		b.failures.Add(1)
+		fix := zap.Skip()
+		if f := dialFix(err, b.network, b.addr); f != "" {
+			fix = zap.String("fix", f)
+		}
 		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {
 			s.coolDown(b)
 			s.log.Warn("backend dial failed; cooling down",
 				zap.String("backend", b.Name), zap.String("address", b.Address),
-				zap.Int64("failures_in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err))
+				zap.Int64("failures_in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err), fix)
 		} else {
 			s.log.Warn("backend dial failed", zap.String("backend", b.Name), zap.String("address", b.Address),
-				zap.Int64("failures_in_a_row", n), zap.Error(err))
+				zap.Int64("failures_in_a_row", n), zap.Error(err), fix)
 		}
 		return nil, fmt.Errorf("dial backend %s: %w", b.Name, err)
 	}

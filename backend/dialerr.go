@@ -71,3 +71,22 @@ func dialErrorKind(err error) string {
 	}
 	return "other"
 }
+
+// dialFix is the fix a failed dial of b's address suggests, by its kind
+// (dialErrorKind); "" when there is none to give.
+func dialFix(err error, network, address string) string {
+	switch dialErrorKind(err) {
+	case "refused":
+		return "nothing listens on " + address + ": start the backend, or correct its address"
+	case "timeout":
+		return "no answer from " + address + " within connect_timeout: check the address and any firewall between, or raise connect_timeout for a slow backend"
+	case "unreachable":
+		return "no route to " + address + ": check the address and the network"
+	case "no socket file":
+		return "no Unix socket at " + address + ": start the backend, or correct the path"
+	}
+	if network == "unix" && errors.Is(err, syscall.EACCES) {
+		return "stickyd's user may not connect to " + address + ": give it write permission on the socket"
+	}
+	return ""
+}
