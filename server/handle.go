@@ -65,8 +65,9 @@ func (s *Server) refuse(conn relay.Conn, c *client, err error) {
 	conn.Close()
 	s.connDone()
 	if !errors.Is(err, errQuiet) {
-		s.log.Warn("connection refused", zap.String(logging.CauseKey, refusalCause(err)),
-			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err))
+		cause := refusalCause(err)
+		s.log.Warn("connection refused", zap.String(logging.CauseKey, cause),
+			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), refusalFix(cause, c.peer))
 	}
 }
 
@@ -93,7 +94,8 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 			if errors.Is(st.Err, relay.ErrProxyHeader) { // its one line, as a handshake's refusal
 				s.metrics.headerError(proxyproto.ErrUnexpected)
 				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
-					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected))
+					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected),
+					refusalFix(HeaderUntrusted, peer))
 			} else if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 				ce.Write(zap.Stringer("peer", peer), zap.Stringer("client", addr), zap.String("via", via),
 					zap.String("backend", b.Name), zap.Int64("bytes_in", st.BytesIn),
@@ -116,6 +118,28 @@ func refusalCause(err error) string {
 		return "dial"
 	}
 	return headerKind(err)
+}
+
+// refusalFix is the fix field of a refusal whose cause is a setup that
+// does not match the network: a trusted peer that sends no PROXY header,
+// or a PROXY header from a peer accept_proxy does not list. Either may
+// also be a client at fault (one inside a trusted range that connects
+// directly, one spoofing a header), so the fix says both. Other causes
+// get none (zap.Skip): a failed dial logs its own.
+func refusalFix(cause string, peer netip.AddrPort) zap.Field {
+	if !peer.Addr().IsValid() { // not an IP peer: nothing to name
+		return zap.Skip()
+	}
+	switch cause {
+	case HeaderMissing:
+		return zap.String("fix", "if "+peer.Addr().String()+" is your load balancer, make it send PROXY headers "+
+			"(HAProxy: send-proxy-v2 on the server line; nginx stream: proxy_protocol on; AWS NLB: proxy protocol v2 on the target group); "+
+			"if clients reach stickyd directly from that range, take it out of accept_proxy")
+	case HeaderUntrusted:
+		return zap.String("fix", "if "+peer.Addr().String()+" is your load balancer, trust it: --accept-proxy "+
+			netip.PrefixFrom(peer.Addr(), peer.Addr().BitLen()).String()+" (accept_proxy); otherwise the client sent a header it may not, and is refused")
+	}
+	return zap.Skip()
 }
 
 // dialError marks an error of the backend dial (its text unchanged).

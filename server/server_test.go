@@ -274,6 +274,22 @@ func TestHeaderErrorKinds(t *testing.T) {
 					t.Errorf("HeaderErrors[%s] = %d, want %d (error: %v)", kind, n, want, r.refusals(tc.src)[0].ContextMap()["error"])
 				}
 			}
+			// A setup that may not match the network says how to fix it.
+			fix, _ := r.refusals(tc.src)[0].ContextMap()["fix"].(string)
+			switch tc.kind {
+			case HeaderMissing:
+				if !strings.Contains(fix, "if "+tc.src+" is your load balancer, make it send PROXY headers") {
+					t.Errorf("fix %q", fix)
+				}
+			case HeaderUntrusted:
+				if !strings.Contains(fix, "--accept-proxy "+tc.src+"/32") {
+					t.Errorf("fix %q", fix)
+				}
+			default:
+				if fix != "" {
+					t.Errorf("fix %q for a client's fault", fix)
+				}
+			}
 			if n := len(b.Headers()); n != 0 {
 				t.Errorf("backend saw %d connections", n)
 			}
