@@ -67,7 +67,7 @@ func (s *Server) refuse(conn relay.Conn, c *client, err error) {
 	if !errors.Is(err, errQuiet) {
 		cause := refusalCause(err)
 		s.log.Warn("connection refused", zap.String(logging.CauseKey, cause),
-			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), refusalFix(cause, c.peer))
+			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), s.refusalFix(cause, c.peer))
 	}
 }
 
@@ -95,7 +95,7 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 				s.metrics.headerError(proxyproto.ErrUnexpected)
 				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
 					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected),
-					refusalFix(HeaderUntrusted, peer))
+					s.refusalFix(HeaderUntrusted, peer))
 			} else if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 				ce.Write(zap.Stringer("peer", peer), zap.Stringer("client", addr), zap.String("via", via),
 					zap.String("backend", b.Name), zap.Int64("bytes_in", st.BytesIn),
@@ -122,11 +122,18 @@ func refusalCause(err error) string {
 
 // refusalFix is the fix field of a refusal whose cause is a setup that
 // does not match the network: a trusted peer that sends no PROXY header,
-// or a PROXY header from a peer accept_proxy does not list. Either may
-// also be a client at fault (one inside a trusted range that connects
-// directly, one spoofing a header), so the fix says both. Other causes
-// get none (zap.Skip): a failed dial logs its own.
-func refusalFix(cause string, peer netip.AddrPort) zap.Field {
+// a PROXY header from a peer accept_proxy does not list, an HTTP request
+// without a usable client_ip_header. Each may also be a client at fault
+// (one inside a trusted range that connects directly, one spoofing a
+// header, one that bypasses the proxy), so the fix says both. Other
+// causes get none (zap.Skip): a failed dial logs its own.
+func (s *Server) refusalFix(cause string, peer netip.AddrPort) zap.Field {
+	if cause == HeaderHTTPNoAddr {
+		h := s.opts.ClientIPHeader
+		return zap.String("fix", "the proxy in front must set "+h+" to the client's address "+
+			"(nginx: proxy_set_header; HAProxy: option forwardfor, or http-request set-header); "+
+			"clients that reach stickyd directly send none: --ignore-missing-header routes them by their socket address")
+	}
 	if !peer.Addr().IsValid() { // not an IP peer: nothing to name
 		return zap.Skip()
 	}

@@ -285,6 +285,10 @@ func TestHeaderErrorKinds(t *testing.T) {
 				if !strings.Contains(fix, "--accept-proxy "+tc.src+"/32") {
 					t.Errorf("fix %q", fix)
 				}
+			case HeaderHTTPNoAddr:
+				if !strings.Contains(fix, "must set "+tc.opts.ClientIPHeader) || !strings.Contains(fix, "--ignore-missing-header") {
+					t.Errorf("fix %q", fix)
+				}
 			default:
 				if fix != "" {
 					t.Errorf("fix %q for a client's fault", fix)
