@@ -67,7 +67,7 @@ func (s *Server) refuse(conn relay.Conn, c *client, err error) {
 	if !errors.Is(err, errQuiet) {
 		cause := refusalCause(err)
 		s.log.Warn("connection refused", zap.String(logging.CauseKey, cause),
-			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), s.refusalFix(cause, c.peer))
+			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), s.refusalFix(cause, c.peer, err))
 	}
 }
 
@@ -95,7 +95,7 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 				s.metrics.headerError(proxyproto.ErrUnexpected)
 				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
 					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected),
-					s.refusalFix(HeaderUntrusted, peer))
+					s.refusalFix(HeaderUntrusted, peer, nil))
 			} else if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 				ce.Write(zap.Stringer("peer", peer), zap.Stringer("client", addr), zap.String("via", via),
 					zap.String("backend", b.Name), zap.Int64("bytes_in", st.BytesIn),
@@ -125,9 +125,14 @@ func refusalCause(err error) string {
 // a PROXY header from a peer accept_proxy does not list, an HTTP request
 // without a usable client_ip_header. Each may also be a client at fault
 // (one inside a trusted range that connects directly, one spoofing a
-// header, one that bypasses the proxy), so the fix says both. Other
-// causes get none (zap.Skip): a failed dial logs its own.
-func (s *Server) refusalFix(cause string, peer netip.AddrPort) zap.Field {
+// header, one that bypasses the proxy), so the fix says both; a TLS
+// handshake in header mode says where TLS must end. Other causes get
+// none (zap.Skip): a failed dial logs its own.
+func (s *Server) refusalFix(cause string, peer netip.AddrPort, err error) zap.Field {
+	if errors.Is(err, errHTTPTLS) {
+		return zap.String("fix", "terminate TLS before stickyd (at the proxy that sets "+s.opts.ClientIPHeader+"), "+
+			"or pass TLS through and carry the client address in PROXY headers instead (--accept-proxy, no --client-ip-header)")
+	}
 	if cause == HeaderHTTPNoAddr {
 		h := s.opts.ClientIPHeader
 		return zap.String("fix", "the proxy in front must set "+h+" to the client's address "+

@@ -22,7 +22,16 @@ var (
 	// disagree on such a block, so stickyd could route by a header the
 	// backend does not see.
 	errHTTPMalformed = errors.New("server: malformed HTTP header block")
+	// errHTTPTLS: the client opened with a TLS handshake, which header
+	// mode cannot read (counted as malformed).
+	errHTTPTLS = fmt.Errorf("%w: a TLS handshake, not an HTTP request (client_ip_header reads plain HTTP)", errHTTPMalformed)
 )
+
+// looksLikeTLS reports whether b starts a TLS handshake record (content
+// type 22, protocol major version 3): no HTTP request starts with 0x16.
+func looksLikeTLS(b []byte) bool {
+	return len(b) >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
+}
 
 // readHTTPClient reads the first request's header block (bounded in size
 // and time) and takes the client address from the configured header. Every
@@ -39,6 +48,10 @@ func (s *Server) readHTTPClient(conn *net.TCPConn, c *client) error {
 			// second, client-chosen header behind ours.
 			s.metrics.headerError(proxyproto.ErrUnexpected)
 			return proxyproto.ErrUnexpected
+		}
+		if looksLikeTLS(buf) { // no 400: the client would not read plain text
+			s.metrics.headerError(errHTTPTLS)
+			return errHTTPTLS
 		}
 		end := bytes.Index(buf[searched:], []byte("\r\n\r\n"))
 		blockEnd := len(buf)

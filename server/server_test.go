@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -248,6 +249,9 @@ func TestHeaderErrorKinds(t *testing.T) {
 		{"http bare LF unfinished", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nHost: x\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
 		{"http bare CR", httpMode, "127.0.0.1", "GET / HTTP/1.1\r\nX-Foo: a\rX-Forwarded-For: 6.6.6.6\r\n\r\n", false, HeaderHTTPMalformed, "HTTP/1.1 400 Bad Request\r\n"},
 		{"http proxy header", httpMode, "127.0.0.1", "PROXY TCP4 1.2.3.4 1.2.3.5 1 2\r\nGET / HTTP/1.1\r\n\r\n", false, HeaderUntrusted, ""},
+		// HTTPS to a plain-HTTP port: refused as such, not as a block with
+		// a bare LF (curl's ClientHello has one at byte 115) or a timeout.
+		{"http TLS handshake", httpMode, "127.0.0.1", tlsClientHello(t), false, HeaderHTTPMalformed, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -287,6 +291,11 @@ func TestHeaderErrorKinds(t *testing.T) {
 				}
 			case HeaderHTTPNoAddr:
 				if !strings.Contains(fix, "must set "+tc.opts.ClientIPHeader) || !strings.Contains(fix, "--ignore-missing-header") {
+					t.Errorf("fix %q", fix)
+				}
+			case HeaderHTTPMalformed:
+				if tc.name == "http TLS handshake" && !strings.Contains(fix, "terminate TLS before stickyd") ||
+					tc.name != "http TLS handshake" && fix != "" {
 					t.Errorf("fix %q", fix)
 				}
 			default:
@@ -341,4 +350,24 @@ func TestHTTPBlockInPiecesRelayed(t *testing.T) {
 	if string(rest) != req {
 		t.Errorf("backend got %q, want %q", rest, req)
 	}
+}
+
+// tlsClientHello is the first record Go's TLS client sends: what a client
+// that speaks HTTPS to a plain-HTTP port opens with.
+func tlsClientHello(t *testing.T) string {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	go tls.Client(a, &tls.Config{ServerName: "example.com"}).Handshake()
+	hello := make([]byte, 4096)
+	b.SetReadDeadline(time.Now().Add(testkit.Guard))
+	n, err := b.Read(hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if !looksLikeTLS(hello[:n]) {
+		t.Fatalf("not a TLS record: % x", hello[:min(n, 8)])
+	}
+	return string(hello[:n])
 }
