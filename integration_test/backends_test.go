@@ -377,3 +377,69 @@ func TestFirstByteSettingsTwins(t *testing.T) {
 		t.Errorf("valid settings: %v %s", err, out)
 	}
 }
+
+const bkNoProxyHint = "it may require one"
+
+// The other wrong setup: --send-proxy none in front of servers that
+// require a PROXY header, real nginx (stream, `listen ... proxy_protocol`)
+// and HAProxy (`bind ... accept-proxy`). Each closes the connection
+// without a byte when the request comes first; stickyd says once per
+// backend that it may require a header, and how to send one. With
+// --send-proxy v2 the same servers answer, and nothing is said.
+func TestNoProxyHintForBackendsThatRequireOne(t *testing.T) {
+	ln := testkit.Listen(t, "127.0.0.1:0")
+	var tr testkit.Tracked
+	tr.Serve(t, ln, func(c net.Conn) { // what nginx and HAProxy pass the client to
+		defer c.Close()
+		io.WriteString(c, "hello\n")
+	})
+	nginx := startNginx(t, "stream {\n  server {\n    listen %LISTEN% proxy_protocol;\n    proxy_pass "+tr.Addr()+";\n  }\n}\n")
+	haproxy := startHAProxyListen(t, "accept-proxy", tr.Addr(), "")
+	backends := []string{"--backend", "nginx=" + nginx, "--backend", "haproxy=" + haproxy}
+
+	p := startStickyd(t, append([]string{"--send-proxy", "none", "--log-format", "json"}, backends...)...)
+	for _, name := range []string{"nginx", "haproxy"} {
+		ip := bkHomeIP(t, backends, name)
+		for range 3 {
+			if got := bkRequest(t, ip, p.addr); got != "" {
+				t.Fatalf("%s answered %q without a PROXY header", name, got)
+			}
+		}
+		testkit.WaitFor(t, "the no-PROXY hint for "+name, func() bool {
+			return bkLogCount(p, bkNoProxyHint, `"backend":"`+name+`"`) == 1
+		})
+	}
+	for _, s := range []string{`"level":"warn"`, "nginx proxy_protocol", "HAProxy accept-proxy", "--send-proxy v2",
+		`send_proxy = \"v2\"`, `"send_proxy":"none"`, `"answer":"closed"`} {
+		if bkLogCount(p, bkNoProxyHint, s) != 2 {
+			t.Errorf("hint lines lack %q:\n%s", s, p.stderr.String())
+		}
+	}
+
+	q := startStickyd(t, append([]string{"--send-proxy", "v2"}, backends...)...)
+	for _, name := range []string{"nginx", "haproxy"} {
+		if got := bkRequest(t, bkHomeIP(t, backends, name), q.addr); got != "hello\n" {
+			t.Errorf("%s behind --send-proxy v2 answered %q, want hello", name, got)
+		}
+	}
+	if n := bkLogCount(q, bkNoProxyHint) + bkLogCount(q, bkHint); n != 0 {
+		t.Errorf("%d PROXY hints with --send-proxy v2", n)
+	}
+}
+
+// bkHomeIP is a client IP that stickyd with these --backend flags sends
+// to the backend named name first (stickyd lookup: the same hash).
+func bkHomeIP(t *testing.T, backends []string, name string) string {
+	t.Helper()
+	var ips []string
+	for i := range 64 {
+		ips = append(ips, testkit.ClientIP(1000+i))
+	}
+	for ip, b := range lookupOut(t, strings.Join(ips, "\n")+"\n", backends...) {
+		if b == name {
+			return ip
+		}
+	}
+	t.Fatalf("no client of 64 goes to %s", name)
+	return ""
+}

@@ -12,8 +12,8 @@ import (
 // observe acts on how a relayed connection's backend began
 // (relay.Stats.First): passive ejection of a backend that accepts
 // connections but closes them unanswered or leaves them silent, and the
-// hint for a backend that does not read the PROXY header (proxied: one was
-// sent).
+// hints for a backend that does not read the PROXY header (proxied: one
+// was sent) or seems to require one that was not.
 func (s *Server) observe(b *backend.Backend, st relay.Stats, proxied bool) {
 	set := s.backends.Load()
 	switch st.First {
@@ -27,8 +27,12 @@ func (s *Server) observe(b *backend.Backend, st relay.Stats, proxied bool) {
 		}
 	case relay.FirstClosed:
 		set.ClosedEarly(b, false)
-		if !b.NoteAnswer(false) && proxied {
+		switch {
+		case b.NoteAnswer(false):
+		case proxied:
 			s.hintProxy(b, st.First)
+		case s.opts.SendProxy == 0:
+			s.hintNoProxy(b)
 		}
 	case relay.FirstTimeout:
 		set.ClosedEarly(b, true)
@@ -57,6 +61,22 @@ func (s *Server) hintProxy(b *backend.Backend, first relay.First) {
 		`or, if it needs no client address, stop sending them: --send-proxy none (send_proxy = "none")`,
 		zap.String("backend", b.Name), zap.String("address", b.Address),
 		zap.String("send_proxy", proxyName(s.opts.SendProxy)), zap.Stringer("answer", first))
+}
+
+// hintNoProxy is hintProxy's other side: with send_proxy none, b closed
+// two connections in a row without a byte while their clients were
+// there, as a server that requires a PROXY header does when a request
+// comes first (nginx's proxy_protocol, HAProxy's accept-proxy, the
+// stickyd worker package). At most once per hintEvery and backend.
+func (s *Server) hintNoProxy(b *backend.Backend) {
+	if !s.hints.allow(b.Name, time.Now()) {
+		return
+	}
+	s.log.Warn("backend closed the connection without a byte, and stickyd sends it no PROXY header: it may require one "+
+		"(nginx proxy_protocol, HAProxy accept-proxy, the stickyd worker package). Fix: if it does, send one: "+
+		`--send-proxy v2 (send_proxy = "v2"), or v1 if it reads only v1`,
+		zap.String("backend", b.Name), zap.String("address", b.Address),
+		zap.String("send_proxy", "none"), zap.Stringer("answer", relay.FirstClosed))
 }
 
 func proxyName(v byte) string {
