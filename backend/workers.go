@@ -44,7 +44,7 @@ type WorkerConfig struct {
 	// $PATH; a relative path is resolved against Dir.
 	Command []string
 	// Count is the number of workers (default 1). The caller resolves
-	// "auto" to runtime.NumCPU().
+	// "auto" to one per CPU it may use (config: a cgroup CPU quota counts).
 	Count int
 	// PortBase: worker i listens on 127.0.0.1:<PortBase+i>. Zero (the
 	// default) picks a block of free ports at a random base below the

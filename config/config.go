@@ -24,7 +24,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -393,7 +392,8 @@ func (c *Config) Trusted() []netip.Prefix {
 }
 
 // WorkerCount resolves workers.count: a number, or "auto" (the default) for
-// one per CPU.
+// one per CPU that stickyd may use (see autoWorkers: a container's CPU
+// limit counts).
 func (w *Workers) WorkerCount() int {
 	switch v := w.Count.(type) {
 	case int64:
@@ -401,7 +401,7 @@ func (w *Workers) WorkerCount() int {
 	case int:
 		return v
 	}
-	return runtime.NumCPU()
+	return autoWorkers
 }
 
 func orDefaultString(s, key string) string {

@@ -277,11 +277,18 @@ func TestWorkersRepoConfigTOML(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := testkit.FreePort(t)
-	n := runtime.NumCPU()
 	conf := replaceLine(t, string(src), `(?m)^listen = .*$`, fmt.Sprintf("listen = %q", addr))
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	// "auto": one per CPU stickyd may use (NumCPU, or less under a CPU
+	// quota: TestWorkersAutoFollowsCPUQuota); check-config says how many.
+	n := 0
+	if _, out, _ := runStickyd(t, dir, nil, "", "check-config"); !strings.Contains(out, " workers") {
+		t.Fatalf("check-config: %q", out)
+	} else if _, err := fmt.Sscanf(out[strings.LastIndex(out, ", ")+2:], "%d workers", &n); err != nil || n < 1 || n > runtime.NumCPU() {
+		t.Fatalf("check-config: %q (%v)", out, err)
 	}
 	p := launchStickydIn(t, dir, addr)
 	pids := waitWorkersReady(t, p, n)

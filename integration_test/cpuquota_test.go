@@ -1,0 +1,143 @@
+package integration_test
+
+// workers.count = "auto" inside a container's CPU limit: a real cgroup
+// CPU quota (cgroup v1's cpu controller, or v2's cpu.max) on the stickyd
+// process, not the host's CPU count.
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+)
+
+// quotaCgroup makes a cgroup with a CPU quota of quota/period and returns
+// its cgroup.procs file. It skips the test where the machine has no
+// writable cpu controller (not root, or a cgroup namespace without one);
+// with CI set that is a failure, as for the other tools the tests need.
+func quotaCgroup(t *testing.T, quota, period int) string {
+	t.Helper()
+	name := fmt.Sprintf("stickyd-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	try := func() (string, error) {
+		if root := "/sys/fs/cgroup/cpu"; fileExists(root + "/cpu.cfs_quota_us") { // cgroup v1
+			dir := filepath.Join(root, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				return "", err
+			}
+			t.Cleanup(func() { os.Remove(dir) })
+			if err := os.WriteFile(dir+"/cpu.cfs_period_us", []byte(fmt.Sprint(period)), 0o644); err != nil {
+				return "", err
+			}
+			return dir, os.WriteFile(dir+"/cpu.cfs_quota_us", []byte(fmt.Sprint(quota)), 0o644)
+		}
+		root := "/sys/fs/cgroup" // cgroup v2: a child of the root, where cpu can be enabled
+		if !strings.Contains(readFile(root+"/cgroup.subtree_control"), "cpu") {
+			if err := os.WriteFile(root+"/cgroup.subtree_control", []byte("+cpu"), 0o644); err != nil {
+				return "", err
+			}
+		}
+		dir := filepath.Join(root, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return "", err
+		}
+		t.Cleanup(func() { os.Remove(dir) })
+		return dir, os.WriteFile(dir+"/cpu.max", []byte(fmt.Sprintf("%d %d", quota, period)), 0o644)
+	}
+	dir, err := try()
+	if err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skipf("no writable cgroup cpu controller: %v", err)
+		}
+		t.Fatalf("no writable cgroup cpu controller: %v", err)
+	}
+	return dir + "/cgroup.procs"
+}
+
+func fileExists(path string) bool { _, err := os.Stat(path); return err == nil }
+
+func readFile(path string) string { b, _ := os.ReadFile(path); return string(b) }
+
+// runInCgroup runs stickyd with args inside the cgroup of procs (a shell
+// moves itself there, then execs stickyd), with extra environment env,
+// and returns its exit code and output.
+func runInCgroup(t *testing.T, procs string, env []string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command("sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, procs, stickydBin}, args...)...)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(testkit.Guard):
+		cmd.Process.Kill()
+		t.Fatalf("stickyd %v did not exit", args)
+	}
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+// TestWorkersAutoFollowsCPUQuota: under a CPU limit of half a CPU, one and
+// a half, or more than the machine has, --workers auto means the limit
+// rounded down (at least 1), at most the CPUs: in check-config, lookup
+// and when serving. A GOMAXPROCS variable does not change it.
+func TestWorkersAutoFollowsCPUQuota(t *testing.T) {
+	file := writeFile(t, t.TempDir(), "w.toml", fmt.Sprintf("listen = %q\n", testkit.FreePort(t)))
+	ncpu := runtime.NumCPU()
+	for _, tc := range []struct {
+		quota int // per 100 ms
+		env   []string
+		want  int
+	}{
+		{50_000, nil, 1},
+		{150_000, nil, 1},
+		{50_000, []string{"GOMAXPROCS=" + fmt.Sprint(ncpu+3)}, 1},
+		{100_000 * (ncpu + 1), nil, ncpu},
+	} {
+		procs := quotaCgroup(t, tc.quota, 100_000)
+		name := fmt.Sprintf("quota %.1f CPUs %v", float64(tc.quota)/100_000, tc.env)
+		code, out := runInCgroup(t, procs, tc.env, "check-config", "--workers", "auto", file, "--", "stickyd", "hello-worker")
+		if want := fmt.Sprintf("%d workers", tc.want); code != 0 || !strings.Contains(out, want) {
+			t.Errorf("%s: check-config exit %d %q, want %q", name, code, out, want)
+		}
+		// lookup routes over the same workers: with one, every IP goes to worker-0.
+		code, out = runInCgroup(t, procs, tc.env, "lookup", "--workers", "auto", "198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4")
+		seen := map[string]bool{}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			_, w, _ := strings.Cut(line, " ")
+			seen[w] = true
+		}
+		if code != 0 || tc.want == 1 && (len(seen) != 1 || !seen["worker-0"]) {
+			t.Errorf("%s: lookup exit %d %q, want every IP on worker-0", name, code, out)
+		}
+	}
+
+	// Serving: the supervisor starts as many workers as check-config said.
+	procs := quotaCgroup(t, 50_000, 100_000)
+	addr := testkit.FreePort(t)
+	cmd := exec.Command("sh", "-c", `echo $$ > "$0" && exec "$@"`, procs, stickydBin,
+		"--listen", addr, "--log-format", "json", "--workers", "auto", "--", "stickyd", "hello-worker")
+	var out testkit.SyncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	testkit.WaitFor(t, "the worker addresses logged", func() bool { return strings.Contains(out.String(), `"worker addresses"`) })
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Contains(line, `"worker addresses"`) && strings.Count(line, "127.0.0.1:") != 1 {
+			t.Errorf("under half a CPU, --workers auto started: %s", line)
+		}
+	}
+}
