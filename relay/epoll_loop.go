@@ -477,13 +477,17 @@ func (l *epLoop) arm() {
 
 // finish closes both sockets of p and queues its Done. Pipes with bytes
 // left are closed, not pooled. A socket error seen before (see fail) is
-// the first error, and Stats.Err.
+// the first error of Stats.Err; err, if any, is joined to it (as the
+// goroutine engine joins its directions' errors): a reset whose reply
+// was then cut by the half-close timeout says both.
 func (l *epLoop) finish(p *epPair, err error) {
 	if p.closed {
 		return
 	}
-	if first := p.firstSockErr(); first != nil {
+	if first := p.firstSockErr(); first != nil && err == nil {
 		err = first
+	} else if first != nil {
+		err = errors.Join(first, err) // and what ended the pair after it (a timeout, CloseAll)
 	}
 	p.closed = true
 	if p.failed&epClosing != 0 {

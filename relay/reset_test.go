@@ -390,3 +390,29 @@ func TestGoroutineDeliverRest(t *testing.T) {
 	p.Client.Close()
 	p.Backend.Close()
 }
+
+// TestEngineResetThenTimeout: the backend resets with its reply queued in
+// the engine, and the client never reads it: the half-close timeout
+// (Linger) ends the pair, and Done must say so (ErrIdle), so that the cut
+// reply is put down to the timeout. The epoll engine learns of the reset
+// at once (EPOLLERR) and reports it too; the goroutine engine, blocked
+// writing to the client, never reads as far as the reset.
+func TestEngineResetThenTimeout(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, r *rig) {
+		e, p := r.connect()
+		bigQueues(t, p)
+		p.Client.(*net.TCPConn).SetWriteBuffer(16 << 10) // most of the reply waits in the engine
+		p.Linger = 300 * time.Millisecond
+		r.eng.Start(*p)
+		write(t, e.backend, string(message(reply400, 1<<20)))
+		resetWhenSent(t, e.backend)
+		s := e.wait(t) // the client reads nothing
+		_, epoll := r.eng.(*EpollEngine)
+		if !errors.Is(s.Err, ErrIdle) || epoll && !errors.Is(s.Err, syscall.ECONNRESET) {
+			t.Errorf("Stats.Err = %v; want ErrIdle (and, from the epoll engine, the reset)", s.Err)
+		}
+		if s.BytesOut >= 1<<20 {
+			t.Errorf("BytesOut = %d: the client took the whole reply without reading", s.BytesOut)
+		}
+	})
+}
