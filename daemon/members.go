@@ -122,7 +122,7 @@ func (d *daemon) firstDNS(ctx context.Context, cfg *config.Config) map[string][]
 	for {
 		answers, err := r.ResolveAll(ctx, targets)
 		if err != nil {
-			d.log.Warn("dns backends did not resolve", zap.Error(err))
+			d.log.Warn("dns backends did not resolve", zap.Error(err), zap.String("fix", discovery.Fix))
 		}
 		if len(answers) > 0 || len(targets) < len(cfg.Backends) || len(d.workers) > 0 {
 			return answers

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/discovery"
 	"go.uber.org/zap"
 )
 
@@ -98,7 +99,7 @@ func (d *daemon) reloadDNS(cfg *config.Config) map[string][]string {
 	}
 	answers, err := newResolver(cfg).ResolveAll(context.Background(), targets)
 	if err != nil {
-		d.log.Warn("reload: dns backends did not resolve", zap.Error(err))
+		d.log.Warn("reload: dns backends did not resolve", zap.Error(err), zap.String("fix", discovery.Fix))
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -31,6 +31,10 @@ import (
 	"go.uber.org/zap"
 )
 
+// Fix is the fix logged with a dns backend that does not resolve.
+const Fix = "check the name (a typo, or a Service or SRV record not created yet) and the resolver " +
+	"(--dns-server; by default the system's); stickyd resolves it again every dns_interval"
+
 // ErrNoAddresses is returned by Resolve when a name has no usable address.
 var ErrNoAddresses = errors.New("discovery: no addresses")
 
@@ -189,7 +193,7 @@ func (w *Watcher) round(ctx context.Context, current map[string][]string, failin
 			if ctx.Err() == nil && !failing[t] {
 				failing[t] = true
 				w.Log.Warn("dns backend did not resolve; keeping its last addresses",
-					zap.String("dns", t), zap.Strings("addresses", current[t]), zap.Error(err))
+					zap.String("dns", t), zap.Strings("addresses", current[t]), zap.Error(err), zap.String("fix", Fix))
 			}
 			continue
 		}

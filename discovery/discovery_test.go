@@ -87,8 +87,10 @@ func TestDNSWatcherFollowsChanges(t *testing.T) {
 	srv.SetHost("app.test.") // NXDOMAIN: keep the last answer, log once
 	q := srv.Queries()
 	testkit.WaitFor(t, "several failed rounds", func() bool { return srv.Queries() > q+10 })
-	if n := logs.FilterMessageSnippet("did not resolve").Len(); n != 1 {
-		t.Errorf("%d failure lines, want 1", n)
+	if l := logs.FilterMessageSnippet("did not resolve").All(); len(l) != 1 {
+		t.Errorf("%d failure lines, want 1", len(l))
+	} else if l[0].ContextMap()["fix"] != discovery.Fix {
+		t.Errorf("failure line %v, want the fix", l[0].ContextMap())
 	}
 	srv.SetHost("app.test.", "127.0.0.3")
 	if got := next(); !slices.Equal(got, []string{"127.0.0.3:80"}) {

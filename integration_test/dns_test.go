@@ -87,8 +87,8 @@ func TestDNSDiscoveryFollowsScaling(t *testing.T) {
 	if names := opsNames(opsBackends(t, adm)); !slices.Equal(names, []string{pod3}) {
 		t.Errorf("a DNS failure changed the backends: %v", names)
 	}
-	if !opsLogged(p, "keeping its last addresses") {
-		t.Error("the DNS failure was not logged")
+	if !opsLogged(p, "keeping its last addresses") || !opsLogged(p, "check the name (a typo") {
+		t.Error("the DNS failure was not logged with its fix")
 	}
 }
 
