@@ -401,7 +401,7 @@ func (w *Workers) WorkerCount() int {
 	case int:
 		return v
 	}
-	return autoWorkers
+	return autoWorkers()
 }
 
 func orDefaultString(s, key string) string {

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"sync"
 
 	"go.uber.org/automaxprocs/maxprocs"
 )
@@ -14,8 +15,11 @@ import (
 // limit, cgroup v1 or v2) the quota rounded down, at least 1. NumCPU
 // alone counts the host's CPUs: in a container limited to 2 CPUs on a
 // 32-core host it says 32, and as many workers would share 2 CPUs'
-// worth of time. Computed once, at start.
-var autoWorkers = workersFor(runtime.NumCPU(), cpuQuota())
+// worth of time. Computed once, the first time "auto" is resolved (at
+// start, as the config is loaded), and only then: reading the quota marks
+// GOMAXPROCS as set by the program (see cpuQuota), which a process that
+// never resolves "auto" (the hello worker) need not have.
+var autoWorkers = sync.OnceValue(func() int { return workersFor(runtime.NumCPU(), cpuQuota()) })
 
 // workersFor is the worker count for ncpu CPUs and a quota of quota CPUs
 // (0: none).
@@ -28,11 +32,14 @@ func workersFor(ncpu int, quota float64) int {
 
 // cpuQuota is the cgroup CPU quota of this process in CPUs, 0 when it has
 // none. go.uber.org/automaxprocs reads it (the cgroup mounts and files of
-// both versions); its Set is asked for the quota only (the rounding
-// callback keeps GOMAXPROCS as it is). Set honours a GOMAXPROCS variable
-// by reading nothing, so the variable is hidden while it reads: the
-// worker count follows the CPU limit, not stickyd's own setting. Called
-// at package initialisation, before any goroutine reads the environment.
+// both versions); its Set is asked for the quota only: the rounding
+// callback gives back the current GOMAXPROCS, so nothing changes, though
+// the runtime then counts GOMAXPROCS as the program's choice and stops
+// following limit changes by itself (the daemon sets it anyway). Set
+// honours a GOMAXPROCS variable by reading nothing, so the variable is
+// hidden while it reads: the worker count follows the CPU limit, not
+// stickyd's own setting. Called as the config is loaded, before any
+// worker is started with a copy of the environment.
 func cpuQuota() float64 {
 	if v, set := os.LookupEnv("GOMAXPROCS"); set {
 		os.Unsetenv("GOMAXPROCS")
