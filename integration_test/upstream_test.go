@@ -474,6 +474,8 @@ func TestHeaderModeRouting(t *testing.T) {
 			get("X-Forwarded-For: ::ffff:198.51.100.7"), "198.51.100.7"},
 		{"missing header with --ignore-missing-header", []string{"--client-ip-header", "X-Forwarded-For", "--ignore-missing-header"}, "127.0.0.3",
 			get("Accept: */*"), ""},
+		{"h2c preface with --ignore-missing-header", []string{"--client-ip-header", "X-Forwarded-For", "--ignore-missing-header"}, "127.0.0.3",
+			"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -126,12 +126,17 @@ func refusalCause(err error) string {
 // without a usable client_ip_header. Each may also be a client at fault
 // (one inside a trusted range that connects directly, one spoofing a
 // header, one that bypasses the proxy), so the fix says both; a TLS
-// handshake in header mode says where TLS must end. Other causes get
+// handshake or HTTP/2 in header mode says what to use instead. Other causes get
 // none (zap.Skip): a failed dial logs its own.
 func (s *Server) refusalFix(cause string, peer netip.AddrPort, err error) zap.Field {
 	if errors.Is(err, errHTTPTLS) {
 		return zap.String("fix", "terminate TLS before stickyd (at the proxy that sets "+s.opts.ClientIPHeader+"), "+
 			"or pass TLS through and carry the client address in PROXY headers instead (--accept-proxy, no --client-ip-header)")
+	}
+	if errors.Is(err, errHTTP2) {
+		return zap.String("fix", "for HTTP/2 or gRPC in cleartext, carry the client address in PROXY headers instead "+
+			"(--accept-proxy, no --client-ip-header), or have the proxy in front speak HTTP/1.1 to stickyd; "+
+			"--ignore-missing-header relays such clients, routed by their socket address")
 	}
 	if cause == HeaderHTTPNoAddr {
 		h := s.opts.ClientIPHeader

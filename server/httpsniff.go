@@ -27,6 +27,15 @@ var (
 	errHTTPTLS = fmt.Errorf("%w: a TLS handshake, not an HTTP request (client_ip_header reads plain HTTP)", errHTTPMalformed)
 )
 
+// errHTTP2: the client opened with HTTP/2's cleartext preface (h2c with
+// prior knowledge, as gRPC does), whose headers header mode cannot read:
+// no client address (with IgnoreMissingHeader it is relayed as any
+// request without one).
+var errHTTP2 = fmt.Errorf("%w: HTTP/2 (the h2c preface), whose headers header mode cannot read (HTTP/1.x only)", errNoClientIP)
+
+// http2Preface is how HTTP/2 over cleartext with prior knowledge opens.
+var http2Preface = []byte("PRI * HTTP/2.0\r\n")
+
 // looksLikeTLS reports whether b starts a TLS handshake record (content
 // type 22, protocol major version 3): no HTTP request starts with 0x16.
 func looksLikeTLS(b []byte) bool {
@@ -52,6 +61,10 @@ func (s *Server) readHTTPClient(conn *net.TCPConn, c *client) error {
 		if looksLikeTLS(buf) { // no 400: the client would not read plain text
 			s.metrics.headerError(errHTTPTLS)
 			return errHTTPTLS
+		}
+		if bytes.HasPrefix(buf, http2Preface) && !s.opts.IgnoreMissingHeader { // nor would an HTTP/2 client
+			s.metrics.headerError(errHTTP2)
+			return errHTTP2
 		}
 		end := bytes.Index(buf[searched:], []byte("\r\n\r\n"))
 		blockEnd := len(buf)

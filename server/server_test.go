@@ -252,6 +252,8 @@ func TestHeaderErrorKinds(t *testing.T) {
 		// HTTPS to a plain-HTTP port: refused as such, not as a block with
 		// a bare LF (curl's ClientHello has one at byte 115) or a timeout.
 		{"http TLS handshake", httpMode, "127.0.0.1", tlsClientHello(t), false, HeaderHTTPMalformed, ""},
+		// h2c with prior knowledge (gRPC): no address to read, and no 400.
+		{"http HTTP/2 preface", httpMode, "127.0.0.1", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false, HeaderHTTPNoAddr, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -290,7 +292,11 @@ func TestHeaderErrorKinds(t *testing.T) {
 					t.Errorf("fix %q", fix)
 				}
 			case HeaderHTTPNoAddr:
-				if !strings.Contains(fix, "must set "+tc.opts.ClientIPHeader) || !strings.Contains(fix, "--ignore-missing-header") {
+				want := "must set " + tc.opts.ClientIPHeader
+				if tc.name == "http HTTP/2 preface" {
+					want = "for HTTP/2 or gRPC in cleartext, carry the client address in PROXY headers"
+				}
+				if !strings.Contains(fix, want) || !strings.Contains(fix, "--ignore-missing-header") {
 					t.Errorf("fix %q", fix)
 				}
 			case HeaderHTTPMalformed:
