@@ -53,7 +53,7 @@ type WorkerConfig struct {
 	PortBase int
 	// SocketDir, if set, switches to unix sockets: worker i gets
 	// SOCKET=<SocketDir>/worker-<i>.sock instead of PORT, and its address is
-	// "unix:<path>". The directory is created (0700) if missing.
+	// "unix:<path>". The directory is created (0700) by NewSupervisor if missing.
 	SocketDir string
 	// Env is added to the environment stickyd inherited. PORT, SOCKET,
 	// STICKYD_WORKER_ID and STICKYD_WORKERS are always set by the
@@ -253,6 +253,14 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 	if onState == nil {
 		onState = func(int, bool) {}
 	}
+	// What the workers need is set up now, as their ports are reserved
+	// below: a directory that cannot be made fails stickyd's start, instead
+	// of leaving it serving with no worker.
+	if cfg.SocketDir != "" {
+		if err := os.MkdirAll(cfg.SocketDir, 0o700); err != nil {
+			return nil, fmt.Errorf("%w: workers.socket_dir: %w", ErrWorkerConfig, err)
+		}
+	}
 	ports, reserved, err := cfg.ports()
 	if err != nil {
 		return nil, err
@@ -363,11 +371,6 @@ func (s *Supervisor) Restarts(slot int) int64 {
 func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return ErrSupervisorRunning
-	}
-	if s.cfg.SocketDir != "" {
-		if err := os.MkdirAll(s.cfg.SocketDir, 0o700); err != nil {
-			return fmt.Errorf("create workers.socket_dir: %w", err)
-		}
 	}
 	sp := startWorkerSpawner()
 	defer sp.stop()

@@ -468,6 +468,29 @@ func TestWorkerDiesWithSupervisor(t *testing.T) {
 	testkit.WaitFor(t, "the orphaned worker to die", func() bool { return pidGone(pid) })
 }
 
+// TestWorkerSocketDirMadeAtStart: NewSupervisor makes socket_dir, and one
+// it cannot make fails it (so stickyd's start), naming the key.
+func TestWorkerSocketDirMadeAtStart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := fakeConfig(t, 1, nil)
+	cfg.PortBase, cfg.SocketDir = 0, filepath.Join(dir, "a", "b")
+	if _, err := NewSupervisor(cfg, zap.NewNop(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(cfg.SocketDir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("socket_dir after NewSupervisor: %v, %v", fi, err)
+	}
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.SocketDir = filepath.Join(file, "sockets") // under a file: mkdir fails
+	_, err := NewSupervisor(cfg, zap.NewNop(), nil)
+	if !errors.Is(err, ErrWorkerConfig) || !strings.Contains(err.Error(), "workers.socket_dir: mkdir "+file+": not a directory") {
+		t.Errorf("NewSupervisor = %v, want ErrWorkerConfig naming workers.socket_dir and the cause", err)
+	}
+}
+
 func TestWorkerConfigValidate(t *testing.T) {
 	long := "/tmp/" + strings.Repeat("d", 100)
 	dir := t.TempDir()

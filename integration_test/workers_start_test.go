@@ -119,6 +119,13 @@ func TestCheckConfigWorkersForms(t *testing.T) {
 			t.Errorf("%s with a missing worker program: exit %d %q", cmd, code, stderr)
 		}
 	}
+	// A socket_dir that cannot be made fails the start (it used to leave
+	// stickyd serving with no worker, the error logged only at its stop).
+	plain := writeFile(t, dir, "s.toml", fmt.Sprintf("listen = %q\n", testkit.FreePort(t)))
+	code, _, stderr = runStickyd(t, dir, nil, "", "--config", plain, "--socket-dir", plain+"/sockets", "--workers", "2", "--", "stickyd", "hello-worker")
+	if code != 2 || !strings.Contains(stderr, "workers.socket_dir: mkdir "+plain+": not a directory") {
+		t.Errorf("a socket_dir under a file: exit %d %q", code, stderr)
+	}
 }
 
 // Two stickyd instances with workers and no port settings run side by
