@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -25,6 +26,24 @@ func writePIDFile(path string, log *zap.Logger) int {
 		log.Error("pid file", zap.String("pid_file", path), zap.Error(err))
 	}
 	return pid
+}
+
+// checkPIDFile fails, as a config error, when path ("" = none) could not
+// be written: its directory is missing or not writable. stickyd writes the
+// file once it serves; a first start checks beforehand, so that a pid
+// file that upgrades and service managers would look for in vain stops
+// the start instead of being logged once and missing.
+func checkPIDFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".check*")
+	if err != nil {
+		return configErrorf("pid_file %s: %v (its directory must exist and be writable by stickyd's user)", path, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
 }
 
 // removePIDFile removes path if it still holds pid (after an upgrade it

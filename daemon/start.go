@@ -25,6 +25,11 @@ func (d *daemon) start() error {
 	if err := d.prepareWorkers(); err != nil {
 		return err
 	}
+	if !d.inherited { // an upgrade's new process has taken over: it only logs
+		if err := checkPIDFile(d.boot.PIDFile); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	d.dns = d.firstDNS(ctx, cfg)
 	stopped := ctx.Err() != nil

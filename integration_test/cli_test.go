@@ -72,6 +72,8 @@ func TestExitCodes(t *testing.T) {
 		{"port in use", []string{"--listen", busy.Addr().String(), "--backend", "127.0.0.1:1"}, 1, "address already in use"},
 		{"check-config bad", []string{"check-config", bad}, 2, "send_proxy"},
 		{"stray arguments", []string{"--backend", "127.0.0.1:1", "node", "app.js"}, 2, "--workers"},
+		{"pid file in a missing directory", []string{"--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1", "--pid-file", dir + "/gone/stickyd.pid"}, 2,
+			"pid_file " + dir + "/gone/stickyd.pid: open " + dir + "/gone/stickyd.pid.check"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
