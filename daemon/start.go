@@ -25,7 +25,7 @@ func (d *daemon) start() error {
 	if err := d.prepareWorkers(); err != nil {
 		return err
 	}
-	if !d.inherited { // an upgrade's new process has taken over: it only logs
+	if !d.up.Child() { // an upgrade's new process has taken over: it only logs
 		if err := checkPIDFile(d.boot.PIDFile); err != nil {
 			return err
 		}

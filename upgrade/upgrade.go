@@ -84,6 +84,7 @@ type Upgrader struct {
 	groups    map[string][]net.Listener // the same, the rest of a group
 	ready     *os.File                  // to the parent; nil when none; guarded by mu
 	upgrading bool                      // an Upgrade runs; guarded by mu
+	child     bool                      // started by an upgrade: it inherited listeners; set by New
 }
 
 // New adopts the descriptors a parent named in the environment (none for
@@ -117,8 +118,13 @@ func New(o Options) (*Upgrader, error) {
 	if n, err := strconv.Atoi(readyFD); err == nil && n > 2 {
 		u.ready = u.os.NewFile(uintptr(n), "ready")
 	}
+	u.child = len(u.inherited) > 0
 	return u, nil
 }
+
+// Child reports whether this process was started by an upgrade (it
+// inherited listeners), whether or not it has taken them yet.
+func (u *Upgrader) Child() bool { return u.child }
 
 // adopt takes the inherited listener name at descriptor fds ("": none;
 // "3,4,5": a group).

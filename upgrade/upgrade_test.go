@@ -212,6 +212,12 @@ func TestNewAdoptsInherited(t *testing.T) {
 	if ln == nil || u.Inherited("listen") != nil || u.Inherited("admin") != nil {
 		t.Fatal("Inherited: want the listener once, and no admin")
 	}
+	if !u.Child() {
+		t.Error("Child() = false in a process that inherited a listener (taken or not)")
+	}
+	if plain, err := New(Options{Names: []string{"listen"}, OS: newFakeOS()}); err != nil || plain.Child() {
+		t.Errorf("a process started normally: Child() = %v, %v", plain != nil && plain.Child(), err)
+	}
 	ln.Close()
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
