@@ -19,7 +19,14 @@ import (
 // and returns its exit code, stdout and stderr.
 func runStickyd(t *testing.T, dir string, env []string, stdin string, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(stickydBin, args...)
+	return runCommand(t, dir, env, stdin, append([]string{stickydBin}, args...)...)
+}
+
+// runCommand is runStickyd for any command line argv (a wrapper around
+// stickyd, say).
+func runCommand(t *testing.T, dir string, env []string, stdin string, argv ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	if dir == "" {
 		cmd.Dir = t.TempDir()
@@ -37,7 +44,7 @@ func runStickyd(t *testing.T, dir string, env []string, stdin string, args ...st
 	case <-done:
 	case <-time.After(testkit.Guard):
 		cmd.Process.Kill()
-		t.Fatalf("stickyd %v did not exit", args)
+		t.Fatalf("%v did not exit", argv)
 	}
 	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
 }

@@ -5,10 +5,8 @@ package integration_test
 // process, not the host's CPU count.
 
 import (
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -26,19 +24,20 @@ func quotaCgroup(t *testing.T, quota, period int) string {
 	t.Helper()
 	name := fmt.Sprintf("stickyd-test-%d-%d", os.Getpid(), time.Now().UnixNano())
 	try := func() (string, error) {
-		if root := "/sys/fs/cgroup/cpu"; fileExists(root + "/cpu.cfs_quota_us") { // cgroup v1
+		root := "/sys/fs/cgroup/cpu" // cgroup v1
+		if _, err := os.Stat(root + "/cpu.cfs_quota_us"); err == nil {
 			dir := filepath.Join(root, name)
 			if err := os.Mkdir(dir, 0o755); err != nil {
 				return "", err
 			}
-			t.Cleanup(func() { os.Remove(dir) })
+			t.Cleanup(func() { removeCgroup(t, dir) })
 			if err := os.WriteFile(dir+"/cpu.cfs_period_us", []byte(fmt.Sprint(period)), 0o644); err != nil {
 				return "", err
 			}
 			return dir, os.WriteFile(dir+"/cpu.cfs_quota_us", []byte(fmt.Sprint(quota)), 0o644)
 		}
-		root := "/sys/fs/cgroup" // cgroup v2: a child of the root, where cpu can be enabled
-		if !strings.Contains(readFile(root+"/cgroup.subtree_control"), "cpu") {
+		root = "/sys/fs/cgroup" // cgroup v2: a child of the root, where cpu can be enabled
+		if b, _ := os.ReadFile(root + "/cgroup.subtree_control"); !strings.Contains(string(b), "cpu") {
 			if err := os.WriteFile(root+"/cgroup.subtree_control", []byte("+cpu"), 0o644); err != nil {
 				return "", err
 			}
@@ -47,7 +46,7 @@ func quotaCgroup(t *testing.T, quota, period int) string {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return "", err
 		}
-		t.Cleanup(func() { os.Remove(dir) })
+		t.Cleanup(func() { removeCgroup(t, dir) })
 		return dir, os.WriteFile(dir+"/cpu.max", []byte(fmt.Sprintf("%d %d", quota, period)), 0o644)
 	}
 	dir, err := try()
@@ -57,32 +56,22 @@ func quotaCgroup(t *testing.T, quota, period int) string {
 	return dir + "/cgroup.procs"
 }
 
-func fileExists(path string) bool { _, err := os.Stat(path); return err == nil }
-
-func readFile(path string) string { b, _ := os.ReadFile(path); return string(b) }
+// removeCgroup removes the cgroup dir once the processes in it (stickyd's
+// workers, killed with it) have left.
+func removeCgroup(t *testing.T, dir string) {
+	testkit.WaitFor(t, "the cgroup "+dir+" to empty", func() bool {
+		err := os.Remove(dir)
+		return err == nil || os.IsNotExist(err)
+	})
+}
 
 // runInCgroup runs stickyd with args inside the cgroup of procs (a shell
 // moves itself there, then execs stickyd), with extra environment env,
 // and returns its exit code and output.
 func runInCgroup(t *testing.T, procs string, env []string, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command("sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, procs, stickydBin}, args...)...)
-	cmd.Dir = t.TempDir()
-	cmd.Env = append(os.Environ(), env...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(testkit.Guard):
-		cmd.Process.Kill()
-		t.Fatalf("stickyd %v did not exit", args)
-	}
-	return cmd.ProcessState.ExitCode(), out.String()
+	code, out, stderr := runCommand(t, "", env, "", append([]string{"sh", "-c", `echo $$ > "$0" && exec "$@"`, procs, stickydBin}, args...)...)
+	return code, out + stderr
 }
 
 // TestWorkersAutoFollowsCPUQuota: under a CPU limit of half a CPU, one and
@@ -123,16 +112,10 @@ func TestWorkersAutoFollowsCPUQuota(t *testing.T) {
 	// Serving: the supervisor starts as many workers as check-config said.
 	procs := quotaCgroup(t, 50_000, 100_000)
 	addr := testkit.FreePort(t)
-	cmd := exec.Command("sh", "-c", `echo $$ > "$0" && exec "$@"`, procs, stickydBin,
+	u := startUpstream(t, addr, "sh", "-c", `echo $$ > "$0" && exec "$@"`, procs, stickydBin,
 		"--listen", addr, "--log-format", "json", "--workers", "auto", "--", "stickyd", "hello-worker")
-	var out testkit.SyncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	testkit.WaitFor(t, "the worker addresses logged", func() bool { return strings.Contains(out.String(), `"worker addresses"`) })
-	for _, line := range strings.Split(out.String(), "\n") {
+	testkit.WaitFor(t, "the worker addresses logged", func() bool { return strings.Contains(u.out.String(), `"worker addresses"`) })
+	for _, line := range strings.Split(u.out.String(), "\n") {
 		if strings.Contains(line, `"worker addresses"`) && strings.Count(line, "127.0.0.1:") != 1 {
 			t.Errorf("under half a CPU, --workers auto started: %s", line)
 		}
