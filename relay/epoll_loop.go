@@ -484,10 +484,8 @@ func (l *epLoop) finish(p *epPair, err error) {
 	if p.closed {
 		return
 	}
-	if first := p.firstSockErr(); first != nil && err == nil {
-		err = first
-	} else if first != nil {
-		err = errors.Join(first, err) // and what ended the pair after it (a timeout, CloseAll)
+	if first := p.firstSockErr(); first != nil {
+		err = errors.Join(first, err) // and what ended the pair after it, if anything (a timeout, CloseAll)
 	}
 	p.closed = true
 	if p.failed&epClosing != 0 {

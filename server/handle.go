@@ -126,8 +126,8 @@ func refusalCause(err error) string {
 // without a usable client_ip_header. Each may also be a client at fault
 // (one inside a trusted range that connects directly, one spoofing a
 // header, one that bypasses the proxy), so the fix says both; a TLS
-// handshake or HTTP/2 in header mode says what to use instead. Other causes get
-// none (zap.Skip): a failed dial logs its own.
+// handshake or HTTP/2 in header mode says what to use instead. Other
+// causes get none (zap.Skip): a failed dial logs its own.
 func (s *Server) refusalFix(cause string, peer netip.AddrPort, err error) zap.Field {
 	if errors.Is(err, errHTTPTLS) {
 		return zap.String("fix", "terminate TLS before stickyd (at the proxy that sets "+s.opts.ClientIPHeader+"), "+

@@ -63,11 +63,12 @@ func (s *Server) hintProxy(b *backend.Backend, first relay.First) {
 		zap.String("send_proxy", proxyName(s.opts.SendProxy)), zap.Stringer("answer", first))
 }
 
-// hintNoProxy is hintProxy's other side: with send_proxy none, b closed
-// two connections in a row without a byte while their clients were
-// there, as a server that requires a PROXY header does when a request
-// comes first (nginx's proxy_protocol, HAProxy's accept-proxy, the
-// stickyd worker package). At most once per hintEvery and backend.
+// hintNoProxy is hintProxy's other side: with send_proxy none, b closed a
+// connection without a byte while its client was there, and the one
+// before did not begin with a good answer either, as a server that
+// requires a PROXY header does when a request comes first (nginx's
+// proxy_protocol, HAProxy's accept-proxy, the stickyd worker package).
+// At most once per hintEvery and backend.
 func (s *Server) hintNoProxy(b *backend.Backend) {
 	if !s.hints.allow(b.Name, time.Now()) {
 		return
