@@ -479,13 +479,18 @@ func (l *epLoop) arm() {
 // left are closed, not pooled. A socket error seen before (see fail) is
 // the first error of Stats.Err; err, if any, is joined to it (as the
 // goroutine engine joins its directions' errors): a reset whose reply
-// was then cut by the half-close timeout says both.
+// was then cut by the half-close timeout says both, and how many of the
+// reply's bytes were left undelivered (see undelivered).
 func (l *epLoop) finish(p *epPair, err error) {
 	if p.closed {
 		return
 	}
 	if first := p.firstSockErr(); first != nil {
-		err = errors.Join(first, err) // and what ended the pair after it, if anything (a timeout, CloseAll)
+		var left error
+		if n, s := p.undelivered(); n > 0 {
+			left = fmt.Errorf("relay: %d bytes the %s sent before that were not delivered", n, p.name(s))
+		}
+		err = errors.Join(first, err, left) // and what ended the pair after it, if anything (a timeout, CloseAll)
 	}
 	p.closed = true
 	if p.failed&epClosing != 0 {

@@ -199,6 +199,28 @@ func (p *epPair) firstSockErr() error {
 	return fmt.Errorf("relay: %s %s: %w", epOpNames[p.errOp], p.name(s), syscall.Errno(p.errno))
 }
 
+// undelivered is how many bytes the socket that failed first (errSide)
+// had received that p has not delivered: still queued in the socket
+// (SIOCINQ), in the pipe or the pending copy of the flow out of it, and
+// that socket; 0 and nil without a failed socket. The bytes a socket
+// received before its error are delivered (see fail), so at the end they
+// are 0 unless something cut the flow short: a timeout, CloseAll, the
+// other side failing too. Called on the failure path only (an ioctl).
+func (p *epPair) undelivered() (int, *epSock) {
+	s, f := &p.client, &p.in
+	switch p.errSide {
+	case 0:
+		return 0, nil
+	case epBackendBit:
+		s, f = &p.backend, &p.out
+	}
+	n, err := unix.IoctlGetInt(int(s.fd), unix.SIOCINQ)
+	if err != nil {
+		n = 0
+	}
+	return n + int(f.inPipe) + len(f.pend), s
+}
+
 // backendEnded settles the out flow's watch when the backend ends (EOF
 // or error) before its first byte: FirstClosed while the client's side is
 // open and the end came within EarlyCloseWindow of the client's last byte

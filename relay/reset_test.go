@@ -411,6 +411,13 @@ func TestEngineResetThenTimeout(t *testing.T) {
 		if !errors.Is(s.Err, ErrIdle) || epoll && !errors.Is(s.Err, syscall.ECONNRESET) {
 			t.Errorf("Stats.Err = %v; want ErrIdle (and, from the epoll engine, the reset)", s.Err)
 		}
+		// The epoll engine also says how much of the reply was cut: all
+		// of it reached the engine's kernel (resetWhenSent), and BytesOut
+		// went on to the client.
+		want := fmt.Sprintf("relay: %d bytes the backend sent before that were not delivered", 1<<20-s.BytesOut)
+		if epoll && !strings.Contains(fmt.Sprint(s.Err), want) {
+			t.Errorf("Stats.Err = %v; want it to say %q", s.Err, want)
+		}
 		if s.BytesOut >= 1<<20 {
 			t.Errorf("BytesOut = %d: the client took the whole reply without reading", s.BytesOut)
 		}
