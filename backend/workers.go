@@ -424,9 +424,12 @@ func (t workerTiming) nextBackoff(prev, up time.Duration) time.Duration {
 func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervisedWorker) time.Duration {
 	p, err := s.spawn(sp, w)
 	if errors.Is(err, ErrWorkerPortInUse) {
+		fix := "stop the program that holds the port, or choose another port_base (unset, stickyd picks free ports)"
+		if s.cfg.PortBase == 0 { // stickyd picked it; the slot keeps it for the process's life
+			fix = "stickyd picked this port at start, free then; another program has taken it since: stop that program, or restart stickyd (it picks free ports again)"
+		}
 		s.log.Error("worker port in use by another program; worker not started",
-			zap.Int("worker", w.slot.Slot), zap.String("address", w.slot.Address), zap.Error(err),
-			zap.String("fix", "stop the program that holds the port, or choose another port_base (unset, stickyd picks free ports)"))
+			zap.Int("worker", w.slot.Slot), zap.String("address", w.slot.Address), zap.Error(err), zap.String("fix", fix))
 		return 0
 	}
 	if err != nil {

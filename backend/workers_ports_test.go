@@ -94,9 +94,29 @@ func TestWorkerExplicitPortInUse(t *testing.T) {
 // not started (no EADDRINUSE crash loop), one clear line per try, with
 // backoff; the other worker keeps serving; once the port is free the
 // worker comes back.
+// The fix depends on who chose the port: the operator (port_base) or
+// stickyd (no port_base: a restart picks free ports again).
 func TestWorkerPortTakenWhileDown(t *testing.T) {
+	for _, tc := range []struct {
+		name, fix string
+		auto      bool
+	}{
+		{"port_base", "choose another port_base", false},
+		{"ports picked by stickyd", "restart stickyd (it picks free ports again)", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fakeConfig(t, 2, nil)
+			if tc.auto {
+				cfg.PortBase = 0
+			}
+			portTakenWhileDown(t, cfg, tc.fix)
+		})
+	}
+}
+
+func portTakenWhileDown(t *testing.T, cfg WorkerConfig, fix string) {
 	// A backoff long enough for the test to take the port first.
-	h := startSupervisor(t, fakeConfig(t, 2, nil), func(tm *workerTiming) { tm.backoffMin, tm.backoffMax = 300*time.Millisecond, 300*time.Millisecond })
+	h := startSupervisor(t, cfg, func(tm *workerTiming) { tm.backoffMin, tm.backoffMax = 300*time.Millisecond, 300*time.Millisecond })
 	h.waitState(t, 0, true)
 	h.waitState(t, 1, true)
 	addr := h.sup.Slots()[1].Address
@@ -112,8 +132,8 @@ func TestWorkerPortTakenWhileDown(t *testing.T) {
 		return len(h.entries("worker port in use by another program; worker not started", 1)) >= 2
 	})
 	e := h.entries("worker port in use by another program; worker not started", 1)[0].ContextMap()
-	if e["address"] != addr || !strings.Contains(e["fix"].(string), "port_base") {
-		t.Errorf("log fields %v, want the address %s and a fix", e, addr)
+	if e["address"] != addr || !strings.Contains(e["fix"].(string), fix) {
+		t.Errorf("log fields %v, want the address %s and a fix saying %q", e, addr, fix)
 	}
 	if n := len(h.entries("worker exited", 1)); n != 1 {
 		t.Errorf("%d worker exits logged, want only the crash: the squatted port must not start a worker", n)
