@@ -23,16 +23,12 @@ func (s *Server) observe(b *backend.Backend, st relay.Stats, proxied bool) {
 	case relay.FirstHTTP400:
 		set.Answered(b)
 		if !b.NoteAnswer(false) && proxied {
-			s.hintProxy(b, st.First)
+			s.hintProxy(b, st.First, true)
 		}
 	case relay.FirstClosed:
 		set.ClosedEarly(b, false)
-		switch {
-		case b.NoteAnswer(false):
-		case proxied:
-			s.hintProxy(b, st.First)
-		case s.opts.SendProxy == 0:
-			s.hintNoProxy(b)
+		if !b.NoteAnswer(false) && (proxied || s.opts.SendProxy == 0) {
+			s.hintProxy(b, st.First, proxied)
 		}
 	case relay.FirstTimeout:
 		set.ClosedEarly(b, true)
@@ -42,42 +38,34 @@ func (s *Server) observe(b *backend.Backend, st relay.Stats, proxied bool) {
 // hintEvery is how often the PROXY hint may be logged per backend.
 const hintEvery = time.Minute
 
-// hintProxy logs, at most once per hintEvery and backend, that b answered
-// its PROXY header with an HTTP 400 or a close: the signs of a server that
-// does not read the header (Node's HTTP parser answers 400, Python's
-// http.server closes). It is called only when b's previous connection did
-// not begin with a good answer either, so that a client's bad request to a
-// PROXY-aware backend does not raise it.
-func (s *Server) hintProxy(b *backend.Backend, first relay.First) {
+// hintProxy logs, at most once per hintEvery and backend, what b's first
+// answer says of its PROXY header. With a header sent, an HTTP 400 or a
+// close right after it are the signs of a server that does not read the
+// header (Node's HTTP parser answers 400, Python's http.server closes).
+// With none sent (send_proxy none), a close without a byte is what a
+// server that requires one does when a request comes first (nginx's
+// proxy_protocol, HAProxy's accept-proxy, the stickyd worker package). It
+// is called only when b's previous connection did not begin with a good
+// answer either, so that a client's bad request to a PROXY-aware backend
+// does not raise it.
+func (s *Server) hintProxy(b *backend.Backend, first relay.First, sent bool) {
 	if !s.hints.allow(b.Name, time.Now()) {
 		return
 	}
-	what := "closed the connection right after stickyd's PROXY header, without a byte"
-	if first == relay.FirstHTTP400 {
-		what = "answered HTTP 400 right after stickyd's PROXY header"
+	msg := "backend closed the connection without a byte, and stickyd sends it no PROXY header: it may require one " +
+		"(nginx proxy_protocol, HAProxy accept-proxy, the stickyd worker package). Fix: if it does, send one: " +
+		`--send-proxy v2 (send_proxy = "v2"), or v1 if it reads only v1`
+	if sent {
+		what := "closed the connection right after stickyd's PROXY header, without a byte"
+		if first == relay.FirstHTTP400 {
+			what = "answered HTTP 400 right after stickyd's PROXY header"
+		}
+		msg = "backend " + what + ": it likely does not read PROXY headers. Fix: make it read them " +
+			"(Node: the stickyd worker package, see MIGRATING.md; or any PROXY-aware server), " +
+			`or, if it needs no client address, stop sending them: --send-proxy none (send_proxy = "none")`
 	}
-	s.log.Warn("backend "+what+": it likely does not read PROXY headers. Fix: make it read them "+
-		"(Node: the stickyd worker package, see MIGRATING.md; or any PROXY-aware server), "+
-		`or, if it needs no client address, stop sending them: --send-proxy none (send_proxy = "none")`,
-		zap.String("backend", b.Name), zap.String("address", b.Address),
+	s.log.Warn(msg, zap.String("backend", b.Name), zap.String("address", b.Address),
 		zap.String("send_proxy", proxyName(s.opts.SendProxy)), zap.Stringer("answer", first))
-}
-
-// hintNoProxy is hintProxy's other side: with send_proxy none, b closed a
-// connection without a byte while its client was there, and the one
-// before did not begin with a good answer either, as a server that
-// requires a PROXY header does when a request comes first (nginx's
-// proxy_protocol, HAProxy's accept-proxy, the stickyd worker package).
-// At most once per hintEvery and backend.
-func (s *Server) hintNoProxy(b *backend.Backend) {
-	if !s.hints.allow(b.Name, time.Now()) {
-		return
-	}
-	s.log.Warn("backend closed the connection without a byte, and stickyd sends it no PROXY header: it may require one "+
-		"(nginx proxy_protocol, HAProxy accept-proxy, the stickyd worker package). Fix: if it does, send one: "+
-		`--send-proxy v2 (send_proxy = "v2"), or v1 if it reads only v1`,
-		zap.String("backend", b.Name), zap.String("address", b.Address),
-		zap.String("send_proxy", "none"), zap.Stringer("answer", relay.FirstClosed))
 }
 
 func proxyName(v byte) string {
