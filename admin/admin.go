@@ -160,7 +160,7 @@ func (a *api) backends(w http.ResponseWriter, r *http.Request) {
 }
 
 func info(set *backend.Set, i int, b *backend.Backend) BackendInfo {
-	return BackendInfo{Name: b.Name, Address: b.Address, State: b.State(), Weight: set.Weight(i),
+	return BackendInfo{Name: b.Name, Address: b.Addr(), State: b.State(), Weight: set.Weight(i),
 		Ready: b.Ready(), Healthy: b.Healthy(), Active: b.Active(), Total: b.Total(), DialFailures: b.DialFailures(),
 		EarlyCloses: b.EarlyCloses(), FirstByteTimeouts: b.FirstByteTimeouts()}
 }

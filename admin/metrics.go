@@ -13,7 +13,7 @@ type collector struct {
 	backendUp, backendHealthy, backendState, backendWeight     *prometheus.Desc
 	backendActive, backendTotal, backendDialFailures           *prometheus.Desc
 	open, max, relayed, rejected, limitWaits, bytes            *prometheus.Desc
-	headerErrors, workerRestarts                               *prometheus.Desc
+	headerErrors, workerRestarts, workerReplacements           *prometheus.Desc
 	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
@@ -43,7 +43,8 @@ func NewCollector(src Source) prometheus.Collector {
 		handshakes:          desc("handshakes_total", "Client handshakes by where they ran: on the event loop that accepted the client, or handed to a goroutine (a trusted upstream's header, a backend off loopback, HTTP header mode).", "where"),
 		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
 		headerErrors:        desc("header_errors_total", "PROXY and HTTP header errors, by kind.", "kind"),
-		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers.", "worker"),
+		workerRestarts:      desc("worker_restarts_total", "Restarts of launched workers (after an exit, a failed start or a startup timeout).", "worker"),
+		workerReplacements:  desc("worker_replacements_total", "Launched workers replaced by a rolling restart (SIGUSR1).", "worker"),
 		moves:               desc("bulk_moves_total", "Bulk transfers handed from an event loop with two or more of them above another to the least busy loop."),
 		sheds:               desc("busy_moves_total", "Long-lived connections handed from an event loop busy over half the time to an accepting loop busy a quarter of the time less (they may have opened while few loops accepted)."),
 		loopBusy:            desc("loop_busy_seconds_total", "Time the event loops spent running (wall clock from each wake-up to the next park), summed over the loops: its rate divided by stickyd_event_loops is how busy they are (near 1: the loops are the limit)."),
@@ -69,7 +70,7 @@ func NewCollector(src Source) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
-		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.logLinesDropped,
+		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials} {
 		ch <- d
 	}
@@ -138,6 +139,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if sup := c.src.Workers; sup != nil {
 		for _, w := range sup.Slots() {
 			counter(c.workerRestarts, sup.Restarts(w.Slot), w.Name)
+			counter(c.workerReplacements, sup.Replacements(w.Slot), w.Name)
 		}
 	}
 }

@@ -51,7 +51,11 @@ type Spec struct {
 // concurrent use.
 type Backend struct {
 	Spec
-	network, addr string
+	// dest is where the backend is dialed now: Spec.Address, or, for a
+	// launched worker after a rolling restart, the address its replacement
+	// listens on (SetAddress). Spec.Address stays what the backend was
+	// made with, so that a reload recognises it.
+	dest atomic.Pointer[dest]
 
 	ready      atomic.Bool
 	unhealthy  atomic.Bool // set by active health checks; zero value: healthy
@@ -260,12 +264,37 @@ func NewSet(specs []Spec, opts Options, log *zap.Logger, reuse ...*Backend) (*Se
 }
 
 func newBackend(sp Spec) (*Backend, error) {
-	b := &Backend{Spec: sp, network: "tcp", addr: sp.Address}
-	if path, ok := strings.CutPrefix(sp.Address, "unix:"); ok {
-		b.network, b.addr = "unix", path
-	}
+	b := &Backend{Spec: sp}
+	b.dest.Store(newDest(sp.Address))
 	b.ready.Store(!sp.NotReady)
 	return b, nil
+}
+
+// dest is a backend's address, as configured ("host:port" or
+// "unix:/path") and as dialed.
+type dest struct {
+	address, network, addr string
+}
+
+func newDest(address string) *dest {
+	if path, ok := strings.CutPrefix(address, "unix:"); ok {
+		return &dest{address, "unix", path}
+	}
+	return &dest{address, "tcp", address}
+}
+
+// Addr returns the address the backend is dialed at now: Spec.Address
+// until SetAddress moves it.
+func (b *Backend) Addr() string { return b.dest.Load().address }
+
+// SetAddress moves the backend to address ("host:port" or "unix:/path"):
+// the next dials and health checks go there, while connections already
+// made stay where they are. The worker supervisor moves a slot to its
+// replacement's address in a rolling restart. A dial to the old address
+// that fails once the backend has moved does not count against it.
+func (b *Backend) SetAddress(address string) {
+	b.dest.Store(newDest(address))
+	b.failStreak.Store(0)
 }
 
 // Weight returns backend i's weight in this set.
@@ -451,9 +480,13 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool
 	if b.dialing.Load() == 0 && b.dialing.CompareAndSwap(0, now) {
 		defer b.dialing.Store(0)
 	}
-	conn, err := dial(ctx, b.network, b.addr, s.opts.dialTimeout())
+	d := b.dest.Load()
+	conn, err := dial(ctx, d.network, d.addr, s.opts.dialTimeout())
 	if errors.Is(err, ErrWouldBlock) {
 		return nil, err
+	}
+	if err != nil && b.dest.Load() != d { // moved meanwhile (a rolling restart): not the backend's failure
+		return nil, fmt.Errorf("dial backend %s: %w (it has moved to %s since)", b.Name, err, b.Addr())
 	}
 	if err != nil && localDialFailure(err) {
 		return nil, fmt.Errorf("dial backend %s: %w: %w", b.Name, ErrNoDescriptors, err)
@@ -464,16 +497,16 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool
 	if err != nil {
 		b.failures.Add(1)
 		fix := zap.Skip()
-		if f := dialFix(err, b.network, b.addr); f != "" {
+		if f := dialFix(err, d.network, d.addr); f != "" {
 			fix = zap.String("fix", f)
 		}
 		if n := b.failStreak.Add(1); n >= s.opts.ejectAfter() {
 			s.coolDown(b)
 			s.log.Warn("backend dial failed; cooling down",
-				zap.String("backend", b.Name), zap.String("address", b.Address),
+				zap.String("backend", b.Name), zap.String("address", d.address),
 				zap.Int64("failures_in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()), zap.Error(err), fix)
 		} else {
-			s.log.Warn("backend dial failed", zap.String("backend", b.Name), zap.String("address", b.Address),
+			s.log.Warn("backend dial failed", zap.String("backend", b.Name), zap.String("address", d.address),
 				zap.Int64("failures_in_a_row", n), zap.Error(err), fix)
 		}
 		return nil, fmt.Errorf("dial backend %s: %w", b.Name, err)
@@ -483,7 +516,7 @@ func (s *Set) dialOne(ctx context.Context, b *Backend, dial DialFunc, probe bool
 	}
 	if b.ejected.Load() && b.ejected.Swap(false) {
 		s.log.Info("backend accepts connections again after its cool-down", zap.String("backend", b.Name),
-			zap.String("address", b.Address), zap.Bool("probe", probe))
+			zap.String("address", d.address), zap.Bool("probe", probe))
 	}
 	b.active.Add(1)
 	b.total.Add(1)
@@ -525,6 +558,6 @@ func (s *Set) ClosedEarly(b *Backend, silent bool) {
 	}
 	s.coolDown(b)
 	s.log.Warn("backend accepts connections but "+what+"; cooling down",
-		zap.String("backend", b.Name), zap.String("address", b.Address),
+		zap.String("backend", b.Name), zap.String("address", b.Addr()),
 		zap.Int64("in_a_row", n), zap.Duration("cooldown", s.opts.cooldown()))
 }

@@ -173,11 +173,11 @@ func (h *HealthChecker) record(b *Backend, err error) {
 	case b.Healthy() && s.fail >= h.cfg.fall():
 		b.SetHealthy(false)
 		h.log.Warn("backend failed health checks; out of rotation", zap.String("backend", b.Name),
-			zap.String("address", b.Address), zap.Int("failures_in_a_row", s.fail), zap.Error(err))
+			zap.String("address", b.Addr()), zap.Int("failures_in_a_row", s.fail), zap.Error(err))
 	case !b.Healthy() && s.ok >= h.cfg.rise():
 		b.SetHealthy(true)
 		h.log.Info("backend passed health checks; back in rotation", zap.String("backend", b.Name),
-			zap.String("address", b.Address), zap.Int("successes_in_a_row", s.ok))
+			zap.String("address", b.Addr()), zap.Int("successes_in_a_row", s.ok))
 	case err != nil:
 		h.log.Debug("health check failed", zap.String("backend", b.Name), zap.Error(err))
 	}
@@ -190,7 +190,8 @@ func (h *HealthChecker) Check(ctx context.Context, b *Backend) error {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.timeout())
 	defer cancel()
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, b.network, b.addr)
+	dst := b.dest.Load()
+	conn, err := d.DialContext(ctx, dst.network, dst.addr)
 	if err != nil {
 		return fmt.Errorf("health check %s: %w", b.Name, err)
 	}
@@ -203,16 +204,16 @@ func (h *HealthChecker) Check(ctx context.Context, b *Backend) error {
 	if h.cfg.Mode != HealthHTTP {
 		return nil
 	}
-	if err := h.checkHTTP(conn, b); err != nil {
+	if err := h.checkHTTP(conn, b, dst); err != nil {
 		return fmt.Errorf("health check %s: %w", b.Name, err)
 	}
 	return nil
 }
 
 // checkHTTP sends the request on conn and checks the response status.
-func (h *HealthChecker) checkHTTP(conn net.Conn, b *Backend) error {
-	host := b.addr
-	if b.network == "unix" {
+func (h *HealthChecker) checkHTTP(conn net.Conn, b *Backend, dst *dest) error {
+	host := dst.addr
+	if dst.network == "unix" {
 		host = "localhost"
 	}
 	req := "GET " + h.cfg.path() + " HTTP/1.1\r\nHost: " + host +

@@ -17,10 +17,11 @@ var ErrSelfLoop = errors.New("backend: address resolved to stickyd's own listene
 // address is a host name that reached the listener. Addresses that are IP
 // literals are checked once, when the set is built, by the caller.
 func (s *Set) notSelf(b *Backend, conn net.Conn) error {
-	if s.opts.IsSelf == nil || b.network != "tcp" {
+	d := b.dest.Load()
+	if s.opts.IsSelf == nil || d.network != "tcp" {
 		return nil
 	}
-	if _, err := netip.ParseAddrPort(b.addr); err == nil {
+	if _, err := netip.ParseAddrPort(d.addr); err == nil {
 		return nil
 	}
 	ta, ok := conn.RemoteAddr().(*net.TCPAddr)
@@ -32,5 +33,5 @@ func (s *Set) notSelf(b *Backend, conn net.Conn) error {
 		return nil
 	}
 	conn.Close()
-	return fmt.Errorf("%w: %s is %s", ErrSelfLoop, b.Address, ap)
+	return fmt.Errorf("%w: %s is %s", ErrSelfLoop, d.address, ap)
 }

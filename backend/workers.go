@@ -98,6 +98,12 @@ func (c *WorkerConfig) socketPath(i int) string {
 	return filepath.Join(c.SocketDir, "worker-"+strconv.Itoa(i)+".sock")
 }
 
+// altSocketPath is where slot i's replacement listens in a rolling
+// restart, when its worker is at socketPath (and the other way round).
+func (c *WorkerConfig) altSocketPath(i int) string {
+	return filepath.Join(c.SocketDir, "worker-"+strconv.Itoa(i)+".alt.sock")
+}
+
 // Validate reports the first invalid key of the [workers] table, wrapping
 // ErrWorkerConfig.
 func (c *WorkerConfig) Validate() error {
@@ -186,16 +192,33 @@ var defaultWorkerTiming = workerTiming{
 	misplacedAfter: time.Second,
 }
 
-// supervisedWorker is the per-slot state. Only the slot's supervise goroutine touches
-// it, except restarts, which is read by Restarts.
+// supervisedWorker is the per-slot state. Only the slot's supervise
+// goroutine touches it, except restarts and replacements (atomic), slot
+// (Supervisor.mu) and replace (a channel).
 type supervisedWorker struct {
-	slot     WorkerSlot
+	slot WorkerSlot
+	// addrs are the slot's two addresses: its worker listens on
+	// addrs[cur], and a rolling restart starts the replacement on the
+	// other one (nil when the slot has none: altErr says why).
+	addrs                  [2]*workerAddr
+	cur                    int
+	altErr                 error
+	replace                chan chan error // rolling restart requests (RollingRestart)
+	retiree                *workerProc     // the last process replaced, stopping or stopped
+	restarts, replacements atomic.Int64
+}
+
+// at is the address w's worker listens on.
+func (w *supervisedWorker) at() *workerAddr { return w.addrs[w.cur] }
+
+// workerAddr is one address a worker may be told to listen on.
+type workerAddr struct {
+	address  string // "127.0.0.1:<port>" or "unix:<path>": the backend's address
 	network  string // "tcp" or "unix"
 	dialAddr string // host:port or socket path
 	port     int    // the TCP port; 0 with unix sockets
-	reserved int    // socket holding an automatic port until the first start; -1 when none
+	reserved int    // socket holding an automatic port until a worker first listens there; -1 when none
 	env      []string
-	restarts atomic.Int64
 }
 
 // Supervisor runs Count copies of a worker command, each on its own port or
@@ -224,9 +247,16 @@ type Supervisor struct {
 	cfg     WorkerConfig
 	log     *zap.Logger
 	onState func(slot int, ready bool)
+	onMove  func(slot int, address string)
 	timing  workerTiming
 	workers []*supervisedWorker
 	ran     atomic.Bool
+	mu      sync.Mutex // guards each slot's Address
+	// rolling is set while RollingRestart runs; retiring counts the
+	// replaced processes still stopping; done is closed when Run returns.
+	rolling  atomic.Bool
+	retiring sync.WaitGroup
+	done     chan struct{}
 }
 
 // NewSupervisor validates cfg and prepares one slot per worker; no process
@@ -261,58 +291,85 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 			return nil, fmt.Errorf("%w: workers.socket_dir: %w", ErrWorkerConfig, err)
 		}
 	}
-	ports, reserved, err := cfg.ports()
+	ports, err := cfg.ports()
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: log, onState: onState, timing: defaultWorkerTiming}
+	s := &Supervisor{cfg: cfg, log: log, onState: onState, onMove: func(int, string) {}, timing: defaultWorkerTiming,
+		done: make(chan struct{})}
 	base := cfg.baseEnv()
 	n := cfg.count()
 	for i := range n {
-		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: WorkerName(i)}, reserved: -1}
+		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: WorkerName(i)}, replace: make(chan chan error, 1)}
 		env := append([]string(nil), base...)
 		env = append(env, "STICKYD_WORKER_ID="+strconv.Itoa(i), "STICKYD_WORKERS="+strconv.Itoa(n))
 		if cfg.SocketDir != "" {
-			w.network, w.dialAddr = "unix", cfg.socketPath(i)
-			w.slot.Address = "unix:" + w.dialAddr
-			env = append(env, "SOCKET="+w.dialAddr)
-		} else {
-			w.port = ports[i]
-			if reserved != nil {
-				w.reserved = reserved[i]
+			w.addrs[0] = unixWorkerAddr(cfg.socketPath(i), env)
+			if alt := cfg.altSocketPath(i); len(alt) > maxSocketPath {
+				w.altErr = fmt.Errorf("its second socket path %q is longer than %d bytes (fix: a shorter workers.socket_dir)", alt, maxSocketPath)
+			} else {
+				w.addrs[1] = unixWorkerAddr(alt, env)
 			}
-			w.network, w.dialAddr = "tcp", "127.0.0.1:"+strconv.Itoa(w.port)
-			w.slot.Address = w.dialAddr
-			env = append(env, "PORT="+strconv.Itoa(w.port))
+		} else {
+			w.addrs[0] = tcpWorkerAddr(ports[i], env)
+			if alt := ports[n+i]; alt.port > 65535 {
+				w.altErr = fmt.Errorf("its second port, port_base + count + %d = %d, is beyond 65535 (fix: a lower workers.port_base)", i, alt.port)
+			} else {
+				w.addrs[1] = tcpWorkerAddr(alt, env)
+			}
 		}
-		w.env = env
+		w.slot.Address = w.addrs[0].address
 		s.workers = append(s.workers, w)
 	}
 	return s, nil
 }
 
-// ports returns each slot's TCP port (nil with SocketDir) and, for
-// automatic ports, the sockets that reserve them.
-func (c *WorkerConfig) ports() (ports, reserved []int, err error) {
+// workerPort is a slot's TCP port and, for an automatic one, the socket
+// that reserves it (-1: none).
+type workerPort struct{ port, reserved int }
+
+func tcpWorkerAddr(p workerPort, env []string) *workerAddr {
+	dial := "127.0.0.1:" + strconv.Itoa(p.port)
+	env = append(env[:len(env):len(env)], "PORT="+strconv.Itoa(p.port))
+	return &workerAddr{address: dial, network: "tcp", dialAddr: dial, port: p.port, reserved: p.reserved, env: env}
+}
+
+func unixWorkerAddr(path string, env []string) *workerAddr {
+	env = append(env[:len(env):len(env)], "SOCKET="+path)
+	return &workerAddr{address: "unix:" + path, network: "unix", dialAddr: path, reserved: -1, env: env}
+}
+
+// ports returns 2 x count TCP ports (nil with SocketDir): slot i's at i,
+// and at count+i the one its replacement gets in a rolling restart (then
+// they swap). Automatic ports are one block of free ones, all reserved;
+// with PortBase the first count are checked now, the others when a
+// rolling restart needs them.
+func (c *WorkerConfig) ports() ([]workerPort, error) {
 	if c.SocketDir != "" {
-		return nil, nil, nil
+		return nil, nil
 	}
-	base := c.PortBase
-	if base == 0 {
-		if base, reserved, err = reservePorts(c.count()); err != nil {
-			return nil, nil, err
+	n := c.count()
+	ports := make([]workerPort, 2*n)
+	if c.PortBase == 0 {
+		base, reserved, err := reservePorts(2 * n)
+		if err != nil {
+			return nil, err
 		}
+		for i := range ports {
+			ports[i] = workerPort{base + i, reserved[i]}
+		}
+		return ports, nil
 	}
-	for i := range c.count() {
-		ports = append(ports, base+i)
-		if reserved != nil {
+	for i := range ports {
+		ports[i] = workerPort{c.PortBase + i, -1}
+		if i >= n {
 			continue
 		}
-		if err := checkWorkerPort(base + i); err != nil {
-			return nil, nil, fmt.Errorf("worker-%d (port_base %d + %d): %w", i, base, i, err)
+		if err := checkWorkerPort(c.PortBase + i); err != nil {
+			return nil, fmt.Errorf("worker-%d (port_base %d + %d): %w", i, c.PortBase, i, err)
 		}
 	}
-	return ports, reserved, nil
+	return ports, nil
 }
 
 // baseEnv is the inherited environment plus c.Env, without the variables
@@ -345,8 +402,11 @@ func (c *WorkerConfig) baseEnv() []string {
 	return env
 }
 
-// Slots returns a copy of the worker slots, in slot order.
+// Slots returns a copy of the worker slots, in slot order, each with the
+// address its worker listens on now.
 func (s *Supervisor) Slots() []WorkerSlot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	out := make([]WorkerSlot, len(s.workers))
 	for i, w := range s.workers {
 		out[i] = w.slot
@@ -372,6 +432,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return ErrSupervisorRunning
 	}
+	defer close(s.done)
 	sp := startWorkerSpawner()
 	defer sp.stop()
 	var wg sync.WaitGroup
@@ -379,10 +440,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		wg.Go(func() { s.supervise(ctx, sp, w) })
 	}
 	wg.Wait()
+	s.retiring.Wait()
 	for _, w := range s.workers {
-		if w.reserved >= 0 { // stopped before its first start
-			closeAll([]int{w.reserved})
-			w.reserved = -1
+		for _, a := range w.addrs {
+			if a != nil && a.reserved >= 0 { // no worker listened there
+				closeAll([]int{a.reserved})
+				a.reserved = -1
+			}
 		}
 	}
 	return nil
@@ -401,8 +465,12 @@ func (s *Supervisor) supervise(ctx context.Context, sp *workerSpawner, w *superv
 		s.log.Info("restarting worker", zap.Int("worker", w.slot.Slot),
 			zap.Duration("backoff", backoff), zap.Int64("restarts", n))
 		t := time.NewTimer(backoff)
+	wait:
 		select {
 		case <-t.C:
+		case done := <-w.replace:
+			done <- errWorkerDown
+			goto wait
 		case <-ctx.Done():
 			t.Stop()
 			return
@@ -422,14 +490,16 @@ func (t workerTiming) nextBackoff(prev, up time.Duration) time.Duration {
 // runOnce starts w's process and returns once it has exited, reporting its
 // workerReadiness on the way. It returns how long the worker was ready.
 func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervisedWorker) time.Duration {
-	p, err := s.spawn(sp, w)
+	s.answerPending(w) // this start runs the command as it is now
+	a := w.at()
+	p, err := s.spawn(sp, w, a)
 	if errors.Is(err, ErrWorkerPortInUse) {
 		fix := "stop the program that holds the port, or choose another port_base (unset, stickyd picks free ports)"
 		if s.cfg.PortBase == 0 { // stickyd picked it; the slot keeps it for the process's life
 			fix = "stickyd picked this port at start, free then; another program has taken it since: stop that program, or restart stickyd (it picks free ports again)"
 		}
 		s.log.Error("worker port in use by another program; worker not started",
-			zap.Int("worker", w.slot.Slot), zap.String("address", w.slot.Address), zap.Error(err), zap.String("fix", fix))
+			zap.Int("worker", w.slot.Slot), zap.String("address", a.address), zap.Error(err), zap.String("fix", fix))
 		return 0
 	}
 	if err != nil {
@@ -439,28 +509,24 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 	}
 	log := s.log.With(zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid))
 	var readyAt time.Time
-	switch s.awaitReady(ctx, w, p, log) {
+	switch s.awaitReady(ctx, a, p, log) {
 	case workerReady:
 		readyAt = time.Now()
-		log.Info("worker ready", zap.String("address", w.slot.Address),
+		log.Info("worker ready", zap.String("address", a.address),
 			zap.Duration("startup", readyAt.Sub(p.started)))
 		s.onState(w.slot.Slot, true)
-		select {
-		case <-p.exited:
-		case <-ctx.Done():
-			p.stop(log, s.cfg.stopTimeout())
-		}
+		p, log, readyAt = s.serve(ctx, sp, w, p, log, readyAt)
 		s.onState(w.slot.Slot, false)
 	case workerStartTimeout:
 		log.Error("worker not ready within startup timeout, killing it",
-			zap.Duration("startup_timeout", s.cfg.startupTimeout()), zap.String("address", w.slot.Address),
-			zap.String("expected", s.expectation(w)), zap.Strings("listening_on", listeningAddrs(p.pid)))
+			zap.Duration("startup_timeout", s.cfg.startupTimeout()), zap.String("address", a.address),
+			zap.String("expected", s.expectation(a)), zap.Strings("listening_on", listeningAddrs(p.pid)))
 		p.signal(syscall.SIGKILL)
 		<-p.exited
 	case workerStartCancelled:
 		p.stop(log, s.cfg.stopTimeout())
 	case workerExitedEarly:
-		log = log.With(zap.Bool("ready", false), zap.String("expected", s.expectation(w)))
+		log = log.With(zap.Bool("ready", false), zap.String("expected", s.expectation(a)))
 	}
 	p.cleanup(s.timing.outputGrace)
 	p.logExit(log, ctx.Err() != nil)
@@ -470,13 +536,35 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 	return time.Since(readyAt)
 }
 
-// expectation says what stickyd waits for from w, for log lines about a
-// worker that is not ready.
-func (s *Supervisor) expectation(w *supervisedWorker) string {
-	if w.network == "unix" {
-		return "listen on the Unix socket $SOCKET=" + w.dialAddr + " within startup_timeout"
+// serve waits while w's ready worker p runs: until it exits, or ctx ends
+// (it is then stopped). A rolling restart meanwhile replaces p (replace);
+// serve returns the process that ran last, its logger and when it became
+// ready.
+func (s *Supervisor) serve(ctx context.Context, sp *workerSpawner, w *supervisedWorker, p *workerProc, log *zap.Logger, readyAt time.Time) (*workerProc, *zap.Logger, time.Time) {
+	for {
+		select {
+		case <-p.exited:
+			return p, log, readyAt
+		case <-ctx.Done():
+			p.stop(log, s.cfg.stopTimeout())
+			return p, log, readyAt
+		case done := <-w.replace:
+			np, nlog, err := s.replaceWorker(ctx, sp, w, p, log)
+			if err == nil {
+				p, log, readyAt = np, nlog, time.Now()
+			}
+			done <- err
+		}
 	}
-	return "listen on 127.0.0.1:$PORT (PORT=" + strconv.Itoa(w.port) + ") within startup_timeout"
+}
+
+// expectation says what stickyd waits for from a worker told to listen at
+// a, for log lines about a worker that is not ready.
+func (s *Supervisor) expectation(a *workerAddr) string {
+	if a.network == "unix" {
+		return "listen on the Unix socket $SOCKET=" + a.dialAddr + " within startup_timeout"
+	}
+	return "listen on 127.0.0.1:$PORT (PORT=" + strconv.Itoa(a.port) + ") within startup_timeout"
 }
 
 // workerReadiness is how awaitReady ended.
@@ -492,7 +580,7 @@ const (
 // awaitReady dials w's address every readyPoll until it accepts a
 // connection, the process exits, StartupTimeout passes or ctx ends. A
 // worker found listening elsewhere meanwhile is logged once.
-func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *workerProc, log *zap.Logger) workerReadiness {
+func (s *Supervisor) awaitReady(ctx context.Context, a *workerAddr, p *workerProc, log *zap.Logger) workerReadiness {
 	timeout := time.NewTimer(s.cfg.startupTimeout())
 	defer timeout.Stop()
 	tick := time.NewTicker(s.timing.readyPoll)
@@ -508,15 +596,15 @@ func (s *Supervisor) awaitReady(ctx context.Context, w *supervisedWorker, p *wor
 			return workerStartTimeout
 		case <-tick.C:
 		}
-		if s.accepting(w) {
+		if s.accepting(a) {
 			return workerReady
 		}
 		if !look.IsZero() && time.Now().After(look) {
 			look = time.Now().Add(time.Second) // /proc is scanned at most once a second
 			if addrs := listeningAddrs(p.pid); len(addrs) > 0 {
 				log.Warn("worker listens, but not on its address; it gets no traffic until it does",
-					zap.String("address", w.slot.Address), zap.Strings("listening_on", addrs),
-					zap.String("expected", s.expectation(w)))
+					zap.String("address", a.address), zap.Strings("listening_on", addrs),
+					zap.String("expected", s.expectation(a)))
 				look = time.Time{}
 			}
 		}

@@ -22,6 +22,7 @@ import (
 //	FAKE_GATE=<path>        wait until the file exists before listening
 //	FAKE_NEVER_LISTEN=1     never listen
 //	FAKE_CRASH_ID=<id>      the worker with that STICKYD_WORKER_ID exits 3 at once
+//	FAKE_BROKEN=<path>      exit 3 at once if the file exists (a broken deploy)
 //	FAKE_IGNORE_TERM_ID=<id> the worker with that id ignores SIGTERM
 //	FAKE_LONG_LINE=<n>      print a line of n 'x' to stdout at start
 //	FAKE_PID_DIR=<dir>      write the pid to <dir>/<id>.pid at start
@@ -75,6 +76,12 @@ func fakeWorker() int {
 	}
 	if os.Getenv("FAKE_CRASH_ID") == id {
 		return 3
+	}
+	if broken := os.Getenv("FAKE_BROKEN"); broken != "" {
+		if _, err := os.Stat(broken); err == nil {
+			fmt.Fprintln(os.Stderr, "broken deploy")
+			return 3
+		}
 	}
 	if os.Getenv("FAKE_NEVER_LISTEN") != "" {
 		for {

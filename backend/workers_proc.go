@@ -78,13 +78,14 @@ type workerProc struct {
 	closing atomic.Bool // set by cleanup before it cuts the reads of pipes short
 }
 
-// spawn starts w's command with its output piped into the log.
-func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker) (*workerProc, error) {
-	if err := s.clearAddress(w); err != nil {
+// spawn starts w's command, told to listen at a, with its output piped
+// into the log.
+func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr) (*workerProc, error) {
+	if err := clearAddress(a); err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
-	cmd.Env, cmd.Dir = w.env, s.cfg.Dir
+	cmd.Env, cmd.Dir = a.env, s.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -119,20 +120,20 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker) (*workerProc,
 	return p, nil
 }
 
-// clearAddress prepares w's address for a new process: it removes a stale
+// clearAddress prepares address a for a new process: it removes a stale
 // socket file, releases the reservation of an automatic port, and refuses
 // (ErrWorkerPortInUse) a port that another program holds: the worker would
 // only fail to bind it, or, worse, stickyd would take that program's
 // answers for the worker's.
-func (s *Supervisor) clearAddress(w *supervisedWorker) error {
-	if w.network == "unix" {
-		return removeStaleWorkerSocket(w.dialAddr)
+func clearAddress(a *workerAddr) error {
+	if a.network == "unix" {
+		return removeStaleWorkerSocket(a.dialAddr)
 	}
-	if w.reserved >= 0 {
-		closeAll([]int{w.reserved})
-		w.reserved = -1
+	if a.reserved >= 0 {
+		closeAll([]int{a.reserved})
+		a.reserved = -1
 	}
-	return checkWorkerPort(w.port)
+	return checkWorkerPort(a.port)
 }
 
 // removeStaleWorkerSocket deletes a socket file left by an earlier worker; it
@@ -154,14 +155,14 @@ func removeStaleWorkerSocket(path string) error {
 	return nil
 }
 
-// accepting reports whether w's address accepts a connection right now.
+// accepting reports whether address a accepts a connection right now.
 // With SendProxy set the probe opens with a PROXY LOCAL header (v1: PROXY
 // UNKNOWN), as a health check does, before it closes: a worker that
 // requires the header logs a bare probe as a broken one (nginx with
 // proxy_protocol: "[error] broken header", HAProxy with accept-proxy:
 // "Connection closed while waiting for PROXY protocol header").
-func (s *Supervisor) accepting(w *supervisedWorker) bool {
-	c, err := net.DialTimeout(w.network, w.dialAddr, s.timing.dialTimeout)
+func (s *Supervisor) accepting(a *workerAddr) bool {
+	c, err := net.DialTimeout(a.network, a.dialAddr, s.timing.dialTimeout)
 	if err != nil {
 		return false
 	}

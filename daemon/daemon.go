@@ -73,7 +73,7 @@ type daemon struct {
 	ceiling atomic.Int64        // the adaptive GOMAXPROCS's most Ps now (spreadAccept's); 0: fixed
 	trials  [2]atomic.Int64     // its trials of one P fewer: kept one fewer, brought it back (countTrial)
 	sup     *backend.Supervisor // nil without [workers]
-	workers []backend.Spec      // the worker slots, fixed for the process's life
+	workers []backend.Spec      // the worker slots as first made; a slot's live address is its Backend's Addr
 	ln      net.Listener
 	lnGroup []net.Listener // the rest of ln's SO_REUSEPORT group, inherited
 	self    *selfAddrs     // what reaches ln; nil until it listens
@@ -92,6 +92,7 @@ type daemon struct {
 	adminToken, adminTokenEnv string
 
 	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
+	rolls      chan struct{} // a pending SIGUSR1 (rolling restart of the workers); buffered 1
 	firstReady chan struct{} // closed once a worker is ready
 
 	mu       sync.Mutex
@@ -118,7 +119,7 @@ func Run(o Options) error {
 	sigs := o.Signals
 	if sigs == nil {
 		ch := make(chan os.Signal, 4)
-		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
 		defer signal.Stop(ch)
 		sigs = ch
 	}

@@ -32,9 +32,15 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 
 	d.reloads = make(chan struct{}, 1)
 	go d.reloader()
+	d.rolls = make(chan struct{}, 1)
+	rollCtx, stopRolls := context.WithCancel(context.Background())
+	rolled := make(chan struct{})
+	go func() { defer close(rolled); d.roller(rollCtx) }()
 	err := d.signals(sigs, serveErr)
 	close(stopWaiting)
 	close(d.reloads)
+	stopRolls() // a rolling restart under way stops here: each slot keeps a worker
+	<-rolled
 	d.drain()
 	d.stopAdmin()
 	d.stopLoops()
@@ -77,7 +83,8 @@ func (d *daemon) drain() {
 	}
 }
 
-// signals handles SIGHUP (reload) and SIGUSR2 (upgrade) until SIGTERM or
+// signals handles SIGHUP (reload), SIGUSR1 (rolling restart of the
+// workers) and SIGUSR2 (upgrade) until SIGTERM or
 // SIGINT, a completed upgrade, or a failed accept loop (returned).
 func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 	var upgrading chan error // non-nil while an upgrade runs
@@ -87,6 +94,8 @@ func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 			switch sig {
 			case syscall.SIGHUP:
 				d.requestReload()
+			case syscall.SIGUSR1:
+				d.requestRoll()
 			case syscall.SIGUSR2:
 				if upgrading != nil {
 					d.log.Warn("upgrade already in progress; SIGUSR2 ignored")

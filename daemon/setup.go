@@ -65,6 +65,15 @@ func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Se
 	if err != nil {
 		return nil, nil, fmt.Errorf("workers: %w", err)
 	}
+	// A rolling restart moves a slot to its replacement's address. The
+	// Backend keeps its Spec (a reload matches it by that) and is dialed at
+	// the new address; being ready there, it also leaves any cool-down.
+	sup.OnMove(func(slot int, address string) {
+		if b := current().ByName(sup.Slots()[slot].Name); b != nil {
+			b.SetAddress(address)
+			b.SetReady(true)
+		}
+	})
 	var specs []backend.Spec
 	for _, w := range sup.Slots() {
 		specs = append(specs, backend.Spec{Name: w.Name, Address: w.Address, Weight: 1, NotReady: true})

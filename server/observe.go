@@ -64,7 +64,7 @@ func (s *Server) hintProxy(b *backend.Backend, first relay.First, sent bool) {
 			"(Node: the stickyd worker package, see MIGRATING.md; or any PROXY-aware server), " +
 			`or, if it needs no client address, stop sending them: --send-proxy none (send_proxy = "none")`
 	}
-	s.log.Warn(msg, zap.String("backend", b.Name), zap.String("address", b.Address),
+	s.log.Warn(msg, zap.String("backend", b.Name), zap.String("address", b.Addr()),
 		zap.String("send_proxy", proxyName(s.opts.SendProxy)), zap.Stringer("answer", first))
 }
 

@@ -1,0 +1,176 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Rolling restart. A new version of the app is deployed by restarting the
+// workers one slot at a time, each without a moment in which its clients
+// have nowhere to go (Node's cluster and pm2 call it a reload):
+//
+//  1. the replacement starts beside the running worker, on the slot's
+//     other address (a port or socket of its own: two processes cannot
+//     listen on one port unless the app opts in);
+//  2. once it accepts connections, the slot's backend moves to that
+//     address (OnMove): the slot keeps its name, so the hash sends it the
+//     same clients, and new connections reach the new process;
+//  3. the old process gets SIGTERM (SIGKILL after StopTimeout) and finishes
+//     its open connections meanwhile;
+//  4. the next slot follows.
+//
+// A replacement that exits before it listens, or is not ready within
+// StartupTimeout, is stopped, the old worker keeps serving, and the
+// rolling restart ends there with the reason: a broken deploy takes
+// nothing down.
+
+// ErrRollingRestartRunning is returned by RollingRestart while another
+// one runs.
+var ErrRollingRestartRunning = errors.New("backend: a rolling restart is already running")
+
+// errWorkerDown answers a replacement request for a slot whose worker is
+// not running: its next start runs the command as it is now.
+var errWorkerDown = errors.New("worker not running; its next start runs the command as it is now")
+
+// RollingRestartResult says what a rolling restart did.
+type RollingRestartResult struct {
+	Replaced int // slots whose worker was replaced
+	Skipped  int // slots whose worker was down (its next start runs the new command)
+}
+
+// OnMove sets the function told when a slot's worker moves to another
+// address in a rolling restart, before the old worker is stopped: the
+// caller routes the slot's new connections there. Call it before Run.
+func (s *Supervisor) OnMove(f func(slot int, address string)) { s.onMove = f }
+
+// Replacements returns how many times the slot's worker has been replaced
+// by a rolling restart; 0 for an unknown slot.
+func (s *Supervisor) Replacements(slot int) int64 {
+	if slot < 0 || slot >= len(s.workers) {
+		return 0
+	}
+	return s.workers[slot].replacements.Load()
+}
+
+// RollingRestart replaces every running worker, one slot at a time (see
+// above), and returns once the last replacement serves, or with the first
+// error: a slot whose replacement did not become ready (the rest are left
+// as they are, every slot still served), ctx ending, or Run ending. Only
+// one runs at a time (ErrRollingRestartRunning). It needs Run to be
+// running.
+func (s *Supervisor) RollingRestart(ctx context.Context) (RollingRestartResult, error) {
+	var res RollingRestartResult
+	if !s.rolling.CompareAndSwap(false, true) {
+		return res, ErrRollingRestartRunning
+	}
+	defer s.rolling.Store(false)
+	if !s.ran.Load() {
+		return res, errors.New("backend: the supervisor is not running")
+	}
+	for _, w := range s.workers {
+		done := make(chan error, 1)
+		w.replace <- done // never blocks: one request at a time, and a pending one is always answered
+		select {
+		case err := <-done:
+			switch {
+			case errors.Is(err, errWorkerDown):
+				res.Skipped++
+				s.log.Info("rolling restart: worker not running, skipped", zap.Int("worker", w.slot.Slot), zap.NamedError("why", err))
+			case err != nil:
+				return res, fmt.Errorf("%s: %w", w.slot.Name, err)
+			default:
+				res.Replaced++
+			}
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-s.done:
+			return res, errors.New("backend: workers stopped")
+		}
+	}
+	return res, nil
+}
+
+// answerPending answers a replacement request that came while w's worker
+// was not running: the start that follows runs the command as it is now.
+func (s *Supervisor) answerPending(w *supervisedWorker) {
+	select {
+	case done := <-w.replace:
+		done <- errWorkerDown
+	default:
+	}
+}
+
+// replaceWorker starts the replacement of w's running worker old on the
+// slot's other address and, once it is ready, moves the slot there and
+// stops old in the background. It returns the replacement and its logger,
+// or an error, old still serving.
+func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *supervisedWorker, old *workerProc, oldLog *zap.Logger) (*workerProc, *zap.Logger, error) {
+	if w.altErr != nil {
+		return nil, nil, fmt.Errorf("no address for a replacement: %w", w.altErr)
+	}
+	if r := w.retiree; r != nil { // the last one replaced may still hold the address
+		select {
+		case <-r.exited:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+	a := w.addrs[1-w.cur]
+	p, err := s.spawn(sp, w, a)
+	if errors.Is(err, ErrWorkerPortInUse) {
+		return nil, nil, fmt.Errorf("the replacement's address %s: %w (fix: stop the program that holds it, or restart stickyd)", a.address, err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("start the replacement: %w", err)
+	}
+	log := s.log.With(zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid))
+	switch s.awaitReady(ctx, a, p, log) {
+	case workerReady:
+	case workerStartTimeout:
+		listening := listeningAddrs(p.pid)
+		p.signal(syscall.SIGKILL)
+		<-p.exited
+		err = fmt.Errorf("the replacement was not ready within startup_timeout (%v): expected to %s; listening on %v",
+			s.cfg.startupTimeout(), s.expectation(a), listening)
+	case workerExitedEarly:
+		err = fmt.Errorf("the replacement exited before it listened (%s): expected to %s",
+			exitReason(p), s.expectation(a))
+	case workerStartCancelled:
+		p.stop(log, s.cfg.stopTimeout())
+		err = fmt.Errorf("stopped while the replacement started: %w", ctx.Err())
+	}
+	if err != nil {
+		p.cleanup(s.timing.outputGrace)
+		p.logExit(log.With(zap.Bool("replacement", true)), true)
+		return nil, nil, err
+	}
+	w.cur = 1 - w.cur
+	s.mu.Lock()
+	w.slot.Address = a.address
+	s.mu.Unlock()
+	s.onMove(w.slot.Slot, a.address)
+	w.replacements.Add(1)
+	log.Info("worker replaced", zap.String("address", a.address), zap.Int("old_pid", old.pid),
+		zap.Duration("startup", time.Since(p.started)))
+	w.retiree = old
+	s.retiring.Go(func() {
+		old.stop(oldLog, s.cfg.stopTimeout())
+		old.cleanup(s.timing.outputGrace)
+		old.logExit(oldLog.With(zap.Bool("replaced", true)), true)
+	})
+	return p, log, nil
+}
+
+// exitReason says how an exited process ended: its exit code or signal.
+func exitReason(p *workerProc) string {
+	ps := p.cmd.ProcessState
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("exit code %d", ps.ExitCode())
+}

@@ -1,0 +1,203 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+)
+
+// moves records a Supervisor's OnMove calls.
+type moves struct {
+	mu  sync.Mutex
+	got []string // "slot address"
+}
+
+func (m *moves) record(slot int, address string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.got = append(m.got, strconv.Itoa(slot)+" "+address)
+}
+
+func (m *moves) all() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.got...)
+}
+
+// rollConfig is fakeConfig with room for the replacements' ports.
+func rollConfig(t *testing.T, count int, env map[string]string) WorkerConfig {
+	cfg := fakeConfig(t, count, env)
+	cfg.PortBase = testkit.FreePortBase(t, 2*count, workerPortsLo, workerPortsHi)
+	return cfg
+}
+
+// TestWorkerRollingRestart: every slot's worker is replaced by a new
+// process on the slot's other address, which is announced (OnMove) before
+// the old process is stopped; the slots never go out of rotation; a
+// second rolling restart brings them back to their first addresses.
+func TestWorkerRollingRestart(t *testing.T) {
+	for _, mode := range []string{"tcp", "unix"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := rollConfig(t, 2, nil)
+			var first, second []string // each slot's addresses
+			for i := range 2 {
+				if mode == "unix" {
+					continue
+				}
+				first = append(first, "127.0.0.1:"+strconv.Itoa(cfg.PortBase+i))
+				second = append(second, "127.0.0.1:"+strconv.Itoa(cfg.PortBase+2+i))
+			}
+			if mode == "unix" {
+				cfg.PortBase, cfg.SocketDir = 0, t.TempDir()
+				for i := range 2 {
+					first = append(first, "unix:"+filepath.Join(cfg.SocketDir, "worker-"+strconv.Itoa(i)+".sock"))
+					second = append(second, "unix:"+filepath.Join(cfg.SocketDir, "worker-"+strconv.Itoa(i)+".alt.sock"))
+				}
+			}
+			h := newSupHarness(t, cfg)
+			var mv moves
+			h.sup.OnMove(mv.record)
+			h.run(t)
+			h.waitState(t, 0, true)
+			h.waitState(t, 1, true)
+
+			var pids []int
+			for i, s := range h.sup.Slots() {
+				if s.Address != first[i] {
+					t.Fatalf("slot %d at %s, want %s", i, s.Address, first[i])
+				}
+				pids = append(pids, askEnv(t, s.Address).Pid)
+			}
+			res, err := h.sup.RollingRestart(context.Background())
+			if err != nil || res != (RollingRestartResult{Replaced: 2}) {
+				t.Fatalf("RollingRestart = %+v, %v; want 2 replaced", res, err)
+			}
+			if got, want := mv.all(), []string{"0 " + second[0], "1 " + second[1]}; strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("OnMove calls %v, want %v", got, want)
+			}
+			for i, s := range h.sup.Slots() {
+				if s.Address != second[i] {
+					t.Errorf("slot %d at %s after the rolling restart, want %s", i, s.Address, second[i])
+				}
+				env := askEnv(t, s.Address)
+				if env.Pid == pids[i] || env.ID != strconv.Itoa(i) {
+					t.Errorf("slot %d: pid %d id %s after the rolling restart; before: pid %d", i, env.Pid, env.ID, pids[i])
+				}
+				if mode == "tcp" && "127.0.0.1:"+env.Port != second[i] || mode == "unix" && "unix:"+env.Socket != second[i] {
+					t.Errorf("slot %d's replacement was told PORT=%q SOCKET=%q, want %s", i, env.Port, env.Socket, second[i])
+				}
+				testkit.WaitFor(t, "the replaced worker gone", func() bool { return pidGone(pids[i]) })
+				if n := len(h.states[i]); n != 0 {
+					t.Errorf("slot %d changed state %d times during the rolling restart", i, n)
+				}
+				if got := h.sup.Replacements(i); got != 1 {
+					t.Errorf("Replacements(%d) = %d, want 1", i, got)
+				}
+				if got := h.sup.Restarts(i); got != 0 {
+					t.Errorf("Restarts(%d) = %d, want 0 (a replacement is not a restart)", i, got)
+				}
+				if e := h.entries("worker replaced", i); len(e) != 1 || e[0].ContextMap()["old_pid"] != int64(pids[i]) {
+					t.Errorf("slot %d: worker replaced lines %v, want one with old_pid %d", i, e, pids[i])
+				}
+				if e := h.entries("worker exited", i); len(e) != 0 {
+					t.Errorf("slot %d: a replaced worker logged as exited (a warning): %v", i, e)
+				}
+			}
+
+			if _, err := h.sup.RollingRestart(context.Background()); err != nil {
+				t.Fatalf("second RollingRestart: %v", err)
+			}
+			for i, s := range h.sup.Slots() {
+				if s.Address != first[i] {
+					t.Errorf("slot %d at %s after the second rolling restart, want %s", i, s.Address, first[i])
+				}
+				askEnv(t, s.Address)
+			}
+			if err := h.stop(t); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestWorkerRollingRestartBrokenDeploy: a replacement that exits before it
+// listens is not moved to, the old worker keeps serving at its address,
+// and the rolling restart stops there, naming the slot and the cause.
+func TestWorkerRollingRestartBrokenDeploy(t *testing.T) {
+	broken := filepath.Join(t.TempDir(), "broken")
+	h := newSupHarness(t, rollConfig(t, 2, map[string]string{"FAKE_BROKEN": broken}))
+	var mv moves
+	h.sup.OnMove(mv.record)
+	h.run(t)
+	h.waitState(t, 0, true)
+	h.waitState(t, 1, true)
+	before := h.sup.Slots()
+	pid0 := askEnv(t, before[0].Address).Pid
+	if err := os.WriteFile(broken, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.sup.RollingRestart(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "worker-0") || !strings.Contains(err.Error(), "exited before it listened (exit code 3)") {
+		t.Fatalf("RollingRestart error %v, want worker-0's replacement that exited with code 3", err)
+	}
+	if res.Replaced != 0 || len(mv.all()) != 0 {
+		t.Errorf("replaced %d, moves %v; want none", res.Replaced, mv.all())
+	}
+	if got := h.sup.Slots(); got[0] != before[0] || got[1] != before[1] {
+		t.Errorf("slots %v after a failed rolling restart, want %v", got, before)
+	}
+	if env := askEnv(t, before[0].Address); env.Pid != pid0 {
+		t.Errorf("slot 0 answered by pid %d, want the old worker %d", env.Pid, pid0)
+	}
+	if n := len(h.states[0]) + len(h.states[1]); n != 0 {
+		t.Errorf("%d state changes during a failed rolling restart", n)
+	}
+	// The deploy fixed, the next one goes through.
+	os.Remove(broken)
+	if res, err := h.sup.RollingRestart(context.Background()); err != nil || res.Replaced != 2 {
+		t.Fatalf("RollingRestart after the fix = %+v, %v", res, err)
+	}
+}
+
+// TestWorkerRollingRestartSkipsDownAndRunsOnce: a slot whose worker is down
+// is skipped (its next start runs the new command), and a second rolling
+// restart while one runs is refused.
+func TestWorkerRollingRestartSkipsDownAndRunsOnce(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newSupHarness(t, rollConfig(t, 2, map[string]string{"FAKE_CRASH_ID": "1", "FAKE_GATE": gate}))
+	h.run(t)
+	h.waitState(t, 0, true)
+	testkit.WaitFor(t, "worker 1 crashing", func() bool { return len(h.entries("restarting worker", 1)) > 0 })
+
+	os.Remove(gate) // worker 0's replacement waits at the gate
+	type result struct {
+		res RollingRestartResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := h.sup.RollingRestart(context.Background())
+		done <- result{res, err}
+	}()
+	testkit.WaitFor(t, "the replacement waiting at its gate", func() bool { return len(h.entries("waiting for gate", 0)) >= 2 })
+	if _, err := h.sup.RollingRestart(context.Background()); !errors.Is(err, ErrRollingRestartRunning) {
+		t.Errorf("a second RollingRestart meanwhile = %v, want ErrRollingRestartRunning", err)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := testkit.Await(t, done, "RollingRestart did not return")
+	if r.err != nil || r.res != (RollingRestartResult{Replaced: 1, Skipped: 1}) {
+		t.Errorf("RollingRestart = %+v, %v; want 1 replaced, 1 skipped", r.res, r.err)
+	}
+}

@@ -1,0 +1,50 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// requestRoll asks the roller for a rolling restart of the launched
+// workers (SIGUSR1) without waiting for it. One that arrives while another
+// runs is folded into one more, which follows it: a deploy made during a
+// rolling restart reaches every worker.
+func (d *daemon) requestRoll() {
+	if d.sup == nil {
+		d.log.Warn("SIGUSR1 restarts launched workers, and this stickyd launches none; nothing done",
+			zap.String("fix", "to reload the config send SIGHUP; to upgrade stickyd itself, SIGUSR2"))
+		return
+	}
+	select {
+	case d.rolls <- struct{}{}:
+	default:
+	}
+}
+
+// roller runs the requested rolling restarts one at a time until ctx ends
+// (at shutdown).
+func (d *daemon) roller(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.rolls:
+		}
+		start := time.Now()
+		d.log.Info("rolling restart of the workers", zap.Int("workers", len(d.workers)))
+		res, err := d.sup.RollingRestart(ctx)
+		fields := []zap.Field{zap.Int("replaced", res.Replaced), zap.Int("skipped", res.Skipped),
+			zap.Duration("took", time.Since(start))}
+		switch {
+		case ctx.Err() != nil:
+			d.log.Info("rolling restart stopped: stickyd is stopping", fields...)
+		case err != nil:
+			d.log.Error("rolling restart stopped; the workers not yet replaced keep running as they were", append(fields, zap.Error(err),
+				zap.String("fix", "see the replacement's own lines (worker=N) for why it did not start; fix the app, then send SIGUSR1 again"))...)
+		default:
+			d.log.Info("rolling restart done", fields...)
+		}
+	}
+}
