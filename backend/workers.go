@@ -46,13 +46,15 @@ type WorkerConfig struct {
 	// Count is the number of workers (default 1). The caller resolves
 	// "auto" to one per CPU it may use (config: a cgroup CPU quota counts).
 	Count int
-	// PortBase: worker i listens on 127.0.0.1:<PortBase+i>. Zero (the
-	// default) picks a block of free ports at a random base below the
-	// ephemeral range when the Supervisor is made; either way a slot keeps
-	// its port for the Supervisor's life.
+	// PortBase: worker i listens on 127.0.0.1:<PortBase+i>, and its
+	// replacement in a rolling restart on <PortBase+Count+i> (then the
+	// other way round). Zero (the default) picks a block of 2 x Count free
+	// ports at a random base below the ephemeral range when the Supervisor
+	// is made; either way a slot keeps its port until a rolling restart.
 	PortBase int
 	// SocketDir, if set, switches to unix sockets: worker i gets
-	// SOCKET=<SocketDir>/worker-<i>.sock instead of PORT, and its address is
+	// SOCKET=<SocketDir>/worker-<i>.sock (in a rolling restart,
+	// worker-<i>.alt.sock) instead of PORT, and its address is
 	// "unix:<path>". The directory is created (0700) by NewSupervisor if missing.
 	SocketDir string
 	// Env is added to the environment stickyd inherited. PORT, SOCKET,
@@ -180,6 +182,9 @@ type workerTiming struct {
 	// misplacedAfter: a worker not ready this long after its start is
 	// checked for a listener on another address (logged once)
 	misplacedAfter time.Duration
+	// retireAfter: how long a worker replaced in a rolling restart keeps
+	// running, after its slot has moved, before it gets SIGTERM
+	retireAfter time.Duration
 }
 
 var defaultWorkerTiming = workerTiming{
@@ -190,6 +195,7 @@ var defaultWorkerTiming = workerTiming{
 	dialTimeout:    250 * time.Millisecond,
 	outputGrace:    2 * time.Second,
 	misplacedAfter: time.Second,
+	retireAfter:    time.Second,
 }
 
 // supervisedWorker is the per-slot state. Only the slot's supervise

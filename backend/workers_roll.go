@@ -20,8 +20,12 @@ import (
 //  2. once it accepts connections, the slot's backend moves to that
 //     address (OnMove): the slot keeps its name, so the hash sends it the
 //     same clients, and new connections reach the new process;
-//  3. the old process gets SIGTERM (SIGKILL after StopTimeout) and finishes
-//     its open connections meanwhile;
+//  3. a second later (retireAfter) the old process gets SIGTERM (SIGKILL
+//     after StopTimeout) and finishes its open connections meanwhile. The
+//     second is for the connections it was handed just before the move:
+//     a server that stops counts a connection whose first request it has
+//     not read yet as idle and closes it (Node's server.close() does), so
+//     each has that long to send its first request;
 //  4. the next slot follows.
 //
 // A replacement that exits before it listens, or is not ready within
@@ -159,6 +163,13 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 		zap.Duration("startup", time.Since(p.started)))
 	w.retiree = old
 	s.retiring.Go(func() {
+		t := time.NewTimer(s.timing.retireAfter)
+		select {
+		case <-t.C:
+		case <-old.exited:
+		case <-ctx.Done():
+			t.Stop()
+		}
 		old.stop(oldLog, s.cfg.stopTimeout())
 		old.cleanup(s.timing.outputGrace)
 		old.logExit(oldLog.With(zap.Bool("replaced", true)), true)

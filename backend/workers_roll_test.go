@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stickyd/stickyd/internal/testkit"
 )
@@ -199,5 +200,33 @@ func TestWorkerRollingRestartSkipsDownAndRunsOnce(t *testing.T) {
 	r := testkit.Await(t, done, "RollingRestart did not return")
 	if r.err != nil || r.res != (RollingRestartResult{Replaced: 1, Skipped: 1}) {
 		t.Errorf("RollingRestart = %+v, %v; want 1 replaced, 1 skipped", r.res, r.err)
+	}
+}
+
+// TestWorkerRollingRestartOldServesUntilRetired: a replaced worker keeps
+// serving at its old address for retireAfter (the connections it was
+// handed just before the move send their requests meanwhile); stopping
+// the supervisor does not wait for that.
+func TestWorkerRollingRestartOldServesUntilRetired(t *testing.T) {
+	h := newSupHarness(t, rollConfig(t, 1, nil))
+	h.sup.timing.retireAfter = time.Minute
+	h.run(t)
+	h.waitState(t, 0, true)
+	old := h.sup.Slots()[0].Address
+	oldPid := askEnv(t, old).Pid
+	if _, err := h.sup.RollingRestart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if env := askEnv(t, old); env.Pid != oldPid {
+		t.Fatalf("the old address answered by pid %d, want the replaced worker %d", env.Pid, oldPid)
+	}
+	if h.sup.Slots()[0].Address == old {
+		t.Fatal("the slot did not move")
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if !pidGone(oldPid) {
+		t.Errorf("the replaced worker %d still runs after Run returned", oldPid)
 	}
 }

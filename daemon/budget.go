@@ -15,6 +15,12 @@ import (
 // worker pipes and log files.
 const fdReserve = 128
 
+// fdsPerWorker are the descriptors stickyd holds for each launched worker
+// slot, at most: the worker's output pipes, those of its replacement
+// beside it in a rolling restart, and the socket that reserves the
+// replacement's automatic port.
+const fdsPerWorker = 5
+
 // fdsPerLoop are the descriptors each event loop of the epoll engine holds
 // besides its connections: its epoll set and eventfd, its socket of the
 // listener's SO_REUSEPORT group and that socket's duplicate.
@@ -58,6 +64,9 @@ func budgetFor(limit, loops int, cfg *config.Config, log *zap.Logger) fdBudget {
 		return b
 	}
 	reserve := fdReserve + fdsPerLoop*loops
+	if cfg.Workers != nil {
+		reserve += fdsPerWorker * cfg.Workers.WorkerCount()
+	}
 	fits := max(1, (b.limit-reserve-2*b.pipes)/perConn)
 	switch {
 	case b.conns == 0:

@@ -1,0 +1,304 @@
+package integration_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+)
+
+// The rolling restart (SIGUSR1) with real Node workers (the stickyd-worker
+// package): a new version of the app is deployed while clients keep
+// connecting, and none of them is refused or sent to another worker.
+
+// rollingAnswer is one answer of testdata/rolling-app.js.
+type rollingAnswer struct {
+	version string
+	slot    int
+	pid     int
+	client  string
+}
+
+var rollingLine = regexp.MustCompile(`^(\S+) worker (\d+) pid (\d+) client (\S+)\n$`)
+
+// rollingGet GETs path from src through addr on a new connection.
+func rollingGet(src, addr, path string) (rollingAnswer, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: testkit.Guard}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return rollingAnswer{}, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testkit.Guard))
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: stickyd\r\nConnection: close\r\n\r\n"); err != nil {
+		return rollingAnswer{}, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return rollingAnswer{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return rollingAnswer{}, err
+	}
+	m := rollingLine.FindStringSubmatch(string(body))
+	if resp.StatusCode != http.StatusOK || m == nil {
+		return rollingAnswer{}, fmt.Errorf("status %d, body %q", resp.StatusCode, body)
+	}
+	slot, _ := strconv.Atoi(m[2])
+	pid, _ := strconv.Atoi(m[3])
+	return rollingAnswer{m[1], slot, pid, m[4]}, nil
+}
+
+// rollingLoad is clients connecting all along, each IP in turn.
+type rollingLoad struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	got  []rollingAnswer
+	errs []string
+}
+
+func startRollingLoad(addr string, ips []string, clients int) *rollingLoad {
+	l := &rollingLoad{stop: make(chan struct{})}
+	for c := range clients {
+		l.wg.Go(func() {
+			for i := c; ; i += clients {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				ip := ips[i%len(ips)]
+				a, err := rollingGet(ip, addr, "/")
+				l.mu.Lock()
+				if err != nil {
+					l.errs = append(l.errs, ip+": "+err.Error())
+				} else {
+					l.got = append(l.got, a)
+				}
+				l.mu.Unlock()
+			}
+		})
+	}
+	return l
+}
+
+// take stops the load and returns its answers and errors.
+func (l *rollingLoad) take() ([]rollingAnswer, []string) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.got, l.errs
+}
+
+// rollingDone waits for the end of the rolling restart number n (1-based)
+// and returns its line.
+func rollingDone(t *testing.T, p *proc, n int) string {
+	t.Helper()
+	var line string
+	testkit.WaitFor(t, "rolling restart "+strconv.Itoa(n)+" ended", func() bool {
+		var ends []string
+		for _, l := range strings.Split(p.stderr.String(), "\n") {
+			if strings.Contains(l, `"msg":"rolling restart done"`) || strings.Contains(l, `"msg":"rolling restart stopped`) {
+				ends = append(ends, l)
+			}
+		}
+		if len(ends) >= n {
+			line = ends[n-1]
+			return true
+		}
+		return false
+	})
+	return line
+}
+
+// TestRollingRestartNodeWorkers: two Node workers serve v1. While 8
+// clients connect without pause from 40 addresses, v2 is deployed and
+// stickyd gets SIGUSR1: every request is answered, each address by its
+// own worker slot before, during and after; a request in flight on a v1
+// worker completes; once the rolling restart is done every answer is v2,
+// from new processes, and the old ones are gone. Then a broken deploy:
+// its replacement exits at start, the rolling restart stops with the
+// reason, and v2 keeps answering everyone.
+func TestRollingRestartNodeWorkers(t *testing.T) {
+	modules := filepath.Join(migrateExample(t), "node_modules")
+	app, err := filepath.Abs("testdata/rolling-app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := filepath.Join(t.TempDir(), "VERSION")
+	deploy := func(v string) {
+		if err := os.WriteFile(version, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deploy("v1")
+	const n = 2
+	base := testkit.FreePortBase(t, 2*n, workerPortsLo, workerPortsHi) // and the replacements'
+	cfg := filepath.Join(t.TempDir(), "stickyd.toml")
+	conf := fmt.Sprintf("[workers]\ncommand = [\"node\", %q]\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = \"5s\"\n"+
+		"[workers.env]\nNODE_PATH = %q\nAPP_VERSION_FILE = %q\n", app, n, base, modules, version)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
+	p := launch(t, t.TempDir(), addr, "--listen", addr, "--log-format", "json", "--config", cfg, "--admin", adm)
+	oldPids := waitWorkersReady(t, p, n)
+	var ips []string
+	for i := range 40 {
+		ips = append(ips, testkit.ClientIP(i))
+	}
+	homes := lookupHomes(t, cfg, n, ips)
+	checkAnswers := func(stage string, got []rollingAnswer, errs []string) {
+		t.Helper()
+		if len(errs) > 0 {
+			t.Errorf("%s: %d requests failed, first: %s", stage, len(errs), errs[0])
+		}
+		for _, a := range got {
+			if "worker-"+strconv.Itoa(a.slot) != homes[a.client] {
+				t.Errorf("%s: %s answered by worker %d, its home is %s", stage, a.client, a.slot, homes[a.client])
+				return
+			}
+		}
+	}
+
+	// Deploy v2 under load, a slow request in flight on a v1 worker.
+	load := startRollingLoad(addr, ips, 8)
+	slow := make(chan error, 1)
+	go func() {
+		a, err := rollingGet(ips[0], addr, "/slow")
+		if err == nil && a.version != "v1" {
+			err = fmt.Errorf("answered by %s, want the v1 worker it reached", a.version)
+		}
+		slow <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the slow request reaches its v1 worker
+	deploy("v2")
+	p.cmd.Process.Signal(syscall.SIGUSR1)
+	done := rollingDone(t, p, 1)
+	after := len(p.stderr.String())
+	time.Sleep(300 * time.Millisecond)
+	got, errs := load.take()
+	if !strings.Contains(done, `"msg":"rolling restart done"`) || !strings.Contains(done, `"replaced":2`) {
+		t.Fatalf("rolling restart ended with %s, want done, 2 replaced", done)
+	}
+	if err := testkit.Await(t, slow, "the slow request did not end"); err != nil {
+		t.Errorf("a request in flight on a replaced worker: %v", err)
+	}
+	checkAnswers("v1 -> v2", got, errs)
+	newPids := map[int]int{}
+	for _, e := range p.logEntries("worker replaced") {
+		newPids[*e.Worker] = e.Pid
+	}
+	if len(newPids) != n {
+		t.Fatalf("worker replaced lines for %d slots, want %d", len(newPids), n)
+	}
+	var v1, v2 int
+	for _, a := range got {
+		if a.version == "v1" {
+			v1++
+		} else {
+			v2++
+		}
+	}
+	t.Logf("v1 -> v2: %d requests answered (%d by v1, %d by v2), none failed", len(got), v1, v2)
+	if v1 == 0 || v2 == 0 {
+		t.Errorf("answers by version: v1 %d, v2 %d; want the load to span the rolling restart", v1, v2)
+	}
+	for slot, pid := range oldPids {
+		testkit.WaitFor(t, "the v1 worker gone", func() bool { return procStat(pid) == nil || procStat(pid)[0] == "Z" })
+		if newPids[slot] == pid {
+			t.Errorf("worker %d has its old pid %d", slot, pid)
+		}
+	}
+	for _, ip := range ips {
+		a, err := rollingGet(ip, addr, "/")
+		if err != nil || a.version != "v2" || a.pid != newPids[a.slot] || "worker-"+strconv.Itoa(a.slot) != homes[ip] || a.client != ip {
+			t.Fatalf("after the rolling restart, %s got %+v, %v; want v2 from its home %s (pid %d), told its own IP", ip, a, err, homes[ip], newPids[a.slot])
+		}
+	}
+	if strings.Contains(p.stderr.String()[after:], `"msg":"backend dial failed`) || strings.Contains(p.stderr.String(), `"msg":"worker exited"`) {
+		t.Errorf("a dial failed or a worker exited (a warning) during the rolling restart")
+	}
+	// A reload keeps the moved slots where they are, counters and all.
+	total := opsBackends(t, adm)["worker-0"].Total
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	testkit.WaitFor(t, "config reloaded", func() bool { return opsLogged(p, `"msg":"config reloaded"`) })
+	for slot := range n {
+		name := "worker-" + strconv.Itoa(slot)
+		b := opsBackends(t, adm)[name]
+		want := "127.0.0.1:" + strconv.Itoa(base+n+slot)
+		if b.Address != want || b.State != "up" {
+			t.Errorf("after the rolling restart and a reload, /backends has %s at %s (%s), want %s (up)", name, b.Address, b.State, want)
+		}
+	}
+	if got := opsBackends(t, adm)["worker-0"].Total; got < total {
+		t.Errorf("worker-0's connection count fell from %d to %d at the reload", total, got)
+	}
+	for _, ip := range ips {
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" {
+			t.Fatalf("after the reload, %s got %+v, %v", ip, a, err)
+		}
+	}
+	if v := opsMetric(t, adm, `stickyd_worker_replacements_total{worker="worker-0"}`); v != 1 {
+		t.Errorf("stickyd_worker_replacements_total for worker-0 = %v, want 1", v)
+	}
+	if v := opsMetric(t, adm, `stickyd_worker_restarts_total{worker="worker-0"}`); v != 0 {
+		t.Errorf("stickyd_worker_restarts_total for worker-0 = %v, want 0", v)
+	}
+
+	// A broken deploy: v2 keeps serving.
+	load = startRollingLoad(addr, ips, 4)
+	deploy("broken")
+	p.cmd.Process.Signal(syscall.SIGUSR1)
+	done = rollingDone(t, p, 2)
+	got, errs = load.take()
+	if !strings.Contains(done, "rolling restart stopped") || !strings.Contains(done, "worker-0") ||
+		!strings.Contains(done, "exited before it listened (exit code 1)") || !strings.Contains(done, `"fix":`) {
+		t.Errorf("a broken deploy's rolling restart ended with %s, want it stopped at worker-0 (exit code 1), with a fix", done)
+	}
+	if !strings.Contains(p.stderr.String(), "cannot start: this deploy is broken") {
+		t.Errorf("the broken replacement's own output is not in the log")
+	}
+	checkAnswers("broken deploy", got, errs)
+	for _, a := range got {
+		if a.version != "v2" {
+			t.Fatalf("during a broken deploy, %s answered by %s, want v2", a.client, a.version)
+		}
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("stickyd exit code %d after SIGTERM, want 0", code)
+	}
+}
+
+// TestRollingRestartWithoutWorkers: SIGUSR1 to a stickyd that launches no
+// workers says so, with what the user may have meant, and changes nothing.
+func TestRollingRestartWithoutWorkers(t *testing.T) {
+	b := testkit.StartBackend(t, "b0")
+	p := startStickyd(t, "--backend", "b0="+b.Addr())
+	p.cmd.Process.Signal(syscall.SIGUSR1)
+	testkit.WaitFor(t, "the SIGUSR1 warning", func() bool {
+		return opsLogged(p, `"msg":"SIGUSR1 restarts launched workers, and this stickyd launches none; nothing done"`)
+	})
+	if !opsLogged(p, `send SIGHUP`) {
+		t.Error("the warning does not point to SIGHUP")
+	}
+	c := testkit.Dial(t, "127.0.0.1", p.addr)
+	defer c.Close()
+	if name, _, _ := testkit.Greeting(t, c); name != "b0" {
+		t.Errorf("after SIGUSR1, greeted by %q, want b0", name)
+	}
+}

@@ -1,0 +1,21 @@
+// A worker app for the rolling restart test: it answers every request with
+// the version of the app it started with (read from $APP_VERSION_FILE at
+// start, as a deployed file would be), its slot, pid and the client's IP.
+// /slow answers after 1.5 s: a request in flight while its worker is
+// replaced. Version "broken" is a deploy that fails at start.
+const fs = require('fs');
+const http = require('http');
+const { listen } = require('stickyd-worker');
+
+const version = fs.readFileSync(process.env.APP_VERSION_FILE, 'utf8').trim();
+if (version === 'broken') {
+  console.error('cannot start: this deploy is broken');
+  process.exit(1);
+}
+const worker = process.env.STICKYD_WORKER_ID;
+const server = http.createServer((req, res) => {
+  const reply = () => res.end(`${version} worker ${worker} pid ${process.pid} client ${req.socket.remoteAddress}\n`);
+  if (req.url === '/slow') setTimeout(reply, 1500);
+  else reply();
+});
+listen(server);
