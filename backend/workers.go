@@ -471,15 +471,16 @@ func (s *Supervisor) supervise(ctx context.Context, sp *workerSpawner, w *superv
 		s.log.Info("restarting worker", zap.Int("worker", w.slot.Slot),
 			zap.Duration("backoff", backoff), zap.Int64("restarts", n))
 		t := time.NewTimer(backoff)
-	wait:
-		select {
-		case <-t.C:
-		case done := <-w.replace:
-			done <- errWorkerDown
-			goto wait
-		case <-ctx.Done():
-			t.Stop()
-			return
+		for waiting := true; waiting; {
+			select {
+			case <-t.C:
+				waiting = false
+			case done := <-w.replace: // down: its next start runs the command as it is now
+				done <- errWorkerDown
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
 		}
 	}
 }

@@ -66,7 +66,8 @@ func (s *Supervisor) Replacements(slot int) int64 {
 // error: a slot whose replacement did not become ready (the rest are left
 // as they are, every slot still served), ctx ending, or Run ending. Only
 // one runs at a time (ErrRollingRestartRunning). It needs Run to be
-// running.
+// running. A slot's replacement, once asked for, is carried out even if
+// ctx ends first.
 func (s *Supervisor) RollingRestart(ctx context.Context) (RollingRestartResult, error) {
 	var res RollingRestartResult
 	if !s.rolling.CompareAndSwap(false, true) {
@@ -78,7 +79,13 @@ func (s *Supervisor) RollingRestart(ctx context.Context) (RollingRestartResult, 
 	}
 	for _, w := range s.workers {
 		done := make(chan error, 1)
-		w.replace <- done // never blocks: one request at a time, and a pending one is always answered
+		select {
+		case w.replace <- done:
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-s.done: // a request left by an earlier call that Run never answered
+			return res, errors.New("backend: workers stopped")
+		}
 		select {
 		case err := <-done:
 			switch {

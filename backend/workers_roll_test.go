@@ -230,3 +230,27 @@ func TestWorkerRollingRestartOldServesUntilRetired(t *testing.T) {
 		t.Errorf("the replaced worker %d still runs after Run returned", oldPid)
 	}
 }
+
+// TestWorkerRollingRestartAfterRun: once Run has returned, RollingRestart
+// fails at once, twice (the first leaves its request unanswered).
+func TestWorkerRollingRestartAfterRun(t *testing.T) {
+	h := newSupHarness(t, rollConfig(t, 1, nil))
+	if _, err := h.sup.RollingRestart(context.Background()); err == nil {
+		t.Error("RollingRestart before Run: no error")
+	}
+	h.run(t)
+	h.waitState(t, 0, true)
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		done := make(chan error, 1)
+		go func() {
+			_, err := h.sup.RollingRestart(context.Background())
+			done <- err
+		}()
+		if err := testkit.Await(t, done, "RollingRestart after Run hangs"); err == nil {
+			t.Errorf("RollingRestart %d after Run: no error", i+1)
+		}
+	}
+}
