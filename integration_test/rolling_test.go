@@ -302,3 +302,78 @@ func TestRollingRestartWithoutWorkers(t *testing.T) {
 		t.Errorf("after SIGUSR1, greeted by %q, want b0", name)
 	}
 }
+
+// TestSocketIORollingRestart: examples/socketio/server.js as 4 workers,
+// 100 socket.io clients connected and on the websocket, then a rolling
+// restart. Each old worker drains for stop_timeout (a websocket never
+// ends by itself) and is then killed; every client reconnects, to the
+// new process of its own slot (its home by `stickyd lookup`), and works,
+// told its own IP; no session ever mixes processes, and no request meets
+// a process that does not know its session.
+func TestSocketIORollingRestart(t *testing.T) {
+	example := socketIOExample(t)
+	server := filepath.Join(example, "server.js")
+	const clients = 100
+	base := testkit.FreePortBase(t, 2*sioWorkers, workerPortsLo, workerPortsHi)
+	cfg := filepath.Join(t.TempDir(), "stickyd.toml")
+	conf := fmt.Sprintf("[workers]\ncommand = [\"node\", %q]\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = \"2s\"\n",
+		server, sioWorkers, base)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startStickyd(t, "--config", cfg)
+	pids := waitWorkersReady(t, p, sioWorkers)
+	var ips []string
+	for i := range clients {
+		ips = append(ips, testkit.ClientIP(i))
+	}
+	homes := lookupHomes(t, cfg, sioWorkers, ips)
+	run := startSIOClients(t, example, "http://"+p.addr, "sticky", ips, 60*time.Second)
+	ready := run.next(t, "ready", 30*time.Second)
+	for _, c := range ready.Clients {
+		if s := c.Session; s == nil || "worker-"+s.Worker != homes[c.IP] || !s.Upgraded {
+			t.Fatalf("client %s before the rolling restart: session %+v, want upgraded on its home %s", c.IP, s, homes[c.IP])
+		}
+	}
+
+	p.cmd.Process.Signal(syscall.SIGUSR1)
+	if done := rollingDone(t, p, 1); !strings.Contains(done, `"replaced":4`) {
+		t.Fatalf("rolling restart ended with %s", done)
+	}
+	var old []string
+	for _, pid := range pids {
+		old = append(old, strconv.Itoa(pid))
+	}
+	if _, err := fmt.Fprintf(run.stdin, "rolled all %s\n", strings.Join(old, ",")); err != nil {
+		t.Fatal(err)
+	}
+	newPids := map[int]int{}
+	for _, e := range p.logEntries("worker replaced") {
+		newPids[*e.Worker] = e.Pid
+	}
+	summary := run.next(t, "summary", 40*time.Second)
+	reasons := map[string]int{}
+	for _, c := range summary.Clients {
+		last := c.Sessions[len(c.Sessions)-1]
+		slot, _ := strconv.Atoi(last.Worker)
+		if len(c.Sessions) < 2 || "worker-"+last.Worker != homes[c.IP] || last.Pid != newPids[slot] || !last.Upgraded || last.PingsWS == 0 {
+			t.Errorf("client %s after the rolling restart: sessions %+v, want its last on its home %s's new pid %d, on the websocket",
+				c.IP, c.Sessions, homes[c.IP], newPids[slot])
+		}
+		for _, s := range c.Sessions {
+			if s.Mismatches != 0 || s.ClientIP != c.IP {
+				t.Errorf("client %s: session %+v mixed processes or lost its IP", c.IP, s)
+			}
+		}
+		for _, e := range c.Errors {
+			if strings.Contains(e, "Session ID unknown") {
+				t.Errorf("client %s: %s", c.IP, e)
+			}
+		}
+		for _, d := range c.Disconnects {
+			reasons[d.Reason]++
+		}
+	}
+	t.Logf("rolling restart of %d socket.io workers: %d clients disconnected (%s) when their old worker was stopped, and reconnected to their slot's new process; all done %d ms after start",
+		sioWorkers, len(summary.Clients), sortedCounts(reasons), summary.Ms)
+}

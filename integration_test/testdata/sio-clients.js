@@ -18,8 +18,11 @@
 // Output: JSON lines on stdout.
 //   sticky mode:    {"event":"ready",...} once every client is connected,
 //                   upgraded and acked over the websocket; then the test
-//                   writes "killed <worker> <pid>" on stdin; once every
-//                   client has recovered: {"event":"summary",...}.
+//                   writes "killed <worker> <pid>" on stdin (one worker
+//                   killed), or "rolled all <pid>,<pid>,..." (every worker
+//                   replaced by a rolling restart: those were the old
+//                   pids); once every client has recovered:
+//                   {"event":"summary",...}.
 //   nonsticky mode: no reconnection; {"event":"summary",...} once every
 //                   client has succeeded or failed.
 // The process exits by itself: at the latest after deadlineMs, with a
@@ -145,6 +148,9 @@ function stickyStep() {
 // process, and (for clients that were not on it) still pinging after the kill.
 function recovered(c) {
   const s = c.session;
+  if (killed.rolled) { // on a new process of its first worker's slot
+    return succeeded(s) && !killed.rolled.includes(s.pid) && s.worker === c.sessions[0].worker;
+  }
   if (!succeeded(s) || s.pid === killed.pid) return false;
   return c.sessions.length > 1 || s.pingsOk >= c.pingsAtKill + 2;
 }
@@ -167,8 +173,9 @@ if (sticky) {
   const rl = readline.createInterface({ input: process.stdin });
   rl.on('line', (line) => {
     const [cmd, worker, pid] = line.trim().split(' ');
-    if (cmd !== 'killed' || phase !== 'wait') return;
+    if ((cmd !== 'killed' && cmd !== 'rolled') || phase !== 'wait') return;
     killed = { worker, pid: Number(pid), at: Date.now() - started };
+    if (cmd === 'rolled') killed = { worker, rolled: pid.split(',').map(Number), at: killed.at };
     for (const c of clients) c.pingsAtKill = c.session ? c.session.pingsOk : 0;
     phase = 'recover';
   });
