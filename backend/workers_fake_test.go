@@ -23,6 +23,7 @@ import (
 //	FAKE_NEVER_LISTEN=1     never listen
 //	FAKE_CRASH_ID=<id>      the worker with that STICKYD_WORKER_ID exits 3 at once
 //	FAKE_BROKEN=<path>      exit 3 at once if the file exists (a broken deploy)
+//	FAKE_CRASH_AFTER=<path> if the file exists, listen, then exit 4 50 ms later
 //	FAKE_IGNORE_TERM_ID=<id> the worker with that id ignores SIGTERM
 //	FAKE_LONG_LINE=<n>      print a line of n 'x' to stdout at start
 //	FAKE_PID_DIR=<dir>      write the pid to <dir>/<id>.pid at start
@@ -98,6 +99,11 @@ func fakeWorker() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		return 1
+	}
+	if f := os.Getenv("FAKE_CRASH_AFTER"); f != "" {
+		if _, err := os.Stat(f); err == nil {
+			time.AfterFunc(50*time.Millisecond, func() { os.Exit(4) })
+		}
 	}
 	for {
 		c, err := ln.Accept()

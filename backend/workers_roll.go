@@ -25,7 +25,10 @@ import (
 //     second is for the connections it was handed just before the move:
 //     a server that stops counts a connection whose first request it has
 //     not read yet as idle and closes it (Node's server.close() does), so
-//     each has that long to send its first request;
+//     each has that long to send its first request. It is also the
+//     replacement's trial: one that exits within it (it listened, then
+//     crashed) gives the slot back to the old process, which is still
+//     there, and the rolling restart stops;
 //  4. the next slot follows.
 //
 // A replacement that exits before it listens, or is not ready within
@@ -117,9 +120,11 @@ func (s *Supervisor) answerPending(w *supervisedWorker) {
 }
 
 // replaceWorker starts the replacement of w's running worker old on the
-// slot's other address and, once it is ready, moves the slot there and
-// stops old in the background. It returns the replacement and its logger,
-// or an error, old still serving.
+// slot's other address and, once it is ready, moves the slot there. old
+// keeps running for retireAfter: if the replacement exits meanwhile (it
+// listened, then crashed), the slot moves back to old and an error says
+// so. Otherwise old is stopped in the background, and replaceWorker
+// returns the replacement and its logger. On an error old still serves.
 func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *supervisedWorker, old *workerProc, oldLog *zap.Logger) (*workerProc, *zap.Logger, error) {
 	if w.altErr != nil {
 		return nil, nil, fmt.Errorf("no address for a replacement: %w", w.altErr)
@@ -131,7 +136,8 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 			return nil, nil, ctx.Err()
 		}
 	}
-	a := w.addrs[1-w.cur]
+	from := w.cur
+	a := w.addrs[1-from]
 	p, err := s.spawn(sp, w, a)
 	if errors.Is(err, ErrWorkerPortInUse) {
 		return nil, nil, fmt.Errorf("the replacement's address %s: %w (fix: stop the program that holds it, or restart stickyd)", a.address, err)
@@ -160,28 +166,47 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 		p.logExit(log.With(zap.Bool("replacement", true)), true)
 		return nil, nil, err
 	}
-	w.cur = 1 - w.cur
-	s.mu.Lock()
-	w.slot.Address = a.address
-	s.mu.Unlock()
-	s.onMove(w.slot.Slot, a.address)
+	ready := time.Now()
+	s.moveTo(w, 1-from)
+	log.Debug("replacement took over its slot; the old worker stays a while", zap.String("address", a.address),
+		zap.Int("old_pid", old.pid), zap.Duration("for", s.timing.retireAfter))
+	t := time.NewTimer(s.timing.retireAfter)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-old.exited: // ended by itself meanwhile: the replacement stays
+	case <-ctx.Done():
+	case <-p.exited:
+		select {
+		case <-old.exited: // both gone: the slot restarts as after any exit
+		default:
+			s.moveTo(w, from)
+			p.cleanup(s.timing.outputGrace)
+			p.logExit(log.With(zap.Bool("replacement", true)), false)
+			return nil, nil, fmt.Errorf("the replacement exited %v after it took over (%s); the slot is back on its old worker (pid %d)",
+				time.Since(ready).Round(time.Millisecond), exitReason(p), old.pid)
+		}
+	}
 	w.replacements.Add(1)
 	log.Info("worker replaced", zap.String("address", a.address), zap.Int("old_pid", old.pid),
-		zap.Duration("startup", time.Since(p.started)))
+		zap.Duration("startup", ready.Sub(p.started)))
 	w.retiree = old
 	s.retiring.Go(func() {
-		t := time.NewTimer(s.timing.retireAfter)
-		select {
-		case <-t.C:
-		case <-old.exited:
-		case <-ctx.Done():
-			t.Stop()
-		}
 		old.stop(oldLog, s.cfg.stopTimeout())
 		old.cleanup(s.timing.outputGrace)
 		old.logExit(oldLog.With(zap.Bool("replaced", true)), true)
 	})
 	return p, log, nil
+}
+
+// moveTo makes w's address number i the slot's: Slots reports it, and
+// onMove routes the slot there.
+func (s *Supervisor) moveTo(w *supervisedWorker, i int) {
+	w.cur = i
+	s.mu.Lock()
+	w.slot.Address = w.addrs[i].address
+	s.mu.Unlock()
+	s.onMove(w.slot.Slot, w.addrs[i].address)
 }
 
 // exitReason says how an exited process ended: its exit code or signal.

@@ -204,30 +204,87 @@ func TestWorkerRollingRestartSkipsDownAndRunsOnce(t *testing.T) {
 }
 
 // TestWorkerRollingRestartOldServesUntilRetired: a replaced worker keeps
-// serving at its old address for retireAfter (the connections it was
-// handed just before the move send their requests meanwhile); stopping
-// the supervisor does not wait for that.
+// serving at its old address for retireAfter after the slot moved (the
+// connections it was handed just before the move send their requests
+// meanwhile), and the next slot waits for that; stopping the supervisor
+// does not.
 func TestWorkerRollingRestartOldServesUntilRetired(t *testing.T) {
-	h := newSupHarness(t, rollConfig(t, 1, nil))
+	h := newSupHarness(t, rollConfig(t, 2, nil))
 	h.sup.timing.retireAfter = time.Minute
+	moved := make(chan string, 4)
+	h.sup.OnMove(func(slot int, address string) { moved <- strconv.Itoa(slot) + " " + address })
 	h.run(t)
 	h.waitState(t, 0, true)
-	old := h.sup.Slots()[0].Address
-	oldPid := askEnv(t, old).Pid
-	if _, err := h.sup.RollingRestart(context.Background()); err != nil {
-		t.Fatal(err)
+	h.waitState(t, 1, true)
+	old := h.sup.Slots()
+	oldPid := askEnv(t, old[0].Address).Pid
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.sup.RollingRestart(context.Background())
+		done <- err
+	}()
+	m := testkit.Await(t, moved, "slot 0 did not move")
+	if !strings.HasPrefix(m, "0 ") {
+		t.Fatalf("first move %q, want slot 0's", m)
 	}
-	if env := askEnv(t, old); env.Pid != oldPid {
+	if env := askEnv(t, old[0].Address); env.Pid != oldPid {
 		t.Fatalf("the old address answered by pid %d, want the replaced worker %d", env.Pid, oldPid)
 	}
-	if h.sup.Slots()[0].Address == old {
-		t.Fatal("the slot did not move")
+	if env := askEnv(t, strings.TrimPrefix(m, "0 ")); env.Pid == oldPid {
+		t.Fatal("the new address answered by the old worker")
+	}
+	if len(moved) != 0 || h.sup.Slots()[1] != old[1] {
+		t.Fatal("slot 1 moved before slot 0's old worker was retired")
 	}
 	if err := h.stop(t); err != nil {
 		t.Fatal(err)
 	}
+	testkit.Await(t, done, "RollingRestart did not return once Run had")
 	if !pidGone(oldPid) {
 		t.Errorf("the replaced worker %d still runs after Run returned", oldPid)
+	}
+}
+
+// TestWorkerRollingRestartCrashAfterTakeover: a replacement that listens,
+// takes over its slot, then exits within retireAfter gives the slot back
+// to the old worker, which is still there; the rolling restart stops with
+// the reason, and the next slot is not touched.
+func TestWorkerRollingRestartCrashAfterTakeover(t *testing.T) {
+	crash := filepath.Join(t.TempDir(), "crash")
+	h := newSupHarness(t, rollConfig(t, 2, map[string]string{"FAKE_CRASH_AFTER": crash}))
+	h.sup.timing.retireAfter = time.Minute // the crash comes 50 ms after listening
+	var mv moves
+	h.sup.OnMove(mv.record)
+	h.run(t)
+	h.waitState(t, 0, true)
+	h.waitState(t, 1, true)
+	before := h.sup.Slots()
+	oldPid := askEnv(t, before[0].Address).Pid
+	if err := os.WriteFile(crash, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.sup.RollingRestart(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "worker-0: the replacement exited") ||
+		!strings.Contains(err.Error(), "after it took over (exit code 4); the slot is back on its old worker (pid "+strconv.Itoa(oldPid)+")") {
+		t.Fatalf("RollingRestart = %+v, %v; want worker-0 back on its old worker", res, err)
+	}
+	if got := mv.all(); len(got) != 2 || got[1] != "0 "+before[0].Address {
+		t.Errorf("moves %v, want slot 0 there and back", got)
+	}
+	if got := h.sup.Slots(); got[0] != before[0] || got[1] != before[1] {
+		t.Errorf("slots %v, want %v", got, before)
+	}
+	if env := askEnv(t, before[0].Address); env.Pid != oldPid {
+		t.Errorf("slot 0 answered by pid %d, want its old worker %d", env.Pid, oldPid)
+	}
+	if res.Replaced != 0 || h.sup.Replacements(0) != 0 || h.sup.Restarts(0) != 0 {
+		t.Errorf("replaced %d, Replacements(0) %d, Restarts(0) %d; want 0", res.Replaced, h.sup.Replacements(0), h.sup.Restarts(0))
+	}
+	if n := len(h.states[0]) + len(h.states[1]); n != 0 {
+		t.Errorf("%d state changes, want none", n)
+	}
+	if e := h.entries("worker exited", 0); len(e) != 1 || e[0].ContextMap()["replacement"] != true {
+		t.Errorf("worker exited lines %v, want one for the replacement", e)
 	}
 }
 

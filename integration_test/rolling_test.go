@@ -132,7 +132,8 @@ func rollingDone(t *testing.T, p *proc, n int) string {
 // worker completes; once the rolling restart is done every answer is v2,
 // from new processes, and the old ones are gone. Then a broken deploy:
 // its replacement exits at start, the rolling restart stops with the
-// reason, and v2 keeps answering everyone.
+// reason, and v2 keeps answering everyone. Then one that listens and
+// crashes 300 ms later: its slot goes back to the v2 worker.
 func TestRollingRestartNodeWorkers(t *testing.T) {
 	modules := filepath.Join(migrateExample(t), "node_modules")
 	app, err := filepath.Abs("testdata/rolling-app.js")
@@ -277,6 +278,20 @@ func TestRollingRestartNodeWorkers(t *testing.T) {
 	for _, a := range got {
 		if a.version != "v2" {
 			t.Fatalf("during a broken deploy, %s answered by %s, want v2", a.client, a.version)
+		}
+	}
+
+	// A deploy that listens, then crashes: its slot goes back to v2.
+	deploy("crashy")
+	p.cmd.Process.Signal(syscall.SIGUSR1)
+	done = rollingDone(t, p, 3)
+	if !strings.Contains(done, "rolling restart stopped") || !strings.Contains(done, "worker-0: the replacement exited") ||
+		!strings.Contains(done, "after it took over (exit code 2); the slot is back on its old worker (pid "+strconv.Itoa(newPids[0])+")") {
+		t.Errorf("a crashing deploy's rolling restart ended with %s, want worker-0 back on its old worker", done)
+	}
+	for _, ip := range ips {
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" || a.pid != newPids[a.slot] {
+			t.Fatalf("after a crashing deploy, %s got %+v, %v; want v2 from pid %d", ip, a, err, newPids[a.slot])
 		}
 	}
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {

@@ -2,7 +2,8 @@
 // the version of the app it started with (read from $APP_VERSION_FILE at
 // start, as a deployed file would be), its slot, pid and the client's IP.
 // /slow answers after 1.5 s: a request in flight while its worker is
-// replaced. Version "broken" is a deploy that fails at start.
+// replaced. Version "broken" is a deploy that fails at start, "crashy" one
+// that listens, then crashes 300 ms later.
 const fs = require('fs');
 const http = require('http');
 const { listen } = require('stickyd-worker');
@@ -18,4 +19,6 @@ const server = http.createServer((req, res) => {
   if (req.url === '/slow') setTimeout(reply, 1500);
   else reply();
 });
-listen(server);
+listen(server, () => {
+  if (version === 'crashy') setTimeout(() => process.exit(2), 300);
+});
