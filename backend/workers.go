@@ -502,7 +502,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 	p, err := s.spawn(sp, w, a)
 	if errors.Is(err, ErrWorkerPortInUse) {
 		fix := "stop the program that holds the port, or choose another port_base (unset, stickyd picks free ports)"
-		if s.cfg.PortBase == 0 { // stickyd picked it; the slot keeps it for the process's life
+		if s.cfg.PortBase == 0 { // stickyd picked it, free at start
 			fix = "stickyd picked this port at start, free then; another program has taken it since: stop that program, or restart stickyd (it picks free ports again)"
 		}
 		s.log.Error("worker port in use by another program; worker not started",
