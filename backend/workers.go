@@ -73,6 +73,10 @@ type WorkerConfig struct {
 	// opens each readiness probe; 0 sends none. The daemon sets it like a
 	// health check's (health.send_proxy, defaulting to send_proxy).
 	SendProxy byte
+	// Handoff, in the process that a zero-downtime upgrade started, is
+	// where the old process's workers listen (its Supervisor's Handoff):
+	// each slot's worker starts on the slot's other address.
+	Handoff *Handoff
 }
 
 func (c *WorkerConfig) count() int {
@@ -211,6 +215,7 @@ type supervisedWorker struct {
 	altErr                 error
 	replace                chan chan error // rolling restart requests (RollingRestart)
 	retiree                *workerProc     // the last process replaced, stopping or stopped
+	everReady              bool            // a worker of the slot has been ready
 	restarts, replacements atomic.Int64
 }
 
@@ -254,10 +259,12 @@ type Supervisor struct {
 	log     *zap.Logger
 	onState func(slot int, ready bool)
 	onMove  func(slot int, address string)
-	timing  workerTiming
-	workers []*supervisedWorker
-	ran     atomic.Bool
-	mu      sync.Mutex // guards each slot's Address
+	// onStartFailed is told of a slot whose first worker did not start.
+	onStartFailed func(slot int)
+	timing        workerTiming
+	workers       []*supervisedWorker
+	ran           atomic.Bool
+	mu            sync.Mutex // guards each slot's Address
 	// rolling is set while RollingRestart runs; retiring counts the
 	// replaced processes still stopping; done is closed when Run returns.
 	rolling  atomic.Bool
@@ -297,12 +304,18 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 			return nil, fmt.Errorf("%w: workers.socket_dir: %w", ErrWorkerConfig, err)
 		}
 	}
+	if cfg.Handoff != nil {
+		if err := cfg.Handoff.fits(&cfg); err != nil {
+			return nil, fmt.Errorf("%w: upgrade: %w; restart instead", ErrWorkerConfig, err)
+		}
+	}
 	ports, err := cfg.ports()
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: log, onState: onState, onMove: func(int, string) {}, timing: defaultWorkerTiming,
-		done: make(chan struct{})}
+	s := &Supervisor{cfg: cfg, log: log, onState: onState, onMove: func(int, string) {}, onStartFailed: func(int) {},
+		timing: defaultWorkerTiming,
+		done:   make(chan struct{})}
 	base := cfg.baseEnv()
 	n := cfg.count()
 	for i := range n {
@@ -324,7 +337,13 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 				w.addrs[1] = tcpWorkerAddr(alt, env)
 			}
 		}
-		w.slot.Address = w.addrs[0].address
+		if cfg.Handoff != nil { // the old process's worker is on the other address
+			w.cur = 1 - cfg.Handoff.Cur[i]
+			if w.addrs[w.cur] == nil {
+				return nil, fmt.Errorf("%w: upgrade: worker-%d has no address beside the running one's: %w; restart instead", ErrWorkerConfig, i, w.altErr)
+			}
+		}
+		w.slot.Address = w.addrs[w.cur].address
 		s.workers = append(s.workers, w)
 	}
 	return s, nil
@@ -356,6 +375,16 @@ func (c *WorkerConfig) ports() ([]workerPort, error) {
 	}
 	n := c.count()
 	ports := make([]workerPort, 2*n)
+	if h := c.Handoff; h != nil { // the old process's block: half of it is its workers'
+		base := c.PortBase
+		if base == 0 {
+			base = h.Base
+		}
+		for i := range ports {
+			ports[i] = workerPort{base + i, -1}
+		}
+		return ports, nil
+	}
 	if c.PortBase == 0 {
 		base, reserved, err := reservePorts(2 * n)
 		if err != nil {
@@ -447,6 +476,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.retiring.Wait()
+	s.mu.Lock() // Handoff may give reservations up meanwhile
+	defer s.mu.Unlock()
 	for _, w := range s.workers {
 		for _, a := range w.addrs {
 			if a != nil && a.reserved >= 0 { // no worker listened there
@@ -465,6 +496,9 @@ func (s *Supervisor) supervise(ctx context.Context, sp *workerSpawner, w *superv
 		up := s.runOnce(ctx, sp, w)
 		if ctx.Err() != nil {
 			return
+		}
+		if up == 0 && !w.everReady {
+			s.onStartFailed(w.slot.Slot)
 		}
 		backoff = s.timing.nextBackoff(backoff, up)
 		n := w.restarts.Add(1)
@@ -519,6 +553,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 	switch s.awaitReady(ctx, a, p, log) {
 	case workerReady:
 		readyAt = time.Now()
+		w.everReady = true
 		log.Info("worker ready", zap.String("address", a.address),
 			zap.Duration("startup", readyAt.Sub(p.started)))
 		s.onState(w.slot.Slot, true)

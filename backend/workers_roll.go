@@ -55,6 +55,12 @@ type RollingRestartResult struct {
 // caller routes the slot's new connections there. Call it before Run.
 func (s *Supervisor) OnMove(f func(slot int, address string)) { s.onMove = f }
 
+// OnStartFailed sets the function told when a slot's worker exits before
+// it is ready, or is not ready in time, and no worker of that slot has
+// been ready yet (the worker's own lines say why; it is retried as
+// always). Call it before Run.
+func (s *Supervisor) OnStartFailed(f func(slot int)) { s.onStartFailed = f }
+
 // Replacements returns how many times the slot's worker has been replaced
 // by a rolling restart; 0 for an unknown slot.
 func (s *Supervisor) Replacements(slot int) int64 {
@@ -202,8 +208,8 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 // moveTo makes w's address number i the slot's: Slots reports it, and
 // onMove routes the slot there.
 func (s *Supervisor) moveTo(w *supervisedWorker, i int) {
-	w.cur = i
 	s.mu.Lock()
+	w.cur = i
 	w.slot.Address = w.addrs[i].address
 	s.mu.Unlock()
 	s.onMove(w.slot.Slot, w.addrs[i].address)

@@ -94,6 +94,11 @@ type daemon struct {
 	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
 	rolls      chan struct{} // a pending SIGUSR1 (rolling restart of the workers); buffered 1
 	firstReady chan struct{} // closed once a worker is ready
+	allReady   chan struct{} // closed once every worker slot has been ready
+	handoff    bool          // started by an upgrade of a stickyd with workers: they start beside the old ones
+	// startFailed gets the slots whose first worker did not start (an
+	// upgrade's new process gives up on the first).
+	startFailed chan int
 
 	mu       sync.Mutex
 	cfg      *config.Config      // the config in force; guarded by mu

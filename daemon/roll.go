@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"github.com/stickyd/stickyd/backend"
 	"go.uber.org/zap"
 )
 
@@ -38,6 +40,9 @@ func (d *daemon) roller(ctx context.Context) {
 		fields := []zap.Field{zap.Int("replaced", res.Replaced), zap.Int("skipped", res.Skipped),
 			zap.Duration("took", time.Since(start))}
 		switch {
+		case errors.Is(err, backend.ErrRollingRestartRunning): // an upgrade holds the workers
+			d.log.Warn("rolling restart not started: an upgrade (SIGUSR2) is under way",
+				zap.String("fix", "if the upgrade fails, send SIGUSR1 again; if it succeeds, the new process has started new workers"))
 		case ctx.Err() != nil:
 			d.log.Info("rolling restart stopped: stickyd is stopping", fields...)
 		case err != nil:

@@ -19,6 +19,15 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 		return nil // stopped during start
 	}
 	stopWorkers := d.runWorkers()
+	if d.handoff { // an upgrade's new process: its workers first
+		if err := d.awaitHandoff(sigs); err != nil {
+			d.log.Error("upgrade failed in the new process", zap.Error(err))
+			d.stopAdmin()
+			d.stopLoops()
+			stopWorkers()
+			return err
+		}
+	}
 	serveErr := make(chan error, 1)
 	stopWaiting := make(chan struct{})
 	go func() {

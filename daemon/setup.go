@@ -45,21 +45,23 @@ func newSet(cfg *config.Config, specs []backend.Spec, isSelf func(netip.AddrPort
 }
 
 // workerSpecs returns the worker slots of [workers] (out of rotation until
-// ready) and their supervisor, or nothing without [workers].
-// onReady is called each time a worker becomes ready.
-func workerSpecs(cfg *config.Config, log *zap.Logger, current func() *backend.Set, onReady func()) ([]backend.Spec, *backend.Supervisor, error) {
+// ready) and their supervisor, or nothing without [workers]. handoff is
+// where an old process's workers listen (an upgrade's new process), or
+// nil. onReady is called with the slot each time a worker becomes ready.
+func workerSpecs(cfg *config.Config, log *zap.Logger, handoff *backend.Handoff, current func() *backend.Set, onReady func(slot int)) ([]backend.Spec, *backend.Supervisor, error) {
 	if cfg.Workers == nil {
 		return nil, nil, nil
 	}
 	wc := WorkerConfig(cfg.Workers)
 	wc.SendProxy = cfg.HealthSendProxy() // readiness probes open like health checks
+	wc.Handoff = handoff
 	var sup *backend.Supervisor
 	sup, err := backend.NewSupervisor(wc, log.Named("worker"), func(slot int, ready bool) {
 		if b := current().ByName(sup.Slots()[slot].Name); b != nil {
 			b.SetReady(ready)
 		}
 		if ready {
-			onReady()
+			onReady(slot)
 		}
 	})
 	if err != nil {

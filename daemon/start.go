@@ -103,11 +103,35 @@ func (d *daemon) newServer(cfg *config.Config) error {
 // prepareWorkers makes the supervisor of [workers] and its slots, which
 // settles their ports (a port held by another program: exit 1).
 func (d *daemon) prepareWorkers() error {
-	d.firstReady = make(chan struct{})
+	d.firstReady, d.allReady = make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	var err error
-	d.workers, d.sup, err = workerSpecs(d.cfg, d.log, func() *backend.Set { return d.srv.Backends() },
-		func() { once.Do(func() { close(d.firstReady) }) })
+	handoff, err := d.workerHandoff()
+	if err != nil {
+		return err
+	}
+	d.handoff = handoff != nil
+	ready := map[int]bool{} // slots ready at least once; guarded by mu
+	var mu sync.Mutex
+	d.workers, d.sup, err = workerSpecs(d.cfg, d.log, handoff, func() *backend.Set { return d.srv.Backends() },
+		func(slot int) {
+			once.Do(func() { close(d.firstReady) })
+			mu.Lock()
+			defer mu.Unlock()
+			if !ready[slot] {
+				if ready[slot] = true; len(ready) == len(d.workers) {
+					close(d.allReady)
+				}
+			}
+		})
+	if d.sup != nil {
+		d.startFailed = make(chan int, len(d.workers))
+		d.sup.OnStartFailed(func(slot int) {
+			select {
+			case d.startFailed <- slot:
+			default:
+			}
+		})
+	}
 	if errors.Is(err, backend.ErrWorkerPortInUse) {
 		return fmt.Errorf("%w (stop that program, choose another --port-base, or leave it unset for free ports)", err)
 	}

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -135,26 +136,9 @@ func rollingDone(t *testing.T, p *proc, n int) string {
 // reason, and v2 keeps answering everyone. Then one that listens and
 // crashes 300 ms later: its slot goes back to the v2 worker.
 func TestRollingRestartNodeWorkers(t *testing.T) {
-	modules := filepath.Join(migrateExample(t), "node_modules")
-	app, err := filepath.Abs("testdata/rolling-app.js")
-	if err != nil {
-		t.Fatal(err)
-	}
-	version := filepath.Join(t.TempDir(), "VERSION")
-	deploy := func(v string) {
-		if err := os.WriteFile(version, []byte(v+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deploy("v1")
 	const n = 2
 	base := testkit.FreePortBase(t, 2*n, workerPortsLo, workerPortsHi) // and the replacements'
-	cfg := filepath.Join(t.TempDir(), "stickyd.toml")
-	conf := fmt.Sprintf("[workers]\ncommand = [\"node\", %q]\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = \"5s\"\n"+
-		"[workers.env]\nNODE_PATH = %q\nAPP_VERSION_FILE = %q\n", app, n, base, modules, version)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg, deploy := rollingApp(t, n, base)
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	p := launch(t, t.TempDir(), addr, "--listen", addr, "--log-format", "json", "--config", cfg, "--admin", adm)
 	oldPids := waitWorkersReady(t, p, n)
@@ -391,4 +375,135 @@ func TestSocketIORollingRestart(t *testing.T) {
 	}
 	t.Logf("rolling restart of %d socket.io workers: %d clients disconnected (%s) when their old worker was stopped, and reconnected to their slot's new process; all done %d ms after start",
 		sioWorkers, len(summary.Clients), sortedCounts(reasons), summary.Ms)
+}
+
+// rollingApp writes the config of n rolling-app.js workers from port base
+// and the app's version file (at v1); deploy writes another version.
+func rollingApp(t *testing.T, n, base int) (cfg string, deploy func(v string)) {
+	t.Helper()
+	modules := filepath.Join(migrateExample(t), "node_modules")
+	app, err := filepath.Abs("testdata/rolling-app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := filepath.Join(t.TempDir(), "VERSION")
+	deploy = func(v string) {
+		if err := os.WriteFile(version, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deploy("v1")
+	cfg = filepath.Join(t.TempDir(), "stickyd.toml")
+	conf := fmt.Sprintf("[workers]\ncommand = [\"node\", %q]\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = \"5s\"\n"+
+		"[workers.env]\nNODE_PATH = %q\nAPP_VERSION_FILE = %q\n", app, n, base, modules, version)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, deploy
+}
+
+// textLogEntries returns the JSON log lines of text with message msg.
+func textLogEntries(text, msg string) []logEntry {
+	var out []logEntry
+	for _, line := range strings.Split(text, "\n") {
+		var e logEntry
+		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == msg {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestUpgradeWithWorkers: SIGUSR2 to a stickyd that launched Node workers
+// while clients connect without pause. The new process starts its own
+// workers beside the old ones (a second version of the app, deployed just
+// before), takes over once they are all ready; the old one drains, stops
+// its workers and exits 0. No request fails or changes worker slot. The
+// new process's rolling restart moves the workers back to the first ports;
+// an upgrade whose workers cannot start leaves it serving.
+func TestUpgradeWithWorkers(t *testing.T) {
+	const n = 2
+	base := testkit.FreePortBase(t, 2*n, workerPortsLo, workerPortsHi)
+	cfg, deploy := rollingApp(t, n, base)
+	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
+	d := opsStartDaemon(t, addr, "--config", cfg, "--admin", adm)
+	testkit.WaitFor(t, "2 workers ready", func() bool { return len(textLogEntries(d.logText(), "worker ready")) == n })
+	var oldWorkers []int
+	for _, e := range textLogEntries(d.logText(), "worker ready") {
+		oldWorkers = append(oldWorkers, e.Pid)
+	}
+	var ips []string
+	for i := range 40 {
+		ips = append(ips, testkit.ClientIP(i))
+	}
+	homes := lookupHomes(t, cfg, n, ips)
+
+	load := startRollingLoad(addr, ips, 6)
+	deploy("v2")
+	oldPid := d.cmd.Process.Pid
+	d.cmd.Process.Signal(syscall.SIGUSR2)
+	testkit.WaitFor(t, "the new process serving", func() bool { p := d.pid(); return p != 0 && p != oldPid })
+	newPid := d.pid()
+	testkit.Await(t, d.exited, "the old process did not exit")
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("old process exit code %d", code)
+	}
+	time.Sleep(300 * time.Millisecond)
+	got, errs := load.take()
+	if len(errs) > 0 {
+		t.Errorf("%d of %d requests failed during the upgrade, first: %s", len(errs), len(errs)+len(got), errs[0])
+	}
+	versions := map[string]int{}
+	for _, a := range got {
+		versions[a.version]++
+		if "worker-"+strconv.Itoa(a.slot) != homes[a.client] {
+			t.Fatalf("during the upgrade, %s answered by worker %d, its home is %s", a.client, a.slot, homes[a.client])
+		}
+	}
+	t.Logf("upgrade with workers: %d requests answered, by version %v, none failed", len(got), versions)
+	if versions["v1"] == 0 || versions["v2"] == 0 {
+		t.Errorf("answers by version %v: want the load to span the upgrade", versions)
+	}
+	for _, pid := range oldWorkers {
+		testkit.WaitFor(t, "the old process's workers gone", func() bool { return opsGone(pid) })
+	}
+	backends := opsBackends(t, adm)
+	for i := range n {
+		name := "worker-" + strconv.Itoa(i)
+		if want := "127.0.0.1:" + strconv.Itoa(base+n+i); backends[name].Address != want || backends[name].State != "up" {
+			t.Errorf("the new process has %s at %s (%s), want %s: the slot's second port", name, backends[name].Address, backends[name].State, want)
+		}
+	}
+	for _, ip := range ips {
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" || "worker-"+strconv.Itoa(a.slot) != homes[ip] {
+			t.Fatalf("after the upgrade, %s got %+v, %v; want v2 from %s", ip, a, err, homes[ip])
+		}
+	}
+
+	// The new process's rolling restart: back to the first ports.
+	syscall.Kill(newPid, syscall.SIGUSR1)
+	testkit.WaitFor(t, "the rolling restart done", func() bool { return strings.Contains(d.logText(), `"msg":"rolling restart done"`) })
+	if b := opsBackends(t, adm)["worker-0"]; b.Address != "127.0.0.1:"+strconv.Itoa(base) {
+		t.Errorf("after a rolling restart, worker-0 at %s, want its first port", b.Address)
+	}
+
+	// An upgrade whose workers do not start: the process serves on.
+	deploy("broken")
+	syscall.Kill(newPid, syscall.SIGUSR2)
+	testkit.WaitFor(t, "the failed upgrade", func() bool {
+		return strings.Contains(d.logText(), `"msg":"upgrade failed; this process keeps serving"`)
+	})
+	if !regexp.MustCompile(`upgrade: worker-\d did not start`).MatchString(d.logText()) {
+		t.Error("the new process did not say which worker did not start")
+	}
+	if p := d.pid(); p != newPid {
+		t.Errorf("pid file changed to %d after a failed upgrade", p)
+	}
+	for _, ip := range ips {
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" {
+			t.Fatalf("after a failed upgrade, %s got %+v, %v; want v2", ip, a, err)
+		}
+	}
+	syscall.Kill(newPid, syscall.SIGTERM)
+	testkit.WaitFor(t, "the new process gone", func() bool { return opsGone(newPid) })
 }

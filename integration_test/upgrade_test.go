@@ -223,26 +223,3 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		t.Errorf("pid file changed to %d", p)
 	}
 }
-
-// With [workers] an upgrade is refused and the process keeps serving.
-func TestUpgradeRefusedWithWorkers(t *testing.T) {
-	dir := t.TempDir()
-	base := testkit.FreePortBase(t, 1, workerPortsLo, workerPortsHi)
-	path := filepath.Join(dir, "stickyd.toml")
-	cfg := fmt.Sprintf("[workers]\ncommand = [\"stickyd\", \"hello-worker\"]\ncount = 1\nport_base = %d\n", base)
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := testkit.FreePort(t)
-	d := opsStartDaemon(t, addr, "--config", path)
-	d.cmd.Process.Signal(syscall.SIGUSR2)
-	testkit.WaitFor(t, "the refusal", func() bool { return strings.Contains(d.logText(), "upgrade with [workers] is not supported") })
-	if p := d.pid(); p != d.cmd.Process.Pid {
-		t.Errorf("pid file changed to %d", p)
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	testkit.Await(t, d.exited, "no exit after SIGTERM")
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit code %d", code)
-	}
-}
