@@ -417,7 +417,8 @@ func textLogEntries(text, msg string) []logEntry {
 // TestUpgradeWithWorkers: SIGUSR2 to a stickyd that launched Node workers
 // while clients connect without pause. The new process starts its own
 // workers beside the old ones (a second version of the app, deployed just
-// before), takes over once they are all ready; the old one drains, stops
+// before, and a new variable in [workers.env]), takes over once they are
+// all ready; the old one drains, stops
 // its workers and exits 0. No request fails or changes worker slot. The
 // new process's rolling restart moves the workers back to the first ports;
 // an upgrade whose workers cannot start leaves it serving.
@@ -440,6 +441,14 @@ func TestUpgradeWithWorkers(t *testing.T) {
 
 	load := startRollingLoad(addr, ips, 6)
 	deploy("v2")
+	// and a change to [workers], which the new process applies
+	conf, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append(conf, "APP_TAG = \"-tagged\"\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	oldPid := d.cmd.Process.Pid
 	d.cmd.Process.Signal(syscall.SIGUSR2)
 	testkit.WaitFor(t, "the new process serving", func() bool { p := d.pid(); return p != 0 && p != oldPid })
@@ -461,7 +470,7 @@ func TestUpgradeWithWorkers(t *testing.T) {
 		}
 	}
 	t.Logf("upgrade with workers: %d requests answered, by version %v, none failed", len(got), versions)
-	if versions["v1"] == 0 || versions["v2"] == 0 {
+	if versions["v1"] == 0 || versions["v2-tagged"] == 0 || len(versions) != 2 {
 		t.Errorf("answers by version %v: want the load to span the upgrade", versions)
 	}
 	for _, pid := range oldWorkers {
@@ -475,8 +484,8 @@ func TestUpgradeWithWorkers(t *testing.T) {
 		}
 	}
 	for _, ip := range ips {
-		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" || "worker-"+strconv.Itoa(a.slot) != homes[ip] {
-			t.Fatalf("after the upgrade, %s got %+v, %v; want v2 from %s", ip, a, err, homes[ip])
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2-tagged" || "worker-"+strconv.Itoa(a.slot) != homes[ip] {
+			t.Fatalf("after the upgrade, %s got %+v, %v; want v2-tagged from %s", ip, a, err, homes[ip])
 		}
 	}
 
@@ -500,8 +509,8 @@ func TestUpgradeWithWorkers(t *testing.T) {
 		t.Errorf("pid file changed to %d after a failed upgrade", p)
 	}
 	for _, ip := range ips {
-		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" {
-			t.Fatalf("after a failed upgrade, %s got %+v, %v; want v2", ip, a, err)
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2-tagged" {
+			t.Fatalf("after a failed upgrade, %s got %+v, %v; want v2-tagged", ip, a, err)
 		}
 	}
 	syscall.Kill(newPid, syscall.SIGTERM)

@@ -1,6 +1,7 @@
 // A worker app for the rolling restart test: it answers every request with
 // the version of the app it started with (read from $APP_VERSION_FILE at
-// start, as a deployed file would be), its slot, pid and the client's IP.
+// start, as a deployed file would be, then $APP_TAG), its slot, pid and
+// the client's IP.
 // /slow answers after 1.5 s: a request in flight while its worker is
 // replaced. Version "broken" is a deploy that fails at start, "crashy" one
 // that listens, then crashes 300 ms later.
@@ -8,8 +9,9 @@ const fs = require('fs');
 const http = require('http');
 const { listen } = require('stickyd-worker');
 
-const version = fs.readFileSync(process.env.APP_VERSION_FILE, 'utf8').trim();
-if (version === 'broken') {
+const deployed = fs.readFileSync(process.env.APP_VERSION_FILE, 'utf8').trim();
+const version = deployed + (process.env.APP_TAG || '');
+if (deployed === 'broken') {
   console.error('cannot start: this deploy is broken');
   process.exit(1);
 }
@@ -20,5 +22,5 @@ const server = http.createServer((req, res) => {
   else reply();
 });
 listen(server, () => {
-  if (version === 'crashy') setTimeout(() => process.exit(2), 300);
+  if (deployed === 'crashy') setTimeout(() => process.exit(2), 300);
 });
