@@ -296,6 +296,9 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 	if onState == nil {
 		onState = func(int, bool) {}
 	}
+	if log == nil {
+		log = zap.NewNop()
+	}
 	// What the workers need is set up now, as their ports are reserved
 	// below: a directory that cannot be made fails stickyd's start, instead
 	// of leaving it serving with no worker.
@@ -305,7 +308,15 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 		}
 	}
 	if cfg.Handoff != nil {
-		if err := cfg.Handoff.fits(&cfg); err != nil {
+		switch err := cfg.Handoff.fits(&cfg); {
+		case err == nil:
+		case cfg.PortBase == 0 && cfg.SocketDir == "" && cfg.Handoff.Base != 0:
+			// Automatic ports before and now: a block of free ones, apart
+			// from the old workers', serves another count as well.
+			log.Info("upgrade: the worker count changed; the new workers start on new ports",
+				zap.Int("before", len(cfg.Handoff.Cur)), zap.Int("now", cfg.count()))
+			cfg.Handoff = nil
+		default:
 			return nil, fmt.Errorf("%w: upgrade: %w; restart instead", ErrWorkerConfig, err)
 		}
 	}

@@ -64,6 +64,8 @@ func (h Handoff) fits(c *WorkerConfig) error {
 		return fmt.Errorf("%w: they are %d, count is %d", errHandoffMismatch, len(h.Cur), c.count())
 	case (h.Base != 0) != (c.PortBase == 0 && c.SocketDir == ""):
 		return fmt.Errorf("%w: port_base or socket_dir changed", errHandoffMismatch)
+	case h.Base != 0 && h.Base+2*c.count() > 65536:
+		return fmt.Errorf("%w: port %d and on", errHandoffMismatch, h.Base)
 	}
 	return nil
 }

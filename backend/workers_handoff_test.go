@@ -94,3 +94,28 @@ func TestWorkerHandoffMismatch(t *testing.T) {
 		t.Errorf("a handoff of automatic ports for port_base: %v", err)
 	}
 }
+
+// TestWorkerHandoffNewCount: with automatic ports before and now, a new
+// count takes a block of its own, apart from the old workers' ports.
+func TestWorkerHandoffNewCount(t *testing.T) {
+	cfg := rollConfig(t, 1, nil)
+	cfg.PortBase = 0
+	old := startSupervisor(t, cfg, nil)
+	old.waitState(t, 0, true)
+	h, _, err := old.sup.Handoff()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ncfg := cfg
+	ncfg.Count, ncfg.Handoff = 3, &h
+	next := startSupervisor(t, ncfg, nil)
+	for i := range 3 {
+		next.waitState(t, i, true)
+		if addr := next.sup.Slots()[i].Address; addr == old.sup.Slots()[0].Address {
+			t.Errorf("new worker %d at the old worker's address %s", i, addr)
+		}
+	}
+	if e := next.logs.FilterMessage("upgrade: the worker count changed; the new workers start on new ports").All(); len(e) != 1 {
+		t.Errorf("the count change was not logged: %v", e)
+	}
+}
