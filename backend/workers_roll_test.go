@@ -128,41 +128,64 @@ func TestWorkerRollingRestart(t *testing.T) {
 	}
 }
 
+// faultyRun is a rolling restart of two fake workers whose replacements
+// fail (faultyRoll).
+type faultyRun struct {
+	h      *supHarness
+	mv     *moves
+	fault  string       // the file that turns the fault on
+	before []WorkerSlot // the slots before the rolling restart
+	pid0   int          // slot 0's worker before it
+	res    RollingRestartResult
+	err    error
+}
+
+// faultyRoll runs two fake workers with the fake worker's fault variable
+// key pointing at a file, makes the file once they are ready (so that
+// their replacements have the fault), and runs a rolling restart.
+func faultyRoll(t *testing.T, key string, tweak func(*workerTiming)) faultyRun {
+	t.Helper()
+	fault := filepath.Join(t.TempDir(), "fault")
+	f := faultyRun{h: newSupHarness(t, rollConfig(t, 2, map[string]string{key: fault})), mv: &moves{}, fault: fault}
+	if tweak != nil {
+		tweak(&f.h.sup.timing)
+	}
+	f.h.sup.OnMove(f.mv.record)
+	f.h.run(t)
+	f.h.waitState(t, 0, true)
+	f.h.waitState(t, 1, true)
+	f.before = f.h.sup.Slots()
+	f.pid0 = askEnv(t, f.before[0].Address).Pid
+	if err := os.WriteFile(fault, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.res, f.err = f.h.sup.RollingRestart(context.Background())
+	return f
+}
+
 // TestWorkerRollingRestartBrokenDeploy: a replacement that exits before it
 // listens is not moved to, the old worker keeps serving at its address,
 // and the rolling restart stops there, naming the slot and the cause.
 func TestWorkerRollingRestartBrokenDeploy(t *testing.T) {
-	broken := filepath.Join(t.TempDir(), "broken")
-	h := newSupHarness(t, rollConfig(t, 2, map[string]string{"FAKE_BROKEN": broken}))
-	var mv moves
-	h.sup.OnMove(mv.record)
-	h.run(t)
-	h.waitState(t, 0, true)
-	h.waitState(t, 1, true)
-	before := h.sup.Slots()
-	pid0 := askEnv(t, before[0].Address).Pid
-	if err := os.WriteFile(broken, nil, 0o600); err != nil {
-		t.Fatal(err)
+	f := faultyRoll(t, "FAKE_BROKEN", nil)
+	if f.err == nil || !strings.Contains(f.err.Error(), "worker-0") || !strings.Contains(f.err.Error(), "exited before it listened (exit code 3)") {
+		t.Fatalf("RollingRestart error %v, want worker-0's replacement that exited with code 3", f.err)
 	}
-	res, err := h.sup.RollingRestart(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "worker-0") || !strings.Contains(err.Error(), "exited before it listened (exit code 3)") {
-		t.Fatalf("RollingRestart error %v, want worker-0's replacement that exited with code 3", err)
+	if f.res.Replaced != 0 || len(f.mv.all()) != 0 {
+		t.Errorf("replaced %d, moves %v; want none", f.res.Replaced, f.mv.all())
 	}
-	if res.Replaced != 0 || len(mv.all()) != 0 {
-		t.Errorf("replaced %d, moves %v; want none", res.Replaced, mv.all())
+	if got := f.h.sup.Slots(); got[0] != f.before[0] || got[1] != f.before[1] {
+		t.Errorf("slots %v after a failed rolling restart, want %v", got, f.before)
 	}
-	if got := h.sup.Slots(); got[0] != before[0] || got[1] != before[1] {
-		t.Errorf("slots %v after a failed rolling restart, want %v", got, before)
+	if env := askEnv(t, f.before[0].Address); env.Pid != f.pid0 {
+		t.Errorf("slot 0 answered by pid %d, want the old worker %d", env.Pid, f.pid0)
 	}
-	if env := askEnv(t, before[0].Address); env.Pid != pid0 {
-		t.Errorf("slot 0 answered by pid %d, want the old worker %d", env.Pid, pid0)
-	}
-	if n := len(h.states[0]) + len(h.states[1]); n != 0 {
+	if n := len(f.h.states[0]) + len(f.h.states[1]); n != 0 {
 		t.Errorf("%d state changes during a failed rolling restart", n)
 	}
 	// The deploy fixed, the next one goes through.
-	os.Remove(broken)
-	if res, err := h.sup.RollingRestart(context.Background()); err != nil || res.Replaced != 2 {
+	os.Remove(f.fault)
+	if res, err := f.h.sup.RollingRestart(context.Background()); err != nil || res.Replaced != 2 {
 		t.Fatalf("RollingRestart after the fix = %+v, %v", res, err)
 	}
 }
@@ -250,40 +273,29 @@ func TestWorkerRollingRestartOldServesUntilRetired(t *testing.T) {
 // to the old worker, which is still there; the rolling restart stops with
 // the reason, and the next slot is not touched.
 func TestWorkerRollingRestartCrashAfterTakeover(t *testing.T) {
-	crash := filepath.Join(t.TempDir(), "crash")
-	h := newSupHarness(t, rollConfig(t, 2, map[string]string{"FAKE_CRASH_AFTER": crash}))
-	h.sup.timing.retireAfter = time.Minute // the crash comes 50 ms after listening
-	var mv moves
-	h.sup.OnMove(mv.record)
-	h.run(t)
-	h.waitState(t, 0, true)
-	h.waitState(t, 1, true)
-	before := h.sup.Slots()
-	oldPid := askEnv(t, before[0].Address).Pid
-	if err := os.WriteFile(crash, nil, 0o600); err != nil {
-		t.Fatal(err)
+	f := faultyRoll(t, "FAKE_CRASH_AFTER", func(tm *workerTiming) {
+		tm.retireAfter = time.Minute // the crash comes 50 ms after listening
+	})
+	if f.err == nil || !strings.Contains(f.err.Error(), "worker-0: the replacement exited") ||
+		!strings.Contains(f.err.Error(), "after it took over (exit code 4); the slot is back on its old worker (pid "+strconv.Itoa(f.pid0)+")") {
+		t.Fatalf("RollingRestart = %+v, %v; want worker-0 back on its old worker", f.res, f.err)
 	}
-	res, err := h.sup.RollingRestart(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "worker-0: the replacement exited") ||
-		!strings.Contains(err.Error(), "after it took over (exit code 4); the slot is back on its old worker (pid "+strconv.Itoa(oldPid)+")") {
-		t.Fatalf("RollingRestart = %+v, %v; want worker-0 back on its old worker", res, err)
-	}
-	if got := mv.all(); len(got) != 2 || got[1] != "0 "+before[0].Address {
+	if got := f.mv.all(); len(got) != 2 || got[1] != "0 "+f.before[0].Address {
 		t.Errorf("moves %v, want slot 0 there and back", got)
 	}
-	if got := h.sup.Slots(); got[0] != before[0] || got[1] != before[1] {
-		t.Errorf("slots %v, want %v", got, before)
+	if got := f.h.sup.Slots(); got[0] != f.before[0] || got[1] != f.before[1] {
+		t.Errorf("slots %v, want %v", got, f.before)
 	}
-	if env := askEnv(t, before[0].Address); env.Pid != oldPid {
-		t.Errorf("slot 0 answered by pid %d, want its old worker %d", env.Pid, oldPid)
+	if env := askEnv(t, f.before[0].Address); env.Pid != f.pid0 {
+		t.Errorf("slot 0 answered by pid %d, want its old worker %d", env.Pid, f.pid0)
 	}
-	if res.Replaced != 0 || h.sup.Replacements(0) != 0 || h.sup.Restarts(0) != 0 {
-		t.Errorf("replaced %d, Replacements(0) %d, Restarts(0) %d; want 0", res.Replaced, h.sup.Replacements(0), h.sup.Restarts(0))
+	if f.res.Replaced != 0 || f.h.sup.Replacements(0) != 0 || f.h.sup.Restarts(0) != 0 {
+		t.Errorf("replaced %d, Replacements(0) %d, Restarts(0) %d; want 0", f.res.Replaced, f.h.sup.Replacements(0), f.h.sup.Restarts(0))
 	}
-	if n := len(h.states[0]) + len(h.states[1]); n != 0 {
+	if n := len(f.h.states[0]) + len(f.h.states[1]); n != 0 {
 		t.Errorf("%d state changes, want none", n)
 	}
-	if e := h.entries("worker exited", 0); len(e) != 1 || e[0].ContextMap()["replacement"] != true {
+	if e := f.h.entries("worker exited", 0); len(e) != 1 || e[0].ContextMap()["replacement"] != true {
 		t.Errorf("worker exited lines %v, want one for the replacement", e)
 	}
 }

@@ -78,10 +78,7 @@ func TestMigratedAppUnderStickyd(t *testing.T) {
 	p := launch(t, dir, addr, "--listen", addr, "--log-format", "json", "--config", cfg, "--drain-timeout", "5s",
 		"--workers", strconv.Itoa(sioWorkers), "--", "node", "app.js")
 	pids := waitWorkersReady(t, p, sioWorkers)
-	var ips []string
-	for i := range sioClients {
-		ips = append(ips, testkit.ClientIP(i))
-	}
+	ips := testkit.ClientIPs(sioClients)
 	homes := lookupHomes(t, cfg, sioWorkers, ips)
 
 	for _, ip := range ips[:20] { // plain HTTP through express: the client's own IP

@@ -142,10 +142,7 @@ func TestRollingRestartNodeWorkers(t *testing.T) {
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	p := launch(t, t.TempDir(), addr, "--listen", addr, "--log-format", "json", "--config", cfg, "--admin", adm)
 	oldPids := waitWorkersReady(t, p, n)
-	var ips []string
-	for i := range 40 {
-		ips = append(ips, testkit.ClientIP(i))
-	}
+	ips := testkit.ClientIPs(40)
 	homes := lookupHomes(t, cfg, n, ips)
 	checkAnswers := func(stage string, got []rollingAnswer, errs []string) {
 		t.Helper()
@@ -322,10 +319,7 @@ func TestSocketIORollingRestart(t *testing.T) {
 	}
 	p := startStickyd(t, "--config", cfg)
 	pids := waitWorkersReady(t, p, sioWorkers)
-	var ips []string
-	for i := range clients {
-		ips = append(ips, testkit.ClientIP(i))
-	}
+	ips := testkit.ClientIPs(clients)
 	homes := lookupHomes(t, cfg, sioWorkers, ips)
 	run := startSIOClients(t, example, "http://"+p.addr, "sticky", ips, 60*time.Second)
 	ready := run.next(t, "ready", 30*time.Second)
@@ -433,10 +427,7 @@ func TestUpgradeWithWorkers(t *testing.T) {
 	for _, e := range textLogEntries(d.logText(), "worker ready") {
 		oldWorkers = append(oldWorkers, e.Pid)
 	}
-	var ips []string
-	for i := range 40 {
-		ips = append(ips, testkit.ClientIP(i))
-	}
+	ips := testkit.ClientIPs(40)
 	homes := lookupHomes(t, cfg, n, ips)
 
 	load := startRollingLoad(addr, ips, 6)

@@ -206,10 +206,7 @@ func TestSocketIOWorkers(t *testing.T) {
 	p := startStickyd(t, "--config", cfg, "--drain-timeout", "5s",
 		"--workers", strconv.Itoa(sioWorkers), "--", "node", server)
 	pids := waitWorkersReady(t, p, sioWorkers)
-	var ips []string
-	for i := range sioClients {
-		ips = append(ips, testkit.ClientIP(i))
-	}
+	ips := testkit.ClientIPs(sioClients)
 	homes := lookupHomes(t, cfg, sioWorkers, ips)
 
 	run := startSIOClients(t, example, "http://"+p.addr, "sticky", ips, 45*time.Second)

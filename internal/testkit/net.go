@@ -80,6 +80,15 @@ func ClientIP(i int) string {
 	return fmt.Sprintf("127.%d.%d.%d", 10+i/250/256%200, i/250%256, 1+i%250)
 }
 
+// ClientIPs returns the first n ClientIP addresses.
+func ClientIPs(n int) []string {
+	ips := make([]string, n)
+	for i := range ips {
+		ips[i] = ClientIP(i)
+	}
+	return ips
+}
+
 // Dial connects to addr from the loopback address src ("" for any), with
 // Guard as the dial timeout and the connection's deadline. The connection
 // is closed when the test ends.
