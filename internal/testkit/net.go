@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,10 +52,20 @@ const FreePortLo, FreePortHi = 30000, 32768
 // 127.0.0.1, drawn at random from [lo, hi). Take the range below the
 // ephemeral one, so that no client socket can take the ports, and apart
 // from the ranges of packages whose tests run at the same time.
+//
+// No port is handed out twice in one test process: a port released here
+// is free again until its program binds it, so two calls in a row (a
+// listen and an admin address) could otherwise get the same one, and the
+// second bind fail.
 func FreePortBase(t testing.TB, n, lo, hi int) int {
 	t.Helper()
+	handed.Lock()
+	defer handed.Unlock()
 	for range 100 {
 		base := lo + rand.IntN(hi-lo-n)
+		if handed.any(base, n) {
+			continue
+		}
 		var lns []net.Listener
 		for i := range n {
 			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+i))
@@ -67,11 +78,32 @@ func FreePortBase(t testing.TB, n, lo, hi int) int {
 			ln.Close()
 		}
 		if len(lns) == n {
+			for i := range n {
+				handed.ports[base+i] = true
+			}
 			return base
 		}
 	}
 	t.Fatalf("no %d free ports in a row in %d-%d", n, lo, hi)
 	return 0
+}
+
+// handed are the ports FreePortBase has returned in this process.
+var handed = portSet{ports: map[int]bool{}}
+
+type portSet struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// any reports whether a port of base..base+n-1 is in s.
+func (s *portSet) any(base, n int) bool {
+	for i := range n {
+		if s.ports[base+i] {
+			return true
+		}
+	}
+	return false
 }
 
 // ClientIP returns the i-th of many distinct loopback client addresses
