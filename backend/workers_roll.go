@@ -146,7 +146,11 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 	a := w.addrs[1-from]
 	p, err := s.spawn(sp, w, a)
 	if errors.Is(err, ErrWorkerPortInUse) {
-		return nil, nil, fmt.Errorf("the replacement's address %s: %w (fix: stop the program that holds it, or restart stickyd)", a.address, err)
+		fix := "stop the program that holds it, or restart stickyd (it picks free ports again)"
+		if s.cfg.PortBase != 0 {
+			fix = "stop the program that holds it, or choose a port_base with port_base .. port_base + 2 x count - 1 free (a restart)"
+		}
+		return nil, nil, fmt.Errorf("the replacement's address %s: %w (fix: %s)", a.address, err, fix)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("start the replacement: %w", err)

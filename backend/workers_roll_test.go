@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -322,4 +323,26 @@ func TestWorkerRollingRestartAfterRun(t *testing.T) {
 			t.Errorf("RollingRestart %d after Run: no error", i+1)
 		}
 	}
+}
+
+// TestWorkerRollingRestartPortTaken: a replacement's port that another
+// program holds stops the rolling restart, naming the port and what to
+// do, the old workers serving on.
+func TestWorkerRollingRestartPortTaken(t *testing.T) {
+	cfg := rollConfig(t, 2, nil)
+	taken := net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.PortBase+2)) // slot 0's second port
+	testkit.Listen(t, taken)
+	h := startSupervisor(t, cfg, nil)
+	h.waitState(t, 0, true)
+	h.waitState(t, 1, true)
+	before := h.sup.Slots()
+	_, err := h.sup.RollingRestart(context.Background())
+	if !errors.Is(err, ErrWorkerPortInUse) || !strings.Contains(err.Error(), "worker-0: the replacement's address "+taken) ||
+		!strings.Contains(err.Error(), "port_base + 2 x count - 1 free") {
+		t.Fatalf("RollingRestart = %v, want worker-0's second port %s in use, with the fix", err, taken)
+	}
+	if got := h.sup.Slots(); got[0] != before[0] || got[1] != before[1] {
+		t.Errorf("slots %v, want %v", got, before)
+	}
+	askEnv(t, before[0].Address)
 }
