@@ -504,6 +504,27 @@ func TestUpgradeWithWorkers(t *testing.T) {
 			t.Fatalf("after a failed upgrade, %s got %+v, %v; want v2-tagged", ip, a, err)
 		}
 	}
+
+	// An upgrade to a config whose [workers] cannot take over: the new
+	// process says why, and this one serves on.
+	deploy("v2")
+	conf, err = os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(conf), "count = 2", "count = 3", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(newPid, syscall.SIGUSR2)
+	testkit.WaitFor(t, "the second failed upgrade", func() bool {
+		return strings.Count(d.logText(), `"msg":"upgrade failed; this process keeps serving"`) == 2
+	})
+	if !strings.Contains(d.logText(), "the running stickyd's workers do not match the new config: they are 2, count is 3; restart instead") {
+		t.Error("the new process did not say why it could not take the workers over")
+	}
+	if p := d.pid(); p != newPid {
+		t.Errorf("pid file changed to %d after a failed upgrade", p)
+	}
 	syscall.Kill(newPid, syscall.SIGTERM)
 	testkit.WaitFor(t, "the new process gone", func() bool { return opsGone(newPid) })
 }

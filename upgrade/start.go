@@ -59,6 +59,14 @@ func (u *Upgrader) start(listeners []Listener, extra []string) error {
 	exited := make(chan struct{})
 	go func() { p.Wait(); close(exited) }()
 	if err := u.awaitReady(readyR); err != nil {
+		if errors.Is(err, errExitedEarly) { // it closed the pipe: let it say why, then exit
+			t := time.NewTimer(exitGrace)
+			select {
+			case <-exited:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		p.Kill()
 		<-exited
 		return fmt.Errorf("new process (pid %d): %w", p.Pid(), err)
@@ -110,8 +118,16 @@ func (u *Upgrader) awaitReady(r *os.File) error {
 	} else if errors.Is(err, os.ErrDeadlineExceeded) {
 		return fmt.Errorf("not ready within %v", u.timeout)
 	}
-	return errors.New("exited before it was ready")
+	return errExitedEarly
 }
+
+// errExitedEarly: the new process closed the readiness pipe without a
+// byte, as it does when its start fails (it is then printing why).
+var errExitedEarly = errors.New("exited before it was ready")
+
+// exitGrace is how long a new process that gave up is left to print why
+// and exit before it is killed.
+const exitGrace = 5 * time.Second
 
 func closeAll(files []*os.File) {
 	for _, f := range files {
