@@ -51,8 +51,9 @@ type RollingRestartResult struct {
 }
 
 // OnMove sets the function told when a slot's worker moves to another
-// address in a rolling restart, before the old worker is stopped: the
-// caller routes the slot's new connections there. Call it before Run.
+// address in a rolling restart, before the old worker is stopped (and
+// back, when the replacement fails its trial): the caller routes the
+// slot's new connections there. Call it before Run.
 func (s *Supervisor) OnMove(f func(slot int, address string)) { s.onMove = f }
 
 // OnStartFailed sets the function told when a slot's worker exits before
