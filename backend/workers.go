@@ -222,14 +222,22 @@ type supervisedWorker struct {
 // at is the address w's worker listens on.
 func (w *supervisedWorker) at() *workerAddr { return w.addrs[w.cur] }
 
-// workerAddr is one address a worker may be told to listen on.
+// workerAddr is one address a worker may be told to listen on: the
+// backend's address ("127.0.0.1:<port>" or "unix:<path>") as a dest.
 type workerAddr struct {
-	address  string // "127.0.0.1:<port>" or "unix:<path>": the backend's address
-	network  string // "tcp" or "unix"
-	dialAddr string // host:port or socket path
-	port     int    // the TCP port; 0 with unix sockets
-	reserved int    // socket holding an automatic port until a worker first listens there; -1 when none
+	dest
+	port     int // the TCP port; 0 with unix sockets
+	reserved int // socket holding an automatic port until a worker first listens there; -1 when none
 	env      []string
+}
+
+// unreserve closes the socket that reserves a's port, if any: a worker
+// is about to listen there, or none ever will.
+func (a *workerAddr) unreserve() {
+	if a.reserved >= 0 {
+		closeAll([]int{a.reserved})
+		a.reserved = -1
+	}
 }
 
 // Supervisor runs Count copies of a worker command, each on its own port or
@@ -365,14 +373,13 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 type workerPort struct{ port, reserved int }
 
 func tcpWorkerAddr(p workerPort, env []string) *workerAddr {
-	dial := "127.0.0.1:" + strconv.Itoa(p.port)
 	env = append(env[:len(env):len(env)], "PORT="+strconv.Itoa(p.port))
-	return &workerAddr{address: dial, network: "tcp", dialAddr: dial, port: p.port, reserved: p.reserved, env: env}
+	return &workerAddr{dest: *newDest("127.0.0.1:" + strconv.Itoa(p.port)), port: p.port, reserved: p.reserved, env: env}
 }
 
 func unixWorkerAddr(path string, env []string) *workerAddr {
 	env = append(env[:len(env):len(env)], "SOCKET="+path)
-	return &workerAddr{address: "unix:" + path, network: "unix", dialAddr: path, reserved: -1, env: env}
+	return &workerAddr{dest: *newDest("unix:" + path), reserved: -1, env: env}
 }
 
 // ports returns 2 x count TCP ports (nil with SocketDir): slot i's at i,
@@ -491,9 +498,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer s.mu.Unlock()
 	for _, w := range s.workers {
 		for _, a := range w.addrs {
-			if a != nil && a.reserved >= 0 { // no worker listened there
-				closeAll([]int{a.reserved})
-				a.reserved = -1
+			if a != nil { // a reservation left: no worker listened there
+				a.unreserve()
 			}
 		}
 	}
@@ -615,7 +621,7 @@ func (s *Supervisor) serve(ctx context.Context, sp *workerSpawner, w *supervised
 // a, for log lines about a worker that is not ready.
 func (s *Supervisor) expectation(a *workerAddr) string {
 	if a.network == "unix" {
-		return "listen on the Unix socket $SOCKET=" + a.dialAddr + " within startup_timeout"
+		return "listen on the Unix socket $SOCKET=" + a.addr + " within startup_timeout"
 	}
 	return "listen on 127.0.0.1:$PORT (PORT=" + strconv.Itoa(a.port) + ") within startup_timeout"
 }

@@ -84,9 +84,8 @@ func (s *Supervisor) Handoff() (h Handoff, release func(), err error) {
 	defer s.mu.Unlock()
 	for _, w := range s.workers {
 		h.Cur = append(h.Cur, w.cur)
-		if other := w.addrs[1-w.cur]; other != nil && other.reserved >= 0 {
-			closeAll([]int{other.reserved})
-			other.reserved = -1
+		if other := w.addrs[1-w.cur]; other != nil {
+			other.unreserve()
 		}
 	}
 	if s.cfg.PortBase == 0 && s.cfg.SocketDir == "" {

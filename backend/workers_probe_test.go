@@ -48,7 +48,7 @@ func TestReadinessProbeSendsLocalHeader(t *testing.T) {
 				got <- string(b)
 			}()
 			s := &Supervisor{cfg: WorkerConfig{SendProxy: tc.version}, timing: fastTiming()}
-			if !s.accepting(&workerAddr{network: "tcp", dialAddr: ln.Addr().String()}) {
+			if !s.accepting(&workerAddr{dest: *newDest(ln.Addr().String())}) {
 				t.Fatal("probe of a listening worker: not accepting")
 			}
 			var b string

@@ -127,12 +127,9 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 // answers for the worker's.
 func clearAddress(a *workerAddr) error {
 	if a.network == "unix" {
-		return removeStaleWorkerSocket(a.dialAddr)
+		return removeStaleWorkerSocket(a.addr)
 	}
-	if a.reserved >= 0 {
-		closeAll([]int{a.reserved})
-		a.reserved = -1
-	}
+	a.unreserve()
 	return checkWorkerPort(a.port)
 }
 
@@ -162,7 +159,7 @@ func removeStaleWorkerSocket(path string) error {
 // proxy_protocol: "[error] broken header", HAProxy with accept-proxy:
 // "Connection closed while waiting for PROXY protocol header").
 func (s *Supervisor) accepting(a *workerAddr) bool {
-	c, err := net.DialTimeout(a.network, a.dialAddr, s.timing.dialTimeout)
+	c, err := net.DialTimeout(a.network, a.addr, s.timing.dialTimeout)
 	if err != nil {
 		return false
 	}

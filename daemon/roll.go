@@ -45,11 +45,12 @@ func (d *daemon) roller(ctx context.Context) {
 				zap.String("fix", "if the upgrade fails, send SIGUSR1 again; if it succeeds, the new process has started new workers"))
 		case ctx.Err() != nil:
 			d.log.Info("rolling restart stopped: stickyd is stopping", fields...)
-		case errors.Is(err, backend.ErrWorkerPortInUse): // the error says what to free
-			d.log.Error("rolling restart stopped; the workers not yet replaced keep running as they were", append(fields, zap.Error(err))...)
 		case err != nil:
-			d.log.Error("rolling restart stopped; the workers not yet replaced keep running as they were", append(fields, zap.Error(err),
-				zap.String("fix", "see the replacement's own lines (worker=N) for why it did not start; fix the app, then send SIGUSR1 again"))...)
+			fields = append(fields, zap.Error(err))
+			if !errors.Is(err, backend.ErrWorkerPortInUse) { // that error says what to free
+				fields = append(fields, zap.String("fix", "see the replacement's own lines (worker=N) for why it did not start; fix the app, then send SIGUSR1 again"))
+			}
+			d.log.Error("rolling restart stopped; the workers not yet replaced keep running as they were", fields...)
 		default:
 			d.log.Info("rolling restart done", fields...)
 		}

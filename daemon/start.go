@@ -104,7 +104,6 @@ func (d *daemon) newServer(cfg *config.Config) error {
 // settles their ports (a port held by another program: exit 1).
 func (d *daemon) prepareWorkers() error {
 	d.firstReady, d.allReady = make(chan struct{}), make(chan struct{})
-	var once sync.Once
 	handoff, err := d.workerHandoff()
 	if err != nil {
 		return err
@@ -114,13 +113,17 @@ func (d *daemon) prepareWorkers() error {
 	var mu sync.Mutex
 	d.workers, d.sup, err = workerSpecs(d.cfg, d.log, handoff, func() *backend.Set { return d.srv.Backends() },
 		func(slot int) {
-			once.Do(func() { close(d.firstReady) })
 			mu.Lock()
 			defer mu.Unlock()
-			if !ready[slot] {
-				if ready[slot] = true; len(ready) == len(d.workers) {
-					close(d.allReady)
-				}
+			if ready[slot] {
+				return
+			}
+			ready[slot] = true
+			if len(ready) == 1 {
+				close(d.firstReady)
+			}
+			if len(ready) == len(d.workers) {
+				close(d.allReady)
 			}
 		})
 	if d.sup != nil {
@@ -165,10 +168,7 @@ func (d *daemon) awaitWorkers(stop <-chan struct{}) {
 	if d.sup == nil || d.srv.Backends().Lookup(netip.IPv4Unspecified()) != nil {
 		return
 	}
-	timeout := d.boot.Workers.StartupTimeout.Duration
-	if timeout == 0 {
-		timeout = backend.DefaultWorkerStartupTimeout
-	}
+	timeout := d.startupTimeout()
 	d.log.Info("no worker ready yet: clients wait until one is", zap.Duration("startup_timeout", timeout))
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -180,6 +180,14 @@ func (d *daemon) awaitWorkers(stop <-chan struct{}) {
 			zap.Duration("startup_timeout", timeout))
 	case <-stop:
 	}
+}
+
+// startupTimeout is the workers' startup_timeout, as started.
+func (d *daemon) startupTimeout() time.Duration {
+	if t := d.boot.Workers.StartupTimeout.Duration; t != 0 {
+		return t
+	}
+	return backend.DefaultWorkerStartupTimeout
 }
 
 // logWorkerAddresses logs where the workers are told to listen (chosen at

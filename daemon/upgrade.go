@@ -96,10 +96,7 @@ func (d *daemon) workerHandoff() (*backend.Handoff, error) {
 // to start, startup_timeout passing, or SIGTERM or SIGINT, give an error:
 // this process then exits, and the old one goes on serving.
 func (d *daemon) awaitHandoff(sigs <-chan os.Signal) error {
-	timeout := d.boot.Workers.StartupTimeout.Duration
-	if timeout == 0 {
-		timeout = backend.DefaultWorkerStartupTimeout
-	}
+	timeout := d.startupTimeout()
 	d.log.Info("upgrade: starting the workers beside the old process's", zap.Int("workers", len(d.workers)))
 	t := time.NewTimer(timeout)
 	defer t.Stop()
