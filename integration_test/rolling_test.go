@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -36,13 +35,11 @@ var rollingLine = regexp.MustCompile(`^(\S+) worker (\d+) pid (\d+) client (\S+)
 
 // rollingGet GETs path from src through addr on a new connection.
 func rollingGet(src, addr, path string) (rollingAnswer, error) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: testkit.Guard}
-	c, err := d.Dial("tcp", addr)
+	c, err := testkit.DialFrom(src, addr)
 	if err != nil {
 		return rollingAnswer{}, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(testkit.Guard))
 	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: stickyd\r\nConnection: close\r\n\r\n"); err != nil {
 		return rollingAnswer{}, err
 	}
