@@ -129,9 +129,12 @@ func (p *proc) fdTargets(t *testing.T) []string {
 
 // logsOf decodes each of p's JSON log lines whose message is msg into a T
 // (a struct with the fields wanted, or map[string]any for all of them).
-func logsOf[T any](p *proc, msg string) []T {
+func logsOf[T any](p *proc, msg string) []T { return logsIn[T](p.stderr.String(), msg) }
+
+// logsIn is logsOf for a log's text (a log file's, say).
+func logsIn[T any](text, msg string) []T {
 	var out []T
-	for _, line := range strings.Split(p.stderr.String(), "\n") {
+	for _, line := range strings.Split(text, "\n") {
 		var head struct {
 			Msg string `json:"msg"`
 		}

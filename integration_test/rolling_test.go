@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -393,18 +392,6 @@ func rollingApp(t *testing.T, n, base int) (cfg string, deploy func(v string)) {
 	return cfg, deploy
 }
 
-// textLogEntries returns the JSON log lines of text with message msg.
-func textLogEntries(text, msg string) []logEntry {
-	var out []logEntry
-	for _, line := range strings.Split(text, "\n") {
-		var e logEntry
-		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == msg {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // TestUpgradeWithWorkers: SIGUSR2 to a stickyd that launched Node workers
 // while clients connect without pause. The new process starts its own
 // workers beside the old ones (a second version of the app, deployed just
@@ -419,9 +406,9 @@ func TestUpgradeWithWorkers(t *testing.T) {
 	cfg, deploy := rollingApp(t, n, base)
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	d := opsStartDaemon(t, addr, "--config", cfg, "--admin", adm)
-	testkit.WaitFor(t, "2 workers ready", func() bool { return len(textLogEntries(d.logText(), "worker ready")) == n })
+	testkit.WaitFor(t, "2 workers ready", func() bool { return len(logsIn[logEntry](d.logText(), "worker ready")) == n })
 	var oldWorkers []int
-	for _, e := range textLogEntries(d.logText(), "worker ready") {
+	for _, e := range logsIn[logEntry](d.logText(), "worker ready") {
 		oldWorkers = append(oldWorkers, e.Pid)
 	}
 	ips := testkit.ClientIPs(40)
