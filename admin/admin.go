@@ -54,6 +54,10 @@ type Source struct {
 	MaxConnections int
 	// Workers is the worker supervisor, nil without [workers].
 	Workers *backend.Supervisor
+	// OrphansReaped returns how many processes that workers left behind
+	// stickyd has collected (package reaper); nil leaves the metric out
+	// (no workers, not PID 1).
+	OrphansReaped func() int64
 	// Logs returns the log lines suppressed by sampling and dropped
 	// because the output did not keep up; nil leaves the metric out.
 	Logs func() (suppressed, dropped int64)

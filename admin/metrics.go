@@ -17,6 +17,7 @@ type collector struct {
 	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
+	orphansReaped                                              *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -61,6 +62,8 @@ func NewCollector(src Source) prometheus.Collector {
 		"The most Go processors the adaptive GOMAXPROCS may use now: the event loops, or the CPU limit (CPUs, affinity mask, cgroup quota, as the Go runtime reads them) when lower. go_sched_gomaxprocs_threads is the number in use.")
 	c.procsTrials = desc("gomaxprocs_trials_total",
 		"Trials of one Go processor fewer that the adaptive GOMAXPROCS made where its CPU thresholds could not decide, by result (dropped: the event loops' work rate held, one fewer stayed; kept: it fell, the processor came back).", "result")
+	c.orphansReaped = desc("orphans_reaped_total",
+		"Exited processes that workers left behind (a wrapper's app, a crashed worker's children), collected by stickyd as their subreaper, or as PID 1 in a container.")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
@@ -71,7 +74,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
-		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials} {
+		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped} {
 		ch <- d
 	}
 }
@@ -135,6 +138,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		suppressed, dropped := c.src.Logs()
 		counter(c.logLinesDropped, suppressed, "rate_limited")
 		counter(c.logLinesDropped, dropped, "output_blocked")
+	}
+	if c.src.OrphansReaped != nil {
+		counter(c.orphansReaped, c.src.OrphansReaped())
 	}
 	if sup := c.src.Workers; sup != nil {
 		for _, w := range sup.Slots() {

@@ -25,6 +25,7 @@ import (
 //	FAKE_BROKEN=<path>      exit 3 at once if the file exists (a broken deploy)
 //	FAKE_CRASH_AFTER=<path> if the file exists, listen, then exit 4 50 ms later
 //	FAKE_IGNORE_TERM_ID=<id> the worker with that id ignores SIGTERM
+//	FAKE_DRAIN=<duration>   on SIGTERM, print "draining", wait that long, print "drained", exit 0
 //	FAKE_LONG_LINE=<n>      print a line of n 'x' to stdout at start
 //	FAKE_PID_DIR=<dir>      write the pid to <dir>/<id>.pid at start
 //	FAKE_WRONG_PORT=1       listen on 127.0.0.1:0 instead of PORT
@@ -56,9 +57,15 @@ func fakeWorker() int {
 	} else {
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
+		drain, _ := time.ParseDuration(os.Getenv("FAKE_DRAIN"))
 		go func() {
 			<-term
 			fmt.Println("got SIGTERM")
+			if drain > 0 {
+				fmt.Println("draining")
+				time.Sleep(drain)
+				fmt.Println("drained")
+			}
 			os.Exit(0)
 		}()
 	}

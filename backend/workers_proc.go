@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/stickyd/stickyd/internal/reaper"
 	"github.com/stickyd/stickyd/proxyproto"
 	"go.uber.org/zap"
 )
@@ -50,7 +51,7 @@ func (sp *workerSpawner) loop() {
 	runtime.LockOSThread()
 	defer close(sp.done)
 	for r := range sp.reqs {
-		r.errc <- r.cmd.Start()
+		r.errc <- reaper.Start(r.cmd) // its Wait, not the reaper, collects it
 	}
 }
 
@@ -73,6 +74,7 @@ type workerProc struct {
 	pid     int
 	started time.Time
 	exited  chan struct{} // closed once cmd.Wait has returned
+	gone    chan struct{} // closed by cleanup: the group is gone (or left to the kernel) and the output read
 	pipes   []*os.File    // read ends of stdout and stderr
 	output  sync.WaitGroup
 	closing atomic.Bool // set by cleanup before it cuts the reads of pipes short
@@ -107,9 +109,9 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 		return nil, err
 	}
 	p := &workerProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{}),
-		pipes: []*os.File{outR, errR}}
+		gone: make(chan struct{}), pipes: []*os.File{outR, errR}}
 	go func() {
-		_ = cmd.Wait() // the status is read from cmd.ProcessState
+		_ = reaper.Wait(cmd) // the status is read from cmd.ProcessState
 		close(p.exited)
 	}()
 	log := s.log.With(zap.Int("worker", w.slot.Slot))
@@ -179,7 +181,13 @@ func (p *workerProc) signal(sig syscall.Signal) {
 }
 
 // stop sends SIGTERM to p's group, then SIGKILL after timeout, and returns
-// once p has exited.
+// once p has exited and, within timeout, the rest of its group too.
+//
+// The rest matters: a wrapper (npm start, yarn, sh -c "node app.js")
+// exits at once on SIGTERM, while the app behind it, which got the same
+// SIGTERM, is still finishing its requests. Killing the group when the
+// wrapper exits would cut them; the app gets the same stop_timeout as a
+// worker started directly.
 func (p *workerProc) stop(log *zap.Logger, timeout time.Duration) {
 	p.signal(syscall.SIGTERM)
 	t := time.NewTimer(timeout)
@@ -190,24 +198,66 @@ func (p *workerProc) stop(log *zap.Logger, timeout time.Duration) {
 		log.Warn("worker ignored SIGTERM, killing it", zap.Duration("stop_timeout", timeout))
 		p.signal(syscall.SIGKILL)
 		<-p.exited
+		return
+	}
+	if p.groupGone(t.C) {
+		return
+	}
+	left := reaper.Group(p.pid)
+	if len(left) == 0 {
+		return // gone meanwhile
+	}
+	log.Warn("worker exited, but processes of its group ignored SIGTERM; killing them",
+		zap.Duration("stop_timeout", timeout), zap.Any("processes", left),
+		zap.String("fix", "let the app exit on SIGTERM once its requests are done (stickyd-worker's listen does); start it without a wrapper that exits first, e.g. [\"node\", \"server.js\"] rather than npm start"))
+	p.signal(syscall.SIGKILL)
+}
+
+// groupPoll is how often groupGone looks for the rest of a worker's group.
+const groupPoll = 20 * time.Millisecond
+
+// groupGone waits until no process of p's group runs (true), or until
+// deadline fires (false). Zombies do not count: an orphan that exited but
+// that nobody has collected yet holds nothing.
+func (p *workerProc) groupGone(deadline <-chan time.Time) bool {
+	tick := time.NewTicker(groupPoll)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		if syscall.Kill(-p.pid, 0) == syscall.ESRCH {
+			return true
+		}
+		if n%10 == 9 && len(reaper.Group(p.pid)) == 0 { // only zombies left
+			return true
+		}
+		select {
+		case <-deadline:
+			return false
+		case <-tick.C:
+		}
 	}
 }
 
 // cleanup runs after p has exited: it kills whatever is left of its process
-// group and waits (at most grace) for the output pipes to drain.
+// group, waits (at most grace) for it to be gone, so that no straggler
+// holds the worker's address when the next process starts there, and for
+// the output pipes to drain.
 func (p *workerProc) cleanup(grace time.Duration) {
+	defer close(p.gone)
 	p.signal(syscall.SIGKILL)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	expired := !p.groupGone(t.C) // then t has fired
 	done := make(chan struct{})
 	go func() {
 		p.output.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
+	if !expired {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
 	}
 	// A process outside the group still holds a pipe: stop reading.
 	p.closing.Store(true)

@@ -138,7 +138,7 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 	}
 	if r := w.retiree; r != nil { // the last one replaced may still hold the address
 		select {
-		case <-r.exited:
+		case <-r.gone:
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}

@@ -576,3 +576,60 @@ func TestForwardWorkerOutputFlushesPartialLine(t *testing.T) {
 		t.Errorf("rest logged as %q", e.Message)
 	}
 }
+
+// wrapped runs cfg's command behind a shell that, like npm start, exits at
+// once on SIGTERM while the app it started (in the same process group, so
+// it gets the SIGTERM too) is still draining.
+func wrapped(cfg WorkerConfig) WorkerConfig {
+	cfg.Command = append([]string{"sh", "-c", `"$0" "$@"; exit $?`}, cfg.Command...)
+	return cfg
+}
+
+// A worker behind a wrapper drains in full: the wrapper's exit on SIGTERM
+// does not get the app SIGKILLed.
+func TestWorkerStopWaitsForAppBehindWrapper(t *testing.T) {
+	cfg := wrapped(fakeConfig(t, 1, map[string]string{"FAKE_DRAIN": "400ms"}))
+	h := startSupervisor(t, cfg, nil)
+	h.waitState(t, 0, true)
+	app := askEnv(t, h.sup.Slots()[0].Address).Pid
+	start := time.Now()
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if took := time.Since(start); took < 400*time.Millisecond {
+		t.Errorf("Run returned %v after the stop, before the app's 400ms drain ended", took)
+	}
+	if e := h.entries("drained", 0); len(e) != 1 {
+		t.Errorf("the app did not finish its drain (SIGKILLed?); its lines: %v", h.entries("draining", 0))
+	}
+	if e := h.entries("worker exited, but processes of its group ignored SIGTERM; killing them", 0); len(e) != 0 {
+		t.Errorf("escalated: %v", e)
+	}
+	if !pidGone(app) {
+		t.Errorf("the app (pid %d) still runs after Run returned", app)
+	}
+}
+
+// An app behind a wrapper that outlasts stop_timeout is killed, with one
+// line naming what was left.
+func TestWorkerStopKillsAppBehindWrapperAfterTimeout(t *testing.T) {
+	cfg := wrapped(fakeConfig(t, 1, map[string]string{"FAKE_DRAIN": "1h"}))
+	cfg.StopTimeout = 500 * time.Millisecond
+	h := startSupervisor(t, cfg, nil)
+	h.waitState(t, 0, true)
+	app := askEnv(t, h.sup.Slots()[0].Address).Pid
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	e := h.entries("worker exited, but processes of its group ignored SIGTERM; killing them", 0)
+	if len(e) != 1 {
+		t.Fatalf("want one escalation line, got %v", e)
+	}
+	if left, _ := e[0].ContextMap()["processes"].(map[int]string); len(left) != 1 || left[app] == "" {
+		t.Errorf("processes = %v, want the app (pid %d)", e[0].ContextMap()["processes"], app)
+	}
+	if len(h.entries("drained", 0)) != 0 {
+		t.Error("the app drained for an hour?")
+	}
+	testkit.WaitFor(t, "the app to be gone", func() bool { return pidGone(app) })
+}

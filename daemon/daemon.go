@@ -73,6 +73,7 @@ type daemon struct {
 	ceiling atomic.Int64        // the adaptive GOMAXPROCS's most Ps now (spreadAccept's); 0: fixed
 	trials  [2]atomic.Int64     // its trials of one P fewer: kept one fewer, brought it back (countTrial)
 	sup     *backend.Supervisor // nil without [workers]
+	reaping bool                // the reaper runs (startReaper)
 	workers []backend.Spec      // the worker slots as first made; a slot's live address is its Backend's Addr
 	ln      net.Listener
 	lnGroup []net.Listener // the rest of ln's SO_REUSEPORT group, inherited

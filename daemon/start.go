@@ -14,6 +14,7 @@ import (
 	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
+	"github.com/stickyd/stickyd/internal/reaper"
 	"github.com/stickyd/stickyd/relay"
 	"github.com/stickyd/stickyd/server"
 	"go.uber.org/zap"
@@ -45,6 +46,7 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.loops = d.startLoops(cfg)
+	d.reaping = d.startReaper()
 	h := procsHooks{onTick: d.spreadAccept}
 	if d.epoll != nil {
 		h.woke, h.loops, h.onTrial = d.epoll.Woke(), d.epoll.Work, d.countTrial
@@ -210,6 +212,9 @@ func (d *daemon) startAdmin() {
 	}
 	src := admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
 		MaxConnections: d.budget.conns, Workers: d.sup, Logs: d.logs.Counts, ProcsCeiling: d.ceiling.Load}
+	if d.reaping {
+		src.OrphansReaped = reaper.Reaped
+	}
 	if ee := d.epoll; ee != nil {
 		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
 		if adaptive() {

@@ -68,10 +68,17 @@ func launch(t *testing.T, dir, addr string, args ...string) *proc {
 // the process is still stickyd's.
 func launchVia(t *testing.T, wrap []string, dir, addr string, args ...string) *proc {
 	t.Helper()
-	p := &proc{addr: addr, stderr: &testkit.SyncBuffer{}, exited: make(chan struct{})}
 	argv := append(append(append([]string(nil), wrap...), stickydBin), args...)
+	return launchArgv(t, argv, dir, nil, addr)
+}
+
+// launchArgv is launch of a whole command line (argv[0] runs, and is or
+// execs a stickyd), with env as its environment (nil: the test's).
+func launchArgv(t *testing.T, argv []string, dir string, env []string, addr string) *proc {
+	t.Helper()
+	p := &proc{addr: addr, stderr: &testkit.SyncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
-	p.cmd.Dir = dir
+	p.cmd.Dir, p.cmd.Env = dir, env
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 
+	"github.com/stickyd/stickyd/internal/reaper"
 	"github.com/stickyd/stickyd/relay"
 )
 
@@ -61,7 +62,7 @@ func (systemOS) Start(exe string, args, env []string, files []*os.File) (Process
 	cmd := exec.Command(exe, args...)
 	cmd.Env, cmd.ExtraFiles = env, files
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
+	if err := reaper.Start(cmd); err != nil { // its Wait, not the reaper, collects it
 		return nil, err
 	}
 	return process{cmd}, nil
@@ -72,4 +73,4 @@ type process struct{ cmd *exec.Cmd }
 
 func (p process) Pid() int    { return p.cmd.Process.Pid }
 func (p process) Kill() error { return p.cmd.Process.Kill() }
-func (p process) Wait() error { return p.cmd.Wait() }
+func (p process) Wait() error { return reaper.Wait(p.cmd) }

@@ -2,8 +2,8 @@
 // the version of the app it started with (read from $APP_VERSION_FILE at
 // start, as a deployed file would be, then $APP_TAG), its slot, pid and
 // the client's IP.
-// /slow answers after 1.5 s: a request in flight while its worker is
-// replaced. Version "broken" is a deploy that fails at start, "crashy" one
+// /slow answers after 1.5 s (/slow?ms=N: after N ms): a request in flight
+// while its worker is replaced. Version "broken" is a deploy that fails at start, "crashy" one
 // that listens, then crashes 300 ms later.
 const fs = require('fs');
 const http = require('http');
@@ -18,7 +18,8 @@ if (deployed === 'broken') {
 const worker = process.env.STICKYD_WORKER_ID;
 const server = http.createServer((req, res) => {
   const reply = () => res.end(`${version} worker ${worker} pid ${process.pid} client ${req.socket.remoteAddress}\n`);
-  if (req.url === '/slow') setTimeout(reply, 1500);
+  const slow = /^\/slow(?:\?ms=(\d+))?$/.exec(req.url);
+  if (slow) setTimeout(reply, slow[1] ? Number(slow[1]) : 1500);
   else reply();
 });
 listen(server, () => {
