@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"os"
+	"strings"
 
 	"github.com/stickyd/stickyd/internal/reaper"
 	"go.uber.org/zap"
@@ -29,6 +30,27 @@ func (d *daemon) startReaper() bool {
 	return true
 }
 
-// isInit reports whether stickyd is PID 1, a container's entrypoint: the
-// container ends when it exits.
+// isInit reports whether stickyd is PID 1, a container's entrypoint.
 func isInit() bool { return os.Getpid() == 1 }
+
+// containerInits are the init programs that container runtimes put at PID
+// 1 (docker run --init: tini, installed as docker-init; podman:
+// catatonit), each of which exits, ending the container, when its one
+// child does.
+var containerInits = map[string]bool{"tini": true, "docker-init": true, "dumb-init": true, "catatonit": true}
+
+// endsContainer says why this process's exit ends its container, or "":
+// it is PID 1, or the child of a container's init.
+func endsContainer() string {
+	if isInit() {
+		return "stickyd is PID 1 (a container's entrypoint)"
+	}
+	if os.Getppid() != 1 {
+		return ""
+	}
+	comm, err := os.ReadFile("/proc/1/comm")
+	if name := strings.TrimSpace(string(comm)); err == nil && containerInits[name] {
+		return "stickyd is the child of " + name + ", a container's init (PID 1), which exits when stickyd does"
+	}
+	return ""
+}

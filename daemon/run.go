@@ -106,9 +106,9 @@ func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 			case syscall.SIGUSR1:
 				d.requestRoll()
 			case syscall.SIGUSR2:
-				if isInit() {
-					d.log.Warn("SIGUSR2 ignored: stickyd is PID 1 (a container's entrypoint), and the container ends when PID 1 exits, taking the new process with it",
-						zap.String("fix", "to apply a new config send SIGHUP; to deploy a new version of the workers' app send SIGUSR1; to upgrade stickyd itself, replace the container (a rolling update of the replicas behind the load balancer)"))
+				if why := endsContainer(); why != "" {
+					d.log.Warn("SIGUSR2 ignored: the old process's exit would end the container, and the new process with it",
+						zap.String("reason", why), zap.String("fix", "to apply a new config send SIGHUP; to deploy a new version of the workers' app send SIGUSR1; to upgrade stickyd itself, replace the container (a rolling update of the replicas behind the load balancer)"))
 					continue
 				}
 				if upgrading != nil {

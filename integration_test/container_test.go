@@ -7,6 +7,7 @@ package integration_test
 // (unshare), as a container runtime makes it.
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -337,9 +338,11 @@ func TestNodeImageAsPID1(t *testing.T) {
 	if err := syscall.Kill(init, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, "SIGUSR2 refused", func() bool {
-		return opsLogged(p, `"msg":"SIGUSR2 ignored: stickyd is PID 1 (a container's entrypoint)`)
-	})
+	testkit.WaitFor(t, "SIGUSR2 refused", func() bool { return opsLogged(p, `"msg":"SIGUSR2 ignored: the old process's exit`) })
+	if e := logsOf[map[string]any](p, "SIGUSR2 ignored: the old process's exit would end the container, and the new process with it"); len(e) != 1 ||
+		e[0]["reason"] != "stickyd is PID 1 (a container's entrypoint)" {
+		t.Errorf("SIGUSR2 refusal: %v", e)
+	}
 	if body := httpGetFrom(t, ips[1], addr); !strings.Contains(body, "says hello to "+ips[1]) {
 		t.Errorf("after SIGUSR2: %q", body)
 	}
@@ -491,4 +494,58 @@ func testNpmStart(t *testing.T, wrap []string) {
 	if e := logsIn[map[string]any](p.stderr.String(), "worker exited, but processes of its group ignored SIGTERM; killing them"); len(e) != 0 {
 		t.Errorf("a node was killed instead of drained: %v", e)
 	}
+}
+
+// TestUpgradeRefusedUnderContainerInit: stickyd started by a container's
+// init (docker run --init runs tini) is not PID 1, but its exit ends the
+// container all the same: SIGUSR2 is refused with that reason, and
+// stickyd serves on. The init here is a shell installed as "tini", as
+// Docker installs tini as docker-init.
+func TestUpgradeRefusedUnderContainerInit(t *testing.T) {
+	needPIDNamespace(t)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tini := filepath.Join(t.TempDir(), "tini")
+	if err := os.WriteFile(tini, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	be := testkit.StartBackend(t, "app")
+	addr := testkit.FreePort(t)
+	// "; exit $?" keeps the shell as PID 1, the parent, rather than exec.
+	argv := append(append([]string(nil), pidNamespace...), tini, "-c", `"$0" "$@"; exit $?`,
+		stickydBin, "--listen", addr, "--log-format", "json", "--backend", be.Flag())
+	p := launchArgv(t, argv, t.TempDir(), nil, addr)
+	init := nsInit(t, p)
+	kids := liveProcs(init, nil)
+	if len(kids) != 1 {
+		t.Fatalf("the init's children: %v", kids)
+	}
+	if err := syscall.Kill(kids[0], syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "SIGUSR2 refused", func() bool { return opsLogged(p, `"msg":"SIGUSR2 ignored: the old process's exit`) })
+	if e := logsOf[map[string]any](p, "SIGUSR2 ignored: the old process's exit would end the container, and the new process with it"); len(e) != 1 ||
+		e[0]["reason"] != "stickyd is the child of tini, a container's init (PID 1), which exits when stickyd does" {
+		t.Errorf("SIGUSR2 refusal: %v", e)
+	}
+	if opsLogged(p, `"msg":"upgrade`) {
+		t.Errorf("an upgrade started:\n%s", p.stderr.String())
+	}
+	c := testkit.Dial(t, "127.0.0.1", addr)
+	br := bufio.NewReader(c)
+	if greeting, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(greeting, "app ") {
+		t.Fatalf("after SIGUSR2: greeting %q %v", greeting, err)
+	}
+	opsEcho(t, c, br, "still serving")
+	c.Close()
+	if err := syscall.Kill(kids[0], syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Await(t, p.exited, "stickyd did not exit after SIGTERM")
 }
