@@ -87,7 +87,33 @@ type Source struct {
 	// given what it was sent), and how many such closes gave up after 5 s
 	// without an acknowledgement; nil leaves the metrics out.
 	Closings func() (closing, stalled int64)
+	// RollWorkers asks for a rolling restart of the launched workers (as
+	// SIGUSR1 does) and returns where its outcome will be sent; nil (no
+	// workers) answers POST /workers/restart with 404.
+	RollWorkers func() <-chan RollOutcome
 }
+
+// RollOutcome is the answer of POST /workers/restart: how the rolling
+// restart that the request asked for ended.
+type RollOutcome struct {
+	// Result is RollDone, RollFailed, RollStopped, RollNotStarted or, without
+	// waiting, RollRequested.
+	Result   string `json:"result"`
+	Replaced int    `json:"replaced"`
+	Skipped  int    `json:"skipped"` // slots whose worker was down
+	Took     string `json:"took,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Fix      string `json:"fix,omitempty"`
+}
+
+// The results of a rolling restart (RollOutcome.Result).
+const (
+	RollDone       = "done"        // every worker that was up replaced
+	RollFailed     = "failed"      // a replacement did not start: it and the slots after it keep their old workers
+	RollStopped    = "stopped"     // stickyd is stopping
+	RollNotStarted = "not_started" // an upgrade holds the workers
+	RollRequested  = "requested"   // ?wait=false: asked for, not waited for
+)
 
 // BackendInfo is one entry of GET /backends.
 type BackendInfo struct {
@@ -128,6 +154,7 @@ func NewHandler(src Source, log *zap.Logger) http.Handler {
 	mux.HandleFunc("GET /backends", a.backends)
 	mux.HandleFunc("GET /lookup", a.lookup)
 	mux.HandleFunc("POST /backends/{rest...}", a.action)
+	mux.HandleFunc("POST /workers/restart", a.rollWorkers)
 	// A web page open in an operator's browser must not drain backends.
 	return http.NewCrossOriginProtection().Handler(mux)
 }
@@ -218,6 +245,40 @@ func (a *api) action(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Error(w, fmt.Sprintf("no backend named %q", clip(name, 256)), http.StatusNotFound)
+}
+
+// rollWorkers serves POST /workers/restart: a rolling restart of the
+// launched workers, as SIGUSR1. It answers when that restart has ended
+// (200 done; 500 a replacement did not start; 409 an upgrade holds the
+// workers; 503 stickyd is stopping), or at once with 202 given ?wait=false.
+// One asked for while another runs follows it.
+func (a *api) rollWorkers(w http.ResponseWriter, r *http.Request) {
+	if a.src.RollWorkers == nil {
+		http.Error(w, "this stickyd launches no workers ([workers] in the config): nothing to restart", http.StatusNotFound)
+		return
+	}
+	wait := true
+	switch v := r.URL.Query().Get("wait"); v {
+	case "", "true", "1":
+	case "false", "0":
+		wait = false
+	default:
+		http.Error(w, fmt.Sprintf("wait=%q: want true or false", clip(v, 64)), http.StatusBadRequest)
+		return
+	}
+	a.log.Info("rolling restart of the workers requested via the admin API", zap.String("remote", r.RemoteAddr), zap.Bool("wait", wait))
+	done := a.src.RollWorkers()
+	if !wait {
+		writeJSON(w, http.StatusAccepted, RollOutcome{Result: RollRequested})
+		return
+	}
+	select {
+	case out := <-done:
+		status := map[string]int{RollDone: http.StatusOK, RollFailed: http.StatusInternalServerError,
+			RollNotStarted: http.StatusConflict, RollStopped: http.StatusServiceUnavailable}[out.Result]
+		writeJSON(w, status, out)
+	case <-r.Context().Done(): // the client left; the rolling restart goes on
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,5 +234,61 @@ func TestAdminErrors(t *testing.T) {
 	}
 	if code, _ := f.do(t, "GET", "/lookup?ip=10.0.0.1"); code != 503 {
 		t.Errorf("lookup with nothing up: %d, want 503", code)
+	}
+}
+
+// POST /workers/restart answers with the outcome of the rolling restart it
+// asked for, its status telling done from failed, or at once with
+// ?wait=false; without workers it is 404.
+func TestAdminWorkersRestart(t *testing.T) {
+	f := newFixture(t)
+	if status, body := f.do(t, "POST", "/workers/restart"); status != http.StatusNotFound || !strings.Contains(body, "launches no workers") {
+		t.Errorf("without workers: %d %q", status, body)
+	}
+	next := make(chan RollOutcome, 1)
+	var asked atomic.Int32
+	h := NewHandler(Source{Backends: func() *backend.Set { return f.set }, RollWorkers: func() <-chan RollOutcome {
+		asked.Add(1)
+		return next
+	}}, zap.NewNop())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	post := func(path string) (int, RollOutcome) {
+		t.Helper()
+		req, err := http.NewRequest("POST", srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		status, body := testkit.HTTPDo(t, srv.Client(), req)
+		var out RollOutcome
+		if status != http.StatusBadRequest {
+			if err := json.Unmarshal([]byte(body), &out); err != nil {
+				t.Fatalf("%s: %d %q: %v", path, status, body, err)
+			}
+		}
+		return status, out
+	}
+	for _, c := range []struct {
+		out    RollOutcome
+		status int
+	}{
+		{RollOutcome{Result: RollDone, Replaced: 4, Took: "3.2s"}, http.StatusOK},
+		{RollOutcome{Result: RollFailed, Replaced: 1, Error: "worker-1: the replacement exited", Fix: "fix the app"}, http.StatusInternalServerError},
+		{RollOutcome{Result: RollNotStarted, Error: "an upgrade (SIGUSR2) is under way"}, http.StatusConflict},
+		{RollOutcome{Result: RollStopped, Error: "stickyd is stopping"}, http.StatusServiceUnavailable},
+	} {
+		next <- c.out
+		if status, out := post("/workers/restart"); status != c.status || out != c.out {
+			t.Errorf("outcome %+v: answered %d %+v, want %d and the outcome", c.out, status, out, c.status)
+		}
+	}
+	if status, out := post("/workers/restart?wait=false"); status != http.StatusAccepted || out.Result != RollRequested {
+		t.Errorf("wait=false: %d %+v", status, out)
+	}
+	if status, _ := post("/workers/restart?wait=maybe"); status != http.StatusBadRequest {
+		t.Errorf("wait=maybe: %d, want 400", status)
+	}
+	if n := asked.Load(); n != 5 {
+		t.Errorf("asked for %d rolling restarts, want 5 (none for the bad request)", n)
 	}
 }

@@ -93,7 +93,7 @@ type daemon struct {
 	adminToken, adminTokenEnv string
 
 	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
-	rolls      chan struct{} // a pending SIGUSR1 (rolling restart of the workers); buffered 1
+	rolls      *rollRequests // rolling restarts of the workers asked for (SIGUSR1, admin API)
 	firstReady chan struct{} // closed once a worker is ready
 	allReady   chan struct{} // closed once every worker slot has been ready
 	handoff    bool          // started by an upgrade of a stickyd with workers: they start beside the old ones
@@ -129,7 +129,7 @@ func Run(o Options) error {
 		defer signal.Stop(ch)
 		sigs = ch
 	}
-	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg}
+	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg, rolls: newRollRequests()}
 	if d.up, err = newUpgrader(d); err != nil {
 		return err
 	}

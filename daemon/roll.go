@@ -3,56 +3,145 @@ package daemon
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/backend"
 	"go.uber.org/zap"
 )
 
+// rollRequests holds the rolling restarts asked for (SIGUSR1, POST
+// /workers/restart) and those who wait for their outcome. Requests that
+// arrive while one runs are folded into one more run after it, so that a
+// deploy made meanwhile reaches every worker; each waiter gets the outcome
+// of a run that began after its request.
+type rollRequests struct {
+	mu      sync.Mutex
+	pending bool                     // a run is asked for and not yet begun
+	waiters []chan admin.RollOutcome // of that run
+	closed  bool                     // the roller has returned: requests are answered at once
+	wake    chan struct{}            // buffered 1: a run is pending
+}
+
+func newRollRequests() *rollRequests {
+	return &rollRequests{wake: make(chan struct{}, 1)}
+}
+
+// request asks for a run; reply, when not nil, gets its outcome.
+func (q *rollRequests) request(reply chan admin.RollOutcome) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		if reply != nil {
+			reply <- admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+		}
+		return
+	}
+	q.pending = true
+	if reply != nil {
+		q.waiters = append(q.waiters, reply)
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take begins the pending run: it returns its waiters, and whether one was
+// pending at all.
+func (q *rollRequests) take() ([]chan admin.RollOutcome, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	select { // a wake-up sent for this run is spent by it
+	case <-q.wake:
+	default:
+	}
+	w, ok := q.waiters, q.pending
+	q.waiters, q.pending = nil, false
+	return w, ok
+}
+
+// close answers the waiters of a run that will not begin, and every later
+// request, with "stickyd is stopping".
+func (q *rollRequests) close() {
+	q.mu.Lock()
+	q.closed = true
+	w := q.waiters
+	q.waiters, q.pending = nil, false
+	q.mu.Unlock()
+	for _, c := range w {
+		c <- admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+	}
+}
+
 // requestRoll asks the roller for a rolling restart of the launched
-// workers (SIGUSR1) without waiting for it. One that arrives while another
-// runs is folded into one more, which follows it: a deploy made during a
-// rolling restart reaches every worker.
+// workers without waiting for it (SIGUSR1).
 func (d *daemon) requestRoll() {
 	if d.sup == nil {
 		d.log.Warn("SIGUSR1 restarts launched workers, and this stickyd launches none; nothing done",
 			zap.String("fix", "to reload the config send SIGHUP; to upgrade stickyd itself, SIGUSR2"))
 		return
 	}
-	select {
-	case d.rolls <- struct{}{}:
-	default:
-	}
+	d.rolls.request(nil)
+}
+
+// rollWorkers asks for a rolling restart and returns where its outcome
+// will be sent (POST /workers/restart).
+func (d *daemon) rollWorkers() <-chan admin.RollOutcome {
+	reply := make(chan admin.RollOutcome, 1)
+	d.rolls.request(reply)
+	return reply
 }
 
 // roller runs the requested rolling restarts one at a time until ctx ends
 // (at shutdown).
 func (d *daemon) roller(ctx context.Context) {
+	defer d.rolls.close()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.rolls:
+		case <-d.rolls.wake:
 		}
-		start := time.Now()
-		d.log.Info("rolling restart of the workers", zap.Int("workers", len(d.workers)))
-		res, err := d.sup.RollingRestart(ctx)
-		fields := []zap.Field{zap.Int("replaced", res.Replaced), zap.Int("skipped", res.Skipped),
-			zap.Duration("took", time.Since(start))}
-		switch {
-		case errors.Is(err, backend.ErrRollingRestartRunning): // an upgrade holds the workers
-			d.log.Warn("rolling restart not started: an upgrade (SIGUSR2) is under way",
-				zap.String("fix", "if the upgrade fails, send SIGUSR1 again; if it succeeds, the new process has started new workers"))
-		case ctx.Err() != nil:
-			d.log.Info("rolling restart stopped: stickyd is stopping", fields...)
-		case err != nil:
-			fields = append(fields, zap.Error(err))
-			if !errors.Is(err, backend.ErrWorkerPortInUse) { // that error says what to free
-				fields = append(fields, zap.String("fix", "see the replacement's own lines (worker=N) for why it did not start; fix the app, then send SIGUSR1 again"))
-			}
-			d.log.Error("rolling restart stopped; the workers not yet replaced keep running as they were", fields...)
-		default:
-			d.log.Info("rolling restart done", fields...)
+		waiters, ok := d.rolls.take()
+		if !ok {
+			continue
+		}
+		out := d.roll(ctx)
+		for _, c := range waiters {
+			c <- out
 		}
 	}
+}
+
+// roll runs one rolling restart and logs its outcome.
+func (d *daemon) roll(ctx context.Context) admin.RollOutcome {
+	start := time.Now()
+	d.log.Info("rolling restart of the workers", zap.Int("workers", len(d.workers)))
+	res, err := d.sup.RollingRestart(ctx)
+	took := time.Since(start)
+	out := admin.RollOutcome{Replaced: res.Replaced, Skipped: res.Skipped, Took: took.Round(time.Millisecond).String()}
+	fields := []zap.Field{zap.Int("replaced", res.Replaced), zap.Int("skipped", res.Skipped), zap.Duration("took", took)}
+	switch {
+	case errors.Is(err, backend.ErrRollingRestartRunning): // an upgrade holds the workers
+		out.Result, out.Error = admin.RollNotStarted, "an upgrade (SIGUSR2) is under way"
+		out.Fix = "if the upgrade fails, ask again (SIGUSR1, or POST /workers/restart); if it succeeds, the new process has started new workers"
+		d.log.Warn("rolling restart not started: an upgrade (SIGUSR2) is under way", zap.String("fix", out.Fix))
+	case ctx.Err() != nil:
+		out.Result, out.Error = admin.RollStopped, "stickyd is stopping"
+		d.log.Info("rolling restart stopped: stickyd is stopping", fields...)
+	case err != nil:
+		out.Result, out.Error = admin.RollFailed, err.Error()
+		fields = append(fields, zap.Error(err))
+		if !errors.Is(err, backend.ErrWorkerPortInUse) { // that error says what to free
+			out.Fix = "see the replacement's own lines (worker=N) for why it did not start; fix the app, then ask again (SIGUSR1, or POST /workers/restart)"
+			fields = append(fields, zap.String("fix", out.Fix))
+		}
+		d.log.Error("rolling restart stopped; the workers not yet replaced keep running as they were", fields...)
+	default:
+		out.Result = admin.RollDone
+		d.log.Info("rolling restart done", fields...)
+	}
+	return out
 }

@@ -22,6 +22,7 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	if d.handoff { // an upgrade's new process: its workers first
 		if err := d.awaitHandoff(sigs); err != nil {
 			d.log.Error("upgrade failed in the new process", zap.Error(err))
+			d.rolls.close()
 			d.stopAdmin()
 			d.stopLoops()
 			stopWorkers()
@@ -41,7 +42,6 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 
 	d.reloads = make(chan struct{}, 1)
 	go d.reloader()
-	d.rolls = make(chan struct{}, 1)
 	rollCtx, stopRolls := context.WithCancel(context.Background())
 	rolled := make(chan struct{})
 	go func() { defer close(rolled); d.roller(rollCtx) }()

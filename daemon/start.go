@@ -215,6 +215,9 @@ func (d *daemon) startAdmin() {
 	if d.reaping {
 		src.OrphansReaped = reaper.Reaped
 	}
+	if d.sup != nil {
+		src.RollWorkers = d.rollWorkers
+	}
 	if ee := d.epoll; ee != nil {
 		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
 		if adaptive() {

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/internal/testkit"
 )
 
@@ -258,17 +260,39 @@ func TestRollingRestartNodeWorkers(t *testing.T) {
 		}
 	}
 
-	// A deploy that listens, then crashes: its slot goes back to v2.
+	// A deploy that listens, then crashes: its slot goes back to v2. Asked
+	// for through the admin API, which answers with the outcome, as a
+	// deploy pipeline needs.
 	deploy("crashy")
-	p.cmd.Process.Signal(syscall.SIGUSR1)
+	status, body := opsDo(t, "POST", adm, "/workers/restart")
+	var out admin.RollOutcome
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatalf("POST /workers/restart: %d %q: %v", status, body, err)
+	}
 	done = rollingDone(t, p, 3)
 	if !strings.Contains(done, "rolling restart stopped") || !strings.Contains(done, "worker-0: the replacement exited") ||
 		!strings.Contains(done, "after it took over (exit code 2); the slot is back on its old worker (pid "+strconv.Itoa(newPids[0])+")") {
 		t.Errorf("a crashing deploy's rolling restart ended with %s, want worker-0 back on its old worker", done)
 	}
+	if status != http.StatusInternalServerError || out.Result != admin.RollFailed || out.Replaced != 0 ||
+		!strings.Contains(out.Error, "the slot is back on its old worker") || out.Fix == "" {
+		t.Errorf("POST /workers/restart of a crashing deploy: %d %+v, want 500, failed, the reason and a fix", status, out)
+	}
 	for _, ip := range ips {
 		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v2" || a.pid != newPids[a.slot] {
 			t.Fatalf("after a crashing deploy, %s got %+v, %v; want v2 from pid %d", ip, a, err, newPids[a.slot])
+		}
+	}
+	// The fixed deploy, through the admin API: 200 once every slot runs it.
+	deploy("v5")
+	status, body = opsDo(t, "POST", adm, "/workers/restart")
+	out = admin.RollOutcome{}
+	if err := json.Unmarshal([]byte(body), &out); err != nil || status != http.StatusOK || out.Result != admin.RollDone || out.Replaced != n {
+		t.Errorf("POST /workers/restart: %d %q (%v), want 200, done, %d replaced", status, body, err, n)
+	}
+	for _, ip := range ips {
+		if a, err := rollingGet(ip, addr, "/"); err != nil || a.version != "v5" || "worker-"+strconv.Itoa(a.slot) != homes[ip] {
+			t.Fatalf("once POST /workers/restart answered, %s got %+v, %v; want v5 from its home %s", ip, a, err, homes[ip])
 		}
 	}
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
@@ -280,7 +304,11 @@ func TestRollingRestartNodeWorkers(t *testing.T) {
 // workers says so, with what the user may have meant, and changes nothing.
 func TestRollingRestartWithoutWorkers(t *testing.T) {
 	b := testkit.StartBackend(t, "b0")
-	p := startStickyd(t, "--backend", "b0="+b.Addr())
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", "b0="+b.Addr(), "--admin", adm)
+	if status, body := opsDo(t, "POST", adm, "/workers/restart"); status != http.StatusNotFound || !strings.Contains(body, "launches no workers") {
+		t.Errorf("POST /workers/restart without workers: %d %q, want 404 saying there are none", status, body)
+	}
 	p.cmd.Process.Signal(syscall.SIGUSR1)
 	testkit.WaitFor(t, "the SIGUSR1 warning", func() bool {
 		return opsLogged(p, `"msg":"SIGUSR1 restarts launched workers, and this stickyd launches none; nothing done"`)
