@@ -269,16 +269,32 @@ func (a *api) rollWorkers(w http.ResponseWriter, r *http.Request) {
 	a.log.Info("rolling restart of the workers requested via the admin API", zap.String("remote", r.RemoteAddr), zap.Bool("wait", wait))
 	done := a.src.RollWorkers()
 	if !wait {
-		writeJSON(w, http.StatusAccepted, RollOutcome{Result: RollRequested})
+		select {
+		case out := <-done: // answered at once: stickyd is stopping
+			writeJSON(w, rollStatus(out), out)
+		default:
+			writeJSON(w, http.StatusAccepted, RollOutcome{Result: RollRequested})
+		}
 		return
 	}
 	select {
 	case out := <-done:
-		status := map[string]int{RollDone: http.StatusOK, RollFailed: http.StatusInternalServerError,
-			RollNotStarted: http.StatusConflict, RollStopped: http.StatusServiceUnavailable}[out.Result]
-		writeJSON(w, status, out)
+		writeJSON(w, rollStatus(out), out)
 	case <-r.Context().Done(): // the client left; the rolling restart goes on
 	}
+}
+
+// rollStatus is the HTTP status of a rolling restart's outcome.
+func rollStatus(out RollOutcome) int {
+	switch out.Result {
+	case RollDone:
+		return http.StatusOK
+	case RollNotStarted:
+		return http.StatusConflict
+	case RollStopped:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -63,7 +63,7 @@ func NewCollector(src Source) prometheus.Collector {
 	c.procsTrials = desc("gomaxprocs_trials_total",
 		"Trials of one Go processor fewer that the adaptive GOMAXPROCS made where its CPU thresholds could not decide, by result (dropped: the event loops' work rate held, one fewer stayed; kept: it fell, the processor came back).", "result")
 	c.orphansReaped = desc("orphans_reaped_total",
-		"Exited processes that workers left behind (a wrapper's app, a crashed worker's children), collected by stickyd as their subreaper, or as PID 1 in a container.")
+		"Exited processes that workers left behind (a wrapper's app, a crashed worker's children), collected by stickyd as their subreaper; as PID 1 in a container, any orphan there (docker exec sessions' too).")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c

@@ -203,13 +203,16 @@ func (p *workerProc) stop(log *zap.Logger, timeout time.Duration) {
 	if p.groupGone(t.C) {
 		return
 	}
-	left := reaper.Group(p.pid)
-	if len(left) == 0 {
+	left, err := reaper.Group(p.pid)
+	if err == nil && len(left) == 0 {
 		return // gone meanwhile
 	}
-	log.Warn("worker exited, but processes of its group ignored SIGTERM; killing them",
-		zap.Duration("stop_timeout", timeout), zap.Any("processes", left),
-		zap.String("fix", "let the app exit on SIGTERM once its requests are done (stickyd-worker's listen does); start it without a wrapper that exits first, e.g. [\"node\", \"server.js\"] rather than npm start"))
+	fields := []zap.Field{zap.Duration("stop_timeout", timeout), zap.Any("processes", left),
+		zap.String("fix", "let the app exit on SIGTERM once its requests are done (stickyd-worker's listen does), or raise stop_timeout; a wrapper that exits first (npm start) hides which process it is: run [\"node\", \"server.js\"] instead")}
+	if err != nil {
+		fields = append(fields, zap.NamedError("processes_error", err))
+	}
+	log.Warn("worker exited, but processes of its group did not exit within stop_timeout of SIGTERM; killing them", fields...)
 	p.signal(syscall.SIGKILL)
 }
 
@@ -226,8 +229,10 @@ func (p *workerProc) groupGone(deadline <-chan time.Time) bool {
 		if syscall.Kill(-p.pid, 0) == syscall.ESRCH {
 			return true
 		}
-		if n%10 == 9 && len(reaper.Group(p.pid)) == 0 { // only zombies left
-			return true
+		if n%10 == 9 { // only zombies left? (without /proc, only kill(2) tells)
+			if g, err := reaper.Group(p.pid); err == nil && len(g) == 0 {
+				return true
+			}
 		}
 		select {
 		case <-deadline:
@@ -273,7 +278,9 @@ func (p *workerProc) cleanup(grace time.Duration) {
 func (p *workerProc) logExit(log *zap.Logger, stopping bool) {
 	fields := []zap.Field{zap.Duration("uptime", time.Since(p.started))}
 	ps := p.cmd.ProcessState
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+	if ps == nil { // Wait failed: the status was lost
+		fields = append(fields, zap.String("exit_status", "unknown"))
+	} else if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		fields = append(fields, zap.String("signal", ws.Signal().String()))
 	} else {
 		fields = append(fields, zap.Int("exit_code", ps.ExitCode()))

@@ -223,6 +223,9 @@ func (s *Supervisor) moveTo(w *supervisedWorker, i int) {
 // exitReason says how an exited process ended: its exit code or signal.
 func exitReason(p *workerProc) string {
 	ps := p.cmd.ProcessState
+	if ps == nil { // Wait failed: the status was lost
+		return "exit status unknown"
+	}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		return "signal " + ws.Signal().String()
 	}

@@ -602,7 +602,7 @@ func TestWorkerStopWaitsForAppBehindWrapper(t *testing.T) {
 	if e := h.entries("drained", 0); len(e) != 1 {
 		t.Errorf("the app did not finish its drain (SIGKILLed?); its lines: %v", h.entries("draining", 0))
 	}
-	if e := h.entries("worker exited, but processes of its group ignored SIGTERM; killing them", 0); len(e) != 0 {
+	if e := h.entries("worker exited, but processes of its group did not exit within stop_timeout of SIGTERM; killing them", 0); len(e) != 0 {
 		t.Errorf("escalated: %v", e)
 	}
 	if !pidGone(app) {
@@ -621,7 +621,7 @@ func TestWorkerStopKillsAppBehindWrapperAfterTimeout(t *testing.T) {
 	if err := h.stop(t); err != nil {
 		t.Fatalf("Run = %v", err)
 	}
-	e := h.entries("worker exited, but processes of its group ignored SIGTERM; killing them", 0)
+	e := h.entries("worker exited, but processes of its group did not exit within stop_timeout of SIGTERM; killing them", 0)
 	if len(e) != 1 {
 		t.Fatalf("want one escalation line, got %v", e)
 	}

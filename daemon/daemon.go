@@ -74,13 +74,15 @@ type daemon struct {
 	trials  [2]atomic.Int64     // its trials of one P fewer: kept one fewer, brought it back (countTrial)
 	sup     *backend.Supervisor // nil without [workers]
 	reaping bool                // the reaper runs (startReaper)
-	workers []backend.Spec      // the worker slots as first made; a slot's live address is its Backend's Addr
-	ln      net.Listener
-	lnGroup []net.Listener // the rest of ln's SO_REUSEPORT group, inherited
-	self    *selfAddrs     // what reaches ln; nil until it listens
-	adminLn net.Listener   // nil when admin is off
-	admin   *http.Server
-	budget  fdBudget // connections and pipes under the open-file limit
+	// stopReaper stops the reaper and waits (a no-op when none runs).
+	stopReaper func()
+	workers    []backend.Spec // the worker slots as first made; a slot's live address is its Backend's Addr
+	ln         net.Listener
+	lnGroup    []net.Listener // the rest of ln's SO_REUSEPORT group, inherited
+	self       *selfAddrs     // what reaches ln; nil until it listens
+	adminLn    net.Listener   // nil when admin is off
+	admin      *http.Server
+	budget     fdBudget // connections and pipes under the open-file limit
 	// closings is the engine's count of lingering closes (either engine).
 	closings relay.ClosingCounter
 
@@ -129,7 +131,9 @@ func Run(o Options) error {
 		defer signal.Stop(ch)
 		sigs = ch
 	}
-	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg, rolls: newRollRequests()}
+	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg, rolls: newRollRequests(),
+		stopReaper: func() {}}
+	defer func() { d.stopReaper() }()
 	if d.up, err = newUpgrader(d); err != nil {
 		return err
 	}

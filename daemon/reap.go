@@ -26,7 +26,10 @@ func (d *daemon) startReaper() bool {
 			d.log.Warn("cannot become the workers' subreaper; what they leave behind goes to init", zap.Error(err))
 		}
 	}
-	go reaper.Run(context.Background(), d.log.Named("reaper"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { reaper.Run(ctx, d.log.Named("reaper")); close(done) }()
+	d.stopReaper = func() { cancel(); <-done }
 	return true
 }
 
@@ -45,7 +48,11 @@ func endsContainer() string {
 	if isInit() {
 		return "stickyd is PID 1 (a container's entrypoint)"
 	}
-	if os.Getppid() != 1 {
+	switch os.Getppid() {
+	case 0: // the parent is outside this PID namespace: a runtime's shim
+		return "stickyd is its container's main process (its parent is outside its PID namespace, as with Kubernetes' shareProcessNamespace)"
+	case 1:
+	default:
 		return ""
 	}
 	comm, err := os.ReadFile("/proc/1/comm")

@@ -108,6 +108,12 @@ func (d *daemon) roller(ctx context.Context) {
 		if !ok {
 			continue
 		}
+		if ctx.Err() != nil { // stopping began as this run was asked for
+			for _, c := range waiters {
+				c <- admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+			}
+			return
+		}
 		out := d.roll(ctx)
 		for _, c := range waiters {
 			c <- out

@@ -436,7 +436,13 @@ func testNpmStart(t *testing.T, wrap []string) {
 		}
 		slow <- err
 	}()
-	time.Sleep(200 * time.Millisecond) // the slow request reaches its v1 worker
+	testkit.WaitFor(t, "the slow request at its v1 worker", func() bool {
+		var active int64
+		for _, b := range opsBackends(t, adm) {
+			active += b.Active
+		}
+		return active == 1
+	})
 	deploy("v2")
 	if err := syscall.Kill(stickyd, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
@@ -491,7 +497,7 @@ func testNpmStart(t *testing.T, wrap []string) {
 	if left := liveProcs(-1, groups); len(left) != 0 {
 		t.Errorf("processes left in the workers' groups: %v", left)
 	}
-	if e := logsIn[map[string]any](p.stderr.String(), "worker exited, but processes of its group ignored SIGTERM; killing them"); len(e) != 0 {
+	if e := logsIn[map[string]any](p.stderr.String(), "worker exited, but processes of its group did not exit within stop_timeout of SIGTERM; killing them"); len(e) != 0 {
 		t.Errorf("a node was killed instead of drained: %v", e)
 	}
 }

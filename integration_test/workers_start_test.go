@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -293,4 +294,34 @@ func workerLines(p *proc, msg string, slot int) []map[string]any {
 		}
 	}
 	return out
+}
+
+// TestClusterAppRefusedUnderStickyd: an app moved to stickyd that still
+// forks its own workers with Node's cluster module would share each
+// worker's port among its forks round-robin, and a client's requests would
+// reach different processes. stickyd-worker's listen refuses in the fork,
+// and the reason, with the fix, is in stickyd's log under the worker's
+// slot; the worker is retried with backoff.
+func TestClusterAppRefusedUnderStickyd(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("node is not installed (./test.sh installs it)")
+	}
+	npmExample(t, "socketio", "stickyd-worker/node_modules/proxy-protocol-js") // node/'s dependency installed
+	app, err := filepath.Abs("../node/testdata/clustered.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startStickyd(t, "--workers", "1", "--", "node", app)
+	testkit.WaitFor(t, "the fork's refusal in the log", func() bool {
+		return strings.Contains(p.stderr.String(), "this process is a worker of Node's cluster module (the app calls cluster.fork()), under stickyd") &&
+			len(workerLines(p, "restarting worker", 0)) >= 1
+	})
+	for _, l := range grepLines(p.stderr.String(), "worker of Node's cluster module") {
+		if !strings.Contains(l, `"worker":0`) || !strings.Contains(l, "Fix: remove the cluster.isPrimary / cluster.fork() branch") {
+			t.Errorf("the refusal as logged: %s", l)
+		}
+	}
+	if len(p.readyWorkers()) != 0 {
+		t.Error("a clustered worker was taken as ready")
+	}
 }

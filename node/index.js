@@ -14,6 +14,7 @@
 // is found here: the library has no incremental API, and for v2 it ignores
 // the length field (TLVs, such as the ones stickyd --forward-tlvs passes on,
 // would be taken for the first request's bytes).
+const cluster = require('node:cluster');
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
@@ -226,6 +227,20 @@ function toServer(target) {
   throw new TypeError('stickyd-worker: listen wants an http/https/net server, a socket.io Server attached to one, or an express app');
 }
 
+// notClustered refuses a server in a worker of Node's cluster module under
+// stickyd: the app still forks its own workers (cluster.fork), so this
+// process's listen goes through its cluster primary, which shares the port
+// among its forks round-robin. A client's requests would then reach
+// different processes (socket.io: "Session ID unknown", 400), and nothing
+// else would say why.
+function notClustered(env) {
+  if (!cluster.isWorker || env.STICKYD_WORKER_ID === undefined) return;
+  throw new Error('stickyd-worker: this process is a worker of Node\'s cluster module (the app calls cluster.fork()), ' +
+    'under stickyd, which starts the workers itself. cluster would share this worker\'s port among its own forks, round-robin, ' +
+    'and send one client\'s requests to different processes. Fix: remove the cluster.isPrimary / cluster.fork() branch and ' +
+    'keep the worker branch alone; stickyd --workers N (or [workers] count) is the number of workers (see MIGRATING.md).');
+}
+
 // where returns the listen arguments stickyd's environment asks for.
 function where(env, asked) {
   if (env.SOCKET) return [env.SOCKET];
@@ -267,7 +282,9 @@ function listen(target, ...args) {
   const callback = typeof args[0] === 'function' ? args[0] : undefined;
   const server = toServer(target);
   const log = options.log || ((line) => console.error(line));
-  const at = where(options.env || process.env, asked);
+  const env = options.env || process.env;
+  notClustered(env);
+  const at = where(env, asked);
   if (options.proxyHeader !== false) acceptProxy(server, options);
   if (options.shutdown !== false) onSIGTERM(server, log);
   if (at.length === 1) fs.rmSync(at[0], { force: true }); // a dead worker's socket file

@@ -42,9 +42,11 @@ import (
 
 var (
 	mu    sync.Mutex
-	owned = map[int]struct{}{} // children that a Wait of stickyd's own collects
+	owned = map[int]*exec.Cmd{} // children that a Wait of stickyd's own collects
 	// reaped counts the orphans collected (Reaped).
 	reaped atomic.Int64
+	// procWarned is set once Collect has said that /proc cannot be read.
+	procWarned atomic.Bool
 )
 
 // Start starts cmd, and leaves the collection of its exit status to Wait.
@@ -54,7 +56,7 @@ func Start(cmd *exec.Cmd) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	owned[cmd.Process.Pid] = struct{}{}
+	owned[cmd.Process.Pid] = cmd
 	return nil
 }
 
@@ -62,7 +64,9 @@ func Start(cmd *exec.Cmd) error {
 func Wait(cmd *exec.Cmd) error {
 	err := cmd.Wait()
 	mu.Lock()
-	delete(owned, cmd.Process.Pid)
+	if owned[cmd.Process.Pid] == cmd { // not a later child that got the pid since
+		delete(owned, cmd.Process.Pid)
+	}
 	mu.Unlock()
 	return err
 }
@@ -96,22 +100,31 @@ func Run(ctx context.Context, log *zap.Logger) {
 
 // Collect collects, once, the zombie children of self that no Start
 // registered, and returns how many. Run calls it at every SIGCHLD.
+//
+// The scan of /proc runs without the lock (it may be long on a busy host,
+// and Start and Wait must not wait for it); each zombie is checked and
+// collected under it. That is safe: the pid of a zombie nobody registered
+// cannot be reused before it is collected, which only Collect does, and a
+// child is registered before Start lets go of the lock.
 func Collect(self int, log *zap.Logger) int {
-	mu.Lock()
-	defer mu.Unlock()
 	zombies, err := zombieChildren(self)
 	if err != nil {
-		log.Warn("reaper: cannot list child processes; orphans of the workers are not collected",
-			zap.Error(err), zap.String("fix", "mount /proc (a container runtime does)"))
+		if !procWarned.Swap(true) {
+			log.Warn("reaper: cannot list child processes; orphans of the workers are not collected",
+				zap.Error(err), zap.String("fix", "mount /proc (a container runtime does)"))
+		}
 		return 0
 	}
 	n := 0
 	for _, z := range zombies {
+		mu.Lock()
 		if _, ok := owned[z.pid]; ok {
+			mu.Unlock()
 			continue
 		}
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(z.pid, &ws, unix.WNOHANG, nil)
+		mu.Unlock()
 		if err != nil || pid != z.pid {
 			continue // collected meanwhile (it was not ours to collect), or not a zombie yet
 		}
@@ -200,10 +213,11 @@ func readStat(pid int) (stat, error) {
 
 // Group lists the processes of process group pgid that have not exited
 // (zombies left out), with their command names: what a worker left running.
-func Group(pgid int) map[int]string {
+// The error is that of reading /proc.
+func Group(pgid int) (map[int]string, error) {
 	names, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	out := map[int]string{}
 	for _, e := range names {
@@ -215,5 +229,5 @@ func Group(pgid int) map[int]string {
 			out[pid] = st.comm
 		}
 	}
-	return out
+	return out, nil
 }

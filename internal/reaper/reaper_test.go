@@ -137,13 +137,14 @@ func TestGroupAndOddCommandNames(t *testing.T) {
 		// The sleeps, orphaned, are the test process's to collect.
 		waitFor(t, "the orphans collected", func() bool {
 			Collect(os.Getpid(), zap.NewNop())
-			return len(zombiesNow(t)) == 0 && len(Group(cmd.Process.Pid)) == 0
+			g, err := Group(cmd.Process.Pid)
+			return err == nil && len(zombiesNow(t)) == 0 && len(g) == 0
 		})
 	}()
 	var g map[int]string
 	waitFor(t, "three processes in the group", func() bool {
-		g = Group(cmd.Process.Pid)
-		return len(g) == 3
+		g, err = Group(cmd.Process.Pid)
+		return err == nil && len(g) == 3
 	})
 	names := map[string]int{}
 	for _, c := range g {
@@ -152,7 +153,7 @@ func TestGroupAndOddCommandNames(t *testing.T) {
 	if names["sh"] != 1 || names["sleep"] != 1 || names["a) b (c"] != 1 {
 		t.Fatalf("group %v: want sh, sleep and %q", g, "a) b (c")
 	}
-	if g := Group(1 << 30); len(g) != 0 {
+	if g, err := Group(1 << 30); err != nil || len(g) != 0 {
 		t.Fatalf("a group that does not exist: %v", g)
 	}
 }

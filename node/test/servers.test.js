@@ -247,3 +247,23 @@ test('the header timeout is a deadline: a byte every 100 ms does not keep the co
   assert.ok(Date.now() - started < 100 * (line.length - 2), `closed after ${Date.now() - started} ms`);
   assert.match(lines[0], /PROXY header timeout/);
 });
+
+// withoutStickyd is env as if stickyd had not started the process.
+function withoutStickyd(env) {
+  delete env.STICKYD_WORKER_ID;
+  delete env.STICKYD_WORKERS;
+  return env;
+}
+
+test('a worker of Node\'s cluster under stickyd: listen refuses, naming cluster.fork and the fix', async () => {
+  const { spawnSync } = require('node:child_process');
+  const r = spawnSync(process.execPath, [path.join(__dirname, '../testdata/clustered.js')],
+    { env: { ...process.env, PORT: '0', STICKYD_WORKER_ID: '0', STICKYD_WORKERS: '1' }, encoding: 'utf8', timeout: 10000 });
+  assert.match(r.stdout, /fork exited 1/);
+  assert.match(r.stderr, /this process is a worker of Node's cluster module \(the app calls cluster\.fork\(\)\), under stickyd/);
+  assert.match(r.stderr, /Fix: remove the cluster\.isPrimary \/ cluster\.fork\(\) branch/);
+  // Not under stickyd (no STICKYD_WORKER_ID): cluster is the app's business.
+  const free = spawnSync(process.execPath, [path.join(__dirname, '../testdata/clustered.js')],
+    { env: withoutStickyd({ ...process.env, PORT: '0' }), encoding: 'utf8', timeout: 10000 });
+  assert.match(free.stdout, /fork exited 0/, free.stderr);
+});
