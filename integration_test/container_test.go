@@ -93,125 +93,164 @@ func buildImageTree(t *testing.T, dockerfile string) *imageTree {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := &imageTree{root: t.TempDir()}
-	var stage, builtAt, buildStage string
+	b := &imageBuilder{t: t, file: dockerfile, img: &imageTree{root: t.TempDir()},
+		workdir: map[string]string{}, from: map[string]string{}}
 	finals := 0
-	workdir := map[string]string{}
-	from := map[string]string{} // image dir -> the repository dir its files came from
-	mustCopy := func(from, to string) {
-		b, err := os.ReadFile(from)
-		if err != nil {
-			t.Fatalf("%s: COPY %v", dockerfile, err)
-		}
-		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(to, b, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, line := range strings.Split(strings.ReplaceAll(string(src), "\\\n", " "), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || line[0] == '#' {
 			continue
 		}
 		instr, rest, _ := strings.Cut(line, " ")
-		args := opsWords(rest)
-		if strings.ToUpper(instr) == "FROM" {
-			stage = ""
+		instr, args := strings.ToUpper(instr), opsWords(rest)
+		switch {
+		case instr == "FROM":
+			b.stage = ""
 			if len(args) == 3 && strings.EqualFold(args[1], "AS") {
-				stage = args[2]
+				b.stage = args[2]
 			} else {
 				finals++
 			}
-			continue
-		}
-		wd := workdir[stage]
-		abs := func(p string) string {
-			if path.IsAbs(p) {
-				return p
-			}
-			return path.Join(wd, p)
-		}
-		if stage != "" { // a build stage: where it leaves the binary
-			switch strings.ToUpper(instr) {
-			case "WORKDIR":
-				workdir[stage] = abs(args[0])
-			case "RUN":
-				for i, w := range args {
-					if w == "-o" && i+1 < len(args) && slices.Contains(args, "build") {
-						builtAt, buildStage = abs(args[i+1]), stage
-					}
-				}
-			}
-			continue
-		}
-		switch strings.ToUpper(instr) {
-		case "WORKDIR":
-			workdir[stage] = abs(args[0])
-			img.workdir = workdir[stage]
-		case "COPY":
-			if f, ok := strings.CutPrefix(args[0], "--from="); ok {
-				if f != buildStage || args[1] != builtAt || len(args) != 3 {
-					t.Fatalf("%s: %q: the build stage %q leaves the binary at %s", dockerfile, line, buildStage, builtAt)
-				}
-				mustCopy(stickydBin, img.host(args[2]))
-				continue
-			}
-			srcs, dst := args[:len(args)-1], abs(args[len(args)-1])
-			for _, s := range srcs {
-				to := dst
-				if strings.HasSuffix(args[len(args)-1], "/") {
-					to = path.Join(dst, path.Base(s))
-				} else if len(srcs) > 1 {
-					t.Fatalf("%s: %q: several files to one without a trailing /", dockerfile, line)
-				}
-				mustCopy(filepath.Join("..", s), img.host(to))
-				from[path.Dir(to)] = path.Dir(s)
-				img.copied = append(img.copied, to)
-			}
-		case "RUN":
-			m := regexp.MustCompile(`^cd (\S+) && npm ci --omit=dev( |$)`).FindStringSubmatch(rest)
-			if m == nil {
-				t.Fatalf("%s: RUN %q: the test knows only `cd DIR && npm ci --omit=dev` in the final stage", dockerfile, rest)
-			}
-			dir := abs(m[1])
-			repoDir, ok := from[dir]
-			if !ok {
-				t.Fatalf("%s: npm ci in %s, where nothing was copied", dockerfile, dir)
-			}
-			for _, f := range []string{"package.json", "package-lock.json"} {
-				if _, err := os.Stat(img.host(path.Join(dir, f))); err != nil {
-					t.Fatalf("%s: npm ci in %s without %s copied first", dockerfile, dir, f)
-				}
-			}
-			modules, err := filepath.Abs(filepath.Join("..", repoDir, "node_modules"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(modules, img.host(path.Join(dir, "node_modules"))); err != nil {
-				t.Fatal(err)
-			}
-		case "ENV":
-			img.env = append(img.env, args...)
-		case "USER":
-			img.user = args[0]
-		case "STOPSIGNAL":
-			img.stopSignal = args[0]
-		case "EXPOSE":
-			img.expose = args
-		case "ENTRYPOINT":
-			if err := json.Unmarshal([]byte(rest), &img.entrypoint); err != nil {
-				t.Fatalf("%s: ENTRYPOINT %s: %v (the exec form, so that stickyd is PID 1)", dockerfile, rest, err)
-			}
+		case b.stage != "":
+			b.buildStep(instr, args)
 		default:
-			t.Fatalf("%s: %s: the test does not know this instruction", dockerfile, instr)
+			b.finalStep(instr, rest, args)
 		}
 	}
-	if finals != 1 || builtAt == "" {
-		t.Fatalf("%s: want one build stage with go build -o and one final stage (got %d final, binary at %q)", dockerfile, finals, builtAt)
+	if finals != 1 || b.builtAt == "" {
+		t.Fatalf("%s: want one build stage with go build -o and one final stage (got %d final, binary at %q)", dockerfile, finals, b.builtAt)
 	}
-	return img
+	return b.img
+}
+
+// imageBuilder follows a Dockerfile's stages for buildImageTree.
+type imageBuilder struct {
+	t                   *testing.T
+	file                string
+	img                 *imageTree
+	stage               string            // the current stage's name; "" for the final one
+	workdir             map[string]string // per stage
+	builtAt, buildStage string            // where the build stage leaves the binary
+	from                map[string]string // image dir -> the repository dir its files came from
+}
+
+// abs resolves image path p against the current stage's WORKDIR.
+func (b *imageBuilder) abs(p string) string {
+	if path.IsAbs(p) {
+		return p
+	}
+	return path.Join(b.workdir[b.stage], p)
+}
+
+// buildStep follows a build stage: its WORKDIR and its go build -o.
+func (b *imageBuilder) buildStep(instr string, args []string) {
+	switch instr {
+	case "WORKDIR":
+		b.workdir[b.stage] = b.abs(args[0])
+	case "RUN":
+		for i, w := range args {
+			if w == "-o" && i+1 < len(args) && slices.Contains(args, "build") {
+				b.builtAt, b.buildStage = b.abs(args[i+1]), b.stage
+			}
+		}
+	}
+}
+
+// finalStep carries out one instruction of the final stage in the tree.
+func (b *imageBuilder) finalStep(instr, rest string, args []string) {
+	t, img := b.t, b.img
+	switch instr {
+	case "WORKDIR":
+		b.workdir[b.stage] = b.abs(args[0])
+		img.workdir = b.workdir[b.stage]
+	case "COPY":
+		b.copyStep(args)
+	case "RUN":
+		b.npmCI(rest)
+	case "ENV":
+		img.env = append(img.env, args...)
+	case "USER":
+		img.user = args[0]
+	case "STOPSIGNAL":
+		img.stopSignal = args[0]
+	case "EXPOSE":
+		img.expose = args
+	case "ENTRYPOINT":
+		if err := json.Unmarshal([]byte(rest), &img.entrypoint); err != nil {
+			t.Fatalf("%s: ENTRYPOINT %s: %v (the exec form, so that stickyd is PID 1)", b.file, rest, err)
+		}
+	default:
+		t.Fatalf("%s: %s: the test does not know this instruction", b.file, instr)
+	}
+}
+
+// copyStep copies the binary the build stage made (COPY --from), or the
+// repository's files, into the tree.
+func (b *imageBuilder) copyStep(args []string) {
+	t := b.t
+	if f, ok := strings.CutPrefix(args[0], "--from="); ok {
+		if f != b.buildStage || len(args) != 3 || args[1] != b.builtAt {
+			t.Fatalf("%s: COPY %v: the build stage %q leaves the binary at %s", b.file, args, b.buildStage, b.builtAt)
+		}
+		b.put(stickydBin, args[2])
+		return
+	}
+	srcs, dst := args[:len(args)-1], b.abs(args[len(args)-1])
+	intoDir := strings.HasSuffix(args[len(args)-1], "/")
+	if len(srcs) > 1 && !intoDir {
+		t.Fatalf("%s: COPY %v: several files to one without a trailing /", b.file, args)
+	}
+	for _, s := range srcs {
+		to := dst
+		if intoDir {
+			to = path.Join(dst, path.Base(s))
+		}
+		b.put(filepath.Join("..", s), to)
+		b.from[path.Dir(to)] = path.Dir(s)
+		b.img.copied = append(b.img.copied, to)
+	}
+}
+
+// put copies the file at from to image path to.
+func (b *imageBuilder) put(from, to string) {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		b.t.Fatalf("%s: COPY %v", b.file, err)
+	}
+	to = b.img.host(to)
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		b.t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o755); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// npmCI stands for `cd DIR && npm ci --omit=dev`: DIR's node_modules is a
+// link to those test.sh installed where DIR's files came from.
+func (b *imageBuilder) npmCI(run string) {
+	t := b.t
+	m := regexp.MustCompile(`^cd (\S+) && npm ci --omit=dev( |$)`).FindStringSubmatch(run)
+	if m == nil {
+		t.Fatalf("%s: RUN %q: the test knows only `cd DIR && npm ci --omit=dev` in the final stage", b.file, run)
+	}
+	dir := b.abs(m[1])
+	repoDir, ok := b.from[dir]
+	if !ok {
+		t.Fatalf("%s: npm ci in %s, where nothing was copied", b.file, dir)
+	}
+	for _, f := range []string{"package.json", "package-lock.json"} {
+		if _, err := os.Stat(b.img.host(path.Join(dir, f))); err != nil {
+			t.Fatalf("%s: npm ci in %s without %s copied first", b.file, dir, f)
+		}
+	}
+	modules, err := filepath.Abs(filepath.Join("..", repoDir, "node_modules"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(modules, b.img.host(path.Join(dir, "node_modules"))); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // command returns the ENTRYPOINT as it runs here: the program found on
