@@ -17,7 +17,7 @@ type collector struct {
 	logLinesDropped, handshakes, moves, sheds, loopBusy, loops *prometheus.Desc
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
-	orphansReaped                                              *prometheus.Desc
+	orphansReaped, workerMemory, workerMemoryReplacements      *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -62,6 +62,10 @@ func NewCollector(src Source) prometheus.Collector {
 		"The most Go processors the adaptive GOMAXPROCS may use now: the event loops, or the CPU limit (CPUs, affinity mask, cgroup quota, as the Go runtime reads them) when lower. go_sched_gomaxprocs_threads is the number in use.")
 	c.procsTrials = desc("gomaxprocs_trials_total",
 		"Trials of one Go processor fewer that the adaptive GOMAXPROCS made where its CPU thresholds could not decide, by result (dropped: the event loops' work rate held, one fewer stayed; kept: it fell, the processor came back).", "result")
+	c.workerMemory = desc("worker_memory_bytes",
+		"Resident memory of the launched worker's process group (summed over its processes), read every 5 s; 0 while it is not ready.", "worker")
+	c.workerMemoryReplacements = desc("worker_memory_replacements_total",
+		"Launched workers replaced, without downtime, for staying above workers.max_memory.", "worker")
 	c.orphansReaped = desc("orphans_reaped_total",
 		"Exited processes that workers left behind (a wrapper's app, a crashed worker's children), collected by stickyd as their subreaper; as PID 1 in a container, any orphan there (docker exec sessions' too).")
 	c.closesStalled = desc("closes_stalled_total",
@@ -74,7 +78,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
-		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped} {
+		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped, c.workerMemory, c.workerMemoryReplacements} {
 		ch <- d
 	}
 }
@@ -146,6 +150,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for _, w := range sup.Slots() {
 			counter(c.workerRestarts, sup.Restarts(w.Slot), w.Name)
 			counter(c.workerReplacements, sup.Replacements(w.Slot), w.Name)
+			gauge(c.workerMemory, sup.Memory(w.Slot), w.Name)
+			counter(c.workerMemoryReplacements, sup.MemoryReplacements(w.Slot), w.Name)
 		}
 	}
 }

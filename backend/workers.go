@@ -73,6 +73,10 @@ type WorkerConfig struct {
 	// opens each readiness probe; 0 sends none. The daemon sets it like a
 	// health check's (health.send_proxy, defaulting to send_proxy).
 	SendProxy byte
+	// MaxMemory, in bytes: a worker whose process group's resident memory
+	// stays above it is replaced without downtime (workers_memory.go).
+	// Zero: no limit (the memory is still read, for Memory).
+	MaxMemory int64
 	// Handoff, in the process that a zero-downtime upgrade started, is
 	// where the old process's workers listen (its Supervisor's Handoff):
 	// each slot's worker starts on the slot's other address.
@@ -189,6 +193,10 @@ type workerTiming struct {
 	// retireAfter: how long a worker replaced in a rolling restart keeps
 	// running, after its slot has moved, before it gets SIGTERM
 	retireAfter time.Duration
+	// memoryEvery: time between readings of the workers' memory;
+	// memoryRetry: a slot's wait after a worker over MaxMemory was not
+	// replaced (over it since its start) or its replacement failed
+	memoryEvery, memoryRetry time.Duration
 }
 
 var defaultWorkerTiming = workerTiming{
@@ -200,6 +208,8 @@ var defaultWorkerTiming = workerTiming{
 	outputGrace:    2 * time.Second,
 	misplacedAfter: time.Second,
 	retireAfter:    time.Second,
+	memoryEvery:    5 * time.Second,
+	memoryRetry:    time.Minute,
 }
 
 // supervisedWorker is the per-slot state. Only the slot's supervise
@@ -217,6 +227,31 @@ type supervisedWorker struct {
 	retiree                *workerProc     // the last process replaced, stopping or stopped
 	everReady              bool            // a worker of the slot has been ready
 	restarts, replacements atomic.Int64
+	// pid is the ready worker's (0 while none is), rss its memory at the
+	// last reading; memHigh tells serve of a reading over MaxMemory;
+	// memRetryAt is when the slot may try a memory replacement again.
+	pid, rss        atomic.Int64
+	memHigh         chan memoryReading
+	memRetryAt      time.Time
+	memReplacements atomic.Int64
+}
+
+// setReady records p as w's ready worker (nil: none), whose memory the
+// supervisor reads; a reading of an earlier process left pending is
+// dropped.
+func (w *supervisedWorker) setReady(p *workerProc) {
+	var pid int64
+	if p != nil {
+		pid = int64(p.pid)
+	}
+	w.pid.Store(pid)
+	if p == nil {
+		w.rss.Store(0)
+	}
+	select {
+	case <-w.memHigh:
+	default:
+	}
 }
 
 // at is the address w's worker listens on.
@@ -275,9 +310,11 @@ type Supervisor struct {
 	mu            sync.Mutex // guards each slot's Address
 	// rolling is set while RollingRestart runs; retiring counts the
 	// replaced processes still stopping; done is closed when Run returns.
-	rolling  atomic.Bool
-	retiring sync.WaitGroup
-	done     chan struct{}
+	rolling atomic.Bool
+	// handingOff is set while an upgrade holds the workers (Handoff).
+	handingOff atomic.Bool
+	retiring   sync.WaitGroup
+	done       chan struct{}
 }
 
 // NewSupervisor validates cfg and prepares one slot per worker; no process
@@ -338,7 +375,8 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 	base := cfg.baseEnv()
 	n := cfg.count()
 	for i := range n {
-		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: WorkerName(i)}, replace: make(chan chan error, 1)}
+		w := &supervisedWorker{slot: WorkerSlot{Slot: i, Name: WorkerName(i)}, replace: make(chan chan error, 1),
+			memHigh: make(chan memoryReading, 1)}
 		env := append([]string(nil), base...)
 		env = append(env, "STICKYD_WORKER_ID="+strconv.Itoa(i), "STICKYD_WORKERS="+strconv.Itoa(n))
 		if cfg.SocketDir != "" {
@@ -492,6 +530,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for _, w := range s.workers {
 		wg.Go(func() { s.supervise(ctx, sp, w) })
 	}
+	wg.Go(func() { s.watchMemory(ctx) })
 	wg.Wait()
 	s.retiring.Wait()
 	s.mu.Lock() // Handoff may give reservations up meanwhile
@@ -574,7 +613,9 @@ func (s *Supervisor) runOnce(ctx context.Context, sp *workerSpawner, w *supervis
 		log.Info("worker ready", zap.String("address", a.address),
 			zap.Duration("startup", readyAt.Sub(p.started)))
 		s.onState(w.slot.Slot, true)
+		w.setReady(p)
 		p, log, readyAt = s.serve(ctx, sp, w, p, log, readyAt)
+		w.setReady(nil)
 		s.onState(w.slot.Slot, false)
 	case workerStartTimeout:
 		log.Error("worker not ready within startup timeout, killing it",
@@ -608,11 +649,18 @@ func (s *Supervisor) serve(ctx context.Context, sp *workerSpawner, w *supervised
 			p.stop(log, s.cfg.stopTimeout())
 			return p, log, readyAt
 		case done := <-w.replace:
-			np, nlog, err := s.replaceWorker(ctx, sp, w, p, log)
+			np, nlog, err := s.replaceWorker(ctx, sp, w, p, log, "rolling restart")
 			if err == nil {
+				w.replacements.Add(1)
 				p, log, readyAt = np, nlog, time.Now()
+				w.setReady(p)
 			}
 			done <- err
+		case m := <-w.memHigh:
+			if np, nlog, ok := s.replaceForMemory(ctx, sp, w, p, log, m); ok {
+				p, log, readyAt = np, nlog, time.Now()
+				w.setReady(p)
+			}
 		}
 	}
 }

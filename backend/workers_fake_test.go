@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 //	FAKE_CRASH_AFTER=<path> if the file exists, listen, then exit 4 50 ms later
 //	FAKE_IGNORE_TERM_ID=<id> the worker with that id ignores SIGTERM
 //	FAKE_DRAIN=<duration>   on SIGTERM, print "draining", wait that long, print "drained", exit 0
+//	FAKE_GROW_AT_START=<n>  hold n MiB before listening
 //	FAKE_LONG_LINE=<n>      print a line of n 'x' to stdout at start
 //	FAKE_PID_DIR=<dir>      write the pid to <dir>/<id>.pid at start
 //	FAKE_WRONG_PORT=1       listen on 127.0.0.1:0 instead of PORT
@@ -33,7 +35,8 @@ import (
 //
 // It always prints "pid=<pid>" to stdout and "hello from stderr" to stderr.
 // A client of its listener may send one line: "env" is answered with a JSON
-// fakeEnv, "crash" makes the worker exit 3.
+// fakeEnv, "crash" makes the worker exit 3, "grow N" makes it hold N MiB
+// more (answered "grown").
 const fakeWorkerEnv = "STICKYD_FAKE_WORKER"
 
 func init() {
@@ -102,6 +105,11 @@ func fakeWorker() int {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	if n := os.Getenv("FAKE_GROW_AT_START"); n != "" {
+		var mib int
+		fmt.Sscan(n, &mib)
+		grow(mib)
+	}
 	ln, err := fakeListen()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
@@ -121,6 +129,23 @@ func fakeWorker() int {
 	}
 }
 
+// leaked holds what grow allocated.
+var (
+	leakedMu sync.Mutex
+	leaked   [][]byte
+)
+
+// grow makes the worker hold mib MiB more, touched so that it is resident.
+func grow(mib int) {
+	b := make([]byte, mib<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	leakedMu.Lock()
+	leaked = append(leaked, b)
+	leakedMu.Unlock()
+}
+
 func fakeListen() (net.Listener, error) {
 	if s := os.Getenv("SOCKET"); s != "" {
 		return net.Listen("unix", s)
@@ -137,7 +162,15 @@ func fakeServe(c net.Conn) {
 	if err != nil {
 		return
 	}
-	switch strings.TrimSpace(line) {
+	cmd := strings.TrimSpace(line)
+	if n, ok := strings.CutPrefix(cmd, "grow "); ok { // a leak of n MiB, touched so that it is resident
+		var mib int
+		fmt.Sscan(n, &mib)
+		grow(mib)
+		fmt.Fprintln(c, "grown")
+		return
+	}
+	switch cmd {
 	case "crash":
 		os.Exit(3)
 	case "env":

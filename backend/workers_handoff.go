@@ -80,6 +80,7 @@ func (s *Supervisor) Handoff() (h Handoff, release func(), err error) {
 	if !s.rolling.CompareAndSwap(false, true) {
 		return h, nil, fmt.Errorf("%w: upgrade once it is over", ErrRollingRestartRunning)
 	}
+	s.handingOff.Store(true) // and no memory replacement either
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, w := range s.workers {
@@ -91,5 +92,5 @@ func (s *Supervisor) Handoff() (h Handoff, release func(), err error) {
 	if s.cfg.PortBase == 0 && s.cfg.SocketDir == "" {
 		h.Base = s.workers[0].addrs[0].port
 	}
-	return h, func() { s.rolling.Store(false) }, nil
+	return h, func() { s.handingOff.Store(false); s.rolling.Store(false) }, nil
 }

@@ -132,7 +132,7 @@ func (s *Supervisor) answerPending(w *supervisedWorker) {
 // listened, then crashed), the slot moves back to old and an error says
 // so. Otherwise old is stopped in the background, and replaceWorker
 // returns the replacement and its logger. On an error old still serves.
-func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *supervisedWorker, old *workerProc, oldLog *zap.Logger) (*workerProc, *zap.Logger, error) {
+func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *supervisedWorker, old *workerProc, oldLog *zap.Logger, why string) (*workerProc, *zap.Logger, error) {
 	if w.altErr != nil {
 		return nil, nil, fmt.Errorf("no address for a replacement: %w", w.altErr)
 	}
@@ -198,9 +198,8 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 				time.Since(ready).Round(time.Millisecond), exitReason(p), old.pid)
 		}
 	}
-	w.replacements.Add(1)
 	log.Info("worker replaced", zap.String("address", a.address), zap.Int("old_pid", old.pid),
-		zap.Duration("startup", ready.Sub(p.started)))
+		zap.Duration("startup", ready.Sub(p.started)), zap.String("reason", why))
 	w.retiree = old
 	s.retiring.Go(func() {
 		old.stop(oldLog, s.cfg.stopTimeout())

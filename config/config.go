@@ -191,7 +191,40 @@ type Workers struct {
 	StartupTimeout Duration `toml:"startup_timeout"`
 	// StopTimeout is the SIGTERM-to-SIGKILL grace. Default 10s.
 	StopTimeout Duration `toml:"stop_timeout"`
+	// MaxMemory: a worker whose memory (the resident set of its process
+	// group) stays above it is replaced without downtime, as a rolling
+	// restart replaces it ("512MiB"). 0 (the default): no limit.
+	MaxMemory ByteSize `toml:"max_memory"`
 }
+
+// ByteSize is a size in bytes written with a unit: "512MiB", "1.5GiB",
+// "600MB" (KiB, MiB, GiB are powers of 1024; KB, MB, GB of 1000; B or
+// none, bytes).
+type ByteSize int64
+
+// UnmarshalText parses a size with its unit.
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	s := strings.TrimSpace(string(text))
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.TrimSpace(s[i:])
+	}
+	mult, ok := map[string]float64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+		"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[unit]
+	v, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || num == "" {
+		return fmt.Errorf("want a size such as \"512MiB\" or \"1GiB\" (units B, KB, MB, GB, KiB, MiB, GiB), got %q", s)
+	}
+	if v*mult >= 1<<62 {
+		return fmt.Errorf("size %q is too large", s)
+	}
+	*b = ByteSize(v * mult)
+	return nil
+}
+
+// MarshalText formats the size in bytes.
+func (b ByteSize) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(b), 10) + "B"), nil }
 
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }

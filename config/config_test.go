@@ -216,3 +216,36 @@ func TestUnknownEnvs(t *testing.T) {
 		t.Errorf("UnknownEnvs = %+v, want %+v", got, want)
 	}
 }
+
+// max_memory takes a size with its unit, and refuses what is not one or
+// is too small to run any worker.
+func TestWorkersMaxMemory(t *testing.T) {
+	for _, tc := range []struct {
+		v    string
+		want int64
+		err  string
+	}{
+		{`"512MiB"`, 512 << 20, ""},
+		{`"1.5GiB"`, 3 << 29, ""},
+		{`"600MB"`, 600e6, ""},
+		{`"0"`, 0, ""},
+		{`"12MiB"`, 0, "want at least 32MiB"},
+		{`"lots"`, 0, `want a size such as "512MiB"`},
+		{`"5 parsecs"`, 0, `want a size such as "512MiB"`},
+		{`512`, 0, "workers.max_memory"},
+	} {
+		src := "[workers]\ncommand = [\"x\"]\nmax_memory = " + tc.v + "\n"
+		cfg, err := Load(strings.NewReader(src))
+		if err == nil {
+			err = cfg.Validate()
+		}
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("max_memory = %s: %v", tc.v, err)
+		case tc.err == "" && int64(cfg.Workers.MaxMemory) != tc.want:
+			t.Errorf("max_memory = %s: %d bytes, want %d", tc.v, cfg.Workers.MaxMemory, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "line 3")):
+			t.Errorf("max_memory = %s: error %v, want one with %q on line 3", tc.v, err, tc.err)
+		}
+	}
+}

@@ -233,6 +233,9 @@ func (c *Config) checkWorkers(withCommand bool) error {
 	if w.PortBase != 0 && w.SocketDir != "" {
 		return c.errorf("workers.socket_dir", "give port_base or socket_dir, not both")
 	}
+	if w.MaxMemory != 0 && w.MaxMemory < minMaxMemory {
+		return c.errorf("workers.max_memory", "want at least 32MiB (a Node worker alone takes about 40MiB), or 0 for no limit; got %d bytes", w.MaxMemory)
+	}
 	if w.PortBase < 0 || w.PortBase+w.WorkerCount()-1 > 65535 {
 		return c.errorf("workers.port_base", "want 1..65535 for the first worker's port (0 or unset: free ports chosen at start), and room for %d workers; got %d",
 			w.WorkerCount(), w.PortBase)
@@ -377,3 +380,7 @@ func keyOf(e *unstable.Node, nl []int) (string, int) {
 	}
 	return strings.Join(parts, "."), line
 }
+
+// minMaxMemory is the least workers.max_memory: below it every worker
+// would be over the limit from its start.
+const minMaxMemory = 32 << 20

@@ -231,3 +231,38 @@ func Group(pgid int) (map[int]string, error) {
 	}
 	return out, nil
 }
+
+// GroupsRSS returns the resident memory, in bytes, of each of the process
+// groups pgids: the sum over the group's processes (pages they share, such
+// as a wrapper's and its app's libraries, count once for each). Groups
+// with no process are left out. The error is that of reading /proc.
+func GroupsRSS(pgids map[int]bool) (map[int]int64, error) {
+	names, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	page := int64(os.Getpagesize())
+	out := map[int]int64{}
+	for _, e := range names {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil || !pgids[st.pgrp] {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/statm") // size resident shared ...
+		if err != nil {
+			continue // gone meanwhile
+		}
+		f := bytes.Fields(b)
+		if len(f) < 2 {
+			continue
+		}
+		if pages, err := strconv.ParseInt(string(f[1]), 10, 64); err == nil {
+			out[st.pgrp] += pages * page
+		}
+	}
+	return out, nil
+}

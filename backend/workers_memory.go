@@ -1,0 +1,141 @@
+package backend
+
+import (
+	"context"
+	"time"
+
+	"github.com/stickyd/stickyd/internal/reaper"
+	"go.uber.org/zap"
+)
+
+// Memory. Every memoryEvery the supervisor reads the resident memory of
+// each ready worker's process group (Memory; the metric). With MaxMemory
+// set, a worker above it at memoryOverChecks readings in a row is replaced
+// as a rolling restart replaces it: the replacement starts on the slot's
+// other address, takes the slot's new connections once it listens, and
+// the old worker drains (stop_timeout). No client is refused or moves to
+// another slot: the zero-downtime answer to a leak, where a cgroup's OOM
+// killer would cut every connection of the worker it picks.
+//
+// A worker that was over the limit at every reading since it became
+// ready is not replaced: its replacement would be over it as soon, so the
+// limit is below what the app needs, and an error line says to raise it.
+// After that, or after a replacement that failed (the app on disk does not
+// start), the slot waits memoryRetry before the next try. While an upgrade
+// hands the workers over, none is replaced.
+
+// memoryReading is a slot's worker over MaxMemory: its pid and bytes,
+// and whether it has been over the limit since it became ready.
+type memoryReading struct {
+	pid       int
+	rss       int64
+	fromStart bool
+}
+
+// Memory returns the resident memory of the slot's worker (its process
+// group) at the last reading, in bytes; 0 while it is not ready, or for
+// an unknown slot.
+func (s *Supervisor) Memory(slot int) int64 {
+	if slot < 0 || slot >= len(s.workers) {
+		return 0
+	}
+	return s.workers[slot].rss.Load()
+}
+
+// MemoryReplacements returns how many times the slot's worker was
+// replaced for being over MaxMemory; 0 for an unknown slot.
+func (s *Supervisor) MemoryReplacements(slot int) int64 {
+	if slot < 0 || slot >= len(s.workers) {
+		return 0
+	}
+	return s.workers[slot].memReplacements.Load()
+}
+
+// watchMemory reads the workers' memory every memoryEvery until ctx ends,
+// and tells a slot whose worker stays over MaxMemory (its memHigh).
+func (s *Supervisor) watchMemory(ctx context.Context) {
+	every := s.timing.memoryEvery
+	if every <= 0 {
+		every = defaultWorkerTiming.memoryEvery
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	over := make([]int, len(s.workers))      // readings in a row above the limit
+	belowSeen := make([]int, len(s.workers)) // the pid last read at or below the limit
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		groups := map[int]bool{}
+		for _, w := range s.workers {
+			if pid := w.pid.Load(); pid != 0 {
+				groups[int(pid)] = true
+			}
+		}
+		rss, err := reaper.GroupsRSS(groups)
+		if err != nil {
+			if !warned {
+				warned = true
+				s.log.Warn("cannot read the workers' memory; max_memory is not enforced", zap.Error(err),
+					zap.String("fix", "mount /proc (a container runtime does)"))
+			}
+			continue
+		}
+		for i, w := range s.workers {
+			pid := int(w.pid.Load())
+			v := rss[pid]
+			if pid == 0 {
+				v = 0
+			}
+			w.rss.Store(v)
+			if s.cfg.MaxMemory <= 0 || pid == 0 || v <= s.cfg.MaxMemory {
+				over[i], belowSeen[i] = 0, pid
+				continue
+			}
+			if over[i]++; over[i] >= memoryOverChecks {
+				over[i] = 0
+				select {
+				case w.memHigh <- memoryReading{pid: pid, rss: v, fromStart: belowSeen[i] != pid}:
+				default: // one is pending already
+				}
+			}
+		}
+	}
+}
+
+// memoryOverChecks is how many readings in a row over MaxMemory get a
+// worker replaced: a short peak (a large request) is not a leak.
+const memoryOverChecks = 2
+
+// replaceForMemory is serve's answer to a reading of its worker p over
+// MaxMemory: it replaces p (replaceWorker) unless p has been over the
+// limit since its start, an upgrade holds the workers, or the slot waits
+// after a failed try. It returns the
+// process that serves the slot now, its logger and whether it is new.
+func (s *Supervisor) replaceForMemory(ctx context.Context, sp *workerSpawner, w *supervisedWorker, p *workerProc, log *zap.Logger, m memoryReading) (*workerProc, *zap.Logger, bool) {
+	if m.pid != p.pid || s.handingOff.Load() || time.Now().Before(w.memRetryAt) {
+		return p, log, false
+	}
+	fields := []zap.Field{zap.Int64("rss", m.rss), zap.Int64("max_memory", s.cfg.MaxMemory)}
+	if m.fromStart {
+		w.memRetryAt = time.Now().Add(s.timing.memoryRetry)
+		log.Error("worker over max_memory since its start; not replaced, as its replacement would be too",
+			append(fields, zap.Duration("uptime", time.Since(p.started)),
+				zap.String("fix", "raise workers.max_memory above what the app needs once started"))...)
+		return p, log, false
+	}
+	log.Warn("worker over max_memory; replacing it", fields...)
+	np, nlog, err := s.replaceWorker(ctx, sp, w, p, log, "max_memory")
+	if err != nil {
+		w.memRetryAt = time.Now().Add(s.timing.memoryRetry)
+		log.Error("replacing a worker over max_memory failed; it serves on", append(fields, zap.Error(err),
+			zap.Duration("retry_in", s.timing.memoryRetry),
+			zap.String("fix", "see the replacement's own lines (worker=N) for why it did not start"))...)
+		return p, log, false
+	}
+	w.memReplacements.Add(1)
+	return np, nlog, true
+}
