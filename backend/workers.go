@@ -233,6 +233,7 @@ type supervisedWorker struct {
 	pid, rss        atomic.Int64
 	memHigh         chan memoryReading
 	memRetryAt      time.Time
+	memReplacedAt   time.Time // the last memory replacement
 	memReplacements atomic.Int64
 }
 
@@ -245,9 +246,7 @@ func (w *supervisedWorker) setReady(p *workerProc) {
 		pid = int64(p.pid)
 	}
 	w.pid.Store(pid)
-	if p == nil {
-		w.rss.Store(0)
-	}
+	w.rss.Store(0) // until the worker's own first reading
 	select {
 	case <-w.memHigh:
 	default:
@@ -308,14 +307,23 @@ type Supervisor struct {
 	workers       []*supervisedWorker
 	ran           atomic.Bool
 	mu            sync.Mutex // guards each slot's Address
-	// rolling is set while RollingRestart runs; retiring counts the
-	// replaced processes still stopping; done is closed when Run returns.
-	rolling atomic.Bool
-	// handingOff is set while an upgrade holds the workers (Handoff).
-	handingOff atomic.Bool
-	retiring   sync.WaitGroup
-	done       chan struct{}
+	// busy says what moves the workers now (busyNone, busyRolling,
+	// busyHandoff, busyMemory): one thing at a time. retiring waits for
+	// the replaced processes still stopping, and retirees counts them;
+	// done is closed when Run returns.
+	busy     atomic.Int32
+	retiring sync.WaitGroup
+	retirees atomic.Int32
+	done     chan struct{}
 }
+
+// What moves the workers (Supervisor.busy).
+const (
+	busyNone    = iota
+	busyRolling // RollingRestart
+	busyHandoff // an upgrade holds them (Handoff)
+	busyMemory  // one is replaced for its memory (replaceForMemory)
+)
 
 // NewSupervisor validates cfg and prepares one slot per worker; no process
 // is started until Run. It settles the ports: with PortBase 0 it picks and

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Handoff is what a running Supervisor tells the Supervisor of a new
@@ -73,14 +74,27 @@ func (h Handoff) fits(c *WorkerConfig) error {
 // Handoff returns where the workers listen now, for the Supervisor of the
 // process that an upgrade starts, and gives up the reservations of the
 // slots' other addresses, on which that process starts its workers.
-// While the handoff holds, no rolling restart runs (they would move the
-// workers under the new process's feet): release ends it when the upgrade
-// failed. An error while a rolling restart runs.
+// While the handoff holds, no rolling restart or memory replacement runs
+// (they would move the workers under the new process's feet): release
+// ends it when the upgrade failed. Workers replaced lately that still
+// drain on those addresses are waited for (at most stop_timeout and a
+// little). An error while a rolling restart or a memory replacement runs,
+// or when they do not stop in time.
 func (s *Supervisor) Handoff() (h Handoff, release func(), err error) {
-	if !s.rolling.CompareAndSwap(false, true) {
-		return h, nil, fmt.Errorf("%w: upgrade once it is over", ErrRollingRestartRunning)
+	if !s.busy.CompareAndSwap(busyNone, busyHandoff) {
+		return h, nil, fmt.Errorf("%w (or a worker is replaced for its memory): upgrade once it is over", ErrRollingRestartRunning)
 	}
-	s.handingOff.Store(true) // and no memory replacement either
+	// A worker replaced lately may still drain on the address the new
+	// process needs: wait for it (none can start meanwhile, busy is held).
+	deadline := time.Now().Add(s.cfg.stopTimeout() + s.timing.outputGrace + time.Second)
+	for s.retirees.Load() > 0 {
+		if time.Now().After(deadline) {
+			s.busy.Store(busyNone)
+			return h, nil, fmt.Errorf("%w: %d replaced worker(s) still stopping on the addresses the new workers need: upgrade once they have",
+				ErrRollingRestartRunning, s.retirees.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, w := range s.workers {
@@ -92,5 +106,5 @@ func (s *Supervisor) Handoff() (h Handoff, release func(), err error) {
 	if s.cfg.PortBase == 0 && s.cfg.SocketDir == "" {
 		h.Base = s.workers[0].addrs[0].port
 	}
-	return h, func() { s.handingOff.Store(false); s.rolling.Store(false) }, nil
+	return h, func() { s.busy.Store(busyNone) }, nil
 }

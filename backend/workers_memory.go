@@ -62,6 +62,7 @@ func (s *Supervisor) watchMemory(ctx context.Context) {
 	defer t.Stop()
 	over := make([]int, len(s.workers))      // readings in a row above the limit
 	belowSeen := make([]int, len(s.workers)) // the pid last read at or below the limit
+	last := make([]int, len(s.workers))      // the pid read last
 	warned := false
 	for {
 		select {
@@ -69,11 +70,15 @@ func (s *Supervisor) watchMemory(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		pids := make([]int, len(s.workers)) // read once: a slot may change its worker meanwhile
 		groups := map[int]bool{}
-		for _, w := range s.workers {
-			if pid := w.pid.Load(); pid != 0 {
-				groups[int(pid)] = true
+		for i, w := range s.workers {
+			if pids[i] = int(w.pid.Load()); pids[i] != 0 {
+				groups[pids[i]] = true
 			}
+		}
+		if len(groups) == 0 {
+			continue
 		}
 		rss, err := reaper.GroupsRSS(groups)
 		if err != nil {
@@ -85,13 +90,18 @@ func (s *Supervisor) watchMemory(ctx context.Context) {
 			continue
 		}
 		for i, w := range s.workers {
-			pid := int(w.pid.Load())
-			v := rss[pid]
+			pid := pids[i]
 			if pid == 0 {
-				v = 0
+				continue
 			}
-			w.rss.Store(v)
-			if s.cfg.MaxMemory <= 0 || pid == 0 || v <= s.cfg.MaxMemory {
+			v := rss[pid]
+			if w.pid.Load() == int64(pid) { // still that worker's: the gauge is its
+				w.rss.Store(v)
+			}
+			if pid != last[i] { // another worker: its own count
+				last[i], over[i] = pid, 0
+			}
+			if s.cfg.MaxMemory <= 0 || v <= s.cfg.MaxMemory {
 				over[i], belowSeen[i] = 0, pid
 				continue
 			}
@@ -116,19 +126,33 @@ const memoryOverChecks = 2
 // after a failed try. It returns the
 // process that serves the slot now, its logger and whether it is new.
 func (s *Supervisor) replaceForMemory(ctx context.Context, sp *workerSpawner, w *supervisedWorker, p *workerProc, log *zap.Logger, m memoryReading) (*workerProc, *zap.Logger, bool) {
-	if m.pid != p.pid || s.handingOff.Load() || time.Now().Before(w.memRetryAt) {
+	if m.pid != p.pid || ctx.Err() != nil || time.Now().Before(w.memRetryAt) {
 		return p, log, false
 	}
 	fields := []zap.Field{zap.Int64("rss", m.rss), zap.Int64("max_memory", s.cfg.MaxMemory)}
-	if m.fromStart {
+	refuse := func(msg string) (*workerProc, *zap.Logger, bool) {
 		w.memRetryAt = time.Now().Add(s.timing.memoryRetry)
-		log.Error("worker over max_memory since its start; not replaced, as its replacement would be too",
-			append(fields, zap.Duration("uptime", time.Since(p.started)),
-				zap.String("fix", "raise workers.max_memory above what the app needs once started"))...)
+		log.Error(msg, append(fields, zap.Duration("uptime", time.Since(p.started)), zap.Duration("retry_in", s.timing.memoryRetry),
+			zap.String("fix", "raise workers.max_memory above what the app needs once started and under load"))...)
 		return p, log, false
 	}
+	if m.fromStart {
+		return refuse("worker over max_memory since its start; not replaced, as its replacement would be too")
+	}
+	if !w.memReplacedAt.IsZero() && time.Since(w.memReplacedAt) < s.timing.memoryRetry {
+		return refuse("worker over max_memory again soon after it replaced one that was; not replaced: the limit is below what the app needs")
+	}
+	// One thing moves the workers at a time: a rolling restart or an
+	// upgrade's handoff first; this reading comes again.
+	if !s.busy.CompareAndSwap(busyNone, busyMemory) {
+		return p, log, false
+	}
+	defer s.busy.Store(busyNone)
 	log.Warn("worker over max_memory; replacing it", fields...)
 	np, nlog, err := s.replaceWorker(ctx, sp, w, p, log, "max_memory")
+	if err != nil && ctx.Err() != nil {
+		return p, log, false // stopping
+	}
 	if err != nil {
 		w.memRetryAt = time.Now().Add(s.timing.memoryRetry)
 		log.Error("replacing a worker over max_memory failed; it serves on", append(fields, zap.Error(err),
@@ -137,5 +161,6 @@ func (s *Supervisor) replaceForMemory(ctx context.Context, sp *workerSpawner, w 
 		return p, log, false
 	}
 	w.memReplacements.Add(1)
+	w.memReplacedAt = time.Now()
 	return np, nlog, true
 }

@@ -80,10 +80,18 @@ func (s *Supervisor) Replacements(slot int) int64 {
 // ctx ends first.
 func (s *Supervisor) RollingRestart(ctx context.Context) (RollingRestartResult, error) {
 	var res RollingRestartResult
-	if !s.rolling.CompareAndSwap(false, true) {
-		return res, ErrRollingRestartRunning
+	// A memory replacement is short: wait for it. Anything else refuses.
+	for !s.busy.CompareAndSwap(busyNone, busyRolling) {
+		if s.busy.Load() != busyMemory {
+			return res, ErrRollingRestartRunning
+		}
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	defer s.rolling.Store(false)
+	defer s.busy.Store(busyNone)
 	if !s.ran.Load() {
 		return res, errors.New("backend: the supervisor is not running")
 	}
@@ -157,7 +165,14 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 		return nil, nil, fmt.Errorf("start the replacement: %w", err)
 	}
 	log := s.log.With(zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid))
-	switch s.awaitReady(ctx, a, p, log) {
+	// The old worker may die while its replacement starts (the one over
+	// max_memory is the OOM killer's pick): its slot then takes no
+	// connections until the replacement is ready, rather than send them
+	// to a dead address.
+	oldDown := s.watchOld(old, w.slot.Slot)
+	state := s.awaitReady(ctx, a, p, log)
+	down := oldDown()
+	switch state {
 	case workerReady:
 	case workerStartTimeout:
 		listening := listeningAddrs(p.pid)
@@ -179,6 +194,9 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 	}
 	ready := time.Now()
 	s.moveTo(w, 1-from)
+	if down {
+		s.onState(w.slot.Slot, true)
+	}
 	log.Debug("replacement took over its slot; the old worker stays a while", zap.String("address", a.address),
 		zap.Int("old_pid", old.pid), zap.Duration("for", s.timing.retireAfter))
 	t := time.NewTimer(s.timing.retireAfter)
@@ -201,7 +219,9 @@ func (s *Supervisor) replaceWorker(ctx context.Context, sp *workerSpawner, w *su
 	log.Info("worker replaced", zap.String("address", a.address), zap.Int("old_pid", old.pid),
 		zap.Duration("startup", ready.Sub(p.started)), zap.String("reason", why))
 	w.retiree = old
+	s.retirees.Add(1)
 	s.retiring.Go(func() {
+		defer s.retirees.Add(-1)
 		old.stop(oldLog, s.cfg.stopTimeout())
 		old.cleanup(s.timing.outputGrace)
 		old.logExit(oldLog.With(zap.Bool("replaced", true)), true)
@@ -229,4 +249,24 @@ func exitReason(p *workerProc) string {
 		return "signal " + ws.Signal().String()
 	}
 	return fmt.Sprintf("exit code %d", ps.ExitCode())
+}
+
+// watchOld marks slot down (onState) if old exits before the returned
+// function is called; that function stops the watch and reports whether
+// it did.
+func (s *Supervisor) watchOld(old *workerProc, slot int) (stop func() bool) {
+	quit, done := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		select {
+		case <-old.exited:
+			s.onState(slot, false)
+			done <- true
+		case <-quit:
+			done <- false
+		}
+	}()
+	return func() bool {
+		close(quit)
+		return <-done
+	}
 }

@@ -346,3 +346,43 @@ func TestWorkerRollingRestartPortTaken(t *testing.T) {
 	}
 	askEnv(t, before[0].Address)
 }
+
+// TestWorkerOldDiesWhileReplacementStarts: the old worker dies while its
+// replacement has not listened yet: its slot leaves the rotation at once
+// (rather than have connections dialled to a dead address), and comes back
+// on the replacement once it listens. The death counts as no restart.
+func TestWorkerOldDiesWhileReplacementStarts(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newSupHarness(t, rollConfig(t, 1, map[string]string{"FAKE_GATE": gate}))
+	h.run(t)
+	h.waitState(t, 0, true)
+	old := askEnv(t, h.sup.Slots()[0].Address)
+	os.Remove(gate) // the replacement waits at the gate
+	done := make(chan error, 1)
+	go func() {
+		res, err := h.sup.RollingRestart(context.Background())
+		if err == nil && res.Replaced != 1 {
+			err = errors.New("not replaced")
+		}
+		done <- err
+	}()
+	testkit.WaitFor(t, "the replacement waiting at its gate", func() bool { return len(h.entries("waiting for gate", 0)) >= 2 })
+	send(t, h.sup.Slots()[0].Address, "crash")
+	h.waitState(t, 0, false) // out of rotation while nothing listens
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := testkit.Await(t, done, "RollingRestart did not return"); err != nil {
+		t.Fatalf("RollingRestart: %v", err)
+	}
+	h.waitState(t, 0, true) // back, on the replacement
+	if now := askEnv(t, h.sup.Slots()[0].Address); now.Pid == old.Pid || now.Port == old.Port {
+		t.Errorf("slot 0 serves pid %d on port %s; the old one was pid %d on %s", now.Pid, now.Port, old.Pid, old.Port)
+	}
+	if r := h.sup.Restarts(0); r != 0 {
+		t.Errorf("%d restarts counted", r)
+	}
+}

@@ -198,9 +198,16 @@ type Workers struct {
 }
 
 // ByteSize is a size in bytes written with a unit: "512MiB", "1.5GiB",
-// "600MB" (KiB, MiB, GiB are powers of 1024; KB, MB, GB of 1000; B or
-// none, bytes).
+// "600MB". KiB, MiB, GiB, TiB (or Ki, Mi, Gi, Ti, as Kubernetes writes
+// them) are powers of 1024; KB, MB, GB, TB of 1000; B or none, bytes.
+// Units are case-insensitive. K, M, G alone are refused: Docker reads
+// them as powers of 1024 and Kubernetes as powers of 1000.
 type ByteSize int64
+
+// byteUnits are ByteSize's units, lower-cased.
+var byteUnits = map[string]float64{"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+	"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
 
 // UnmarshalText parses a size with its unit.
 func (b *ByteSize) UnmarshalText(text []byte) error {
@@ -208,10 +215,13 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
 	num, unit := s, ""
 	if i >= 0 {
-		num, unit = s[:i], strings.TrimSpace(s[i:])
+		num, unit = s[:i], strings.ToLower(strings.TrimSpace(s[i:]))
 	}
-	mult, ok := map[string]float64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
-		"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[unit]
+	if len(unit) == 1 && strings.Contains("kmgt", unit) {
+		return fmt.Errorf("%q is ambiguous: write %s%siB (powers of 1024) or %s%sB (powers of 1000)",
+			s, num, strings.ToUpper(unit), num, strings.ToUpper(unit))
+	}
+	mult, ok := byteUnits[unit]
 	v, err := strconv.ParseFloat(num, 64)
 	if !ok || err != nil || num == "" {
 		return fmt.Errorf("want a size such as \"512MiB\" or \"1GiB\" (units B, KB, MB, GB, KiB, MiB, GiB), got %q", s)
@@ -219,12 +229,17 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 	if v*mult >= 1<<62 {
 		return fmt.Errorf("size %q is too large", s)
 	}
+	if v > 0 && v*mult < 1 {
+		return fmt.Errorf("size %q is less than a byte", s)
+	}
 	*b = ByteSize(v * mult)
 	return nil
 }
 
 // MarshalText formats the size in bytes.
-func (b ByteSize) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(b), 10) + "B"), nil }
+func (b ByteSize) MarshalText() ([]byte, error) {
+	return []byte(strconv.FormatInt(int64(b), 10) + "B"), nil
+}
 
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }
