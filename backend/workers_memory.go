@@ -60,58 +60,75 @@ func (s *Supervisor) watchMemory(ctx context.Context) {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	over := make([]int, len(s.workers))      // readings in a row above the limit
-	belowSeen := make([]int, len(s.workers)) // the pid last read at or below the limit
-	last := make([]int, len(s.workers))      // the pid read last
-	warned := false
+	m := &memoryWatch{s: s, over: make([]int, len(s.workers)), belowSeen: make([]int, len(s.workers)),
+		last: make([]int, len(s.workers))}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			m.read()
 		}
-		pids := make([]int, len(s.workers)) // read once: a slot may change its worker meanwhile
-		groups := map[int]bool{}
-		for i, w := range s.workers {
-			if pids[i] = int(w.pid.Load()); pids[i] != 0 {
-				groups[pids[i]] = true
-			}
+	}
+}
+
+// memoryWatch is watchMemory's state, per slot.
+type memoryWatch struct {
+	s         *Supervisor
+	over      []int // readings in a row above the limit
+	belowSeen []int // the pid last read at or below the limit
+	last      []int // the pid read last
+	warned    bool  // /proc could not be read, and the log said so
+}
+
+// read takes one reading of every ready worker.
+func (m *memoryWatch) read() {
+	s := m.s
+	pids := make([]int, len(s.workers)) // read once: a slot may change its worker meanwhile
+	groups := map[int]bool{}
+	for i, w := range s.workers {
+		if pids[i] = int(w.pid.Load()); pids[i] != 0 {
+			groups[pids[i]] = true
 		}
-		if len(groups) == 0 {
-			continue
+	}
+	if len(groups) == 0 {
+		return
+	}
+	rss, err := reaper.GroupsRSS(groups)
+	if err != nil {
+		if !m.warned {
+			m.warned = true
+			s.log.Warn("cannot read the workers' memory; max_memory is not enforced", zap.Error(err),
+				zap.String("fix", "mount /proc (a container runtime does)"))
 		}
-		rss, err := reaper.GroupsRSS(groups)
-		if err != nil {
-			if !warned {
-				warned = true
-				s.log.Warn("cannot read the workers' memory; max_memory is not enforced", zap.Error(err),
-					zap.String("fix", "mount /proc (a container runtime does)"))
-			}
-			continue
+		return
+	}
+	for i, pid := range pids {
+		if pid != 0 {
+			m.judge(i, pid, rss[pid])
 		}
-		for i, w := range s.workers {
-			pid := pids[i]
-			if pid == 0 {
-				continue
-			}
-			v := rss[pid]
-			if w.pid.Load() == int64(pid) { // still that worker's: the gauge is its
-				w.rss.Store(v)
-			}
-			if pid != last[i] { // another worker: its own count
-				last[i], over[i] = pid, 0
-			}
-			if s.cfg.MaxMemory <= 0 || v <= s.cfg.MaxMemory {
-				over[i], belowSeen[i] = 0, pid
-				continue
-			}
-			if over[i]++; over[i] >= memoryOverChecks {
-				over[i] = 0
-				select {
-				case w.memHigh <- memoryReading{pid: pid, rss: v, fromStart: belowSeen[i] != pid}:
-				default: // one is pending already
-				}
-			}
+	}
+}
+
+// judge records slot i's worker pid at v bytes, and tells the slot when
+// it has been over MaxMemory memoryOverChecks readings in a row.
+func (m *memoryWatch) judge(i, pid int, v int64) {
+	w, limit := m.s.workers[i], m.s.cfg.MaxMemory
+	if w.pid.Load() == int64(pid) { // still that worker's: the gauge is its
+		w.rss.Store(v)
+	}
+	if pid != m.last[i] { // another worker: its own count
+		m.last[i], m.over[i] = pid, 0
+	}
+	if limit <= 0 || v <= limit {
+		m.over[i], m.belowSeen[i] = 0, pid
+		return
+	}
+	if m.over[i]++; m.over[i] >= memoryOverChecks {
+		m.over[i] = 0
+		select {
+		case w.memHigh <- memoryReading{pid: pid, rss: v, fromStart: m.belowSeen[i] != pid}:
+		default: // one is pending already
 		}
 	}
 }

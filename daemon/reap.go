@@ -51,7 +51,7 @@ func endsContainer() string {
 	switch os.Getppid() {
 	case 0: // the parent is outside this PID namespace: a runtime's shim
 		return "stickyd is its container's main process (its parent is outside its PID namespace, as with Kubernetes' shareProcessNamespace)"
-	case 1:
+	case 1: // an init: a container's, or a host's (systemd, which upgrades suit)
 	default:
 		return ""
 	}
