@@ -132,6 +132,25 @@ type BackendInfo struct {
 	FirstByteTimeouts int64 `json:"first_byte_timeouts"`
 }
 
+// WorkerInfo is one entry of GET /workers: a launched worker's slot.
+type WorkerInfo struct {
+	Name    string `json:"name"`
+	Slot    int    `json:"slot"`
+	Address string `json:"address"`
+	// Ready is false while the slot has no worker that accepts
+	// connections (starting, or restarting after an exit); Pid and
+	// UptimeSeconds are then 0.
+	Ready         bool    `json:"ready"`
+	Pid           int     `json:"pid"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	// MemoryBytes is the worker's resident memory (its process group's)
+	// at the last reading, every 5 s.
+	MemoryBytes        int64 `json:"memory_bytes"`
+	Restarts           int64 `json:"restarts"`
+	Replacements       int64 `json:"replacements"`
+	MemoryReplacements int64 `json:"memory_replacements"`
+}
+
 // LookupResult is the answer of GET /lookup.
 type LookupResult struct {
 	IP string `json:"ip"`
@@ -155,6 +174,7 @@ func NewHandler(src Source, log *zap.Logger) http.Handler {
 	mux.HandleFunc("GET /lookup", a.lookup)
 	mux.HandleFunc("POST /backends/{rest...}", a.action)
 	mux.HandleFunc("POST /workers/restart", a.rollWorkers)
+	mux.HandleFunc("GET /workers", a.workers)
 	// A web page open in an operator's browser must not drain backends.
 	return http.NewCrossOriginProtection().Handler(mux)
 }
@@ -245,6 +265,26 @@ func (a *api) action(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Error(w, fmt.Sprintf("no backend named %q", clip(name, 256)), http.StatusNotFound)
+}
+
+// workers serves GET /workers: each launched worker's slot, pid, uptime,
+// memory and counts (pm2 list, for stickyd).
+func (a *api) workers(w http.ResponseWriter, r *http.Request) {
+	sup := a.src.Workers
+	if sup == nil {
+		http.Error(w, "this stickyd launches no workers ([workers] in the config)", http.StatusNotFound)
+		return
+	}
+	out := []WorkerInfo{}
+	for _, st := range sup.Status() {
+		info := WorkerInfo{Name: st.Name, Slot: st.Slot, Address: st.Address, Ready: st.Pid != 0, Pid: st.Pid,
+			MemoryBytes: st.Memory, Restarts: st.Restarts, Replacements: st.Replacements, MemoryReplacements: st.MemoryReplacements}
+		if !st.ReadySince.IsZero() {
+			info.UptimeSeconds = time.Since(st.ReadySince).Round(time.Millisecond).Seconds()
+		}
+		out = append(out, info)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // rollWorkers serves POST /workers/restart: a rolling restart of the

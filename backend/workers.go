@@ -231,6 +231,7 @@ type supervisedWorker struct {
 	// last reading; memHigh tells serve of a reading over MaxMemory;
 	// memRetryAt is when the slot may try a memory replacement again.
 	pid, rss        atomic.Int64
+	readySince      atomic.Int64 // unix nanoseconds; 0 while none is ready
 	memHigh         chan memoryReading
 	memRetryAt      time.Time
 	memReplacedAt   time.Time // the last memory replacement
@@ -247,6 +248,11 @@ func (w *supervisedWorker) setReady(p *workerProc) {
 	}
 	w.pid.Store(pid)
 	w.rss.Store(0) // until the worker's own first reading
+	var since int64
+	if p != nil {
+		since = time.Now().UnixNano()
+	}
+	w.readySince.Store(since)
 	select {
 	case <-w.memHigh:
 	default:

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/stickyd/stickyd/internal/reaper"
@@ -40,6 +41,38 @@ func (s *Supervisor) Memory(slot int) int64 {
 		return 0
 	}
 	return s.workers[slot].rss.Load()
+}
+
+// WorkerStatus is a worker slot as it is now (Status).
+type WorkerStatus struct {
+	WorkerSlot
+	// Pid is the ready worker's process id; 0 while none is ready.
+	Pid int
+	// ReadySince is when that worker became ready (or took the slot over
+	// in a replacement); zero while none is ready.
+	ReadySince time.Time
+	// Memory is its resident memory at the last reading (Memory).
+	Memory int64
+	// Restarts, Replacements and MemoryReplacements count the slot's
+	// restarts after an exit, rolling-restart replacements and max_memory
+	// replacements.
+	Restarts, Replacements, MemoryReplacements int64
+}
+
+// Status returns every slot as it is now. Safe to call concurrently with
+// Run.
+func (s *Supervisor) Status() []WorkerStatus {
+	out := make([]WorkerStatus, 0, len(s.workers))
+	for i, slot := range s.Slots() {
+		w := s.workers[i]
+		st := WorkerStatus{WorkerSlot: slot, Pid: int(w.pid.Load()), Memory: w.rss.Load(),
+			Restarts: w.restarts.Load(), Replacements: w.replacements.Load(), MemoryReplacements: w.memReplacements.Load()}
+		if ns := w.readySince.Load(); ns != 0 && st.Pid != 0 {
+			st.ReadySince = time.Unix(0, ns)
+		}
+		out = append(out, st)
+	}
+	return out
 }
 
 // MemoryReplacements returns how many times the slot's worker was
@@ -169,6 +202,14 @@ func (s *Supervisor) replaceForMemory(ctx context.Context, sp *workerSpawner, w 
 	np, nlog, err := s.replaceWorker(ctx, sp, w, p, log, "max_memory")
 	if err != nil && ctx.Err() != nil {
 		return p, log, false // stopping
+	}
+	if errors.Is(err, ErrWorkerPortInUse) && s.cfg.Handoff != nil {
+		// An upgrade's new process: the old one's worker is still on the
+		// slot's other address, until that process has drained.
+		w.memRetryAt = time.Now().Add(s.timing.memoryRetry)
+		log.Info("worker over max_memory; not replaced yet: the previous stickyd's worker still holds the address its replacement needs (the upgrade is finishing)",
+			append(fields, zap.Duration("retry_in", s.timing.memoryRetry))...)
+		return p, log, false
 	}
 	if err != nil {
 		w.memRetryAt = time.Now().Add(s.timing.memoryRetry)

@@ -46,6 +46,11 @@ func TestWorkerOverMaxMemoryReplaced(t *testing.T) {
 	if a := askEnv(t, h.sup.Slots()[1].Address); a.Pid != before1.Pid || h.sup.MemoryReplacements(1) != 0 {
 		t.Errorf("slot 1 changed: pid %d (was %d), %d replacements", a.Pid, before1.Pid, h.sup.MemoryReplacements(1))
 	}
+	st := h.sup.Status()
+	if len(st) != 2 || st[0].Pid != after0.Pid || st[0].MemoryReplacements != 1 || st[0].ReadySince.IsZero() ||
+		st[0].Memory <= 0 || st[1].Pid != before1.Pid || st[1].MemoryReplacements != 0 {
+		t.Errorf("Status = %+v; want slot 0 on pid %d, replaced once for memory, slot 1 on pid %d", st, after0.Pid, before1.Pid)
+	}
 	if h.sup.Replacements(0) != 0 || h.sup.Restarts(0) != 0 {
 		t.Errorf("counted as a rolling restart (%d) or a restart (%d)", h.sup.Replacements(0), h.sup.Restarts(0))
 	}

@@ -1,12 +1,15 @@
 package integration_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/internal/testkit"
 )
 
@@ -85,6 +88,18 @@ func TestWorkerMaxMemoryNodeApp(t *testing.T) {
 	testkit.WaitFor(t, "the new worker-0 read", func() bool { m := memory(0); return m > 0 && m < 150<<20 })
 	if a, err := rollingGet(leaker, addr, "/"); err != nil || a.slot != 0 || a.pid == pids[0] {
 		t.Errorf("after the replacement, %s got %+v %v; want worker 0's new process", leaker, a, err)
+	}
+	status, body := opsDo(t, "GET", adm, "/workers")
+	var workers []admin.WorkerInfo
+	if err := json.Unmarshal([]byte(body), &workers); err != nil || status != http.StatusOK || len(workers) != n {
+		t.Fatalf("GET /workers: %d %q %v", status, body, err)
+	}
+	if w := workers[0]; w.Name != "worker-0" || !w.Ready || w.Pid == pids[0] || w.MemoryReplacements != 1 ||
+		w.MemoryBytes <= 0 || w.MemoryBytes > 150<<20 || w.UptimeSeconds <= 0 || w.Restarts != 0 {
+		t.Errorf("GET /workers, worker-0: %+v; want ready on a new pid, replaced once for its memory, under the limit", w)
+	}
+	if w := workers[1]; w.Pid != pids[1] || w.MemoryReplacements != 0 || w.Replacements != 0 {
+		t.Errorf("GET /workers, worker-1: %+v; want pid %d, untouched", w, pids[1])
 	}
 	if v := opsMetric(t, adm, `stickyd_worker_memory_replacements_total{worker="worker-1"}`); v != 0 {
 		t.Errorf("worker-1 replaced %v times", v)

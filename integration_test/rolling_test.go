@@ -309,6 +309,9 @@ func TestRollingRestartWithoutWorkers(t *testing.T) {
 	if status, body := opsDo(t, "POST", adm, "/workers/restart"); status != http.StatusNotFound || !strings.Contains(body, "launches no workers") {
 		t.Errorf("POST /workers/restart without workers: %d %q, want 404 saying there are none", status, body)
 	}
+	if status, body := opsDo(t, "GET", adm, "/workers"); status != http.StatusNotFound || !strings.Contains(body, "launches no workers") {
+		t.Errorf("GET /workers without workers: %d %q, want 404 saying there are none", status, body)
+	}
 	p.cmd.Process.Signal(syscall.SIGUSR1)
 	testkit.WaitFor(t, "the SIGUSR1 warning", func() bool {
 		return opsLogged(p, `"msg":"SIGUSR1 restarts launched workers, and this stickyd launches none; nothing done"`)
