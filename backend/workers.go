@@ -77,6 +77,10 @@ type WorkerConfig struct {
 	// stays above it is replaced without downtime (workers_memory.go).
 	// Zero: no limit (the memory is still read, for Memory).
 	MaxMemory int64
+	// InheritOutput gives the workers stickyd's own stdout and stderr,
+	// as Node's cluster does, instead of logging each line they print
+	// with worker=<i>.
+	InheritOutput bool
 	// Handoff, in the process that a zero-downtime upgrade started, is
 	// where the old process's workers listen (its Supervisor's Handoff):
 	// each slot's worker starts on the slot's other address.

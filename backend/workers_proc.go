@@ -89,6 +89,9 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
 	cmd.Env, cmd.Dir = a.env, s.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if s.cfg.InheritOutput {
+		return s.spawnInherit(sp, w, cmd)
+	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdout pipe: %w", err)
@@ -119,6 +122,22 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 	p.output.Go(func() { forwardWorkerOutput(errR, log.With(zap.String("stream", "stderr")), &p.closing) })
 	s.log.Debug("worker started", zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid),
 		zap.Strings("command", s.cfg.Command))
+	return p, nil
+}
+
+// spawnInherit starts cmd with stickyd's own stdout and stderr.
+func (s *Supervisor) spawnInherit(sp *workerSpawner, w *supervisedWorker, cmd *exec.Cmd) (*workerProc, error) {
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := sp.start(cmd); err != nil {
+		return nil, err
+	}
+	p := &workerProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{}), gone: make(chan struct{})}
+	go func() {
+		_ = reaper.Wait(cmd)
+		close(p.exited)
+	}()
+	s.log.Debug("worker started", zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid),
+		zap.Strings("command", s.cfg.Command), zap.String("output", "inherit"))
 	return p, nil
 }
 

@@ -195,6 +195,11 @@ type Workers struct {
 	// group) stays above it is replaced without downtime, as a rolling
 	// restart replaces it ("512MiB"). 0 (the default): no limit.
 	MaxMemory ByteSize `toml:"max_memory"`
+	// Output is where the workers' stdout and stderr go: "log" (the
+	// default; each line in stickyd's log with worker=<i>) or "inherit"
+	// (stickyd's own stdout and stderr, unchanged, as Node's cluster
+	// does: JSON app logs reach the log pipeline as they are).
+	Output string `toml:"output"`
 }
 
 // ByteSize is a size in bytes written with a unit: "512MiB", "1.5GiB",

@@ -69,7 +69,7 @@ var settingCases = map[string]settingCase{
 var tableless = map[string]bool{
 	"backend.name": true, "backend.address": true, "backend.dns": true, "backend.weight": true,
 	"workers.command": true, "workers.env": true, "workers.dir": true,
-	"workers.startup_timeout": true, "workers.stop_timeout": true, "workers.max_memory": true,
+	"workers.startup_timeout": true, "workers.stop_timeout": true, "workers.max_memory": true, "workers.output": true,
 }
 
 // fakeFlags are flags set by name, for ApplyFlags.

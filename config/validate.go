@@ -233,6 +233,9 @@ func (c *Config) checkWorkers(withCommand bool) error {
 	if w.PortBase != 0 && w.SocketDir != "" {
 		return c.errorf("workers.socket_dir", "give port_base or socket_dir, not both")
 	}
+	if w.Output != "" && w.Output != "log" && w.Output != "inherit" {
+		return c.errorf("workers.output", "want \"log\" (each line in stickyd's log with worker=<i>) or \"inherit\" (stickyd's stdout and stderr, unchanged), got %q", w.Output)
+	}
 	if w.MaxMemory != 0 && w.MaxMemory < minMaxMemory {
 		return c.errorf("workers.max_memory", "want at least 32MiB (a Node worker alone takes about 40MiB), or 0 for no limit; got %d bytes", w.MaxMemory)
 	}

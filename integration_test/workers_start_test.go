@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -323,5 +324,40 @@ func TestClusterAppRefusedUnderStickyd(t *testing.T) {
 	}
 	if len(p.readyWorkers()) != 0 {
 		t.Error("a clustered worker was taken as ready")
+	}
+}
+
+// TestWorkerOutputInherit: with output = "inherit", what the workers print
+// reaches stickyd's stdout and stderr unchanged, as with Node's cluster: a
+// JSON app log line is a line of its own, not a string inside stickyd's
+// log line; by default it is logged with worker=<i>.
+func TestWorkerOutputInherit(t *testing.T) {
+	script := fmt.Sprintf(`printf '%%s\n' '{"level":30,"msg":"app line","worker":'"$STICKYD_WORKER_ID"'}'; echo "app stderr $STICKYD_WORKER_ID" >&2; exec %q hello-worker`, stickydBin)
+	for _, output := range []string{"inherit", "log"} {
+		t.Run(output, func(t *testing.T) {
+			cfg := writeFile(t, t.TempDir(), "w.toml", fmt.Sprintf("[workers]\noutput = %q\n", output))
+			p := startStickyd(t, "--config", cfg, "--workers", "2", "--", "sh", "-c", script)
+			waitWorkersReady(t, p, 2)
+			for i := range 2 {
+				raw := fmt.Sprintf(`{"level":30,"msg":"app line","worker":%d}`, i)
+				if output == "log" {
+					testkit.WaitFor(t, "the line logged", func() bool { return len(workerLines(p, raw, i)) == 1 })
+					if e := workerLines(p, raw, i)[0]; e["stream"] != "stdout" {
+						t.Errorf("worker %d's line logged as %v, want stream stdout", i, e)
+					}
+					continue
+				}
+				testkit.WaitFor(t, "the lines as printed", func() bool {
+					lines := strings.Split(p.stderr.String(), "\n")
+					return slices.Contains(lines, raw) && slices.Contains(lines, fmt.Sprintf("app stderr %d", i))
+				})
+				if strings.Contains(p.stderr.String(), strings.ReplaceAll(raw, `"`, `\"`)) {
+					t.Errorf("worker %d's JSON line was also logged as a string", i)
+				}
+			}
+			if code := p.stop(t, syscall.SIGTERM); code != 0 {
+				t.Errorf("exit code %d", code)
+			}
+		})
 	}
 }
