@@ -111,12 +111,7 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 		errR.Close()
 		return nil, err
 	}
-	p := &workerProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{}),
-		gone: make(chan struct{}), pipes: []*os.File{outR, errR}}
-	go func() {
-		_ = reaper.Wait(cmd) // the status is read from cmd.ProcessState
-		close(p.exited)
-	}()
+	p := newWorkerProc(cmd, outR, errR)
 	log := s.log.With(zap.Int("worker", w.slot.Slot))
 	p.output.Go(func() { forwardWorkerOutput(outR, log.With(zap.String("stream", "stdout")), &p.closing) })
 	p.output.Go(func() { forwardWorkerOutput(errR, log.With(zap.String("stream", "stderr")), &p.closing) })
@@ -131,14 +126,22 @@ func (s *Supervisor) spawnInherit(sp *workerSpawner, w *supervisedWorker, cmd *e
 	if err := sp.start(cmd); err != nil {
 		return nil, err
 	}
-	p := &workerProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{}), gone: make(chan struct{})}
-	go func() {
-		_ = reaper.Wait(cmd)
-		close(p.exited)
-	}()
+	p := newWorkerProc(cmd)
 	s.log.Debug("worker started", zap.Int("worker", w.slot.Slot), zap.Int("pid", p.pid),
 		zap.Strings("command", s.cfg.Command), zap.String("output", "inherit"))
 	return p, nil
+}
+
+// newWorkerProc makes the workerProc of cmd, just started, with the read ends
+// of its output pipes, and waits for it in the background.
+func newWorkerProc(cmd *exec.Cmd, pipes ...*os.File) *workerProc {
+	p := &workerProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{}),
+		gone: make(chan struct{}), pipes: pipes}
+	go func() {
+		_ = reaper.Wait(cmd) // the status is read from cmd.ProcessState
+		close(p.exited)
+	}()
+	return p
 }
 
 // clearAddress prepares address a for a new process: it removes a stale
