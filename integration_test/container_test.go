@@ -253,6 +253,45 @@ func (b *imageBuilder) npmCI(run string) {
 	}
 }
 
+// procUID returns the real uid of pid, from /proc/PID/status.
+func procUID(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+			return f[1]
+		}
+	}
+	t.Fatalf("pid %d: no Uid line", pid)
+	return ""
+}
+
+// runAs returns the command that runs its arguments as the image's USER
+// (the node images' "node" is uid 1000), having made the tree readable to
+// it: t.TempDir makes its directories for root alone.
+func (img *imageTree) runAs(t *testing.T) []string {
+	t.Helper()
+	uid := map[string]string{"node": "1000"}[img.user]
+	if uid == "" {
+		if _, err := strconv.Atoi(img.user); err != nil {
+			t.Fatalf("USER %q: the test knows node (1000) and numeric ids", img.user)
+		}
+		uid = img.user
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) is not installed")
+	}
+	for d := img.root; d != filepath.Dir(d) && strings.HasPrefix(d, os.TempDir()) && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return []string{"setpriv", "--reuid=" + uid, "--regid=" + uid, "--clear-groups"}
+}
+
 // command returns the ENTRYPOINT as it runs here: the program found on
 // the image's /usr/local/bin, image paths among the arguments made paths
 // in the tree.
@@ -361,11 +400,19 @@ func TestNodeImageAsPID1(t *testing.T) {
 
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	env := append(append(os.Environ(), img.env...), "PATH="+img.host("/usr/local/bin")+":"+os.Getenv("PATH"))
-	argv = append(append(append([]string(nil), pidNamespace...), argv...),
+	// As the image's USER, from its first instruction (setpriv execs:
+	// stickyd is PID 1 all the same).
+	asUser := img.runAs(t)
+	argv = append(append(append(append([]string(nil), pidNamespace...), asUser...), argv...),
 		"--listen", addr, "--admin", adm, "--log-format", "json", "--workers", strconv.Itoa(sioWorkers))
 	p := launchArgv(t, argv, img.host(img.workdir), env, addr)
 	init := nsInit(t, p)
 	pids := waitWorkersReady(t, p, sioWorkers) // the namespace's pids, as the workers see their own
+	for _, pid := range append(liveProcs(init, nil), init) {
+		if uid := procUID(t, pid); uid != strings.TrimPrefix(asUser[1], "--reuid=") {
+			t.Errorf("pid %d runs as uid %s, want the image's USER %s", pid, uid, img.user)
+		}
+	}
 	ips := testkit.ClientIPs(sioClients)
 	homes := lookupHomes(t, cfg, sioWorkers, ips)
 	run := startSIOClients(t, example, "http://"+addr, "sticky", ips, 45*time.Second)
