@@ -54,18 +54,7 @@ func nsInit(t *testing.T, p *proc) int {
 // zombieChildren lists the children of ppid that have exited and that
 // nobody has collected.
 func zombieChildren(ppid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st := procStat(pid); len(st) >= 2 && st[0] == "Z" && st[1] == strconv.Itoa(ppid) {
-			out = append(out, pid)
-		}
-	}
-	return out
+	return procsWhere(func(zombie bool, parent, _ int) bool { return zombie && parent == ppid })
 }
 
 // imageTree is the file tree that deploy/node/Dockerfile's final stage
@@ -452,30 +441,13 @@ func npmApp(t *testing.T, n, base int) (cfg string, deploy func(v string)) {
 	if _, err := exec.LookPath("npm"); err != nil {
 		t.Skip("npm is not installed (./test.sh installs it)")
 	}
-	modules := filepath.Join(migrateExample(t), "node_modules")
-	app, err := filepath.Abs("testdata/rolling-app.js")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	pkg := fmt.Sprintf(`{"name": "npm-start-app", "version": "1.0.0", "private": true, "scripts": {"start": "node %s"}}`, app)
+	pkg := fmt.Sprintf(`{"name": "npm-start-app", "version": "1.0.0", "private": true, "scripts": {"start": "node %s"}}`, rollingAppPath(t))
 	if err := os.WriteFile(filepath.Join(dir, "package.json"), []byte(pkg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	version := filepath.Join(dir, "VERSION")
-	deploy = func(v string) {
-		if err := os.WriteFile(version, []byte(v+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deploy("v1")
-	cfg = filepath.Join(dir, "stickyd.toml")
-	conf := fmt.Sprintf("[workers]\ncommand = [\"npm\", \"start\"]\ndir = %q\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = \"10s\"\n"+
-		"[workers.env]\nNODE_PATH = %q\nAPP_VERSION_FILE = %q\nnpm_config_update_notifier = \"false\"\n", dir, n, base, modules, version)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cfg, deploy
+	return rollingAppAs(t, rollingAppSetup{n: n, base: base, command: `["npm", "start"]`, dir: dir, stop: "10s",
+		env: "npm_config_update_notifier = \"false\"\n"})
 }
 
 // TestWorkersBehindNpmStart: workers started as `npm start`, the usual

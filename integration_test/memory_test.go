@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/stickyd/stickyd/admin"
@@ -22,16 +20,7 @@ import (
 func TestWorkerMaxMemoryNodeApp(t *testing.T) {
 	const n = 2
 	base := testkit.FreePortBase(t, 2*n, workerPortsLo, workerPortsHi)
-	cfg, _ := rollingApp(t, n, base)
-	// [workers.env] is the file's last table: max_memory goes in [workers].
-	src, err := os.ReadFile(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := strings.Replace(string(src), "[workers.env]", "max_memory = \"150MiB\"\n[workers.env]", 1)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg, _ := rollingAppAs(t, rollingAppSetup{n: n, base: base, workers: "max_memory = \"150MiB\"\n"})
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	p := launch(t, t.TempDir(), addr, "--listen", addr, "--log-format", "json", "--config", cfg, "--admin", adm)
 	pids := waitWorkersReady(t, p, n)

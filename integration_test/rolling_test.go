@@ -402,10 +402,32 @@ func TestSocketIORollingRestart(t *testing.T) {
 // and the app's version file (at v1); deploy writes another version.
 func rollingApp(t *testing.T, n, base int) (cfg string, deploy func(v string)) {
 	t.Helper()
+	return rollingAppAs(t, rollingAppSetup{n: n, base: base})
+}
+
+// rollingAppSetup is how rollingAppAs runs rolling-app.js.
+type rollingAppSetup struct {
+	n, base int
+	// command is [workers] command as TOML (default: node and the app);
+	// dir its working directory (default: none).
+	command, dir string
+	// stop is stop_timeout (default 5s); workers, more [workers] lines;
+	// env, more [workers.env] lines.
+	stop, workers, env string
+}
+
+// rollingAppAs is rollingApp as s says.
+func rollingAppAs(t *testing.T, s rollingAppSetup) (cfg string, deploy func(v string)) {
+	t.Helper()
 	modules := filepath.Join(migrateExample(t), "node_modules")
-	app, err := filepath.Abs("testdata/rolling-app.js")
-	if err != nil {
-		t.Fatal(err)
+	if s.command == "" {
+		s.command = fmt.Sprintf("[\"node\", %q]", rollingAppPath(t))
+	}
+	if s.stop == "" {
+		s.stop = "5s"
+	}
+	if s.dir != "" {
+		s.workers += fmt.Sprintf("dir = %q\n", s.dir)
 	}
 	version := filepath.Join(t.TempDir(), "VERSION")
 	deploy = func(v string) {
@@ -415,12 +437,22 @@ func rollingApp(t *testing.T, n, base int) (cfg string, deploy func(v string)) {
 	}
 	deploy("v1")
 	cfg = filepath.Join(t.TempDir(), "stickyd.toml")
-	conf := fmt.Sprintf("[workers]\ncommand = [\"node\", %q]\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = \"5s\"\n"+
-		"[workers.env]\nNODE_PATH = %q\nAPP_VERSION_FILE = %q\n", app, n, base, modules, version)
+	conf := fmt.Sprintf("[workers]\ncommand = %s\ncount = %d\nport_base = %d\nstartup_timeout = \"20s\"\nstop_timeout = %q\n%s"+
+		"[workers.env]\nNODE_PATH = %q\nAPP_VERSION_FILE = %q\n%s", s.command, s.n, s.base, s.stop, s.workers, modules, version, s.env)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return cfg, deploy
+}
+
+// rollingAppPath is the absolute path of testdata/rolling-app.js.
+func rollingAppPath(t *testing.T) string {
+	t.Helper()
+	app, err := filepath.Abs("testdata/rolling-app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app
 }
 
 // TestUpgradeWithWorkers: SIGUSR2 to a stickyd that launched Node workers

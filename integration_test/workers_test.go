@@ -121,6 +121,12 @@ func procGone(pid int) bool {
 // liveProcs returns the running processes whose parent is ppid or whose
 // process group is one of pgids.
 func liveProcs(ppid int, pgids map[int]bool) []int {
+	return procsWhere(func(zombie bool, parent, group int) bool { return !zombie && (parent == ppid || pgids[group]) })
+}
+
+// procsWhere returns the processes for which keep, told whether each is
+// a zombie, its parent and its process group, is true.
+func procsWhere(keep func(zombie bool, parent, group int) bool) []int {
 	ents, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range ents {
@@ -129,12 +135,12 @@ func liveProcs(ppid int, pgids map[int]bool) []int {
 			continue
 		}
 		st := procStat(pid)
-		if len(st) < 3 || st[0] == "Z" {
+		if len(st) < 3 {
 			continue
 		}
 		parent, _ := strconv.Atoi(st[1])
 		group, _ := strconv.Atoi(st[2])
-		if parent == ppid || pgids[group] {
+		if keep(st[0] == "Z", parent, group) {
 			out = append(out, pid)
 		}
 	}
