@@ -24,6 +24,10 @@ type rollRequests struct {
 	wake    chan struct{}            // buffered 1: a run is pending
 }
 
+// rollStopping is the outcome of a run that stopping cut short or kept
+// from beginning.
+var rollStopping = admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+
 func newRollRequests() *rollRequests {
 	return &rollRequests{wake: make(chan struct{}, 1)}
 }
@@ -34,7 +38,7 @@ func (q *rollRequests) request(reply chan admin.RollOutcome) {
 	defer q.mu.Unlock()
 	if q.closed {
 		if reply != nil {
-			reply <- admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+			reply <- rollStopping
 		}
 		return
 	}
@@ -71,7 +75,7 @@ func (q *rollRequests) close() {
 	q.waiters, q.pending = nil, false
 	q.mu.Unlock()
 	for _, c := range w {
-		c <- admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+		c <- rollStopping
 	}
 }
 
@@ -110,7 +114,7 @@ func (d *daemon) roller(ctx context.Context) {
 		}
 		if ctx.Err() != nil { // stopping began as this run was asked for
 			for _, c := range waiters {
-				c <- admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
+				c <- rollStopping
 			}
 			return
 		}
@@ -135,7 +139,7 @@ func (d *daemon) roll(ctx context.Context) admin.RollOutcome {
 		out.Fix = "if the upgrade fails, ask again (SIGUSR1, or POST /workers/restart); if it succeeds, the new process has started new workers"
 		d.log.Warn("rolling restart not started: an upgrade (SIGUSR2) is under way", zap.String("fix", out.Fix))
 	case ctx.Err() != nil:
-		out.Result, out.Error = admin.RollStopped, "stickyd is stopping"
+		out.Result, out.Error = rollStopping.Result, rollStopping.Error
 		d.log.Info("rolling restart stopped: stickyd is stopping", fields...)
 	case err != nil:
 		out.Result, out.Error = admin.RollFailed, err.Error()

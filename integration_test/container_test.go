@@ -485,15 +485,8 @@ func testNpmStart(t *testing.T, wrap []string) {
 	waitWorkersReady(t, p, n)
 	ips := testkit.ClientIPs(8)
 
-	slow := make(chan error, 1)
-	go func() {
-		// Long enough to be in flight when its worker, either slot, is stopped.
-		a, err := rollingGet(ips[0], addr, "/slow?ms=6000")
-		if err == nil && a.version != "v1" {
-			err = fmt.Errorf("answered by %s, want the v1 worker it reached", a.version)
-		}
-		slow <- err
-	}()
+	// Long enough to be in flight when its worker, either slot, is stopped.
+	slow := slowGet(ips[0], addr, "/slow?ms=6000", answeredBy("v1", 0))
 	testkit.WaitFor(t, "the slow request at its v1 worker", func() bool {
 		var active int64
 		for _, b := range opsBackends(t, adm) {

@@ -42,14 +42,8 @@ func TestWorkerMaxMemoryNodeApp(t *testing.T) {
 	}
 
 	load := startRollingLoad(addr, ips, 4)
-	slow := make(chan error, 1)
-	go func() {
-		a, err := rollingGet(leaker, addr, "/slow?ms=9000") // in flight at the replacement (5-10 s on), done within stop_timeout (5 s) of its SIGTERM
-		if err == nil && a.pid != pids[0] {
-			err = fmt.Errorf("answered by pid %d, want the leaking worker %d", a.pid, pids[0])
-		}
-		slow <- err
-	}()
+	// In flight at the replacement (5-10 s on), done within stop_timeout (5 s) of its SIGTERM.
+	slow := slowGet(leaker, addr, "/slow?ms=9000", answeredBy("", pids[0]))
 	if a, err := rollingGet(leaker, addr, "/grow?mb=200"); err != nil || a.pid != pids[0] {
 		t.Fatalf("/grow: %+v %v", a, err)
 	}

@@ -157,14 +157,7 @@ func TestRollingRestartNodeWorkers(t *testing.T) {
 
 	// Deploy v2 under load, a slow request in flight on a v1 worker.
 	load := startRollingLoad(addr, ips, 8)
-	slow := make(chan error, 1)
-	go func() {
-		a, err := rollingGet(ips[0], addr, "/slow")
-		if err == nil && a.version != "v1" {
-			err = fmt.Errorf("answered by %s, want the v1 worker it reached", a.version)
-		}
-		slow <- err
-	}()
+	slow := slowGet(ips[0], addr, "/slow", answeredBy("v1", 0))
 	time.Sleep(200 * time.Millisecond) // the slow request reaches its v1 worker
 	deploy("v2")
 	p.cmd.Process.Signal(syscall.SIGUSR1)
@@ -396,6 +389,31 @@ func TestSocketIORollingRestart(t *testing.T) {
 	}
 	t.Logf("rolling restart of %d socket.io workers: %d clients disconnected (%s) when their old worker was stopped, and reconnected to their slot's new process; all done %d ms after start",
 		sioWorkers, len(summary.Clients), sortedCounts(reasons), summary.Ms)
+}
+
+// slowGet GETs path (a slow one) from src through addr in the background;
+// the channel gets its error, or check's of its answer.
+func slowGet(src, addr, path string, check func(rollingAnswer) error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		a, err := rollingGet(src, addr, path)
+		if err == nil {
+			err = check(a)
+		}
+		done <- err
+	}()
+	return done
+}
+
+// answeredBy checks that an answer came from version (when not "") and
+// from pid (when not 0): the worker the request reached.
+func answeredBy(version string, pid int) func(rollingAnswer) error {
+	return func(a rollingAnswer) error {
+		if version != "" && a.version != version || pid != 0 && a.pid != pid {
+			return fmt.Errorf("answered by %s pid %d, want the worker it reached (%s pid %d)", a.version, a.pid, version, pid)
+		}
+		return nil
+	}
 }
 
 // rollingApp writes the config of n rolling-app.js workers from port base

@@ -151,30 +151,37 @@ type zombie struct {
 // /proc/PID/task/TID/children would list children alone, but it needs
 // CONFIG_PROC_CHILDREN, which many kernels lack.)
 func zombieChildren(self int) ([]zombie, error) {
+	var out []zombie
+	err := eachProc(func(pid int, st stat) {
+		if st.state == 'Z' && st.ppid == self {
+			out = append(out, zombie{pid: pid, comm: st.comm})
+		}
+	})
+	return out, err
+}
+
+// eachProc calls f with every process in /proc and its stat; a process
+// gone meanwhile is skipped. The error is that of listing /proc.
+func eachProc(f func(pid int, st stat)) error {
 	d, err := os.Open("/proc")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer d.Close()
 	names, err := d.Readdirnames(-1)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []zombie
 	for _, name := range names {
 		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self {
+		if err != nil {
 			continue
 		}
-		st, err := readStat(pid)
-		if err != nil {
-			continue // gone meanwhile
-		}
-		if st.state == 'Z' && st.ppid == self {
-			out = append(out, zombie{pid: pid, comm: st.comm})
+		if st, err := readStat(pid); err == nil {
+			f(pid, st)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // stat is what /proc/PID/stat says of a process, in part.
@@ -215,19 +222,14 @@ func readStat(pid int) (stat, error) {
 // (zombies left out), with their command names: what a worker left running.
 // The error is that of reading /proc.
 func Group(pgid int) (map[int]string, error) {
-	names, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
 	out := map[int]string{}
-	for _, e := range names {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, err := readStat(pid); err == nil && st.pgrp == pgid && st.state != 'Z' {
+	err := eachProc(func(pid int, st stat) {
+		if st.pgrp == pgid && st.state != 'Z' {
 			out[pid] = st.comm
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -237,32 +239,24 @@ func Group(pgid int) (map[int]string, error) {
 // as a wrapper's and its app's libraries, count once for each). Groups
 // with no process are left out. The error is that of reading /proc.
 func GroupsRSS(pgids map[int]bool) (map[int]int64, error) {
-	names, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
 	page := int64(os.Getpagesize())
 	out := map[int]int64{}
-	for _, e := range names {
-		pid, err := strconv.Atoi(e.Name())
+	err := eachProc(func(pid int, st stat) {
+		if !pgids[st.pgrp] {
+			return
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm") // size resident shared ...
 		if err != nil {
-			continue
+			return // gone meanwhile
 		}
-		st, err := readStat(pid)
-		if err != nil || !pgids[st.pgrp] {
-			continue
+		if f := bytes.Fields(b); len(f) >= 2 {
+			if pages, err := strconv.ParseInt(string(f[1]), 10, 64); err == nil {
+				out[st.pgrp] += pages * page
+			}
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/statm") // size resident shared ...
-		if err != nil {
-			continue // gone meanwhile
-		}
-		f := bytes.Fields(b)
-		if len(f) < 2 {
-			continue
-		}
-		if pages, err := strconv.ParseInt(string(f[1]), 10, 64); err == nil {
-			out[st.pgrp] += pages * page
-		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
