@@ -52,6 +52,11 @@ type Source struct {
 	Open func() int64
 	// MaxConnections is the cap on open client connections; 0: none.
 	MaxConnections int
+	// MaxPerClient returns the cap on one client's open connections in
+	// force (max_connections_per_client; a reload changes it); 0: none.
+	MaxPerClient func() int
+	// Clients returns how many clients the per-client cap counts now.
+	Clients func() int
 	// Workers is the worker supervisor, nil without [workers].
 	Workers *backend.Supervisor
 	// OrphansReaped returns how many processes that workers left behind

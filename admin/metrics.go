@@ -18,6 +18,7 @@ type collector struct {
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
 	orphansReaped, workerMemory, workerMemoryReplacements      *prometheus.Desc
+	maxPerClient, clients                                      *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -39,7 +40,7 @@ func NewCollector(src Source) prometheus.Collector {
 		open:                desc("connections_open", "Client connections open now."),
 		max:                 desc("connections_max", "The cap on open client connections (max_connections); 0: none."),
 		relayed:             desc("connections_relayed_total", "Client connections relayed to a backend."),
-		rejected:            desc("connections_rejected_total", "Client connections closed without a backend, by reason (no_backend: every dial failed; header: see stickyd_header_errors_total).", "reason"),
+		rejected:            desc("connections_rejected_total", "Client connections closed without a backend, by reason (no_backend: every dial failed; header: see stickyd_header_errors_total; client_limit: the client had max_connections_per_client open).", "reason"),
 		limitWaits:          desc("max_connections_reached_total", "Times accepting paused because max_connections were open (clients waited in the backlog)."),
 		handshakes:          desc("handshakes_total", "Client handshakes by where they ran: on the event loop that accepted the client, or handed to a goroutine (a trusted upstream's header, a backend off loopback, HTTP header mode).", "where"),
 		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
@@ -68,6 +69,10 @@ func NewCollector(src Source) prometheus.Collector {
 		"Launched workers replaced, without downtime, for staying above workers.max_memory.", "worker")
 	c.orphansReaped = desc("orphans_reaped_total",
 		"Exited processes that workers left behind (a wrapper's app, a crashed worker's children), collected by stickyd as their subreaper; as PID 1 in a container, any orphan there (docker exec sessions' too).")
+	c.maxPerClient = desc("connections_per_client_max",
+		"The cap on one client's open connections (max_connections_per_client: an IPv4 address or an IPv6 /64); 0: none.")
+	c.clients = desc("clients",
+		"Clients (IPv4 addresses, IPv6 /64s) with connections open, as max_connections_per_client counts them (0 while it has been off since the start).")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
@@ -78,7 +83,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.backendUp, c.backendHealthy, c.backendState, c.backendWeight,
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
-		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped, c.workerMemory, c.workerMemoryReplacements} {
+		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped, c.workerMemory, c.workerMemoryReplacements,
+		c.maxPerClient, c.clients} {
 		ch <- d
 	}
 }
@@ -96,6 +102,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.open, c.src.Open())
 	}
 	gauge(c.max, int64(c.src.MaxConnections))
+	if c.src.MaxPerClient != nil {
+		gauge(c.maxPerClient, int64(c.src.MaxPerClient()))
+	}
+	if c.src.Clients != nil {
+		gauge(c.clients, int64(c.src.Clients()))
+	}
 	if m := c.src.Metrics; m != nil {
 		counter(c.relayed, m.Accepted.Load())
 		counter(c.limitWaits, m.LimitWaits.Load())
@@ -110,6 +122,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.rejected, m.NoBackend.Load(), "no_backend")
 		counter(c.rejected, headers, "header")
+		counter(c.rejected, m.ClientLimit.Load(), "client_limit")
 	}
 	if c.src.Moves != nil {
 		counter(c.moves, c.src.Moves())

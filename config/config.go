@@ -85,6 +85,9 @@ type Config struct {
 	// MaxConnections caps concurrent client connections. Default: derived
 	// from the open-file limit so that stickyd never runs out of descriptors.
 	MaxConnections int `toml:"max_connections"`
+	// MaxConnectionsPerClient caps one client's open connections (an IPv4
+	// address or an IPv6 /64). Default 0: no cap.
+	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is "console" or "json"; default console on a TTY, else json.

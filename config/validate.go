@@ -62,6 +62,9 @@ func (c *Config) checkScalars() error {
 	if c.MaxConnections < 0 {
 		return c.errorf("max_connections", "want >= 0, got %d", c.MaxConnections)
 	}
+	if c.MaxConnectionsPerClient < 0 {
+		return c.errorf("max_connections_per_client", "want >= 0 (0: no limit), got %d", c.MaxConnectionsPerClient)
+	}
 	if c.LogLevel != "" {
 		if _, err := zapcore.ParseLevel(c.LogLevel); err != nil {
 			return c.errorf("log_level", "want debug, info, warn or error, got %q", c.LogLevel)

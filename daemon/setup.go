@@ -25,6 +25,7 @@ func serverOptions(cfg *config.Config, budget fdBudget) server.Options {
 		Linger:              cfg.HalfCloseTimeout.Duration,
 		FirstByte:           cfg.FirstByteTimeout.Duration,
 		MaxConnections:      budget.conns,
+		MaxPerClient:        cfg.MaxConnectionsPerClient,
 	}
 }
 

@@ -34,6 +34,9 @@ type client struct {
 	hold bool
 	// upstream: a trusted upstream's header has been read (by a loop).
 	upstream bool
+	// counted: the client is counted against the per-client limit
+	// (admitClient); its close must release it.
+	counted bool
 }
 
 // newClient is what is known of conn when it is accepted.
@@ -62,7 +65,13 @@ func (s *Server) handle(conn relay.Conn, c *client) {
 // refuse closes a client whose handshake failed, and says why (once per
 // cause, as the log sampler allows) unless err is errQuiet.
 func (s *Server) refuse(conn relay.Conn, c *client, err error) {
+	if errors.Is(err, errClientLimit) && s.opts.ClientIPHeader != "" {
+		if tc, terr := relay.TCPConn(conn); terr == nil {
+			s.replyStatus(tc, "429 Too Many Requests", "too many connections from "+c.addr.Addr().String())
+		}
+	}
 	conn.Close()
+	s.releaseClient(c.counted, c.addr)
 	s.connDone()
 	if !errors.Is(err, errQuiet) {
 		cause := refusalCause(err)
@@ -78,7 +87,7 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 	// Done captures only what it logs, not c: an idle pair must not keep
 	// the handshake's buffers alive (no per-connection logger either: its
 	// fields would cost ~1.5 KB per idle connection).
-	peer, addr, via, proxied, begun := c.peer, c.addr, c.via, len(c.header) > 0, c.start
+	peer, addr, via, proxied, counted, begun := c.peer, c.addr, c.via, len(c.header) > 0, c.counted, c.start
 	var hold time.Duration
 	if c.hold {
 		hold = s.opts.sniffWait()
@@ -102,6 +111,7 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 					zap.Int64("bytes_out", st.BytesOut), zap.Duration("duration", time.Since(begun)),
 					zap.NamedError("end", st.Err))
 			}
+			s.releaseClient(counted, addr)
 			s.connDone()
 		},
 	})
@@ -116,6 +126,8 @@ func refusalCause(err error) string {
 		return "no_backend"
 	case errors.As(err, &de):
 		return "dial"
+	case errors.Is(err, errClientLimit):
+		return "client_limit"
 	}
 	return headerKind(err)
 }
@@ -143,6 +155,11 @@ func (s *Server) refusalFix(cause string, peer netip.AddrPort, err error) zap.Fi
 		return zap.String("fix", "the proxy in front must set "+h+" to the client's address "+
 			"(nginx: proxy_set_header; HAProxy: option forwardfor, or http-request set-header); "+
 			"clients that reach stickyd directly send none: --ignore-missing-header routes them by their socket address")
+	}
+	if cause == "client_limit" {
+		return zap.String("fix", "if many users share this address (a NAT, an office, a mobile carrier), raise max_connections_per_client; "+
+			"if it is a proxy or load balancer in front of stickyd, every client arrives from its address: have it send PROXY headers "+
+			"and trust it (--accept-proxy), or route by --client-ip-header")
 	}
 	if !peer.Addr().IsValid() { // not an IP peer: nothing to name
 		return zap.Skip()
@@ -254,6 +271,9 @@ func (s *Server) dial(c *client) (*backend.Backend, net.Conn, error) {
 // dialBy dials c's backend with dial. backend.ErrWouldBlock (from a loop's
 // dialer) is returned as it is, counted nowhere.
 func (s *Server) dialBy(c *client, dial backend.DialFunc) (*backend.Backend, net.Conn, error) {
+	if err := s.admitClient(c); err != nil {
+		return nil, nil, err
+	}
 	b, conn, err := s.backends.Load().DialWith(s.ctx, c.addr.Addr(), dial)
 	if errors.Is(err, backend.ErrWouldBlock) {
 		return nil, nil, err

@@ -209,9 +209,15 @@ func isToken(s string) bool {
 // close does not reset the connection before the client has read the answer
 // (a lingering close, as in net/http and nginx). The caller closes conn.
 func (s *Server) reply400(conn *net.TCPConn, reason string) {
+	s.replyStatus(conn, "400 Bad Request", reason)
+}
+
+// replyStatus is reply400 with another status line ("429 Too Many
+// Requests").
+func (s *Server) replyStatus(conn *net.TCPConn, status, reason string) {
 	body := reason + "\n"
 	conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, err := fmt.Fprintf(conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	_, err := fmt.Fprintf(conn, "HTTP/1.1 %s\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", status, len(body), body)
 	if err != nil || conn.CloseWrite() != nil {
 		return
 	}

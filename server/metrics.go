@@ -29,8 +29,11 @@ var headerKinds = []string{HeaderTimeout, HeaderTruncated, HeaderMissing, Header
 type Metrics struct {
 	Accepted  atomic.Int64 // connections relayed to a backend
 	NoBackend atomic.Int64 // connections refused because no backend answered
-	BytesIn   atomic.Int64 // client -> backend, finished connections
-	BytesOut  atomic.Int64 // backend -> client, finished connections
+	// ClientLimit counts connections refused because their client had
+	// max_connections_per_client open.
+	ClientLimit atomic.Int64
+	BytesIn     atomic.Int64 // client -> backend, finished connections
+	BytesOut    atomic.Int64 // backend -> client, finished connections
 	// LimitWaits counts the times accepting paused because MaxConnections
 	// were open (new clients then wait in the kernel backlog).
 	LimitWaits atomic.Int64

@@ -64,6 +64,11 @@ type Options struct {
 	// MaxConnections caps open client connections; accepting pauses at the
 	// cap (clients wait in the kernel backlog). 0 means no cap.
 	MaxConnections int
+	// MaxPerClient caps one client's open connections (clients.go): an
+	// IPv4 address or an IPv6 /64, after PROXY or HTTP header. The client
+	// over it is refused before a backend is dialed (HTTP header mode: with
+	// 429). 0 means no cap; SetMaxPerClient changes it.
+	MaxPerClient int
 }
 
 func (o Options) headerTimeout() time.Duration {
@@ -122,6 +127,8 @@ type Server struct {
 	capFull   atomic.Bool  // at the cap since the last slot taken: the pause is counted
 
 	hints hintLimiter // the PROXY hint, per backend
+
+	clients clientTable // open connections per client (MaxPerClient)
 }
 
 // New returns a Server relaying to the backends in set through engine.
@@ -137,6 +144,7 @@ func New(opts Options, set *backend.Set, engine relay.Engine, log *zap.Logger) *
 	if la, ok := engine.(relay.LoopAcceptor); ok {
 		s.loopDial, s.loopDialer = la.DialNow, s.dialNow
 	}
+	s.SetMaxPerClient(opts.MaxPerClient)
 	if opts.MaxConnections > 0 {
 		s.slots = make(chan struct{}, opts.MaxConnections)
 	}

@@ -1,0 +1,119 @@
+package integration_test
+
+// max_connections_per_client behind a real HAProxy: the limit counts the
+// clients HAProxy's PROXY headers name, not HAProxy, and a reload changes
+// it.
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+)
+
+func TestMaxConnectionsPerClientBehindHAProxy(t *testing.T) {
+	requireTool(t, "haproxy")
+	const clients, limit = 40, 3
+	b0, b1 := testkit.StartBackend(t, "b0"), testkit.StartBackend(t, "b1")
+	adm := testkit.FreePort(t)
+	path := filepath.Join(t.TempDir(), "stickyd.toml")
+	write := func(perClient int) {
+		t.Helper()
+		cfg := fmt.Sprintf("admin = %q\naccept_proxy = [\"127.0.0.1/32\"]\nmax_connections_per_client = %d\n", adm, perClient)
+		for _, b := range []*testkit.Backend{b0, b1} {
+			cfg += fmt.Sprintf("[[backend]]\nname = %q\naddress = %q\n", b.Name, b.Addr())
+		}
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(limit)
+	p := startStickyd(t, "--config", path)
+	front := startHAProxy(t, p.addr, "send-proxy-v2")
+
+	// Each client holds limit connections through HAProxy: all relayed,
+	// each backend told the client's own address.
+	var mu sync.Mutex
+	var held []net.Conn
+	testkit.Parallel(t, clients, 16, func(i int) error {
+		ip := testkit.ClientIP(i)
+		for range limit {
+			c, err := testkit.DialFrom(ip, front)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				return fmt.Errorf("client %s: %v (got %q)", ip, err, line)
+			}
+			if _, told, _ := strings.Cut(strings.TrimSpace(line), " "); told != c.LocalAddr().String() {
+				return fmt.Errorf("client %s: backend told %s", c.LocalAddr(), told)
+			}
+		}
+		return nil
+	})
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+
+	// One more each: HAProxy accepts it, stickyd refuses it before a
+	// backend hears of it, and HAProxy closes it.
+	before := len(b0.Headers()) + len(b1.Headers())
+	testkit.Parallel(t, clients, 16, func(i int) error {
+		c, err := testkit.DialFrom(testkit.ClientIP(i), front)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if line, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			return fmt.Errorf("client %s over its limit was relayed: %q", testkit.ClientIP(i), line)
+		}
+		return nil
+	})
+	if n := len(b0.Headers()) + len(b1.Headers()) - before; n != 0 {
+		t.Errorf("the backends saw %d connections of clients over their limit", n)
+	}
+	if n := opsMetric(t, adm, `stickyd_connections_rejected_total{reason="client_limit"}`); n != clients {
+		t.Errorf("client_limit rejections = %v, want %d", n, clients)
+	}
+	if n := opsMetric(t, adm, "stickyd_clients"); n != clients {
+		t.Errorf("stickyd_clients = %v, want %d", n, clients)
+	}
+	if n := opsMetric(t, adm, "stickyd_connections_per_client_max"); n != limit {
+		t.Errorf("stickyd_connections_per_client_max = %v, want %d", n, limit)
+	}
+	refusals := logsOf[map[string]any](p, "connection refused")
+	if len(refusals) == 0 || refusals[0]["cause"] != "client_limit" || !strings.Contains(fmt.Sprint(refusals[0]["fix"]), "max_connections_per_client") {
+		t.Errorf("refusals logged as %v", refusals)
+	}
+
+	// Another client still gets in, and a reload lifts the limit (live:
+	// no "need a restart" line).
+	if name, _, _, err := visit(testkit.ClientIP(clients), front); err != nil || name == "" {
+		t.Errorf("a new client: %q %v", name, err)
+	}
+	write(0)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	testkit.WaitFor(t, "config reloaded", func() bool { return opsLogged(p, `"msg":"config reloaded"`) })
+	if opsLogged(p, "need a restart") {
+		t.Error("max_connections_per_client was logged as needing a restart")
+	}
+	if name, _, _, err := visit(testkit.ClientIP(0), front); err != nil || name == "" {
+		t.Errorf("client 0 after the limit was lifted: %q %v", name, err)
+	}
+	if n := opsMetric(t, adm, "stickyd_connections_per_client_max"); n != 0 {
+		t.Errorf("stickyd_connections_per_client_max = %v after the reload, want 0", n)
+	}
+}
