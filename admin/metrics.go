@@ -18,7 +18,7 @@ type collector struct {
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
 	orphansReaped, workerMemory, workerMemoryReplacements      *prometheus.Desc
-	maxPerClient, clients                                      *prometheus.Desc
+	maxPerClient, clients, workerMessages                      *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -73,6 +73,8 @@ func NewCollector(src Source) prometheus.Collector {
 		"The cap on one client's open connections (max_connections_per_client: an IPv4 address or an IPv6 /64); 0: none.")
 	c.clients = desc("clients",
 		"Clients (IPv4 addresses, IPv6 /64s) with connections open, as max_connections_per_client counts them (0 while it has been off since the start).")
+	c.workerMessages = desc("worker_messages_total",
+		"Messages of socket.io's cluster adapter that stickyd relayed between the launched workers (workers.ipc), by result (relayed: queued for a worker; dropped: a worker's queue full, or a message over 64 MiB).", "result")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
@@ -84,7 +86,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped, c.workerMemory, c.workerMemoryReplacements,
-		c.maxPerClient, c.clients} {
+		c.maxPerClient, c.clients, c.workerMessages} {
 		ch <- d
 	}
 }
@@ -165,6 +167,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.workerReplacements, sup.Replacements(w.Slot), w.Name)
 			gauge(c.workerMemory, sup.Memory(w.Slot), w.Name)
 			counter(c.workerMemoryReplacements, sup.MemoryReplacements(w.Slot), w.Name)
+		}
+		if relayed, dropped, ok := sup.Messages(); ok {
+			counter(c.workerMessages, relayed, "relayed")
+			counter(c.workerMessages, dropped, "dropped")
 		}
 	}
 }

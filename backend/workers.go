@@ -77,6 +77,10 @@ type WorkerConfig struct {
 	// stays above it is replaced without downtime (workers_memory.go).
 	// Zero: no limit (the memory is still read, for Memory).
 	MaxMemory int64
+	// NodeIPC gives each worker a Node IPC channel (NODE_CHANNEL_FD, on
+	// descriptor 3) on the workers' bus (workers_bus.go), over which
+	// @socket.io/cluster-adapter reaches the other workers.
+	NodeIPC bool
 	// InheritOutput gives the workers stickyd's own stdout and stderr,
 	// as Node's cluster does, instead of logging each line they print
 	// with worker=<i>.
@@ -322,6 +326,7 @@ type Supervisor struct {
 	// the replaced processes still stopping, and retirees counts them;
 	// done is closed when Run returns.
 	busy     atomic.Int32
+	bus      *workerBus // the workers' bus (NodeIPC), or nil
 	retiring sync.WaitGroup
 	retirees atomic.Int32
 	done     chan struct{}
@@ -390,6 +395,9 @@ func NewSupervisor(cfg WorkerConfig, log *zap.Logger, onState func(slot int, rea
 	s := &Supervisor{cfg: cfg, log: log, onState: onState, onMove: func(int, string) {}, onStartFailed: func(int) {},
 		timing: defaultWorkerTiming,
 		done:   make(chan struct{})}
+	if cfg.NodeIPC {
+		s.bus = newWorkerBus(log)
+	}
 	base := cfg.baseEnv()
 	n := cfg.count()
 	for i := range n {

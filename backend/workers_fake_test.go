@@ -51,6 +51,24 @@ func init() {
 type fakeEnv struct {
 	Port, Socket, ID, Workers, Custom, Cwd string
 	Pid                                    int
+	// Channel is NODE_CHANNEL_FD and NODE_CHANNEL_SERIALIZATION_MODE, and
+	// whether that descriptor is a Unix socket: "3 json socket".
+	Channel string
+}
+
+// fakeChannel describes the worker's Node IPC channel (fakeEnv.Channel).
+func fakeChannel() string {
+	fd, mode := os.Getenv("NODE_CHANNEL_FD"), os.Getenv("NODE_CHANNEL_SERIALIZATION_MODE")
+	if fd == "" && mode == "" {
+		return ""
+	}
+	kind := "none"
+	var n int
+	fmt.Sscan(fd, &n)
+	if st, err := os.NewFile(uintptr(n), "channel").Stat(); err == nil && st.Mode()&os.ModeSocket != 0 {
+		kind = "socket"
+	}
+	return strings.Join([]string{fd, mode, kind}, " ")
 }
 
 func fakeWorker() int {
@@ -178,6 +196,7 @@ func fakeServe(c net.Conn) {
 		_ = json.NewEncoder(c).Encode(fakeEnv{
 			Port: os.Getenv("PORT"), Socket: os.Getenv("SOCKET"), ID: os.Getenv("STICKYD_WORKER_ID"),
 			Workers: os.Getenv("STICKYD_WORKERS"), Custom: os.Getenv("FAKE_CUSTOM"), Cwd: cwd, Pid: os.Getpid(),
+			Channel: fakeChannel(),
 		})
 	}
 }

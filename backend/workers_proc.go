@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -76,6 +77,7 @@ type workerProc struct {
 	exited  chan struct{} // closed once cmd.Wait has returned
 	gone    chan struct{} // closed by cleanup: the group is gone (or left to the kernel) and the output read
 	pipes   []*os.File    // read ends of stdout and stderr
+	bus     *busMember    // its channel on the workers' bus, or nil
 	output  sync.WaitGroup
 	closing atomic.Bool // set by cleanup before it cuts the reads of pipes short
 }
@@ -87,8 +89,47 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 		return nil, err
 	}
 	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
-	cmd.Env, cmd.Dir = a.env, s.cfg.Dir
+	cmd.Env, cmd.Dir = withoutNodeChannel(a.env), s.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	var channel *os.File // stickyd's end of the worker's channel (workers_bus.go)
+	if s.bus != nil {
+		ours, theirs, env, err := busChannel()
+		if err != nil {
+			return nil, err
+		}
+		defer theirs.Close() // the child has its own copy once started
+		cmd.ExtraFiles, cmd.Env, channel = []*os.File{theirs}, append(cmd.Env, env...), ours
+	}
+	p, err := s.spawnWith(sp, w, cmd)
+	switch {
+	case err != nil && channel != nil:
+		channel.Close()
+	case channel != nil:
+		if p.bus, err = s.bus.join(w.slot.Slot, p.pid, channel); err != nil {
+			s.log.Error("worker has no cluster-adapter channel", zap.Int("worker", w.slot.Slot), zap.Error(err))
+		}
+		err = nil
+	}
+	return p, err
+}
+
+// withoutNodeChannel returns env without the variables that make Node open
+// an IPC channel (and STICKYD_IPC, which says one was given): one stickyd
+// inherited (it was started by a Node process) names a descriptor the
+// worker does not have.
+func withoutNodeChannel(env []string) []string {
+	out := make([]string, 0, len(env)+2)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NODE_CHANNEL_FD=") && !strings.HasPrefix(kv, "NODE_CHANNEL_SERIALIZATION_MODE=") &&
+			!strings.HasPrefix(kv, "STICKYD_IPC=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// spawnWith starts cmd, its output piped into the log or inherited.
+func (s *Supervisor) spawnWith(sp *workerSpawner, w *supervisedWorker, cmd *exec.Cmd) (*workerProc, error) {
 	if s.cfg.InheritOutput {
 		return s.spawnInherit(sp, w, cmd)
 	}
@@ -271,6 +312,9 @@ func (p *workerProc) groupGone(deadline <-chan time.Time) bool {
 func (p *workerProc) cleanup(grace time.Duration) {
 	defer close(p.gone)
 	p.signal(syscall.SIGKILL)
+	if p.bus != nil {
+		p.bus.close()
+	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	expired := !p.groupGone(t.C) // then t has fired

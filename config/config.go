@@ -203,6 +203,10 @@ type Workers struct {
 	// (stickyd's own stdout and stderr, unchanged, as Node's cluster
 	// does: JSON app logs reach the log pipeline as they are).
 	Output string `toml:"output"`
+	// IPC is "node" (the default: each worker gets a Node IPC channel, on
+	// which stickyd relays @socket.io/cluster-adapter's messages between
+	// the workers, as Node's cluster primary does) or "none".
+	IPC string `toml:"ipc"`
 }
 
 // ByteSize is a size in bytes written with a unit: "512MiB", "1.5GiB",

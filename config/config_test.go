@@ -256,3 +256,22 @@ func TestWorkersMaxMemory(t *testing.T) {
 		}
 	}
 }
+
+// workers.ipc is "node" or "none"; anything else is an error naming the key
+// and its line.
+func TestWorkersIPC(t *testing.T) {
+	for _, tc := range []struct{ v, err string }{
+		{`"node"`, ""}, {`"none"`, ""}, {`"cluster"`, `want "node"`}, {`"Node"`, `want "node"`},
+	} {
+		cfg, err := Load(strings.NewReader("[workers]\ncommand = [\"x\"]\nipc = " + tc.v + "\n"))
+		if err == nil {
+			err = cfg.Validate()
+		}
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("ipc = %s: %v", tc.v, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "line 3")):
+			t.Errorf("ipc = %s: error %v, want one with %q on line 3", tc.v, err, tc.err)
+		}
+	}
+}

@@ -12,11 +12,11 @@ type UnknownEnv struct{ Name, Meant string }
 
 // UnknownEnvs returns the STICKYD_ variables of environ (os.Environ's
 // form) that are no setting's twin, nor --config's, nor one that stickyd
-// sets or reads itself (STICKYD_ADMIN_TOKEN, a worker's STICKYD_WORKER_ID
-// and STICKYD_WORKERS, an upgrade's STICKYD_<NAME>_FD).
+// sets or reads itself (STICKYD_ADMIN_TOKEN, a worker's STICKYD_WORKER_ID,
+// STICKYD_WORKERS and STICKYD_IPC, an upgrade's STICKYD_<NAME>_FD).
 func UnknownEnvs(environ []string) []UnknownEnv {
 	const prefix = "STICKYD_"
-	known := []string{EnvName("config"), EnvAdminToken, "STICKYD_WORKER_ID", "STICKYD_WORKERS"}
+	known := []string{EnvName("config"), EnvAdminToken, "STICKYD_WORKER_ID", "STICKYD_WORKERS", "STICKYD_IPC"}
 	for _, s := range settings {
 		known = append(known, s.Env())
 	}

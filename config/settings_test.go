@@ -71,6 +71,7 @@ var tableless = map[string]bool{
 	"backend.name": true, "backend.address": true, "backend.dns": true, "backend.weight": true,
 	"workers.command": true, "workers.env": true, "workers.dir": true,
 	"workers.startup_timeout": true, "workers.stop_timeout": true, "workers.max_memory": true, "workers.output": true,
+	"workers.ipc": true,
 }
 
 // fakeFlags are flags set by name, for ApplyFlags.

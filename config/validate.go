@@ -239,6 +239,9 @@ func (c *Config) checkWorkers(withCommand bool) error {
 	if w.Output != "" && w.Output != "log" && w.Output != "inherit" {
 		return c.errorf("workers.output", "want \"log\" (each line in stickyd's log with worker=<i>) or \"inherit\" (stickyd's stdout and stderr, unchanged), got %q", w.Output)
 	}
+	if w.IPC != "" && w.IPC != "node" && w.IPC != "none" {
+		return c.errorf("workers.ipc", "want \"node\" (a Node IPC channel per worker, for @socket.io/cluster-adapter) or \"none\", got %q", w.IPC)
+	}
 	if w.MaxMemory != 0 && w.MaxMemory < minMaxMemory {
 		return c.errorf("workers.max_memory", "want at least 32MiB (a Node worker alone takes about 40MiB), or 0 for no limit; got %d bytes", w.MaxMemory)
 	}

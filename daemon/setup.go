@@ -96,7 +96,7 @@ func WorkerConfig(w *config.Workers) backend.WorkerConfig {
 	return backend.WorkerConfig{
 		Command: argv, Count: w.WorkerCount(), PortBase: w.PortBase, SocketDir: w.SocketDir,
 		Env: w.Env, Dir: w.Dir, StartupTimeout: w.StartupTimeout.Duration, StopTimeout: w.StopTimeout.Duration,
-		MaxMemory: int64(w.MaxMemory), InheritOutput: w.Output == "inherit",
+		MaxMemory: int64(w.MaxMemory), InheritOutput: w.Output == "inherit", NodeIPC: w.IPC != "none",
 	}
 }
 

@@ -241,6 +241,25 @@ function notClustered(env) {
     'keep the worker branch alone; stickyd --workers N (or [workers] count) is the number of workers (see MIGRATING.md).');
 }
 
+// channelLost says why this process has no Node IPC channel though stickyd
+// gave its worker one (STICKYD_IPC=node): a wrapper that is itself Node
+// (npm start, yarn start) opened the channel and did not pass it on. The
+// app's @socket.io/cluster-adapter then cannot reach the other workers
+// (process.send is undefined: it throws, or an app that checks for it
+// broadcasts to its own clients alone). Null when all is well.
+function channelLost(env) {
+  if (env.STICKYD_IPC !== 'node' || env.STICKYD_WORKER_ID === undefined || typeof process.send === 'function') return null;
+  return 'stickyd-worker: stickyd gave this worker a Node IPC channel (process.send, for @socket.io/cluster-adapter), ' +
+    'but this process has none: a wrapper between stickyd and node took it (npm start, yarn start, a script that starts node). ' +
+    'Broadcasts with the cluster adapter cannot reach the other workers. Fix: start node directly in stickyd\'s ' +
+    '[workers] command (command = ["node", "server.js"]), or set ipc = "none" if the app does not use the adapter.';
+}
+
+{ // once, when the app loads the package: before it makes its adapter
+  const lost = channelLost(process.env);
+  if (lost) console.error(lost);
+}
+
 // where returns the listen arguments stickyd's environment asks for.
 function where(env, asked) {
   if (env.SOCKET) return [env.SOCKET];
@@ -323,3 +342,4 @@ module.exports.acceptProxy = acceptProxy;
 module.exports.parse = parse;
 module.exports.frame = frame;
 module.exports.HeaderError = HeaderError;
+module.exports.channelLost = channelLost;

@@ -267,3 +267,25 @@ test('a worker of Node\'s cluster under stickyd: listen refuses, naming cluster.
     { env: withoutStickyd({ ...process.env, PORT: '0' }), encoding: 'utf8', timeout: 10000 });
   assert.match(free.stdout, /fork exited 0/, free.stderr);
 });
+
+test('a worker whose IPC channel a wrapper took (npm start): one line at load, naming the fix', async () => {
+  const { spawnSync, fork } = require('node:child_process');
+  const load = `require(${JSON.stringify(path.join(__dirname, '..'))}); console.log(typeof process.send); process.disconnect?.()`;
+  const env = { ...process.env, STICKYD_IPC: 'node', STICKYD_WORKER_ID: '0' };
+  const lost = spawnSync(process.execPath, ['-e', load], { env, encoding: 'utf8', timeout: 10000 });
+  assert.match(lost.stdout, /undefined/);
+  assert.match(lost.stderr, /stickyd gave this worker a Node IPC channel .* but this process has none: a wrapper between stickyd and node took it/);
+  assert.match(lost.stderr, /Fix: start node directly/);
+  // Not under stickyd: silent.
+  const free = spawnSync(process.execPath, ['-e', load], { env: withoutStickyd({ ...process.env }), encoding: 'utf8', timeout: 10000 });
+  assert.equal(free.stderr, '');
+  // With its channel (as stickyd starts it): silent.
+  const child = fork('-e', [load], { env, silent: true });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  await within(new Promise((resolve) => child.on('close', resolve)), 10000, 'the forked child did not exit');
+  assert.equal(out.trim(), 'function');
+  assert.equal(err, '');
+});
