@@ -15,8 +15,9 @@ import (
 type Access struct {
 	// Token, when set, must be sent as "Authorization: Bearer TOKEN" with
 	// every state-changing request (any method but GET and HEAD: drain and
-	// enable). Reads (metrics, health, backends, lookup) stay open, so that
-	// scrapers and probes need no secret.
+	// enable) and with GET /clients, which shows client addresses. Other
+	// reads (metrics, health, backends, lookup) stay open, so that scrapers
+	// and probes need no secret.
 	Token string
 	// LoopbackHost refuses requests whose Host names anything but a
 	// loopback address or localhost. Set it for a loopback listener: a web
@@ -33,11 +34,19 @@ func Protect(h http.Handler, a Access, log *zap.Logger) http.Handler {
 				fmt.Sprintf("Host %q refused: this admin listener is on loopback and answers only localhost or a loopback address (DNS rebinding protection)", clip(r.Host, 64)))
 			return
 		}
-		if a.Token != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !tokenOK(r, a.Token) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="stickyd admin"`)
-			refuse(w, r, log, http.StatusUnauthorized, "bad_token",
-				"this call changes state and needs the admin token: Authorization: Bearer <token>")
-			return
+		if a.Token != "" && !tokenOK(r, a.Token) {
+			why := ""
+			switch {
+			case r.Method != http.MethodGet && r.Method != http.MethodHead:
+				why = "this call changes state"
+			case r.URL.Path == "/clients":
+				why = "this call shows client addresses"
+			}
+			if why != "" {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="stickyd admin"`)
+				refuse(w, r, log, http.StatusUnauthorized, "bad_token", why+" and needs the admin token: Authorization: Bearer <token>")
+				return
+			}
 		}
 		h.ServeHTTP(w, r)
 	})

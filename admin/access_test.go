@@ -3,6 +3,7 @@ package admin
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap"
@@ -40,6 +41,18 @@ func TestProtectToken(t *testing.T) {
 		h.ServeHTTP(w, r)
 		if w.Code != tc.want {
 			t.Errorf("%s with %q: %d, want %d", tc.method, tc.auth, w.Code, tc.want)
+		}
+	}
+	// GET /clients shows client addresses: the token too.
+	for auth, want := range map[string]int{"": 401, "Bearer wrong": 401, "Bearer t0k": 200} {
+		r := httptest.NewRequest("GET", "/clients?top=5", nil)
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != want || want == 401 && !strings.Contains(w.Body.String(), "shows client addresses") {
+			t.Errorf("GET /clients with %q: %d %q, want %d", auth, w.Code, w.Body.String(), want)
 		}
 	}
 }

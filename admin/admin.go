@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,6 +58,9 @@ type Source struct {
 	MaxPerClient func() int
 	// Clients returns how many clients the per-client cap counts now.
 	Clients func() int
+	// TopClients returns the n clients with the most connections open and
+	// the number of clients (server.Server.TopClients), for GET /clients.
+	TopClients func(n int) ([]server.ClientCount, int)
 	// Workers is the worker supervisor, nil without [workers].
 	Workers *backend.Supervisor
 	// OrphansReaped returns how many processes that workers left behind
@@ -180,6 +184,7 @@ func NewHandler(src Source, log *zap.Logger) http.Handler {
 	mux.HandleFunc("POST /backends/{rest...}", a.action)
 	mux.HandleFunc("POST /workers/restart", a.rollWorkers)
 	mux.HandleFunc("GET /workers", a.workers)
+	mux.HandleFunc("GET /clients", a.clients)
 	// A web page open in an operator's browser must not drain backends.
 	return http.NewCrossOriginProtection().Handler(mux)
 }
@@ -270,6 +275,47 @@ func (a *api) action(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Error(w, fmt.Sprintf("no backend named %q", clip(name, 256)), http.StatusNotFound)
+}
+
+// ClientsResult is GET /clients' answer.
+type ClientsResult struct {
+	// Limit is max_connections_per_client in force.
+	Limit int `json:"limit"`
+	// Clients is how many clients have connections open (as the limit
+	// counts them: an IPv4 address, an IPv6 /64).
+	Clients int `json:"clients"`
+	// Top are the clients with the most connections open, most first.
+	Top []server.ClientCount `json:"top"`
+}
+
+// clients serves GET /clients?top=N (default 20, at most 1000): the
+// clients with the most connections open, to size
+// max_connections_per_client or find the one holding them. Clients are
+// counted only while that limit is on (404 otherwise).
+func (a *api) clients(w http.ResponseWriter, r *http.Request) {
+	n := 20
+	if s := r.URL.Query().Get("top"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 || v > 1000 {
+			http.Error(w, fmt.Sprintf("want ?top=N, 1 to 1000, got %q", clip(s, 32)), http.StatusBadRequest)
+			return
+		}
+		n = v
+	}
+	limit := 0
+	if a.src.MaxPerClient != nil {
+		limit = a.src.MaxPerClient()
+	}
+	if a.src.TopClients == nil || limit == 0 {
+		http.Error(w, "clients are counted only under a per-client limit: set max_connections_per_client "+
+			"(a high one, such as 100000, counts them without refusing anyone)", http.StatusNotFound)
+		return
+	}
+	top, clients := a.src.TopClients(n)
+	if top == nil {
+		top = []server.ClientCount{}
+	}
+	writeJSON(w, http.StatusOK, ClientsResult{Limit: limit, Clients: clients, Top: top})
 }
 
 // workers serves GET /workers: each launched worker's slot, pid, uptime,

@@ -292,3 +292,39 @@ func TestAdminWorkersRestart(t *testing.T) {
 		t.Errorf("asked for %d rolling restarts, want 5 (none for the bad request)", n)
 	}
 }
+
+// GET /clients: the clients with the most connections open, under a
+// per-client limit; 404 without one, 400 for a bad top.
+func TestAdminClients(t *testing.T) {
+	limit := 0
+	top := []server.ClientCount{{Client: "203.0.113.7", Open: 9}, {Client: "2001:db8:0:1::/64", Open: 4}}
+	asked := 0
+	h := NewHandler(Source{Backends: func() *backend.Set { return nil }, MaxPerClient: func() int { return limit },
+		TopClients: func(n int) ([]server.ClientCount, int) { asked = n; return top[:min(n, len(top))], 31 }}, zap.NewNop())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		return testkit.HTTPDo(t, srv.Client(), req)
+	}
+	if code, body := get("/clients"); code != 404 || !strings.Contains(body, "max_connections_per_client") {
+		t.Errorf("without a limit: %d %q", code, body)
+	}
+	limit = 10
+	for _, bad := range []string{"0", "1001", "x"} {
+		if code, _ := get("/clients?top=" + bad); code != 400 {
+			t.Errorf("top=%s: %d, want 400", bad, code)
+		}
+	}
+	code, body := get("/clients?top=1")
+	var res ClientsResult
+	if err := json.Unmarshal([]byte(body), &res); err != nil || code != 200 {
+		t.Fatalf("%d %q: %v", code, body, err)
+	}
+	if res.Limit != 10 || res.Clients != 31 || len(res.Top) != 1 || res.Top[0] != top[0] || asked != 1 {
+		t.Errorf("GET /clients?top=1: %+v (asked for %d)", res, asked)
+	}
+	if get("/clients"); asked != 20 {
+		t.Errorf("the default top is %d, want 20", asked)
+	}
+}

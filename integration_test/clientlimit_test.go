@@ -6,6 +6,7 @@ package integration_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/internal/testkit"
 )
 
@@ -93,6 +95,12 @@ func TestMaxConnectionsPerClientBehindHAProxy(t *testing.T) {
 	}
 	if n := opsMetric(t, adm, "stickyd_connections_per_client_max"); n != limit {
 		t.Errorf("stickyd_connections_per_client_max = %v, want %d", n, limit)
+	}
+	_, body := opsDo(t, "GET", adm, "/clients?top=2")
+	var top admin.ClientsResult
+	if err := json.Unmarshal([]byte(body), &top); err != nil || top.Limit != limit || top.Clients != clients ||
+		len(top.Top) != 2 || top.Top[0].Open != limit || top.Top[1].Open != limit {
+		t.Errorf("GET /clients?top=2: %s (%v)", body, err)
 	}
 	refusals := logsOf[map[string]any](p, "connection refused")
 	if len(refusals) == 0 || refusals[0]["cause"] != "client_limit" || !strings.Contains(fmt.Sprint(refusals[0]["fix"]), "max_connections_per_client") {

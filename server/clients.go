@@ -1,10 +1,13 @@
 package server
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -101,6 +104,52 @@ func (t *clientTable) clients() int {
 		sh.mu.Unlock()
 	}
 	return n
+}
+
+// ClientCount is one client and its open connections (TopClients).
+type ClientCount struct {
+	// Client is an IPv4 address, or an IPv6 /64 as a prefix
+	// ("2001:db8:0:1::/64").
+	Client string `json:"client"`
+	Open   int    `json:"open"`
+}
+
+// TopClients returns the n clients with the most connections open, most
+// first (ties by client), and how many clients there are in all: those
+// the per-client limit counts.
+func (s *Server) TopClients(n int) (top []ClientCount, clients int) {
+	type entry struct {
+		k    clientKey
+		open int32
+	}
+	var all []entry
+	for i := range s.clients.shards {
+		sh := &s.clients.shards[i]
+		sh.mu.Lock()
+		for k, open := range sh.open {
+			all = append(all, entry{k, open})
+		}
+		sh.mu.Unlock()
+	}
+	slices.SortFunc(all, func(a, b entry) int {
+		if c := cmp.Compare(b.open, a.open); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.k[:], b.k[:])
+	})
+	for _, e := range all[:min(n, len(all))] {
+		top = append(top, ClientCount{Client: e.k.String(), Open: int(e.open)})
+	}
+	return top, len(all)
+}
+
+// String is k as TopClients shows it.
+func (k clientKey) String() string {
+	ip := netip.AddrFrom16(k)
+	if ip.Is4In6() {
+		return ip.Unmap().String()
+	}
+	return netip.PrefixFrom(ip, 64).String()
 }
 
 // SetMaxPerClient sets the per-client connection limit from now on (a

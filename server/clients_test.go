@@ -258,3 +258,29 @@ func BenchmarkClientTable(b *testing.B) {
 		}
 	})
 }
+
+// TopClients lists the clients with the most connections open, most first,
+// IPv6 clients as their /64.
+func TestTopClients(t *testing.T) {
+	var s Server
+	add := func(ip string, n int) {
+		for range n {
+			if _, ok := s.clients.acquire(keyOf(netip.MustParseAddr(ip)), 100); !ok {
+				t.Fatal("refused under the limit")
+			}
+		}
+	}
+	add("192.0.2.9", 2)
+	add("2001:db8:0:1::5", 3)
+	add("2001:db8:0:1::6", 2) // the same /64
+	add("198.51.100.1", 7)
+	add("192.0.2.1", 2)
+	top, n := s.TopClients(3)
+	want := []ClientCount{{"198.51.100.1", 7}, {"2001:db8:0:1::/64", 5}, {"192.0.2.1", 2}}
+	if n != 4 || fmt.Sprint(top) != fmt.Sprint(want) {
+		t.Errorf("TopClients(3) = %v, %d; want %v, 4", top, n, want)
+	}
+	if all, _ := s.TopClients(100); len(all) != 4 {
+		t.Errorf("TopClients(100) has %d clients, want 4", len(all))
+	}
+}
