@@ -56,18 +56,18 @@ const adapterClose = 13
 // channels.
 type workerBus struct {
 	log *zap.Logger
-	// maxMessage and maxQueue are maxBusMessage and maxBusQueue (tests
-	// lower them).
-	maxMessage, maxQueue int
-	mu                   sync.Mutex
-	members              map[*busMember]struct{} // guarded by mu
+	// maxMessage and maxQueue are maxBusMessage and maxBusQueue, readSize
+	// the read buffer of each channel, 64 KiB (tests lower them).
+	maxMessage, maxQueue, readSize int
+	mu                             sync.Mutex
+	members                        map[*busMember]struct{} // guarded by mu
 	// relayed and dropped count messages written to a worker's queue, and
 	// messages not relayed (too large, a queue full).
 	relayed, dropped atomic.Int64
 }
 
 func newWorkerBus(log *zap.Logger) *workerBus {
-	return &workerBus{log: log, maxMessage: maxBusMessage, maxQueue: maxBusQueue, members: make(map[*busMember]struct{})}
+	return &workerBus{log: log, maxMessage: maxBusMessage, maxQueue: maxBusQueue, readSize: 64 << 10, members: make(map[*busMember]struct{})}
 }
 
 // busMember is one worker's channel.
@@ -143,7 +143,7 @@ func (m *busMember) close() {
 // read relays each message m's worker sends, until its channel closes.
 func (m *busMember) read() {
 	defer m.leave()
-	r := bufio.NewReaderSize(m.conn, 64<<10)
+	r := bufio.NewReaderSize(m.conn, m.bus.readSize)
 	var long []byte // the start of a message longer than r's buffer
 	for {
 		line, err := r.ReadSlice('\n')

@@ -230,3 +230,47 @@ func TestWorkerNodeChannel(t *testing.T) {
 		})
 	}
 }
+
+// Whatever the sizes of the messages and of the writes that carry them, the
+// bus relays each message whole and in order, and drops exactly those over
+// its size limit.
+func FuzzBusFraming(f *testing.F) {
+	f.Add([]byte{3, 40, 1, 200, 17}, uint8(5))
+	f.Add([]byte{90, 91, 120, 0, 2}, uint8(1))
+	f.Fuzz(func(t *testing.T, sizes []byte, chunk uint8) {
+		if len(sizes) > 40 || chunk == 0 {
+			return
+		}
+		b := newWorkerBus(zap.NewNop())
+		b.readSize, b.maxMessage = 16, 150
+		from, to := joinBus(t, b, 0), joinBus(t, b, 1)
+		var stream []byte
+		var want []string
+		for i, n := range sizes {
+			raw, _ := json.Marshal(adapterMsg("a0", 3, "i", i, "data", strings.Repeat("z", int(n))))
+			stream = append(append(stream, raw...), '\n')
+			if len(raw)+1 <= b.maxMessage {
+				want = append(want, string(raw)+"\n")
+			}
+		}
+		end, _ := json.Marshal(adapterMsg("a0", 3, "end", true))
+		stream = append(append(stream, end...), '\n')
+		want = append(want, string(end)+"\n")
+		go func() { // the writes, in pieces of chunk bytes
+			for len(stream) > 0 {
+				n := min(int(chunk), len(stream))
+				if _, err := from.conn.Write(stream[:n]); err != nil {
+					return
+				}
+				stream = stream[n:]
+			}
+		}()
+		to.conn.SetReadDeadline(time.Now().Add(testkit.Guard))
+		for i, w := range want {
+			got, err := to.in.ReadString('\n')
+			if err != nil || got != w {
+				t.Fatalf("message %d: got %q (%v), want %q", i, got, err, w)
+			}
+		}
+	})
+}

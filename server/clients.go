@@ -29,7 +29,7 @@ import (
 // with connections open, whatever the limit.
 
 // errClientLimit refuses a client at its limit (wrapped with the counts).
-var errClientLimit = errors.New("client at max_connections_per_client")
+var errClientLimit = errors.New("server: client at max_connections_per_client")
 
 // clientKey is a client as the limit counts it: an IPv4 address (in its
 // IPv4-mapped form) or an IPv6 /64, in 16 bytes.
