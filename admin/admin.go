@@ -56,7 +56,10 @@ type Source struct {
 	// MaxPerClient returns the cap on one client's open connections in
 	// force (max_connections_per_client; a reload changes it); 0: none.
 	MaxPerClient func() int
-	// Clients returns how many clients the per-client cap counts now.
+	// MaxRatePerClient returns the cap on the connections one client opens
+	// a second (max_connection_rate_per_client); 0: none.
+	MaxRatePerClient func() int
+	// Clients returns how many clients the per-client caps count now.
 	Clients func() int
 	// TopClients returns the n clients with the most connections open and
 	// the number of clients (server.Server.TopClients), for GET /clients.
@@ -279,8 +282,10 @@ func (a *api) action(w http.ResponseWriter, r *http.Request) {
 
 // ClientsResult is GET /clients' answer.
 type ClientsResult struct {
-	// Limit is max_connections_per_client in force.
-	Limit int `json:"limit"`
+	// Limit is max_connections_per_client in force, RateLimit
+	// max_connection_rate_per_client.
+	Limit     int `json:"limit"`
+	RateLimit int `json:"rate_limit"`
 	// Clients is how many clients have connections open (as the limit
 	// counts them: an IPv4 address, an IPv6 /64).
 	Clients int `json:"clients"`
@@ -302,11 +307,14 @@ func (a *api) clients(w http.ResponseWriter, r *http.Request) {
 		}
 		n = v
 	}
-	limit := 0
+	limit, rate := 0, 0
 	if a.src.MaxPerClient != nil {
 		limit = a.src.MaxPerClient()
 	}
-	if a.src.TopClients == nil || limit == 0 {
+	if a.src.MaxRatePerClient != nil {
+		rate = a.src.MaxRatePerClient()
+	}
+	if a.src.TopClients == nil || limit == 0 && rate == 0 {
 		http.Error(w, "clients are counted only under a per-client limit: set max_connections_per_client "+
 			"(a high one, such as 100000, counts them without refusing anyone)", http.StatusNotFound)
 		return
@@ -315,7 +323,7 @@ func (a *api) clients(w http.ResponseWriter, r *http.Request) {
 	if top == nil {
 		top = []server.ClientCount{}
 	}
-	writeJSON(w, http.StatusOK, ClientsResult{Limit: limit, Clients: clients, Top: top})
+	writeJSON(w, http.StatusOK, ClientsResult{Limit: limit, RateLimit: rate, Clients: clients, Top: top})
 }
 
 // workers serves GET /workers: each launched worker's slot, pid, uptime,

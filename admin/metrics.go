@@ -18,7 +18,7 @@ type collector struct {
 	backendEarlyCloses, backendFirstByteTimeouts               *prometheus.Desc
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
 	orphansReaped, workerMemory, workerMemoryReplacements      *prometheus.Desc
-	maxPerClient, clients, workerMessages                      *prometheus.Desc
+	maxPerClient, maxRatePerClient, clients, workerMessages    *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -40,7 +40,7 @@ func NewCollector(src Source) prometheus.Collector {
 		open:                desc("connections_open", "Client connections open now."),
 		max:                 desc("connections_max", "The cap on open client connections (max_connections); 0: none."),
 		relayed:             desc("connections_relayed_total", "Client connections relayed to a backend."),
-		rejected:            desc("connections_rejected_total", "Client connections closed without a backend, by reason (no_backend: every dial failed; header: see stickyd_header_errors_total; client_limit: the client had max_connections_per_client open).", "reason"),
+		rejected:            desc("connections_rejected_total", "Client connections closed without a backend, by reason (no_backend: every dial failed; header: see stickyd_header_errors_total; client_limit: the client had max_connections_per_client open; client_rate: it had opened max_connection_rate_per_client in the last second).", "reason"),
 		limitWaits:          desc("max_connections_reached_total", "Times accepting paused because max_connections were open (clients waited in the backlog)."),
 		handshakes:          desc("handshakes_total", "Client handshakes by where they ran: on the event loop that accepted the client, or handed to a goroutine (a trusted upstream's header, a backend off loopback, HTTP header mode).", "where"),
 		bytes:               desc("bytes_total", "Bytes relayed by finished connections: in is client to backend, out is backend to client.", "direction"),
@@ -71,8 +71,10 @@ func NewCollector(src Source) prometheus.Collector {
 		"Exited processes that workers left behind (a wrapper's app, a crashed worker's children), collected by stickyd as their subreaper; as PID 1 in a container, any orphan there (docker exec sessions' too).")
 	c.maxPerClient = desc("connections_per_client_max",
 		"The cap on one client's open connections (max_connections_per_client: an IPv4 address or an IPv6 /64); 0: none.")
+	c.maxRatePerClient = desc("connection_rate_per_client_max",
+		"The cap on the connections one client may open a second (max_connection_rate_per_client); 0: none.")
 	c.clients = desc("clients",
-		"Clients (IPv4 addresses, IPv6 /64s) with connections open, as max_connections_per_client counts them (0 while it has been off since the start).")
+		"Clients (IPv4 addresses, IPv6 /64s) with connections open, as max_connections_per_client and max_connection_rate_per_client count them (0 while both have been off since the start).")
 	c.workerMessages = desc("worker_messages_total",
 		"Messages of socket.io's cluster adapter that stickyd relayed between the launched workers (workers.ipc), by result (relayed: queued for a worker; dropped: a worker's queue full, or a message over 64 MiB).", "result")
 	c.closesStalled = desc("closes_stalled_total",
@@ -86,7 +88,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped, c.workerMemory, c.workerMemoryReplacements,
-		c.maxPerClient, c.clients, c.workerMessages} {
+		c.maxPerClient, c.maxRatePerClient, c.clients, c.workerMessages} {
 		ch <- d
 	}
 }
@@ -107,6 +109,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if c.src.MaxPerClient != nil {
 		gauge(c.maxPerClient, int64(c.src.MaxPerClient()))
 	}
+	if c.src.MaxRatePerClient != nil {
+		gauge(c.maxRatePerClient, int64(c.src.MaxRatePerClient()))
+	}
 	if c.src.Clients != nil {
 		gauge(c.clients, int64(c.src.Clients()))
 	}
@@ -125,6 +130,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.rejected, m.NoBackend.Load(), "no_backend")
 		counter(c.rejected, headers, "header")
 		counter(c.rejected, m.ClientLimit.Load(), "client_limit")
+		counter(c.rejected, m.ClientRate.Load(), "client_rate")
 	}
 	if c.src.Moves != nil {
 		counter(c.moves, c.src.Moves())

@@ -88,6 +88,10 @@ type Config struct {
 	// MaxConnectionsPerClient caps one client's open connections (an IPv4
 	// address or an IPv6 /64). Default 0: no cap.
 	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
+	// MaxConnectionRatePerClient caps the connections one client may open
+	// a second (counted as MaxConnectionsPerClient counts). Default 0: no
+	// cap.
+	MaxConnectionRatePerClient int `toml:"max_connection_rate_per_client"`
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is "console" or "json"; default console on a TTY, else json.

@@ -97,6 +97,7 @@ var settings = []Setting{
 	{Key: "drain_timeout", Kind: KindDuration, Live: true, Default: "30s", Usage: "on SIGTERM, how long open connections may finish"},
 	{Key: "max_connections", Kind: KindInt, Default: "from the open-file limit", Usage: "cap on open client connections"},
 	{Key: "max_connections_per_client", Kind: KindInt, Live: true, Default: "0 (none)", Usage: "cap on one client's open connections (an IPv4 address or an IPv6 /64, as PROXY or HTTP headers tell it); more are refused"},
+	{Key: "max_connection_rate_per_client", Kind: KindInt, Live: true, Default: "0 (none)", Usage: "cap on the connections one client opens a second (counted as --max-connections-per-client counts); more are refused until it slows down"},
 	{Key: "engine", Kind: KindString, Default: "epoll", Usage: "connection engine: epoll or goroutine"},
 	{Key: "admin", Kind: KindString, Default: "off", Usage: "admin and metrics listen `ADDR`, host:port or unix:/path (bind it to loopback or a Unix socket)"},
 	{Key: "admin_token_file", Kind: KindString, Usage: "`FILE` holding the bearer token that drain and enable require (or the token itself in $STICKYD_ADMIN_TOKEN)"},

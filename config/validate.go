@@ -65,6 +65,9 @@ func (c *Config) checkScalars() error {
 	if c.MaxConnectionsPerClient < 0 {
 		return c.errorf("max_connections_per_client", "want >= 0 (0: no limit), got %d", c.MaxConnectionsPerClient)
 	}
+	if c.MaxConnectionRatePerClient < 0 {
+		return c.errorf("max_connection_rate_per_client", "want >= 0 (0: no limit), got %d", c.MaxConnectionRatePerClient)
+	}
 	if c.LogLevel != "" {
 		if _, err := zapcore.ParseLevel(c.LogLevel); err != nil {
 			return c.errorf("log_level", "want debug, info, warn or error, got %q", c.LogLevel)

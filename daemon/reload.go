@@ -75,6 +75,7 @@ func (d *daemon) install(cfg *config.Config, answers map[string][]string) (old, 
 	d.cfg, d.dns = cfg, answers
 	d.srv.SetBackends(set)
 	d.srv.SetMaxPerClient(cfg.MaxConnectionsPerClient)
+	d.srv.SetMaxRatePerClient(cfg.MaxConnectionRatePerClient)
 	oldLoops := d.loops
 	d.loops = nil
 	d.mu.Unlock()

@@ -26,6 +26,7 @@ func serverOptions(cfg *config.Config, budget fdBudget) server.Options {
 		FirstByte:           cfg.FirstByteTimeout.Duration,
 		MaxConnections:      budget.conns,
 		MaxPerClient:        cfg.MaxConnectionsPerClient,
+		MaxRatePerClient:    cfg.MaxConnectionRatePerClient,
 	}
 }
 

@@ -211,7 +211,7 @@ func (d *daemon) startAdmin() {
 		return
 	}
 	src := admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
-		MaxConnections: d.budget.conns, MaxPerClient: d.srv.MaxPerClient, Clients: d.srv.Clients, TopClients: d.srv.TopClients, Workers: d.sup, Logs: d.logs.Counts, ProcsCeiling: d.ceiling.Load}
+		MaxConnections: d.budget.conns, MaxPerClient: d.srv.MaxPerClient, MaxRatePerClient: d.srv.MaxRatePerClient, Clients: d.srv.Clients, TopClients: d.srv.TopClients, Workers: d.sup, Logs: d.logs.Counts, ProcsCeiling: d.ceiling.Load}
 	if d.reaping {
 		src.OrphansReaped = reaper.Reaped
 	}

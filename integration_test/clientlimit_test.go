@@ -125,3 +125,42 @@ func TestMaxConnectionsPerClientBehindHAProxy(t *testing.T) {
 		t.Errorf("stickyd_connections_per_client_max = %v after the reload, want 0", n)
 	}
 }
+
+// max_connection_rate_per_client behind a real HAProxy: a client that
+// connects in a loop is refused once it has opened the rate in a second,
+// counted by the address in HAProxy's PROXY header, while another client
+// gets in.
+func TestMaxConnectionRatePerClientBehindHAProxy(t *testing.T) {
+	requireTool(t, "haproxy")
+	const rate = 10
+	b := testkit.StartBackend(t, "b0")
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", b.Flag(), "--accept-proxy", "127.0.0.1/32", "--admin", adm,
+		"--max-connection-rate-per-client", fmt.Sprint(rate))
+	front := startHAProxy(t, p.addr, "send-proxy-v2")
+	admitted, refused := 0, 0
+	for range 2 * rate { // one after another, each closed at once
+		if name, _, _, err := visit("127.0.5.1", front); err == nil && name == "b0" {
+			admitted++
+		} else {
+			refused++
+		}
+	}
+	// A burst shorter than the second is counted whole; one that takes
+	// longer on a busy machine sees the previous second's share decay.
+	if admitted < rate || admitted > rate+2 {
+		t.Errorf("%d of %d connections in a burst admitted under a rate of %d/s", admitted, 2*rate, rate)
+	}
+	if name, _, _, err := visit("127.0.5.2", front); err != nil || name != "b0" {
+		t.Errorf("another client: %q %v", name, err)
+	}
+	if n := opsMetric(t, adm, `stickyd_connections_rejected_total{reason="client_rate"}`); int(n) != refused {
+		t.Errorf("client_rate rejections = %v, want %d", n, refused)
+	}
+	if n := opsMetric(t, adm, "stickyd_connection_rate_per_client_max"); n != rate {
+		t.Errorf("stickyd_connection_rate_per_client_max = %v, want %d", n, rate)
+	}
+	if !opsLogged(p, `"cause":"client_rate"`) {
+		t.Error("no refusal logged with cause client_rate")
+	}
+}

@@ -21,7 +21,7 @@ func TestOpsEnvTwinsValidated(t *testing.T) {
 		"STICKYD_HEALTH_RISE": "-1", "STICKYD_HEALTH_FALL": "-1", "STICKYD_HEALTH_PATH": "nope",
 		"STICKYD_HEALTH_EXPECT_STATUS": "7", "STICKYD_HEALTH_SEND_PROXY": "v7", "STICKYD_HEALTH_COOLDOWN": "-1s",
 		"STICKYD_HEALTH_EJECT_AFTER": "-1", "STICKYD_DNS_SERVER": "nope", "STICKYD_DNS_INTERVAL": "1ms",
-		"STICKYD_MAX_CONNECTIONS_PER_CLIENT": "-1",
+		"STICKYD_MAX_CONNECTIONS_PER_CLIENT": "-1", "STICKYD_MAX_CONNECTION_RATE_PER_CLIENT": "-1",
 	}
 	for env, v := range bad {
 		flag := "--" + strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(env, "STICKYD_")), "_", "-")

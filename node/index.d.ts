@@ -40,6 +40,12 @@ declare namespace sticky {
   function acceptProxy<S extends NetServer>(server: S, options?: Options): S;
   function parse(header: Buffer): ProxyHeader;
   function frame(buf: Buffer): number;
+  /**
+   * Why this process has no Node IPC channel though stickyd gave its worker
+   * one (a wrapper such as npm start took it), or null. The package prints
+   * it once when loaded.
+   */
+  function channelLost(env: NodeJS.ProcessEnv): string | null;
   export { sticky };
 }
 

@@ -54,7 +54,7 @@ func TestClientTableConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < tries*clients; i++ {
 				k := keyOf(netip.AddrFrom4([4]byte{10, 0, byte(i % clients), 1}))
-				if _, ok := tab.acquire(k, limit); !ok {
+				if v, _ := tab.acquire(k, limit, 0, 0); v != clientAdmitted {
 					continue
 				}
 				mu.Lock()
@@ -66,7 +66,7 @@ func TestClientTableConcurrent(t *testing.T) {
 				mu.Lock()
 				open[k]--
 				mu.Unlock()
-				tab.release(k)
+				tab.release(k, 0)
 			}
 		}()
 	}
@@ -244,19 +244,27 @@ func TestSetMaxPerClient(t *testing.T) {
 	}
 }
 
-// The limit's cost per connection: one acquire and one release, from
-// parallel loops, 10k clients.
+// The limits' cost per connection: one acquire and one release, from
+// parallel loops, 10k clients; with the rate limit, a clock read too.
 func BenchmarkClientTable(b *testing.B) {
-	var tab clientTable
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			i++
-			k := keyOf(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8 % 40), byte(i)}))
-			tab.acquire(k, 100)
-			tab.release(k)
-		}
-	})
+	for _, rate := range []int64{0, 1000} {
+		b.Run(fmt.Sprintf("rate=%d", rate), func(b *testing.B) {
+			var tab clientTable
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					i++
+					k := keyOf(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8 % 40), byte(i)}))
+					var ms int64
+					if rate > 0 {
+						ms = time.Now().UnixMilli()
+					}
+					tab.acquire(k, 100, rate, ms)
+					tab.release(k, ms)
+				}
+			})
+		})
+	}
 }
 
 // TopClients lists the clients with the most connections open, most first,
@@ -265,7 +273,7 @@ func TestTopClients(t *testing.T) {
 	var s Server
 	add := func(ip string, n int) {
 		for range n {
-			if _, ok := s.clients.acquire(keyOf(netip.MustParseAddr(ip)), 100); !ok {
+			if v, _ := s.clients.acquire(keyOf(netip.MustParseAddr(ip)), 100, 0, 0); v != clientAdmitted {
 				t.Fatal("refused under the limit")
 			}
 		}
@@ -283,4 +291,124 @@ func TestTopClients(t *testing.T) {
 	if all, _ := s.TopClients(100); len(all) != 4 {
 		t.Errorf("TopClients(100) has %d clients, want 4", len(all))
 	}
+}
+
+// The rate is over a sliding second: the attempts of the current second,
+// plus the share of the previous one the sliding second still covers. An
+// attempt refused counts too; a client is forgotten two seconds after its
+// last connection, and its entry swept once the shard has doubled.
+func TestClientRate(t *testing.T) {
+	var tab clientTable
+	k := keyOf(netip.MustParseAddr("192.0.2.7"))
+	const rate = 4
+	at := func(ms int64) (int, int64) {
+		v, n := tab.acquire(k, 0, rate, ms)
+		if v == clientAdmitted {
+			tab.release(k, ms)
+		}
+		return v, n
+	}
+	base := int64(1_700_000_000_000) // a second's start
+	for i := range int64(rate) {
+		if v, n := at(base + 10*i); v != clientAdmitted {
+			t.Fatalf("attempt %d refused (%d)", i, n)
+		}
+	}
+	if v, n := at(base + 100); v != clientOverRate || n != rate {
+		t.Errorf("the 5th in 100 ms: verdict %d, rate %d; want refused at %d", v, n, rate)
+	}
+	// In the next second the previous one's 5 attempts (4 admitted, 1
+	// refused) count for the share of it the sliding second covers,
+	// rounded up, and each attempt adds one.
+	for _, tc := range []struct {
+		ms      int64
+		verdict int
+		rate    int64
+	}{
+		{1250, clientOverRate, 4}, // ceil(5 x 0.75) + 0
+		{1500, clientOverRate, 4}, // ceil(5 x 0.5) + 1
+		{1800, clientAdmitted, 3}, // ceil(5 x 0.2) + 2
+		{1810, clientOverRate, 4}, // ceil(5 x 0.19) + 3
+		{2999, clientAdmitted, 0}, // ceil(4 x 0.001) + 0: the attempts of 1.8 s are a second old
+	} {
+		// (An admitted attempt's count is its open connections: 1.)
+		if v, n := at(base + tc.ms); v != tc.verdict || v == clientOverRate && n != tc.rate {
+			t.Errorf("at %d ms: verdict %d, rate %d; want %d, %d", tc.ms, v, n, tc.verdict, tc.rate)
+		}
+	}
+	if v, _ := at(base + 4000); v != clientAdmitted {
+		t.Errorf("two quiet seconds later: verdict %d, want admitted", v)
+	}
+
+	// Stale entries go at the next sweep, due when a shard has doubled
+	// (here: at once).
+	for i := range 2000 {
+		kk := keyOf(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+		tab.acquire(kk, 0, rate, base)
+		tab.release(kk, base)
+	}
+	entries := func() (n int) {
+		for i := range tab.shards {
+			n += len(tab.shards[i].m)
+		}
+		return n
+	}
+	if n := entries(); n < 2000 {
+		t.Fatalf("%d entries for 2000 clients of the last second, want them remembered", n)
+	}
+	for i := range tab.shards {
+		tab.shards[i].sweepAt = 1
+	}
+	for i := range 2000 { // two seconds on, other clients, connections kept open
+		kk := keyOf(netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}))
+		tab.acquire(kk, 0, rate, base+10_000)
+	}
+	if n := entries(); n != 2000 {
+		t.Errorf("%d entries after the sweeps, want the 2000 open ones", n)
+	}
+	if n := tab.clients(); n != 2000 {
+		t.Errorf("clients() = %d, want the 2000 with connections open", n)
+	}
+}
+
+// A client that opens MaxRatePerClient connections within a second has the
+// next refused before any dial, logged and counted, while another client is
+// served; once its rate falls it is served again.
+func TestMaxRatePerClient(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, newEngine func() (relay.Engine, error)) {
+		b := startBackend(t, "b0")
+		r := startServer(t, Options{MaxRatePerClient: 5, SniffWait: 10 * time.Millisecond}, newEngine, b)
+		for i := range 5 { // each closed at once: the rate counts openings
+			c := testkit.Dial(t, "127.0.4.1", r.addr)
+			if name, _, _ := testkit.Greeting(t, c); name != "b0" {
+				t.Fatalf("connection %d: %q", i, name)
+			}
+			c.Close()
+		}
+		waitRefused(t, testkit.Dial(t, "127.0.4.1", r.addr), "the sixth in a second")
+		testkit.WaitFor(t, "refusal logged", func() bool { return len(r.refusals("127.0.4.1")) > 0 })
+		e := r.refusals("127.0.4.1")[0].ContextMap()
+		if e["cause"] != "client_rate" || !strings.Contains(fmt.Sprint(e["error"]), "in the last second") ||
+			!strings.Contains(fmt.Sprint(e["fix"]), "max_connection_rate_per_client") {
+			t.Errorf("refusal logged as %v", e)
+		}
+		if n := from(b, "127.0.4.1"); n != 5 {
+			t.Errorf("the backend saw %d connections of 127.0.4.1, want 5", n)
+		}
+		if name, _, _ := testkit.Greeting(t, testkit.Dial(t, "127.0.4.2", r.addr)); name != "b0" {
+			t.Errorf("another client got %q", name)
+		}
+		testkit.WaitFor(t, "the client served again once its rate fell", func() bool {
+			c, err := testkit.DialFrom("127.0.4.1", r.addr)
+			if err != nil {
+				return false
+			}
+			defer c.Close()
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			return strings.HasPrefix(line, "b0 127.0.4.1:")
+		}, testkit.Every(300*time.Millisecond))
+		if n := r.srv.Metrics().ClientRate.Load(); n < 1 {
+			t.Errorf("ClientRate = %d, want at least 1", n)
+		}
+	})
 }

@@ -65,7 +65,7 @@ func (s *Server) handle(conn relay.Conn, c *client) {
 // refuse closes a client whose handshake failed, and says why (once per
 // cause, as the log sampler allows) unless err is errQuiet.
 func (s *Server) refuse(conn relay.Conn, c *client, err error) {
-	if errors.Is(err, errClientLimit) && s.opts.ClientIPHeader != "" {
+	if (errors.Is(err, errClientLimit) || errors.Is(err, errClientRate)) && s.opts.ClientIPHeader != "" {
 		if tc, terr := relay.TCPConn(conn); terr == nil {
 			s.replyStatus(tc, "429 Too Many Requests", "too many connections from "+c.addr.Addr().String())
 		}
@@ -128,6 +128,8 @@ func refusalCause(err error) string {
 		return "dial"
 	case errors.Is(err, errClientLimit):
 		return "client_limit"
+	case errors.Is(err, errClientRate):
+		return "client_rate"
 	}
 	return headerKind(err)
 }
@@ -156,8 +158,9 @@ func (s *Server) refusalFix(cause string, peer netip.AddrPort, err error) zap.Fi
 			"(nginx: proxy_set_header; HAProxy: option forwardfor, or http-request set-header); "+
 			"clients that reach stickyd directly send none: --ignore-missing-header routes them by their socket address")
 	}
-	if cause == "client_limit" {
-		return zap.String("fix", "if many users share this address (a NAT, an office, a mobile carrier), raise max_connections_per_client; "+
+	if cause == "client_limit" || cause == "client_rate" {
+		key := map[string]string{"client_limit": "max_connections_per_client", "client_rate": "max_connection_rate_per_client"}[cause]
+		return zap.String("fix", "if many users share this address (a NAT, an office, a mobile carrier), raise "+key+"; "+
 			"if it is a proxy or load balancer in front of stickyd, every client arrives from its address: have it send PROXY headers "+
 			"and trust it (--accept-proxy), or route by --client-ip-header")
 	}

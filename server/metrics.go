@@ -32,8 +32,11 @@ type Metrics struct {
 	// ClientLimit counts connections refused because their client had
 	// max_connections_per_client open.
 	ClientLimit atomic.Int64
-	BytesIn     atomic.Int64 // client -> backend, finished connections
-	BytesOut    atomic.Int64 // backend -> client, finished connections
+	// ClientRate counts connections refused because their client opened
+	// max_connection_rate_per_client in the last second.
+	ClientRate atomic.Int64
+	BytesIn    atomic.Int64 // client -> backend, finished connections
+	BytesOut   atomic.Int64 // backend -> client, finished connections
 	// LimitWaits counts the times accepting paused because MaxConnections
 	// were open (new clients then wait in the kernel backlog).
 	LimitWaits atomic.Int64

@@ -69,6 +69,11 @@ type Options struct {
 	// over it is refused before a backend is dialed (HTTP header mode: with
 	// 429). 0 means no cap; SetMaxPerClient changes it.
 	MaxPerClient int
+	// MaxRatePerClient caps the connections one client may open in a
+	// second, counted as MaxPerClient counts (clients.go); the client over
+	// it is refused the same way until its rate falls. 0 means no cap;
+	// SetMaxRatePerClient changes it.
+	MaxRatePerClient int
 }
 
 func (o Options) headerTimeout() time.Duration {
@@ -145,6 +150,7 @@ func New(opts Options, set *backend.Set, engine relay.Engine, log *zap.Logger) *
 		s.loopDial, s.loopDialer = la.DialNow, s.dialNow
 	}
 	s.SetMaxPerClient(opts.MaxPerClient)
+	s.SetMaxRatePerClient(opts.MaxRatePerClient)
 	if opts.MaxConnections > 0 {
 		s.slots = make(chan struct{}, opts.MaxConnections)
 	}
