@@ -159,7 +159,10 @@ func (s *Server) refusalFix(cause string, peer netip.AddrPort, err error) zap.Fi
 			"clients that reach stickyd directly send none: --ignore-missing-header routes them by their socket address")
 	}
 	if cause == "client_limit" || cause == "client_rate" {
-		key := map[string]string{"client_limit": "max_connections_per_client", "client_rate": "max_connection_rate_per_client"}[cause]
+		key := "max_connections_per_client"
+		if cause == "client_rate" {
+			key = "max_connection_rate_per_client"
+		}
 		return zap.String("fix", "if many users share this address (a NAT, an office, a mobile carrier), raise "+key+"; "+
 			"if it is a proxy or load balancer in front of stickyd, every client arrives from its address: have it send PROXY headers "+
 			"and trust it (--accept-proxy), or route by --client-ip-header")
