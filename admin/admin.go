@@ -161,6 +161,11 @@ type WorkerInfo struct {
 	Restarts           int64 `json:"restarts"`
 	Replacements       int64 `json:"replacements"`
 	MemoryReplacements int64 `json:"memory_replacements"`
+	// AdapterNamespaces are the socket.io namespaces whose cluster adapter
+	// the worker has spoken in over its IPC channel: empty for an app
+	// without @socket.io/cluster-adapter, or one whose channel a wrapper
+	// (npm start) took, whose broadcasts then stay on this worker.
+	AdapterNamespaces []string `json:"adapter_namespaces"`
 }
 
 // LookupResult is the answer of GET /lookup.
@@ -337,7 +342,11 @@ func (a *api) workers(w http.ResponseWriter, r *http.Request) {
 	out := []WorkerInfo{}
 	for _, st := range sup.Status() {
 		info := WorkerInfo{Name: st.Name, Slot: st.Slot, Address: st.Address, Ready: st.Pid != 0, Pid: st.Pid,
-			MemoryBytes: st.Memory, Restarts: st.Restarts, Replacements: st.Replacements, MemoryReplacements: st.MemoryReplacements}
+			MemoryBytes: st.Memory, Restarts: st.Restarts, Replacements: st.Replacements, MemoryReplacements: st.MemoryReplacements,
+			AdapterNamespaces: st.AdapterNamespaces}
+		if info.AdapterNamespaces == nil {
+			info.AdapterNamespaces = []string{}
+		}
 		if !st.ReadySince.IsZero() {
 			info.UptimeSeconds = time.Since(st.ReadySince).Round(time.Millisecond).Seconds()
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -94,6 +95,26 @@ func (s *Supervisor) Messages() (relayed, dropped int64, ok bool) {
 		return 0, 0, false
 	}
 	return s.bus.relayed.Load(), s.bus.dropped.Load(), true
+}
+
+// namespaces returns the namespaces the adapter of the worker with process
+// id pid has spoken in, sorted.
+func (b *workerBus) namespaces(pid int) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for m := range b.members {
+		if m.pid != pid {
+			continue
+		}
+		for _, nsp := range m.uids {
+			if !slices.Contains(out, nsp) {
+				out = append(out, nsp)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // busChannel makes a worker's channel: the end for stickyd and the end the

@@ -143,6 +143,12 @@ func TestBusAnnouncesAWorkerGone(t *testing.T) {
 	w0.send(t, m)
 	w1.next(t)
 	w1.next(t)
+	if ns := b.namespaces(1000); fmt.Sprint(ns) != "[/ /admin]" {
+		t.Errorf("worker 0's adapter namespaces %v, want [/ /admin]", ns)
+	}
+	if ns := b.namespaces(1001); len(ns) != 0 {
+		t.Errorf("worker 1, which sent nothing: namespaces %v", ns)
+	}
 	w0.conn.Close() // the worker exited
 	got := map[string]string{}
 	for range 2 {

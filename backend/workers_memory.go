@@ -57,6 +57,11 @@ type WorkerStatus struct {
 	// restarts after an exit, rolling-restart replacements and max_memory
 	// replacements.
 	Restarts, Replacements, MemoryReplacements int64
+	// AdapterNamespaces are the socket.io namespaces whose cluster adapter
+	// that worker has spoken in over its IPC channel (workers_bus.go),
+	// sorted; none for an app without the adapter, or one behind a
+	// wrapper that took the channel.
+	AdapterNamespaces []string
 }
 
 // Status returns every slot as it is now. Safe to call concurrently with
@@ -69,6 +74,9 @@ func (s *Supervisor) Status() []WorkerStatus {
 			Restarts: w.restarts.Load(), Replacements: w.replacements.Load(), MemoryReplacements: w.memReplacements.Load()}
 		if ns := w.readySince.Load(); ns != 0 && st.Pid != 0 {
 			st.ReadySince = time.Unix(0, ns)
+		}
+		if s.bus != nil && st.Pid != 0 {
+			st.AdapterNamespaces = s.bus.namespaces(st.Pid)
 		}
 		out = append(out, st)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/internal/testkit"
 )
 
@@ -74,6 +75,16 @@ func TestSocketIOClusterAdapterAcrossWorkers(t *testing.T) {
 			when, s.Welcomed, s.PerWorker, s.Census.Sockets, s.Census.Servers, s.CensusTries, s.ChatFrom, s.Chats, s.ChatWorkers, s.Ms)
 	}
 	check(chatAcross(t, example, "http://"+p.addr, ips, workers), "first workers")
+	_, body := opsDo(t, "GET", adm, "/workers")
+	var infos []admin.WorkerInfo
+	if err := json.Unmarshal([]byte(body), &infos); err != nil || len(infos) != workers {
+		t.Fatalf("GET /workers: %v %s", err, body)
+	}
+	for _, w := range infos {
+		if fmt.Sprint(w.AdapterNamespaces) != "[/]" {
+			t.Errorf("%s: adapter namespaces %v, want [/]", w.Name, w.AdapterNamespaces)
+		}
+	}
 
 	// A rolling restart: the new workers join the bus, the old ones leave.
 	p.cmd.Process.Signal(syscall.SIGUSR1)
