@@ -95,6 +95,28 @@ func from(b *testkit.Backend, ip string) int {
 	return n
 }
 
+// checkRefusalLogged waits for ip's refusal line and checks its cause, that
+// its error has errPart and that its fix names the setting key.
+func checkRefusalLogged(t *testing.T, r *rig, ip, cause, errPart, key string) {
+	t.Helper()
+	testkit.WaitFor(t, "refusal logged", func() bool { return len(r.refusals(ip)) > 0 })
+	e := r.refusals(ip)[0].ContextMap()
+	if e["cause"] != cause || !strings.Contains(fmt.Sprint(e["error"]), errPart) || !strings.Contains(fmt.Sprint(e["fix"]), key) {
+		t.Errorf("refusal logged as %v, want cause %s, %q in the error, %s in the fix", e, cause, errPart, key)
+	}
+}
+
+// servedFrom reports whether a connection from ip reaches backend b0 now.
+func servedFrom(ip, addr string) bool {
+	c, err := testkit.DialFrom(ip, addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.HasPrefix(line, "b0 "+ip+":")
+}
+
 // A client with MaxPerClient connections open has the next refused before
 // any backend is dialed, logged with the fix and counted; another client is
 // served meanwhile, and the first is served again once one of its
@@ -109,12 +131,7 @@ func TestMaxPerClient(t *testing.T) {
 		testkit.Greeting(t, second)
 
 		waitRefused(t, testkit.Dial(t, "127.0.3.1", r.addr), "third")
-		testkit.WaitFor(t, "refusal logged", func() bool { return len(r.refusals("127.0.3.1")) > 0 })
-		e := r.refusals("127.0.3.1")[0].ContextMap()
-		if e["cause"] != "client_limit" || !strings.Contains(fmt.Sprint(e["error"]), "2 open") ||
-			!strings.Contains(fmt.Sprint(e["fix"]), "max_connections_per_client") {
-			t.Errorf("refusal logged as %v", e)
-		}
+		checkRefusalLogged(t, r, "127.0.3.1", "client_limit", "2 open", "max_connections_per_client")
 		if n := from(b, "127.0.3.1"); n != 2 {
 			t.Errorf("the backend saw %d connections of 127.0.3.1, want 2 (none for the refused one)", n)
 		}
@@ -131,15 +148,7 @@ func TestMaxPerClient(t *testing.T) {
 		}
 
 		first.Close()
-		testkit.WaitFor(t, "the closed connection released", func() bool {
-			c, err := testkit.DialFrom("127.0.3.1", r.addr)
-			if err != nil {
-				return false
-			}
-			defer c.Close()
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			return strings.HasPrefix(line, "b0 127.0.3.1:")
-		})
+		testkit.WaitFor(t, "the closed connection released", func() bool { return servedFrom("127.0.3.1", r.addr) })
 		second.Close()
 		other.Close()
 		testkit.WaitFor(t, "the table emptied", func() bool { return r.srv.Clients() == 0 })
@@ -386,27 +395,15 @@ func TestMaxRatePerClient(t *testing.T) {
 			c.Close()
 		}
 		waitRefused(t, testkit.Dial(t, "127.0.4.1", r.addr), "the sixth in a second")
-		testkit.WaitFor(t, "refusal logged", func() bool { return len(r.refusals("127.0.4.1")) > 0 })
-		e := r.refusals("127.0.4.1")[0].ContextMap()
-		if e["cause"] != "client_rate" || !strings.Contains(fmt.Sprint(e["error"]), "in the last second") ||
-			!strings.Contains(fmt.Sprint(e["fix"]), "max_connection_rate_per_client") {
-			t.Errorf("refusal logged as %v", e)
-		}
+		checkRefusalLogged(t, r, "127.0.4.1", "client_rate", "in the last second", "max_connection_rate_per_client")
 		if n := from(b, "127.0.4.1"); n != 5 {
 			t.Errorf("the backend saw %d connections of 127.0.4.1, want 5", n)
 		}
 		if name, _, _ := testkit.Greeting(t, testkit.Dial(t, "127.0.4.2", r.addr)); name != "b0" {
 			t.Errorf("another client got %q", name)
 		}
-		testkit.WaitFor(t, "the client served again once its rate fell", func() bool {
-			c, err := testkit.DialFrom("127.0.4.1", r.addr)
-			if err != nil {
-				return false
-			}
-			defer c.Close()
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			return strings.HasPrefix(line, "b0 127.0.4.1:")
-		}, testkit.Every(300*time.Millisecond))
+		testkit.WaitFor(t, "the client served again once its rate fell", func() bool { return servedFrom("127.0.4.1", r.addr) },
+			testkit.Every(300*time.Millisecond))
 		if n := r.srv.Metrics().ClientRate.Load(); n < 1 {
 			t.Errorf("ClientRate = %d, want at least 1", n)
 		}
