@@ -497,6 +497,11 @@ func (c *WorkerConfig) baseEnv() []string {
 		switch k {
 		case "PORT", "SOCKET", "STICKYD_WORKER_ID", "STICKYD_WORKERS":
 			return true
+		case "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "STICKYD_IPC":
+			// The workers' bus sets them (workers_bus.go); inherited (stickyd
+			// started by a Node process) they would name a descriptor the
+			// worker does not have.
+			return true
 		}
 		return false
 	}

@@ -11,7 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -89,7 +89,7 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 		return nil, err
 	}
 	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
-	cmd.Env, cmd.Dir = withoutNodeChannel(a.env), s.cfg.Dir
+	cmd.Env, cmd.Dir = a.env, s.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var channel *os.File // stickyd's end of the worker's channel (workers_bus.go)
 	if s.bus != nil {
@@ -98,7 +98,7 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 			return nil, err
 		}
 		defer theirs.Close() // the child has its own copy once started
-		cmd.ExtraFiles, cmd.Env, channel = []*os.File{theirs}, append(cmd.Env, env...), ours
+		cmd.ExtraFiles, cmd.Env, channel = []*os.File{theirs}, slices.Concat(a.env, env), ours
 	}
 	p, err := s.spawnWith(sp, w, cmd)
 	switch {
@@ -111,21 +111,6 @@ func (s *Supervisor) spawn(sp *workerSpawner, w *supervisedWorker, a *workerAddr
 		err = nil
 	}
 	return p, err
-}
-
-// withoutNodeChannel returns env without the variables that make Node open
-// an IPC channel (and STICKYD_IPC, which says one was given): one stickyd
-// inherited (it was started by a Node process) names a descriptor the
-// worker does not have.
-func withoutNodeChannel(env []string) []string {
-	out := make([]string, 0, len(env)+2)
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, "NODE_CHANNEL_FD=") && !strings.HasPrefix(kv, "NODE_CHANNEL_SERIALIZATION_MODE=") &&
-			!strings.HasPrefix(kv, "STICKYD_IPC=") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 // spawnWith starts cmd, its output piped into the log or inherited.
