@@ -8,7 +8,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,5 +164,64 @@ func TestMaxConnectionRatePerClientBehindHAProxy(t *testing.T) {
 	}
 	if !opsLogged(p, `"cause":"client_rate"`) {
 		t.Error("no refusal logged with cause client_rate")
+	}
+}
+
+// In HTTP header mode behind a real nginx (X-Forwarded-For), the client
+// over its rate gets stickyd's 429, which nginx passes on to it, while
+// another client behind the same nginx is served.
+func TestClientRate429ThroughNginx(t *testing.T) {
+	requireTool(t, "nginx", nginxStream)
+	const rate = 3
+	p := startStickyd(t, "--backend", startHTTPBackend(t, "h0"), "--accept-proxy", "127.0.0.1/32",
+		"--client-ip-header", "X-Forwarded-For", "--max-connection-rate-per-client", fmt.Sprint(rate))
+	front := startNginx(t, fmt.Sprintf(`http {
+    access_log off;
+    client_body_temp_path $DIR/body;
+    proxy_temp_path $DIR/proxy;
+    fastcgi_temp_path $DIR/fastcgi;
+    uwsgi_temp_path $DIR/uwsgi;
+    scgi_temp_path $DIR/scgi;
+    server {
+        listen %%LISTEN%%;
+        location / {
+            proxy_pass http://%s;
+            proxy_http_version 1.1;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
+    }
+}
+`, p.addr))
+	get := func(ip string) (int, string) {
+		c, err := testkit.DialFrom(ip, front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("client %s: %v", ip, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	codes := map[int]int{}
+	var refusal string
+	for range 2 * rate { // nginx opens a connection to stickyd per request
+		code, body := get("127.0.7.1")
+		codes[code]++
+		if code == http.StatusTooManyRequests {
+			refusal = body
+		}
+	}
+	if codes[200] < rate || codes[429] < rate-1 || codes[200]+codes[429] != 2*rate {
+		t.Errorf("status codes %v for %d requests under a rate of %d/s, want %d or a few more 200s, the rest 429", codes, 2*rate, rate, rate)
+	}
+	if !strings.Contains(refusal, "too many connections from 127.0.7.1") {
+		t.Errorf("the 429's body %q does not name the client", refusal)
+	}
+	if code, body := get("127.0.7.2"); code != 200 || !strings.HasPrefix(body, "h0 127.0.7.2:") {
+		t.Errorf("another client behind the same nginx: %d %q", code, body)
 	}
 }
