@@ -47,6 +47,11 @@ func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {
 		return ErrServerClosed
 	}
 	s.addAccepting(x)
+	// The loops accepted from the moment Accept returned: a slot freed
+	// before x was recorded (a client accepted and gone at once) found
+	// nothing to resume, and a loop that had paused at MaxConnections
+	// meanwhile would wait for the next slot freed, however long.
+	x.Resume()
 	if n := s.spread.Load(); n > 0 {
 		x.Spread(int(n))
 	}
