@@ -32,6 +32,10 @@ import (
 // first bytes if they are a PROXY header (the backend gets none), and
 // holds the backend's bytes back until they pass, or Options.SniffWait.
 
+// testHookAccepting, if set (by tests), runs between the loops' start and
+// their record (addAccepting).
+var testHookAccepting func()
+
 // serveLoops accepts on lns from the engine's loops until Shutdown.
 func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {
 	x, err := la.Accept(lns, loopAcceptor{s})
@@ -45,6 +49,9 @@ func (s *Server) serveLoops(la relay.LoopAcceptor, lns []net.Listener) error {
 	if !s.track(x) {
 		x.Close()
 		return ErrServerClosed
+	}
+	if testHookAccepting != nil {
+		testHookAccepting()
 	}
 	s.addAccepting(x)
 	// The loops accepted from the moment Accept returned: a slot freed

@@ -3,6 +3,7 @@ package server
 import (
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,5 +166,29 @@ func TestUnixBackendOnTheLoop(t *testing.T) {
 	}
 	if len(b.Headers()) != 1 {
 		t.Errorf("the unix backend saw %d PROXY headers", len(b.Headers()))
+	}
+}
+
+// A loop that paused at MaxConnections before the server had recorded its
+// loops is resumed once they are: a slot freed in between found nothing to
+// resume, and the next client waited for a close that never came.
+func TestPausedBeforeRecordedResumes(t *testing.T) {
+	release := make(chan struct{})
+	testHookAccepting = func() { <-release }
+	t.Cleanup(func() { testHookAccepting = nil })
+	b := startBackend(t, "b0")
+	r := startServer(t, Options{MaxConnections: 1, SniffWait: 10 * time.Millisecond}, twoLoops, b)
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the server's cleanup
+
+	first := testkit.Dial(t, "127.0.8.1", r.addr)
+	testkit.Greeting(t, first)
+	second := testkit.Dial(t, "127.0.8.2", r.addr) // in the backlog: the cap is reached
+	testkit.WaitFor(t, "a loop paused at the cap", func() bool { return r.srv.Metrics().LimitWaits.Load() >= 1 })
+	first.Close()
+	testkit.WaitFor(t, "the first connection released", func() bool { return r.srv.Open() == 0 })
+	once.Do(func() { close(release) }) // the loops are recorded now
+	if name, _, _ := testkit.Greeting(t, second); name != "b0" {
+		t.Errorf("the second client got %q", name)
 	}
 }
