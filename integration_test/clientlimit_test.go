@@ -175,23 +175,7 @@ func TestClientRate429ThroughNginx(t *testing.T) {
 	const rate = 3
 	p := startStickyd(t, "--backend", startHTTPBackend(t, "h0"), "--accept-proxy", "127.0.0.1/32",
 		"--client-ip-header", "X-Forwarded-For", "--max-connection-rate-per-client", fmt.Sprint(rate))
-	front := startNginx(t, fmt.Sprintf(`http {
-    access_log off;
-    client_body_temp_path $DIR/body;
-    proxy_temp_path $DIR/proxy;
-    fastcgi_temp_path $DIR/fastcgi;
-    uwsgi_temp_path $DIR/uwsgi;
-    scgi_temp_path $DIR/scgi;
-    server {
-        listen %%LISTEN%%;
-        location / {
-            proxy_pass http://%s;
-            proxy_http_version 1.1;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }
-    }
-}
-`, p.addr))
+	front := startNginxForwardedFor(t, p.addr)
 	get := func(ip string) (int, string) {
 		c, err := testkit.DialFrom(ip, front)
 		if err != nil {

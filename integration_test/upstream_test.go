@@ -159,6 +159,29 @@ events { worker_connections 1024; }
 	return addr
 }
 
+// startNginxForwardedFor runs nginx as an HTTP proxy in front of target
+// that appends the client to X-Forwarded-For. It returns its address.
+func startNginxForwardedFor(t *testing.T, target string) string {
+	t.Helper()
+	return startNginx(t, fmt.Sprintf(`http {
+    access_log off;
+    client_body_temp_path $DIR/body;
+    proxy_temp_path $DIR/proxy;
+    fastcgi_temp_path $DIR/fastcgi;
+    uwsgi_temp_path $DIR/uwsgi;
+    scgi_temp_path $DIR/scgi;
+    server {
+        listen %%LISTEN%%;
+        location / {
+            proxy_pass http://%s;
+            proxy_http_version 1.1;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
+    }
+}
+`, target))
+}
+
 // visit connects from ip to addr and returns the backend's greeting and
 // the client's own address.
 func visit(ip, addr string) (name string, told, self netip.AddrPort, err error) {
@@ -257,23 +280,7 @@ func TestBehindNginxHTTPForwardedFor(t *testing.T) {
 		args = append(args, "--backend", startHTTPBackend(t, fmt.Sprintf("h%d", i)))
 	}
 	p := startStickyd(t, append(args, "--accept-proxy", "127.0.0.1/32", "--client-ip-header", "X-Forwarded-For")...)
-	front := startNginx(t, fmt.Sprintf(`http {
-    access_log off;
-    client_body_temp_path $DIR/body;
-    proxy_temp_path $DIR/proxy;
-    fastcgi_temp_path $DIR/fastcgi;
-    uwsgi_temp_path $DIR/uwsgi;
-    scgi_temp_path $DIR/scgi;
-    server {
-        listen %%LISTEN%%;
-        location / {
-            proxy_pass http://%s;
-            proxy_http_version 1.1;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }
-    }
-}
-`, p.addr))
+	front := startNginxForwardedFor(t, p.addr)
 	checkStickyThrough(t, 200, 2, 4, func(ip string, round int) (string, error) {
 		name, told, err := httpVisit(ip, front, fmt.Sprintf("6.6.6.%d", round))
 		if err == nil && told.Addr().String() != ip {
