@@ -184,19 +184,25 @@ func (t *clientTable) release(k clientKey, ms int64) {
 	sh.m[k] = st
 }
 
-// clients returns how many clients have connections open (counted).
-func (t *clientTable) clients() int {
-	var n int
+// eachOpen calls f with every client that has connections open, and how
+// many, one shard locked at a time.
+func (t *clientTable) eachOpen(f func(k clientKey, open int32)) {
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
-		for _, st := range sh.m {
+		for k, st := range sh.m {
 			if st.open > 0 {
-				n++
+				f(k, st.open)
 			}
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// clients returns how many clients have connections open (counted).
+func (t *clientTable) clients() int {
+	var n int
+	t.eachOpen(func(clientKey, int32) { n++ })
 	return n
 }
 
@@ -217,16 +223,7 @@ func (s *Server) TopClients(n int) (top []ClientCount, clients int) {
 		open int32
 	}
 	var all []entry
-	for i := range s.clients.shards {
-		sh := &s.clients.shards[i]
-		sh.mu.Lock()
-		for k, st := range sh.m {
-			if st.open > 0 {
-				all = append(all, entry{k, st.open})
-			}
-		}
-		sh.mu.Unlock()
-	}
+	s.clients.eachOpen(func(k clientKey, open int32) { all = append(all, entry{k, open}) })
 	slices.SortFunc(all, func(a, b entry) int {
 		if c := cmp.Compare(b.open, a.open); c != 0 {
 			return c
