@@ -301,7 +301,8 @@ type ClientsResult struct {
 // clients serves GET /clients?top=N (default 20, at most 1000): the
 // clients with the most connections open, to size
 // max_connections_per_client or find the one holding them. Clients are
-// counted only while that limit is on (404 otherwise).
+// counted only while a per-client limit (connections or rate) is on (404
+// otherwise).
 func (a *api) clients(w http.ResponseWriter, r *http.Request) {
 	n := 20
 	if s := r.URL.Query().Get("top"); s != "" {
