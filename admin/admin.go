@@ -73,6 +73,10 @@ type Source struct {
 	// Logs returns the log lines suppressed by sampling and dropped
 	// because the output did not keep up; nil leaves the metric out.
 	Logs func() (suppressed, dropped int64)
+	// AccessLog returns the lines given to the access log and those
+	// dropped because its output did not keep up; nil leaves the metrics
+	// out.
+	AccessLog func() (lines, dropped int64)
 	// Moves returns how many bulk transfers the epoll engine moved to a
 	// less busy event loop; nil (the goroutine engine) leaves it out.
 	Moves func() int64

@@ -19,6 +19,7 @@ type collector struct {
 	closing, closesStalled, procsCeiling, procsTrials          *prometheus.Desc
 	orphansReaped, workerMemory, workerMemoryReplacements      *prometheus.Desc
 	maxPerClient, maxRatePerClient, clients, workerMessages    *prometheus.Desc
+	accessLines, accessDropped                                 *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -77,6 +78,10 @@ func NewCollector(src Source) prometheus.Collector {
 		"Clients (IPv4 addresses, IPv6 /64s) with connections open, as max_connections_per_client and max_connection_rate_per_client count them (0 while both have been off since the start).")
 	c.workerMessages = desc("worker_messages_total",
 		"Messages of socket.io's cluster adapter that stickyd relayed between the launched workers (workers.ipc), by result (relayed: queued for a worker; dropped: a worker's queue full, or a message over 64 MiB).", "result")
+	c.accessLines = desc("access_log_lines_total",
+		"Lines given to the access log (access_log): one per client connection that ended while it was on.")
+	c.accessDropped = desc("access_log_lines_dropped_total",
+		"Access log lines not written because its output did not keep up (for access_log = \"stderr\", stickyd_log_lines_dropped_total counts them instead).")
 	c.closesStalled = desc("closes_stalled_total",
 		"Lingering closes that gave up after 5 s without an acknowledgement from the peer (what it had not acknowledged was lost).")
 	return c
@@ -88,7 +93,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.backendActive, c.backendTotal, c.backendDialFailures, c.open, c.max, c.relayed, c.rejected,
 		c.limitWaits, c.handshakes, c.moves, c.sheds, c.loopBusy, c.loops, c.bytes, c.headerErrors, c.workerRestarts, c.workerReplacements, c.logLinesDropped,
 		c.backendEarlyCloses, c.backendFirstByteTimeouts, c.closing, c.closesStalled, c.procsCeiling, c.procsTrials, c.orphansReaped, c.workerMemory, c.workerMemoryReplacements,
-		c.maxPerClient, c.maxRatePerClient, c.clients, c.workerMessages} {
+		c.maxPerClient, c.maxRatePerClient, c.clients, c.workerMessages, c.accessLines, c.accessDropped} {
 		ch <- d
 	}
 }
@@ -163,6 +168,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		suppressed, dropped := c.src.Logs()
 		counter(c.logLinesDropped, suppressed, "rate_limited")
 		counter(c.logLinesDropped, dropped, "output_blocked")
+	}
+	if c.src.AccessLog != nil {
+		lines, dropped := c.src.AccessLog()
+		counter(c.accessLines, lines)
+		counter(c.accessDropped, dropped)
 	}
 	if c.src.OrphansReaped != nil {
 		counter(c.orphansReaped, c.src.OrphansReaped())

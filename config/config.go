@@ -96,6 +96,10 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// LogFormat is "console" or "json"; default console on a TTY, else json.
 	LogFormat string `toml:"log_format"`
+	// AccessLog is where the access log goes (one line per client
+	// connection when it ends): "stderr", "stdout" or a file's path.
+	// Default "" or "off": none.
+	AccessLog string `toml:"access_log"`
 	// LogRateLimit is how many warnings and errors of one cause are
 	// written per second; the rest are counted. Default 10.
 	LogRateLimit int `toml:"log_rate_limit"`

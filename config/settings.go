@@ -122,6 +122,7 @@ var settings = []Setting{
 	{Key: "log_level", Kind: KindString, Default: "info", Usage: "debug, info, warn or error"},
 	{Key: "log_rate_limit", Kind: KindInt, Default: "10", Usage: "warnings and errors written per second for each cause; the rest are counted"},
 	{Key: "log_format", Kind: KindString, Default: "console on a TTY, json otherwise", Usage: "console or json"},
+	{Key: "access_log", Kind: KindString, Live: true, Default: "off", Usage: "one line per client connection when it ends, to `DEST`: stderr, stdout or a file (appended to, reopened on SIGHUP)"},
 }
 
 // byKey indexes settings by key.

@@ -64,6 +64,7 @@ var settingCases = map[string]settingCase{
 	"log_level":                      {`"debug"`, "debug", `"loud"`, "loud"},
 	"log_rate_limit":                 {`5`, 5, `-1`, -1},
 	"log_format":                     {`"json"`, "json", `"xml"`, "xml"},
+	"access_log":                     {`"/var/log/stickyd/access.log"`, "/var/log/stickyd/access.log", `"/var/log/"`, "/var/log/"},
 }
 
 // tableless are the config keys with no flag (and so no row): the parts of

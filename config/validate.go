@@ -79,6 +79,10 @@ func (c *Config) checkScalars() error {
 	if !oneOf(c.LogFormat, "", "console", "json") {
 		return c.errorf("log_format", "want console or json, got %q", c.LogFormat)
 	}
+	if c.AccessLog != "" && c.AccessLog != "off" && c.AccessLog != "stderr" && c.AccessLog != "stdout" &&
+		(strings.HasSuffix(c.AccessLog, "/") || strings.ContainsRune(c.AccessLog, 0)) {
+		return c.errorf("access_log", "want off, stderr, stdout or a file's path, got %q", c.AccessLog)
+	}
 	if !oneOf(c.Engine, "", "epoll", "goroutine") {
 		return c.errorf("engine", "want epoll or goroutine, got %q", c.Engine)
 	}

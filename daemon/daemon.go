@@ -82,7 +82,8 @@ type daemon struct {
 	self       *selfAddrs     // what reaches ln; nil until it listens
 	adminLn    net.Listener   // nil when admin is off
 	admin      *http.Server
-	budget     fdBudget // connections and pipes under the open-file limit
+	budget     fdBudget  // connections and pipes under the open-file limit
+	access     accessLog // the access log in force (access.go)
 	// closings is the engine's count of lingering closes (either engine).
 	closings relay.ClosingCounter
 

@@ -46,10 +46,19 @@ func (d *daemon) reload() {
 			zap.Strings("keys", ignored))
 	}
 	answers := d.reloadDNS(cfg)
+	access, keep, err := d.openAccess(cfg) // reopened: logrotate may have moved the file
+	if err != nil {
+		d.log.Error("reload rejected; the running config stays in force", zap.Error(err))
+		return
+	}
 
 	old, set, ok := d.install(cfg, answers)
 	if !ok {
+		access.Close(0)
 		return
+	}
+	if !keep {
+		d.useAccess(access)
 	}
 	added, removed := setDiff(old, set)
 	d.log.Info("config reloaded", zap.Strings("added", added), zap.Strings("removed", removed),

@@ -25,6 +25,7 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 			d.rolls.close()
 			d.stopAdmin()
 			d.stopLoops()
+			d.stopAccess()
 			stopWorkers()
 			return err
 		}
@@ -53,6 +54,7 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	d.drain()
 	d.stopAdmin()
 	d.stopLoops()
+	d.stopAccess() // every connection has had its line
 	stopWorkers()
 	removePIDFile(d.boot.PIDFile, pid)
 	d.log.Info("stopped")

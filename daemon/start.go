@@ -42,9 +42,16 @@ func (d *daemon) start() error {
 	if err := d.readAdminToken(cfg); err != nil {
 		return err
 	}
+	access, _, err := d.openAccess(cfg)
+	if err != nil {
+		return configErrorf("%v", err)
+	}
 	if err := d.newServer(cfg); err != nil {
+		access.Close(0)
 		return err
 	}
+	d.useAccess(access)
+	d.reportAccess()
 	d.loops = d.startLoops(cfg)
 	d.reaping = d.startReaper()
 	h := procsHooks{onTick: d.spreadAccept}
@@ -211,7 +218,7 @@ func (d *daemon) startAdmin() {
 		return
 	}
 	src := admin.Source{Backends: d.srv.Backends, Metrics: d.srv.Metrics(), Open: d.srv.Open,
-		MaxConnections: d.budget.conns, MaxPerClient: d.srv.MaxPerClient, MaxRatePerClient: d.srv.MaxRatePerClient, Clients: d.srv.Clients, TopClients: d.srv.TopClients, Workers: d.sup, Logs: d.logs.Counts, ProcsCeiling: d.ceiling.Load}
+		MaxConnections: d.budget.conns, MaxPerClient: d.srv.MaxPerClient, MaxRatePerClient: d.srv.MaxRatePerClient, Clients: d.srv.Clients, TopClients: d.srv.TopClients, Workers: d.sup, Logs: d.logs.Counts, AccessLog: d.accessCounts, ProcsCeiling: d.ceiling.Load}
 	if d.reaping {
 		src.OrphansReaped = reaper.Reaped
 	}

@@ -627,8 +627,8 @@ func TestEngineCloseAll(t *testing.T) {
 		}
 		r.eng.CloseAll()
 		for _, e := range all {
-			if s := e.wait(t); s.Err == nil {
-				t.Errorf("Done after CloseAll: Err = nil")
+			if s := e.wait(t); !errors.Is(s.Err, ErrShutdown) || !errors.Is(s.Err, net.ErrClosed) {
+				t.Errorf("Done after CloseAll: Err = %v, want ErrShutdown", s.Err)
 			}
 			expectEOF(t, e.client)
 			expectEOF(t, e.backend)

@@ -5,7 +5,6 @@ package relay
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -16,7 +15,7 @@ import (
 )
 
 // epErrCloseAll is Stats.Err for pairs ended by CloseAll or Close.
-var epErrCloseAll = fmt.Errorf("relay: pair closed by CloseAll: %w", net.ErrClosed)
+var epErrCloseAll = ErrShutdown
 
 // epEvents is the size of one epoll_wait batch.
 const epEvents = 256

@@ -52,6 +52,9 @@ type goPair struct {
 	// stall ends the pair when nothing moves while a write is blocked
 	// (goroutine_stall.go).
 	stall stallWatch
+	// closedAll is set by CloseAll before it closes the pair's sockets:
+	// the error that follows is ErrShutdown.
+	closedAll atomic.Bool
 }
 
 // Start implements Engine.
@@ -88,6 +91,9 @@ func (e *GoroutineEngine) run(gp *goPair) {
 	}
 	<-done
 	st.Err = errors.Join(inErr, outErr)
+	if st.Err != nil && gp.closedAll.Load() {
+		st.Err = ErrShutdown // not the reads on closed sockets that followed
+	}
 	st.First = gp.first
 	stalled := gp.endStallWatch()
 	if stalled && !errors.Is(st.Err, ErrIdle) {
@@ -279,6 +285,7 @@ func (e *GoroutineEngine) CloseAll() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for gp := range e.pairs {
+		gp.closedAll.Store(true)
 		gp.Client.Close()
 		gp.Backend.Close()
 	}

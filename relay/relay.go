@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -170,6 +171,9 @@ var (
 	ErrFirstByte = errors.New("relay: no byte from the backend within the first-byte timeout")
 	// ErrProxyHeader: a client under Pair.RefuseProxy sent a PROXY header.
 	ErrProxyHeader = errors.New("relay: PROXY header from a client that may not send one")
+	// ErrShutdown: the pair was still open when the engine's CloseAll (or
+	// Close) ended it: in stickyd, when the drain after SIGTERM ran out.
+	ErrShutdown = fmt.Errorf("relay: closed at shutdown, still open when the drain ended: %w", net.ErrClosed)
 )
 
 // joinFirst returns header followed by pending, the first bytes a backend

@@ -73,8 +73,11 @@ func (s *Server) refuse(conn relay.Conn, c *client, err error) {
 	conn.Close()
 	s.releaseClient(c.counted, c.addr)
 	s.connDone()
-	if !errors.Is(err, errQuiet) {
+	if errors.Is(err, errQuiet) {
+		s.logAccess(accessLine{status: AccessEmpty, peer: c.peer, client: c.addr, via: c.via, took: time.Since(c.start)})
+	} else {
 		cause := refusalCause(err)
+		s.logAccess(accessLine{status: cause, peer: c.peer, client: c.addr, via: c.via, took: time.Since(c.start), end: err})
 		s.log.Warn("connection refused", zap.String(logging.CauseKey, cause),
 			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), s.refusalFix(cause, c.peer, err))
 	}
@@ -100,7 +103,13 @@ func (s *Server) relay(start relay.Starter, conn relay.Conn, c *client, b *backe
 			s.observe(b, st, proxied)
 			s.metrics.BytesIn.Add(st.BytesIn)
 			s.metrics.BytesOut.Add(st.BytesOut)
-			if errors.Is(st.Err, relay.ErrProxyHeader) { // its one line, as a handshake's refusal
+			status := AccessRelayed
+			if errors.Is(st.Err, relay.ErrProxyHeader) {
+				status = HeaderUntrusted
+			}
+			s.logAccess(accessLine{status: status, peer: peer, client: addr, via: via, backend: b.Name,
+				in: st.BytesIn, out: st.BytesOut, took: time.Since(begun), end: st.Err})
+			if status == HeaderUntrusted { // its one line, as a handshake's refusal
 				s.metrics.headerError(proxyproto.ErrUnexpected)
 				s.log.Warn("connection refused", zap.String(logging.CauseKey, HeaderUntrusted), zap.Stringer("peer", peer),
 					zap.Stringer("client", addr), zap.String("backend", b.Name), zap.Error(proxyproto.ErrUnexpected),

@@ -45,7 +45,9 @@ type Metrics struct {
 	// goroutine: the goroutine accept loop's, and what a loop handed over
 	// (a trusted upstream, a backend off loopback, a partial header).
 	LoopHandshakes, GoroutineHandshakes atomic.Int64
-	headerErr                           map[string]*atomic.Int64
+	// AccessLines counts the lines given to the access log (access.go).
+	AccessLines atomic.Int64
+	headerErr   map[string]*atomic.Int64
 }
 
 // NewMetrics returns zeroed counters.

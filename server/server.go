@@ -134,6 +134,8 @@ type Server struct {
 	hints hintLimiter // the PROXY hint, per backend
 
 	clients clientTable // open connections per client (MaxPerClient)
+
+	access atomic.Pointer[zap.Logger] // the access log (access.go); nil: off
 }
 
 // New returns a Server relaying to the backends in set through engine.
