@@ -155,7 +155,8 @@ func (s *opsStream) finish() {
 func TestUpgradeSIGUSR2(t *testing.T) {
 	_, args := fourBackends(t)
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
-	d := opsStartDaemon(t, addr, append(args, "--admin", adm, "--drain-timeout", "20s")...)
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	d := opsStartDaemon(t, addr, append(args, "--admin", adm, "--drain-timeout", "20s", "--access-log", accessLog)...)
 	oldPid := d.cmd.Process.Pid
 	held := testkit.Dial(t, testkit.ClientIP(0), addr)
 	defer held.Close()
@@ -194,6 +195,20 @@ func TestUpgradeSIGUSR2(t *testing.T) {
 		t.Errorf("%d of %d clients failed during the upgrades; first: %v", f, f+s.ok.Load(), s.firstErr.Load())
 	}
 	t.Logf("%d clients served across two upgrades", s.ok.Load())
+	// The three processes appended to one access log, whole lines each:
+	// every client served has its line, the held one's by the first.
+	var relayed int64
+	heldSeen := false
+	testkit.WaitFor(t, "a line for every client served", func() bool {
+		relayed, heldSeen = 0, false
+		for _, e := range readAccess(t, accessLog) {
+			if e.Status == "relayed" {
+				relayed++
+			}
+			heldSeen = heldSeen || e.Client == held.LocalAddr().String()
+		}
+		return relayed >= s.ok.Load()+1 && heldSeen
+	})
 	if !strings.Contains(d.logText(), `"msg":"upgrade: new process ready"`) {
 		t.Error("no upgrade line in the log")
 	}
