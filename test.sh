@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command. On a fresh machine it installs what the tests need
 # (a C compiler for -race, CA certificates, HAProxy, nginx with the stream
-# module, Twisted for the Python example, Node packages for the socket.io
-# proof), builds stickyd exactly as the README does, and runs every test with
+# module, Twisted for the Python example, systemd-analyze for the unit file,
+# Node packages for the socket.io proof), builds stickyd exactly as the README does, and runs every test with
 # the race detector, then each fuzz target for a short fixed time.
 # Usage: ./test.sh            (CI runs it through .ci/run)
 #        FUZZTIME=0 ./test.sh (skip the fuzz runs)
@@ -19,6 +19,7 @@ ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libngin
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v strace >/dev/null || need+=(strace)
+command -v systemd-analyze >/dev/null || need+=(systemd)          # checks deploy/systemd/stickyd.service
 command -v gcc >/dev/null || need+=(gcc)                      # go test -race needs cgo
 [ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # go mod download over https

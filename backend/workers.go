@@ -502,6 +502,10 @@ func (c *WorkerConfig) baseEnv() []string {
 			// started by a Node process) they would name a descriptor the
 			// worker does not have.
 			return true
+		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES":
+			// systemd's, for stickyd's unit: a worker that speaks sd_notify
+			// would report the service ready (or kill it by its watchdog).
+			return true
 		}
 		return false
 	}

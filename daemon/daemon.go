@@ -84,6 +84,7 @@ type daemon struct {
 	admin      *http.Server
 	budget     fdBudget  // connections and pipes under the open-file limit
 	access     accessLog // the access log in force (access.go)
+	notify     *notifier // systemd's notify socket (systemd.go)
 	// closings is the engine's count of lingering closes (either engine).
 	closings relay.ClosingCounter
 
@@ -139,6 +140,8 @@ func Run(o Options) error {
 		return err
 	}
 	defer d.up.Close()
+	d.notify = newNotifier(log, d.up.Child())
+	defer d.notify.close()
 	if err := d.start(); err != nil {
 		return err
 	}

@@ -35,6 +35,8 @@ func (d *daemon) reloader() {
 // stays.
 func (d *daemon) reload() {
 	start := time.Now()
+	d.notify.reloading()
+	defer func() { d.notify.ready(d.status()) }() // reloaded, or rejected: serving on either way
 	d.log.Info("reloading config")
 	cfg, err := d.load()
 	if err != nil {

@@ -34,6 +34,8 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	stopWaiting := make(chan struct{})
 	go func() {
 		d.awaitWorkers(stopWaiting)
+		d.notify.ready(d.status())
+		d.notify.keepAlive()
 		serveErr <- d.srv.Serve(d.ln, d.lnGroup...)
 	}()
 	pid := writePIDFile(d.boot.PIDFile, d.log)
@@ -124,6 +126,7 @@ func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 				drain := d.cfg.Drain()
 				d.mu.Unlock()
 				d.log.Info("stopping", zap.Stringer("signal", sig), zap.Duration("drain_timeout", drain))
+				d.notify.stopping()
 				return nil
 			}
 		case err := <-upgrading:
@@ -139,6 +142,11 @@ func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 			return err
 		}
 	}
+}
+
+// status is the one-line state systemd shows (systemctl status).
+func (d *daemon) status() string {
+	return fmt.Sprintf("serving on %s: %d backends", d.ln.Addr(), len(d.srv.Backends().Backends()))
 }
 
 func (d *daemon) stopAdmin() {

@@ -215,3 +215,30 @@ func TestOpsDeployConfigsValid(t *testing.T) {
 		t.Errorf("haproxy -c: %v\n%s", err, out)
 	}
 }
+
+// deploy/systemd/stickyd.service is a unit systemd accepts, without a
+// warning (systemd-analyze verify, with its ExecStart pointed at this
+// build), and keeps what stickyd relies on under systemd: Type=notify,
+// NotifyAccess=all for the new main process of an upgrade, KillMode=mixed
+// so that SIGTERM reaches stickyd alone and the workers outlive the drain.
+func TestSystemdUnitValid(t *testing.T) {
+	analyze := requireTool(t, "systemd-analyze")
+	unit, err := os.ReadFile("../deploy/systemd/stickyd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\nType=notify\n", "\nNotifyAccess=all\n", "\nKillMode=mixed\n",
+		"\nExecReload=/bin/kill -HUP $MAINPID\n", "\nExecStart=/usr/local/bin/stickyd "} {
+		if !bytes.Contains(unit, []byte(want)) {
+			t.Errorf("stickyd.service lacks %q", strings.TrimSpace(want))
+		}
+	}
+	path := filepath.Join(t.TempDir(), "stickyd.service")
+	if err := os.WriteFile(path, bytes.ReplaceAll(unit, []byte("/usr/local/bin/stickyd"), []byte(stickydBin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("stickyd.service")) {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
