@@ -17,8 +17,12 @@ type accessLog struct {
 	cur     *logging.Access // nil: off; guarded by mu
 	dropped int64           // lines dropped by access logs closed before cur; guarded by mu
 	closed  bool            // stopAccess has run: nothing more is opened; guarded by mu
-	stop    chan struct{}   // ends report
-	done    chan struct{}
+	// last are the destination and the write error of the access log
+	// closed last, for the report of its dropped lines; guarded by mu.
+	lastDest string
+	lastErr  error
+	stop     chan struct{} // ends report
+	done     chan struct{}
 }
 
 // accessDest is cfg's access log destination; "" when off.
@@ -73,6 +77,7 @@ func (d *daemon) useAccess(next *logging.Access) {
 		old.Close(time.Second)
 		d.access.mu.Lock()
 		d.access.dropped += old.Dropped()
+		d.access.lastDest, d.access.lastErr = old.Dest, old.LastError()
 		d.access.mu.Unlock()
 	}
 }
@@ -95,12 +100,21 @@ func (d *daemon) reportAccess() {
 		defer t.Stop()
 		var seen int64
 		look := func() {
-			if _, dropped := d.accessCounts(); dropped > seen {
-				d.log.Warn("access log lines dropped: its output did not keep up",
-					zap.Int64("dropped", dropped-seen), zap.String("access_log", d.accessDest()),
-					zap.String("fix", "put the access log on a faster disk, or write it to stdout and let the container runtime ship it"))
-				seen = dropped
+			_, dropped := d.accessCounts()
+			if dropped <= seen {
+				return
 			}
+			dest, werr := d.accessState()
+			if werr != nil {
+				d.log.Warn("access log lines dropped: writing them failed",
+					zap.Int64("dropped", dropped-seen), zap.String("access_log", dest), zap.NamedError("write_error", werr),
+					zap.String("fix", "free space on the access log's disk (logrotate), or check the file; SIGHUP reopens it"))
+			} else {
+				d.log.Warn("access log lines dropped: its output did not keep up",
+					zap.Int64("dropped", dropped-seen), zap.String("access_log", dest),
+					zap.String("fix", "put the access log on a faster disk, or write it to stdout and let the container runtime ship it"))
+			}
+			seen = dropped
 		}
 		for {
 			select {
@@ -114,14 +128,15 @@ func (d *daemon) reportAccess() {
 	}()
 }
 
-// accessDest names the access log in force, for log lines.
-func (d *daemon) accessDest() string {
+// accessState names the access log in force, or the one closed last when
+// none is (after stopAccess), and its write error, for the report.
+func (d *daemon) accessState() (dest string, err error) {
 	d.access.mu.Lock()
 	defer d.access.mu.Unlock()
 	if d.access.cur == nil {
-		return logging.AccessOff
+		return d.access.lastDest, d.access.lastErr
 	}
-	return d.access.cur.Dest
+	return d.access.cur.Dest, d.access.cur.LastError()
 }
 
 // stopAccess closes the access log (after the drain: every connection has

@@ -225,3 +225,29 @@ func TestAccessLogStdout(t *testing.T) {
 		t.Errorf("an access log line on stderr:\n%s", p.stderr.String())
 	}
 }
+
+// An access log whose writes fail (a full disk: /dev/full) does not stop
+// the proxy, and the lost lines are counted and reported with the error
+// and the fix.
+func TestAccessLogWriteErrors(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	b := testkit.StartBackend(t, "b0")
+	adm := testkit.FreePort(t)
+	p := startStickyd(t, "--backend", b.Flag(), "--admin", adm, "--access-log", "/dev/full")
+	for i := range 5 {
+		if name, _, _, err := visit(testkit.ClientIP(i), p.addr); err != nil || name != "b0" {
+			t.Fatalf("visit %d: %q %v", i, name, err)
+		}
+	}
+	testkit.WaitFor(t, "the lost lines counted", func() bool {
+		return opsMetric(t, adm, "stickyd_access_log_lines_dropped_total") == 5
+	})
+	p.stop(t, syscall.SIGTERM)
+	warn := logsOf[map[string]any](p, "access log lines dropped: writing them failed")
+	if len(warn) != 1 || !strings.Contains(fmt.Sprint(warn[0]["write_error"]), "no space left on device") ||
+		!strings.Contains(fmt.Sprint(warn[0]["fix"]), "free space") {
+		t.Errorf("the loss reported as %v", warn)
+	}
+}

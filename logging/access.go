@@ -98,6 +98,15 @@ func (a *Access) Dropped() int64 {
 	return a.w.Dropped()
 }
 
+// LastError returns the last error writing the access log's own output,
+// or nil.
+func (a *Access) LastError() error {
+	if a == nil || a.w == nil {
+		return nil
+	}
+	return a.w.LastError()
+}
+
 // Close writes out the queued lines, waiting at most timeout, and closes
 // the file. Lines logged after it are dropped (and counted).
 func (a *Access) Close(timeout time.Duration) {

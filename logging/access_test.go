@@ -2,6 +2,7 @@ package logging
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -187,4 +188,21 @@ func TestWriterDelayBatches(t *testing.T) {
 	w.SetDelay(20 * time.Millisecond)
 	w.Write([]byte(`{"msg":"late"}` + "\n"))
 	testkit.WaitFor(t, "the line written after the delay", func() bool { return strings.Contains(out.String(), "late") })
+}
+
+// A file whose writes fail (a full disk: /dev/full) loses lines, never
+// silently: they count as dropped, and LastError says why.
+func TestAccessWriteErrorsCounted(t *testing.T) {
+	a, err := OpenAccess("/dev/full", "json", nil)
+	if err != nil {
+		t.Skipf("/dev/full: %v", err)
+	}
+	defer a.Close(testkit.Guard)
+	for range 10 {
+		a.Log.Info("connection")
+	}
+	a.w.Flush(testkit.Guard)
+	if a.Dropped() != 10 || !errors.Is(a.LastError(), syscall.ENOSPC) {
+		t.Errorf("Dropped %d, LastError %v; want 10 and ENOSPC", a.Dropped(), a.LastError())
+	}
 }

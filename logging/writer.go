@@ -1,6 +1,7 @@
 package logging
 
 import (
+	"bytes"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ type Writer struct {
 	wake    chan struct{}
 	stop    chan struct{} // closed by Close
 	dropped atomic.Int64
+	lastErr atomic.Pointer[error] // the output's last write error
 
 	mu      sync.Mutex
 	buf     []byte        // lines not handed to the output yet; guarded by mu
@@ -106,8 +108,17 @@ func (w *Writer) Close(timeout time.Duration) {
 	w.mu.Unlock()
 }
 
-// Dropped returns the number of lines dropped because the buffer was full
-// (or the Writer closed).
+// LastError returns the output's write error (a full disk, say), or nil
+// if the last write succeeded.
+func (w *Writer) LastError() error {
+	if p := w.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Dropped returns the number of lines dropped because the buffer was full,
+// the Writer closed, or the output failed to take them.
 func (w *Writer) Dropped() int64 { return w.dropped.Load() }
 
 // Sync waits up to a second for the buffered lines to reach the output
@@ -157,7 +168,14 @@ func (w *Writer) run() {
 		w.writing, w.armed = true, false
 		w.mu.Unlock()
 		if len(batch) > 0 {
-			w.out.Write(batch) // an error cannot be logged anywhere else
+			// An error cannot be logged here (this may be the log): the
+			// lines not written count as dropped, and LastError tells why.
+			if n, err := w.out.Write(batch); err != nil {
+				w.dropped.Add(int64(max(bytes.Count(batch[min(max(n, 0), len(batch)):], []byte{'\n'}), 1)))
+				w.lastErr.Store(&err)
+			} else if w.lastErr.Load() != nil {
+				w.lastErr.Store(nil) // the output took lines again
+			}
 		}
 		w.mu.Lock()
 		w.writing = false
