@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -24,12 +23,7 @@ import (
 func TestDialErrorsSummarised(t *testing.T) {
 	var specs []Spec
 	for i := 0; i < 300; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		specs = append(specs, Spec{Name: fmt.Sprintf("dead%d", i), Address: ln.Addr().String()})
-		ln.Close() // refused from now on
+		specs = append(specs, Spec{Name: fmt.Sprintf("dead%d", i), Address: testkit.RefusedAddr(t, "127.0.0.1")})
 	}
 	set, err := NewSet(specs, Options{DialTimeout: 5 * time.Second}, zap.NewNop())
 	if err != nil {
@@ -66,12 +60,7 @@ func TestDialErrorKinds(t *testing.T) {
 // dials on loopback (refused, a backlog that never answers, a missing
 // Unix socket).
 func TestDialFailureSaysTheFix(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close() // refused from now on
+	closed := testkit.RefusedAddr(t, "127.0.0.1")
 	missing := filepath.Join(t.TempDir(), "app.sock")
 	for _, tc := range []struct {
 		name, address, fix string

@@ -36,7 +36,11 @@ func (d *daemon) reloader() {
 func (d *daemon) reload() {
 	start := time.Now()
 	d.notify.reloading()
-	defer func() { d.notify.ready(d.status()) }() // reloaded, or rejected: serving on either way
+	defer func() { // reloaded, or rejected: serving on either way
+		if d.notify != nil {
+			d.notify.ready(d.status())
+		}
+	}()
 	d.log.Info("reloading config")
 	cfg, err := d.load()
 	if err != nil {

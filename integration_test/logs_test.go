@@ -95,11 +95,7 @@ func TestLogFloodSampled(t *testing.T) {
 func TestLogAllBackendsDown(t *testing.T) {
 	args := []string{}
 	for i := 0; i < 200; i++ {
-		// On 127.0.0.2, so that stickyd's own port (on 127.0.0.1) can
-		// never be one of these just-closed ports.
-		ln := testkit.Listen(t, "127.0.0.2:0")
-		args = append(args, "--backend", fmt.Sprintf("d%d=%s", i, ln.Addr()))
-		ln.Close() // refused from now on
+		args = append(args, "--backend", fmt.Sprintf("d%d=%s", i, testkit.RefusedAddr(t, "127.0.0.2")))
 	}
 	p := startStickyd(t, args...)
 	took := flood(t, p.addr, 4, 400, "hello\n")

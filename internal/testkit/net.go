@@ -31,6 +31,30 @@ func Listen(t testing.TB, addr string) net.Listener {
 	return ln
 }
 
+// RefusedAddr returns an address on ip (a loopback address) whose dials
+// are refused for as long as the test runs: a TCP socket bound there and
+// never listening, held until the test ends, so that no other socket (a
+// test package running beside this one) can listen on the port meanwhile,
+// as it could on a port merely closed.
+func RefusedAddr(t testing.TB, ip string) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	sa := &syscall.SockaddrInet4{}
+	copy(sa.Addr[:], netip.MustParseAddr(ip).AsSlice())
+	if err := syscall.Bind(fd, sa); err != nil {
+		t.Fatal(err)
+	}
+	got, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort(ip, strconv.Itoa(got.(*syscall.SockaddrInet4).Port))
+}
+
 // FreePort reserves a port on 127.0.0.1, releases it and returns the
 // address: a port where nothing listens (a refused dial), or one to hand
 // to a program that listens on it. The port is drawn from [FreePortLo,
