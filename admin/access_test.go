@@ -43,6 +43,17 @@ func TestProtectToken(t *testing.T) {
 			t.Errorf("%s with %q: %d, want %d", tc.method, tc.auth, w.Code, tc.want)
 		}
 	}
+	// POST /reload changes what is in force: the token.
+	for auth, want := range map[string]int{"": 401, "Bearer wrong": 401, "Bearer t0k": 200} {
+		r := httptest.NewRequest("POST", "/reload", nil)
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		w := httptest.NewRecorder()
+		if h.ServeHTTP(w, r); w.Code != want {
+			t.Errorf("POST /reload with %q: %d, want %d", auth, w.Code, want)
+		}
+	}
 	// GET /clients shows client addresses: the token too.
 	for auth, want := range map[string]int{"": 401, "Bearer wrong": 401, "Bearer t0k": 200} {
 		r := httptest.NewRequest("GET", "/clients?top=5", nil)

@@ -107,7 +107,36 @@ type Source struct {
 	// SIGUSR1 does) and returns where its outcome will be sent; nil (no
 	// workers) answers POST /workers/restart with 404.
 	RollWorkers func() <-chan RollOutcome
+	// Reload asks for a reload of the config (as SIGHUP does) and returns
+	// where its outcome will be sent; nil answers POST /reload with 404.
+	Reload func() <-chan ReloadOutcome
 }
+
+// ReloadOutcome is the answer of POST /reload: how the reload of the config
+// that the request asked for ended.
+type ReloadOutcome struct {
+	// Result is ReloadDone, ReloadRejected or ReloadStopped.
+	Result string `json:"result"`
+	// Added and Removed name the backends the reload added and removed;
+	// Backends is how many there are now.
+	Added    []string `json:"added,omitempty"`
+	Removed  []string `json:"removed,omitempty"`
+	Backends int      `json:"backends,omitempty"`
+	// Ignored are the changed keys that need a restart (or a SIGUSR2
+	// upgrade) to apply.
+	Ignored []string `json:"ignored,omitempty"`
+	Took    string   `json:"took,omitempty"`
+	// Error says why the new config was rejected (the key and its line).
+	Error string `json:"error,omitempty"`
+	Fix   string `json:"fix,omitempty"`
+}
+
+// The results of a reload (ReloadOutcome.Result).
+const (
+	ReloadDone     = "reloaded" // the new config is in force
+	ReloadRejected = "rejected" // it was invalid: the config in force stays
+	ReloadStopped  = "stopped"  // stickyd is stopping
+)
 
 // RollOutcome is the answer of POST /workers/restart: how the rolling
 // restart that the request asked for ended.
@@ -195,6 +224,7 @@ func NewHandler(src Source, log *zap.Logger) http.Handler {
 	mux.HandleFunc("GET /lookup", a.lookup)
 	mux.HandleFunc("POST /backends/{rest...}", a.action)
 	mux.HandleFunc("POST /workers/restart", a.rollWorkers)
+	mux.HandleFunc("POST /reload", a.reload)
 	mux.HandleFunc("GET /workers", a.workers)
 	mux.HandleFunc("GET /clients", a.clients)
 	// A web page open in an operator's browser must not drain backends.
@@ -394,6 +424,31 @@ func (a *api) rollWorkers(w http.ResponseWriter, r *http.Request) {
 	case out := <-done:
 		writeJSON(w, rollStatus(out), out)
 	case <-r.Context().Done(): // the client left; the rolling restart goes on
+	}
+}
+
+// reload serves POST /reload: a reload of the config, as SIGHUP, answered
+// when it has ended: 200 with what changed, 400 with the error when the
+// new config was rejected (the one in force stays), 503 when stickyd is
+// stopping. One asked for while another runs follows it, so that it reads
+// the file as it is now.
+func (a *api) reload(w http.ResponseWriter, r *http.Request) {
+	if a.src.Reload == nil {
+		http.Error(w, "reload is not available here", http.StatusNotFound)
+		return
+	}
+	a.log.Info("reload requested via the admin API", zap.String("remote", r.RemoteAddr))
+	select {
+	case out := <-a.src.Reload():
+		status := http.StatusOK
+		switch out.Result {
+		case ReloadRejected:
+			status = http.StatusBadRequest
+		case ReloadStopped:
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, out)
+	case <-r.Context().Done(): // the client left; the reload goes on
 	}
 }
 

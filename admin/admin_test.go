@@ -328,3 +328,38 @@ func TestAdminClients(t *testing.T) {
 		t.Errorf("the default top is %d, want 20", asked)
 	}
 }
+
+// POST /reload answers with the reload's outcome: 200 with what changed,
+// 400 with the error of a rejected config, 503 while stopping; 404 where
+// no reload is wired.
+func TestAdminReload(t *testing.T) {
+	f := newFixture(t)
+	if status, _ := f.do(t, "POST", "/reload"); status != http.StatusNotFound {
+		t.Errorf("without Reload: %d, want 404", status)
+	}
+	next := make(chan ReloadOutcome, 1)
+	h := NewHandler(Source{Backends: func() *backend.Set { return f.set }, Reload: func() <-chan ReloadOutcome { return next }}, zap.NewNop())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, c := range []struct {
+		out    ReloadOutcome
+		status int
+	}{
+		{ReloadOutcome{Result: ReloadDone, Added: []string{"c"}, Removed: []string{"b"}, Backends: 2, Took: "1ms"}, http.StatusOK},
+		{ReloadOutcome{Result: ReloadRejected, Error: `config: invalid: line 3: key "hash_key": bad`, Fix: "correct it"}, http.StatusBadRequest},
+		{ReloadOutcome{Result: ReloadStopped, Error: "stickyd is stopping"}, http.StatusServiceUnavailable},
+	} {
+		next <- c.out
+		req, _ := http.NewRequest("POST", srv.URL+"/reload", nil)
+		status, body := testkit.HTTPDo(t, srv.Client(), req)
+		var out ReloadOutcome
+		if err := json.Unmarshal([]byte(body), &out); err != nil || status != c.status || out.Result != c.out.Result ||
+			out.Error != c.out.Error || strings.Join(out.Added, ",") != strings.Join(c.out.Added, ",") {
+			t.Errorf("outcome %+v: answered %d %q (%v), want %d", c.out, status, body, err, c.status)
+		}
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/reload", nil)
+	if status, _ := testkit.HTTPDo(t, srv.Client(), req); status != http.StatusMethodNotAllowed {
+		t.Errorf("GET /reload: %d, want 405", status)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/logging"
@@ -96,11 +97,11 @@ type daemon struct {
 	// upgrade passes it on).
 	adminToken, adminTokenEnv string
 
-	reloads    chan struct{} // a pending SIGHUP; buffered 1, so reloads coalesce
-	rolls      *rollRequests // rolling restarts of the workers asked for (SIGUSR1, admin API)
-	firstReady chan struct{} // closed once a worker is ready
-	allReady   chan struct{} // closed once every worker slot has been ready
-	handoff    bool          // started by an upgrade of a stickyd with workers: they start beside the old ones
+	reloads    *requests[admin.ReloadOutcome] // reloads asked for (SIGHUP, POST /reload); they coalesce
+	rolls      *requests[admin.RollOutcome]   // rolling restarts of the workers asked for (SIGUSR1, admin API)
+	firstReady chan struct{}                  // closed once a worker is ready
+	allReady   chan struct{}                  // closed once every worker slot has been ready
+	handoff    bool                           // started by an upgrade of a stickyd with workers: they start beside the old ones
 	// startFailed gets the slots whose first worker did not start (an
 	// upgrade's new process gives up on the first).
 	startFailed chan int
@@ -133,7 +134,7 @@ func Run(o Options) error {
 		defer signal.Stop(ch)
 		sigs = ch
 	}
-	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg, rolls: newRollRequests(),
+	d := &daemon{load: o.Load, version: o.Version, log: log, logs: logs, boot: cfg, cfg: cfg, rolls: newRollRequests(), reloads: newReloadRequests(),
 		stopReaper: func() {}}
 	defer func() { d.stopReaper() }()
 	if d.up, err = newUpgrader(d); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/backend"
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/relay"
@@ -105,7 +106,11 @@ func TestReloadAppliesLiveKeys(t *testing.T) {
 	// Not live: listen and engine.
 	l.cfg.Listen, l.cfg.Engine = "127.0.0.1:4000", "goroutine"
 	l.cfg.HashKey = "/24"
-	d.reload()
+	out := d.reload()
+	if out.Result != admin.ReloadDone || !slices.Equal(out.Added, []string{"c"}) || !slices.Equal(out.Removed, []string{"b"}) ||
+		out.Backends != 2 || !slices.Equal(out.Ignored, []string{"engine", "listen"}) || out.Error != "" {
+		t.Errorf("outcome %+v", out)
+	}
 
 	set := d.srv.Backends()
 	if got := names(set); !slices.Equal(got, []string{"a", "c"}) {
@@ -139,12 +144,16 @@ func TestReloadRejected(t *testing.T) {
 	d, l, logs := testDaemon(t, loadTOML(t, twoBackends))
 	before := d.srv.Backends()
 	l.set(nil, errors.New("line 3: bad"))
-	d.reload()
+	if out := d.reload(); out.Result != admin.ReloadRejected || out.Error != "line 3: bad" || out.Fix == "" {
+		t.Errorf("outcome of a config the loader rejects: %+v", out)
+	}
 	bad := loadTOML(t, twoBackends)
 	bad.Backends[1].Address = "127.0.0.1:3000" // stickyd's own listener
 	d.self = newSelfAddrs(mustTCPAddr(t, "127.0.0.1:3000"))
 	l.set(bad, nil)
-	d.reload()
+	if out := d.reload(); out.Result != admin.ReloadRejected || !strings.Contains(out.Error, "127.0.0.1:3000") {
+		t.Errorf("outcome of a set that cannot be built: %+v", out)
+	}
 	if d.srv.Backends() != before || d.cfg == bad {
 		t.Error("a rejected reload changed what is in force")
 	}
@@ -159,7 +168,9 @@ func TestReloadAfterStopInstallsNothing(t *testing.T) {
 	before := d.srv.Backends()
 	d.stopLoops()
 	l.set(loadTOML(t, twoBackends+"[[backend]]\nname = \"c\"\naddress = \"127.0.0.1:7003\"\n"), nil)
-	d.reload()
+	if out := d.reload(); out.Result != admin.ReloadStopped {
+		t.Errorf("outcome after the stop began: %+v", out)
+	}
 	if d.srv.Backends() != before || d.loops != nil {
 		t.Error("a reload after stopLoops installed a set or loops")
 	}
@@ -167,11 +178,14 @@ func TestReloadAfterStopInstallsNothing(t *testing.T) {
 
 // SIGHUPs that come while a reload is pending fold into it.
 func TestRequestReloadCoalesces(t *testing.T) {
-	d := &daemon{reloads: make(chan struct{}, 1)}
+	d := &daemon{reloads: newReloadRequests()}
 	for range 5 {
 		d.requestReload() // never blocks
 	}
-	if len(d.reloads) != 1 {
-		t.Errorf("%d reloads pending, want 1", len(d.reloads))
+	if w, ok := d.reloads.take(); len(d.reloads.wake) != 0 || !ok || len(w) != 0 {
+		t.Errorf("five SIGHUPs: %d waiters, pending %v; want one reload", len(w), ok)
+	}
+	if _, ok := d.reloads.take(); ok {
+		t.Error("a second reload for five SIGHUPs")
 	}
 }

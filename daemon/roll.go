@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/stickyd/stickyd/admin"
@@ -11,73 +10,13 @@ import (
 	"go.uber.org/zap"
 )
 
-// rollRequests holds the rolling restarts asked for (SIGUSR1, POST
-// /workers/restart) and those who wait for their outcome. Requests that
-// arrive while one runs are folded into one more run after it, so that a
-// deploy made meanwhile reaches every worker; each waiter gets the outcome
-// of a run that began after its request.
-type rollRequests struct {
-	mu      sync.Mutex
-	pending bool                     // a run is asked for and not yet begun
-	waiters []chan admin.RollOutcome // of that run
-	closed  bool                     // the roller has returned: requests are answered at once
-	wake    chan struct{}            // buffered 1: a run is pending
-}
-
 // rollStopping is the outcome of a run that stopping cut short or kept
 // from beginning.
 var rollStopping = admin.RollOutcome{Result: admin.RollStopped, Error: "stickyd is stopping"}
 
-func newRollRequests() *rollRequests {
-	return &rollRequests{wake: make(chan struct{}, 1)}
-}
-
-// request asks for a run; reply, when not nil, gets its outcome.
-func (q *rollRequests) request(reply chan admin.RollOutcome) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		if reply != nil {
-			reply <- rollStopping
-		}
-		return
-	}
-	q.pending = true
-	if reply != nil {
-		q.waiters = append(q.waiters, reply)
-	}
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// take begins the pending run: it returns its waiters, and whether one was
-// pending at all.
-func (q *rollRequests) take() ([]chan admin.RollOutcome, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	select { // a wake-up sent for this run is spent by it
-	case <-q.wake:
-	default:
-	}
-	w, ok := q.waiters, q.pending
-	q.waiters, q.pending = nil, false
-	return w, ok
-}
-
-// close answers the waiters of a run that will not begin, and every later
-// request, with "stickyd is stopping".
-func (q *rollRequests) close() {
-	q.mu.Lock()
-	q.closed = true
-	w := q.waiters
-	q.waiters, q.pending = nil, false
-	q.mu.Unlock()
-	for _, c := range w {
-		c <- rollStopping
-	}
-}
+// newRollRequests holds the rolling restarts asked for (SIGUSR1, POST
+// /workers/restart).
+func newRollRequests() *requests[admin.RollOutcome] { return newRequests(rollStopping) }
 
 // requestRoll asks the roller for a rolling restart of the launched
 // workers without waiting for it (SIGUSR1).

@@ -43,14 +43,14 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 		d.log.Warn("upgrade: could not tell the old process we are ready", zap.Error(err))
 	}
 
-	d.reloads = make(chan struct{}, 1)
-	go d.reloader()
+	reloadCtx, stopReloads := context.WithCancel(context.Background())
+	go d.reloader(reloadCtx) // a reload in flight at the stop finishes on its own; install checks d.stopping
 	rollCtx, stopRolls := context.WithCancel(context.Background())
 	rolled := make(chan struct{})
 	go func() { defer close(rolled); d.roller(rollCtx) }()
 	err := d.signals(sigs, serveErr)
 	close(stopWaiting)
-	close(d.reloads)
+	stopReloads()
 	stopRolls() // a rolling restart under way stops here: each slot keeps a worker
 	<-rolled
 	d.drain()

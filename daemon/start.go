@@ -225,6 +225,7 @@ func (d *daemon) startAdmin() {
 	if d.sup != nil {
 		src.RollWorkers = d.rollWorkers
 	}
+	src.Reload = d.reloadConfig
 	if ee := d.epoll; ee != nil {
 		src.Moves, src.Sheds, src.Busy, src.Loops = ee.Moves, ee.Sheds, ee.Busy, ee.Loops()
 		if adaptive() {

@@ -3,13 +3,17 @@ package integration_test
 // Reload on SIGHUP.
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/stickyd/stickyd/admin"
 	"github.com/stickyd/stickyd/internal/testkit"
 )
 
@@ -69,5 +73,73 @@ func TestReloadSIGHUP(t *testing.T) {
 	}
 	if name, _, err := hello(ip, p.addr); err != nil || name != "b0" {
 		t.Errorf("after a rejected reload: %q %v", name, err)
+	}
+}
+
+// POST /reload reloads as SIGHUP does and answers with the outcome: what
+// changed, or, for a bad file, the same error check-config gives, while
+// the config in force keeps serving; it needs the admin token.
+func TestReloadThroughAdminAPI(t *testing.T) {
+	b0, b1 := testkit.StartBackend(t, "b0"), testkit.StartBackend(t, "b1")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "stickyd.toml")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	adm := testkit.FreePort(t)
+	head := fmt.Sprintf("admin = %q\nadmin_token_file = %q\n", adm, tokenFile)
+	write := func(top, backends string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(head+top+backends), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one := fmt.Sprintf("[[backend]]\nname = \"b0\"\naddress = %q\n", b0.Addr())
+	write("", one)
+	p := startStickyd(t, "--config", path)
+	post := func(token string) (int, admin.ReloadOutcome) {
+		t.Helper()
+		code, body := adminCall(t, opsHTTP, "POST", "http://"+adm+"/reload", "", token)
+		var out admin.ReloadOutcome
+		if code != http.StatusUnauthorized {
+			if err := json.Unmarshal([]byte(body), &out); err != nil {
+				t.Fatalf("POST /reload: %d %q: %v", code, body, err)
+			}
+		}
+		return code, out
+	}
+
+	write("", one+fmt.Sprintf("[[backend]]\nname = \"b1\"\naddress = %q\n", b1.Addr()))
+	if code, _ := post(""); code != http.StatusUnauthorized {
+		t.Errorf("without the token: %d, want 401", code)
+	}
+	if code, out := post("s3cret"); code != http.StatusOK || out.Result != admin.ReloadDone ||
+		strings.Join(out.Added, ",") != "b1" || out.Backends != 2 {
+		t.Errorf("adding b1: %d %+v", code, out)
+	}
+	if got := opsNames(opsBackends(t, adm)); strings.Join(got, ",") != "b0,b1" {
+		t.Errorf("backends after the reload: %v", got)
+	}
+
+	write("hash_key = \"/33\"\n", one)
+	code, out := post("s3cret")
+	_, _, check := runStickyd(t, dir, nil, "", "check-config", path)
+	_, want, _ := strings.Cut(check, "config: invalid: ")
+	if code != http.StatusBadRequest || out.Result != admin.ReloadRejected || out.Fix == "" ||
+		want == "" || !strings.HasSuffix(out.Error, strings.TrimSpace(want)) {
+		t.Errorf("a bad file: %d %+v; check-config said %q", code, out, check)
+	}
+	if got := opsNames(opsBackends(t, adm)); strings.Join(got, ",") != "b0,b1" {
+		t.Errorf("backends after a rejected reload: %v", got)
+	}
+	if name, _, _, err := visit("127.0.6.1", p.addr); err != nil || (name != "b0" && name != "b1") {
+		t.Errorf("serving after a rejected reload: %q %v", name, err)
+	}
+
+	// A restart-only key changed: reloaded, and the key named.
+	write("engine = \"goroutine\"\n", one)
+	if code, out := post("s3cret"); code != http.StatusOK || strings.Join(out.Ignored, ",") != "engine" || strings.Join(out.Removed, ",") != "b1" {
+		t.Errorf("engine changed: %d %+v", code, out)
 	}
 }
