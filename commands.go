@@ -13,6 +13,7 @@ import (
 
 	"github.com/stickyd/stickyd/config"
 	"github.com/stickyd/stickyd/daemon"
+	"github.com/stickyd/stickyd/logging"
 	"github.com/urfave/cli/v2"
 )
 
@@ -50,6 +51,11 @@ func checkConfig(c *cli.Context) error {
 	}
 	// The daemon reads the token at start (not on reload): so does this.
 	if _, err := cfg.AdminToken(os.Getenv(config.EnvAdminToken)); err != nil {
+		return usageError("%v", err)
+	}
+	// The daemon opens the access log at start and on reload: this looks
+	// whether it could, creating nothing.
+	if err := logging.CheckAccess(cfg.AccessLog); err != nil {
 		return usageError("%v", err)
 	}
 	fmt.Printf("config ok: listen %s, %d backends", cfg.ListenAddr(), len(cfg.Backends))

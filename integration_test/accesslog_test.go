@@ -174,7 +174,7 @@ func TestAccessLogBehindHAProxy(t *testing.T) {
 	write(filepath.Join(dir, "missing", "access.log"))
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	testkit.WaitFor(t, "reload rejected", func() bool { return opsLogged(p, "reload rejected") })
-	if !opsLogged(p, "create the directory "+filepath.Join(dir, "missing")) {
+	if !opsLogged(p, "the directory "+filepath.Join(dir, "missing")+" is not there") {
 		t.Errorf("the rejection does not say what to do:\n%s", p.stderr.String())
 	}
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -256,6 +257,31 @@ func TestCheckConfigAdminTokenAgrees(t *testing.T) {
 		if code != 2 || serveCode != 2 || check != serve || !strings.Contains(check, "admin_token_file") {
 			t.Errorf("%s: check-config %d %q, stickyd %d %q", tc.name, code, check, serveCode, serve)
 		}
+	}
+}
+
+// check-config refuses an access log that stickyd could not open at
+// start, with the same message and exit status 2, and creates nothing.
+func TestCheckConfigAccessLogAgrees(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{filepath.Join(dir, "missing", "access.log"), dir, fifo} {
+		base := []string{"--backend", "127.0.0.1:1", "--listen", testkit.FreePort(t), "--access-log", path}
+		code, _, check := runStickyd(t, dir, nil, "", append([]string{"check-config"}, base...)...)
+		serveCode, _, serve := runStickyd(t, dir, nil, "", base...)
+		if code != 2 || serveCode != 2 || check != serve || !strings.Contains(check, "access_log: ") {
+			t.Errorf("%s: check-config %d %q, stickyd %d %q", path, code, check, serveCode, serve)
+		}
+	}
+	fresh := filepath.Join(dir, "fresh.log")
+	if code, out, _ := runStickyd(t, dir, nil, "", "check-config", "--backend", "127.0.0.1:1", "--access-log", fresh); code != 0 {
+		t.Errorf("check-config with a new file in a directory that is there: %d %q", code, out)
+	}
+	if _, err := os.Stat(fresh); err == nil {
+		t.Error("check-config created the access log")
 	}
 }
 

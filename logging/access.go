@@ -1,13 +1,16 @@
 package logging
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 )
 
 // Access log destinations besides a file's path.
@@ -64,13 +67,12 @@ func OpenAccess(dest, format string, main *Logs) (*Access, error) {
 	default:
 		format = "json"
 		ec.LevelKey = zapcore.OmitKey
-		if fi, err := os.Stat(dest); err == nil && !fi.Mode().IsRegular() && fi.Mode()&os.ModeCharDevice == 0 {
-			return nil, fmt.Errorf("access_log: %s is not a regular file (%s)", dest, fi.Mode().Type())
+		if err := CheckAccess(dest); err != nil { // what is wrong, and the fix
+			return nil, err
 		}
 		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
-			return nil, fmt.Errorf("access_log: %w (create the directory %s, writable by stickyd's user, or choose another path)",
-				err, filepath.Dir(dest))
+			return nil, fmt.Errorf("access_log: %w", err)
 		}
 		a.f, a.w = f, NewWriter(f, 1<<20)
 		out = a.w
@@ -87,6 +89,38 @@ func OpenAccess(dest, format string, main *Logs) (*Access, error) {
 	}
 	a.Log = zap.New(zapcore.NewCore(enc, out, zapcore.InfoLevel), zap.ErrorOutput(out))
 	return a, nil
+}
+
+// CheckAccess says whether OpenAccess(dest) would succeed, without creating
+// anything (stickyd check-config): the file, if it is there, must be one
+// that can be appended to; if not, its directory must be there and
+// writable.
+func CheckAccess(dest string) error {
+	switch dest {
+	case "", AccessOff, AccessStderr, AccessStdout:
+		return nil
+	}
+	fi, err := os.Stat(dest)
+	switch {
+	case err == nil && !fi.Mode().IsRegular() && fi.Mode()&os.ModeCharDevice == 0:
+		return fmt.Errorf("access_log: %s is not a regular file (%s)", dest, fi.Mode().Type())
+	case err == nil:
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fmt.Errorf("access_log: %w (make it writable by stickyd's user, or choose another path)", err)
+		}
+		return f.Close()
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("access_log: %w", err)
+	}
+	dir := filepath.Dir(dest)
+	if di, err := os.Stat(dir); err != nil || !di.IsDir() {
+		return fmt.Errorf("access_log: %s: the directory %s is not there (create it, writable by stickyd's user, or choose another path)", dest, dir)
+	}
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return fmt.Errorf("access_log: %s: cannot create it in %s: %w (make the directory writable by stickyd's user, or choose another path)", dest, dir, err)
+	}
+	return nil
 }
 
 // Dropped returns the lines dropped because the output did not keep up.

@@ -96,7 +96,7 @@ func TestAccessFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ path, want string }{
-		{filepath.Join(dir, "missing", "access.log"), "create the directory " + filepath.Join(dir, "missing")},
+		{filepath.Join(dir, "missing", "access.log"), "the directory " + filepath.Join(dir, "missing") + " is not there"},
 		{dir, "is not a regular file"},
 		{fifo, "is not a regular file"},
 	} {
@@ -204,5 +204,35 @@ func TestAccessWriteErrorsCounted(t *testing.T) {
 	a.w.Flush(testkit.Guard)
 	if a.Dropped() != 10 || !errors.Is(a.LastError(), syscall.ENOSPC) {
 		t.Errorf("Dropped %d, LastError %v; want 10 and ENOSPC", a.Dropped(), a.LastError())
+	}
+}
+
+// CheckAccess (check-config) finds what OpenAccess would refuse, and
+// creates nothing.
+func TestCheckAccess(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	existing := filepath.Join(dir, "existing.log")
+	if err := os.WriteFile(existing, nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	fresh := filepath.Join(dir, "fresh.log")
+	for _, tc := range []struct{ dest, want string }{
+		{"off", ""}, {"stderr", ""}, {"stdout", ""}, {"/dev/null", ""},
+		{existing, ""}, {fresh, ""},
+		{filepath.Join(dir, "missing", "a.log"), "is not there"},
+		{dir, "is not a regular file"},
+		{fifo, "is not a regular file"},
+	} {
+		err := CheckAccess(tc.dest)
+		if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckAccess(%s) = %v, want %q", tc.dest, err, tc.want)
+		}
+	}
+	if _, err := os.Stat(fresh); err == nil {
+		t.Error("CheckAccess created the file")
 	}
 }
