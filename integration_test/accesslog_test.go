@@ -251,3 +251,48 @@ func TestAccessLogWriteErrors(t *testing.T) {
 		t.Errorf("the loss reported as %v", warn)
 	}
 }
+
+// Behind a real nginx that sets X-Forwarded-For (header mode), the line
+// names the client of the header, with port 0, and how it was learned;
+// the refusal of a request without the header has its line too.
+func TestAccessLogHeaderModeThroughNginx(t *testing.T) {
+	requireTool(t, "nginx", nginxStream)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	p := startStickyd(t, "--backend", startHTTPBackend(t, "h0"), "--accept-proxy", "127.0.0.1/32",
+		"--client-ip-header", "X-Forwarded-For", "--access-log", logPath)
+	front := startNginxForwardedFor(t, p.addr)
+	c, err := testkit.DialFrom("127.0.7.9", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+	if reply, _ := testkit.ReadAll(t, c); !strings.HasPrefix(reply, "HTTP/1.1 200") {
+		t.Fatalf("through nginx: %q", reply)
+	}
+	c.Close()
+	// Straight to stickyd from a trusted hop, without the header: 400.
+	d := testkit.Dial(t, "127.0.0.1", p.addr)
+	fmt.Fprintf(d, "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+	if reply, _ := testkit.ReadAll(t, d); !strings.HasPrefix(reply, "HTTP/1.1 400") {
+		t.Fatalf("without the header: %q", reply)
+	}
+	var relayed, refused *accessEntry
+	testkit.WaitFor(t, "both lines", func() bool {
+		relayed, refused = nil, nil
+		for _, e := range readAccess(t, logPath) {
+			switch {
+			case e.Client == "127.0.7.9:0":
+				relayed = &e
+			case e.Status == "http_no_ip":
+				refused = &e
+			}
+		}
+		return relayed != nil && refused != nil
+	})
+	if relayed.Via != "header" || relayed.Status != "relayed" || relayed.Backend != "h0" || !strings.HasPrefix(relayed.Peer, "127.0.0.1:") || relayed.BytesOut == 0 {
+		t.Errorf("the relayed request's line: %+v", *relayed)
+	}
+	if refused.Backend != "" || refused.Via != "socket" || refused.End == "" {
+		t.Errorf("the refused request's line: %+v", *refused)
+	}
+}
