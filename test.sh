@@ -47,12 +47,16 @@ fi
 
 # --- set-up: Node packages for the socket.io tests ----------------------------
 # node/ is the stickyd-worker package; examples/socketio and examples/migrate
-# (the apps the integration tests launch as workers) link it.
+# (the apps the integration tests launch as workers) link it. `npm ci`, as
+# the Dockerfiles run it: it installs exactly the lockfile, and fails when
+# package.json and package-lock.json disagree (which would break the image
+# build), instead of rewriting the lockfile as `npm install` would.
 for dir in node examples/socketio examples/migrate; do
   if [ ! -e "$dir/node_modules/.package-lock.json" ] || [ "$dir/package.json" -nt "$dir/node_modules/.package-lock.json" ] ||
+    [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ] ||
     { [ "$dir" != node ] && [ ! -e "$dir/node_modules/stickyd-worker" ]; }; then
-    log "npm install in $dir"
-    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
+    log "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 done
 

@@ -102,7 +102,7 @@ func npmExample(t *testing.T, name string, packages ...string) string {
 	}
 	for _, pkg := range packages {
 		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg)); err != nil {
-			t.Skipf("%s is not installed: run npm install in node/, then in examples/%s (./test.sh does)", pkg, name)
+			t.Skipf("%s is not installed: run npm ci in node/, then in examples/%s (./test.sh does)", pkg, name)
 		}
 	}
 	return dir
