@@ -12,7 +12,17 @@
 //
 // Both counts are exported as Counts (for the metrics) and logged.
 //
-//	log, logs, err := logging.New(logging.Options{Level: zapcore.InfoLevel, Format: "json"}, os.Stderr)
+// The access log (access.go) is one line per client connection, never
+// sampled: to stderr (the main log's writer), stdout or a file, through a
+// writer of its own that batches its lines (Writer.SetDelay) and counts
+// what it could not write (Dropped, LastError).
+//
+//	log, logs := logging.New(logging.Options{Level: zapcore.InfoLevel, Format: "json"}, os.Stderr)
 //	stop := logs.Report(log) // the periodic summary line
 //	defer func() { stop(); logs.Close(2 * time.Second) }() // flush at exit
+//
+//	access, err := logging.OpenAccess("/var/log/stickyd/access.log", "json", logs)
+//	if err != nil { ... } // the error names the fix
+//	access.Log.Info("connection", zap.String("client", "203.0.113.7:51000"))
+//	defer access.Close(time.Second)
 package logging
