@@ -27,31 +27,13 @@ func (d *daemon) requestReload() { d.reloads.request(nil) }
 
 // reloadConfig asks for a reload and returns where its outcome will be sent
 // (POST /reload).
-func (d *daemon) reloadConfig() <-chan admin.ReloadOutcome {
-	reply := make(chan admin.ReloadOutcome, 1)
-	d.reloads.request(reply)
-	return reply
-}
+func (d *daemon) reloadConfig() <-chan admin.ReloadOutcome { return d.reloads.ask() }
 
 // reloader runs the requested reloads one at a time until ctx ends (at
-// shutdown); then it answers those still asked for with "stopping".
+// shutdown). A reload in flight then finishes on its own (install checks
+// d.stopping).
 func (d *daemon) reloader(ctx context.Context) {
-	defer d.reloads.close()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.reloads.wake:
-		}
-		waiters, ok := d.reloads.take()
-		if !ok {
-			continue
-		}
-		out := d.reload()
-		for _, c := range waiters {
-			c <- out
-		}
-	}
+	d.reloads.serve(ctx, func(context.Context) admin.ReloadOutcome { return d.reload() })
 }
 
 // reloadFix is the fix of a rejected reload.

@@ -1,6 +1,9 @@
 package daemon
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
 // requests holds the runs of a task asked for (a rolling restart of the
 // workers, a reload) and those who wait for their outcome, of type T.
@@ -66,5 +69,40 @@ func (q *requests[T]) close() {
 	q.mu.Unlock()
 	for _, c := range w {
 		c <- q.stopping
+	}
+}
+
+// ask asks for a run and returns where its outcome will be sent.
+func (q *requests[T]) ask() <-chan T {
+	reply := make(chan T, 1)
+	q.request(reply)
+	return reply
+}
+
+// serve runs the requested runs with run, one at a time, each outcome to
+// its waiters, until ctx ends (at shutdown); then it answers the runs
+// still asked for, and any later, with the stopping outcome.
+func (q *requests[T]) serve(ctx context.Context, run func(context.Context) T) {
+	defer q.close()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.wake:
+		}
+		waiters, ok := q.take()
+		if !ok {
+			continue
+		}
+		out := q.stopping
+		if ctx.Err() == nil { // else stopping began as this run was asked for
+			out = run(ctx)
+		}
+		for _, c := range waiters {
+			c <- out
+		}
+		if ctx.Err() != nil {
+			return
+		}
 	}
 }

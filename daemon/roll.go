@@ -31,38 +31,11 @@ func (d *daemon) requestRoll() {
 
 // rollWorkers asks for a rolling restart and returns where its outcome
 // will be sent (POST /workers/restart).
-func (d *daemon) rollWorkers() <-chan admin.RollOutcome {
-	reply := make(chan admin.RollOutcome, 1)
-	d.rolls.request(reply)
-	return reply
-}
+func (d *daemon) rollWorkers() <-chan admin.RollOutcome { return d.rolls.ask() }
 
 // roller runs the requested rolling restarts one at a time until ctx ends
 // (at shutdown).
-func (d *daemon) roller(ctx context.Context) {
-	defer d.rolls.close()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.rolls.wake:
-		}
-		waiters, ok := d.rolls.take()
-		if !ok {
-			continue
-		}
-		if ctx.Err() != nil { // stopping began as this run was asked for
-			for _, c := range waiters {
-				c <- rollStopping
-			}
-			return
-		}
-		out := d.roll(ctx)
-		for _, c := range waiters {
-			c <- out
-		}
-	}
-}
+func (d *daemon) roller(ctx context.Context) { d.rolls.serve(ctx, d.roll) }
 
 // roll runs one rolling restart and logs its outcome.
 func (d *daemon) roll(ctx context.Context) admin.RollOutcome {

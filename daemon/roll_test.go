@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stickyd/stickyd/admin"
+	"github.com/stickyd/stickyd/internal/testkit"
 )
 
 // Requests made before a run begins share it; those made during it share
@@ -56,5 +58,30 @@ func TestRollRequestsFold(t *testing.T) {
 		default:
 			t.Errorf("%s: not answered", name)
 		}
+	}
+}
+
+// serve runs what is asked, each outcome to its waiters, and once its
+// context ends answers every request with the stopping outcome.
+func TestRequestsServe(t *testing.T) {
+	q := newRequests("stopping")
+	ctx, cancel := context.WithCancel(context.Background())
+	runs := make(chan string, 4)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		q.serve(ctx, func(context.Context) string { runs <- "ran"; return "ok" })
+	}()
+	if out := testkit.Await(t, q.ask(), "no outcome"); out != "ok" {
+		t.Errorf("outcome %q, want ok", out)
+	}
+	testkit.Await(t, runs, "no run")
+	cancel()
+	testkit.Await(t, done, "serve did not return after its context ended")
+	if out := testkit.Await(t, q.ask(), "no outcome after the stop"); out != "stopping" {
+		t.Errorf("after the stop: %q, want stopping", out)
+	}
+	if len(runs) != 0 {
+		t.Error("a run after the stop")
 	}
 }
