@@ -15,6 +15,7 @@ import (
 type accessLog struct {
 	mu      sync.Mutex
 	cur     *logging.Access // nil: off; guarded by mu
+	closing *logging.Access // the one cur replaced, while it writes out its last lines; guarded by mu
 	dropped int64           // lines dropped by access logs closed before cur; guarded by mu
 	closed  bool            // stopAccess has run: nothing more is opened; guarded by mu
 	// last are the destination and the write error of the access log
@@ -71,12 +72,13 @@ func (d *daemon) useAccess(next *logging.Access) {
 		d.srv.SetAccessLog(next.Log)
 	}
 	old := d.access.cur
-	d.access.cur = next
+	d.access.cur, d.access.closing = next, old // its drops stay counted meanwhile
 	d.access.mu.Unlock()
 	if old != nil {
 		old.Close(time.Second)
 		d.access.mu.Lock()
 		d.access.dropped += old.Dropped()
+		d.access.closing = nil
 		d.access.lastDest, d.access.lastErr = old.Dest, old.LastError()
 		d.access.mu.Unlock()
 	}
@@ -87,7 +89,7 @@ func (d *daemon) useAccess(next *logging.Access) {
 func (d *daemon) accessCounts() (lines, dropped int64) {
 	d.access.mu.Lock()
 	defer d.access.mu.Unlock()
-	return d.srv.Metrics().AccessLines.Load(), d.access.dropped + d.access.cur.Dropped()
+	return d.srv.Metrics().AccessLines.Load(), d.access.dropped + d.access.cur.Dropped() + d.access.closing.Dropped()
 }
 
 // reportAccess logs, every 10 s, the access log lines dropped since the
