@@ -48,11 +48,7 @@ func (d *daemon) openAccess(cfg *config.Config) (next *logging.Access, keep bool
 	case cur != nil && cur.Dest == dest && (dest == logging.AccessStderr || dest == logging.AccessStdout):
 		return nil, true, nil
 	}
-	format := cfg.LogFormat
-	if format == "" {
-		format = "json"
-	}
-	next, err = logging.OpenAccess(dest, format, d.logs)
+	next, err = logging.OpenAccess(dest, logFormat(cfg), d.logs) // as the main log's, for stderr
 	return next, false, err
 }
 

@@ -13,12 +13,17 @@ import (
 // written asynchronously, dropping (and counting) lines when it blocks
 // (package logging).
 func newLogger(cfg *config.Config) (*zap.Logger, *logging.Logs) {
-	format := cfg.LogFormat
-	if format == "" {
-		format = "json"
-		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			format = "console"
-		}
+	return logging.New(logging.Options{Level: cfg.Level(), Format: logFormat(cfg), Burst: cfg.LogBurst()}, os.Stderr)
+}
+
+// logFormat is cfg's log_format, or its default: console when stderr is a
+// terminal, else json.
+func logFormat(cfg *config.Config) string {
+	if cfg.LogFormat != "" {
+		return cfg.LogFormat
 	}
-	return logging.New(logging.Options{Level: cfg.Level(), Format: format, Burst: cfg.LogBurst()}, os.Stderr)
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		return "console"
+	}
+	return "json"
 }
