@@ -71,13 +71,14 @@ func (s *Server) refuse(conn relay.Conn, c *client, err error) {
 		}
 	}
 	conn.Close()
+	line := accessLine{status: AccessEmpty, peer: c.peer, client: c.addr, via: c.via, took: time.Since(c.start)}
+	if !errors.Is(err, errQuiet) {
+		line.status, line.end = refusalCause(err), err
+	}
+	s.logAccess(line) // before connDone: a drain that ends there closes the access log
 	s.releaseClient(c.counted, c.addr)
 	s.connDone()
-	if errors.Is(err, errQuiet) {
-		s.logAccess(accessLine{status: AccessEmpty, peer: c.peer, client: c.addr, via: c.via, took: time.Since(c.start)})
-	} else {
-		cause := refusalCause(err)
-		s.logAccess(accessLine{status: cause, peer: c.peer, client: c.addr, via: c.via, took: time.Since(c.start), end: err})
+	if cause := line.status; cause != AccessEmpty {
 		s.log.Warn("connection refused", zap.String(logging.CauseKey, cause),
 			zap.Stringer("peer", c.peer), zap.Stringer("client", c.addr), zap.Error(err), s.refusalFix(cause, c.peer, err))
 	}
