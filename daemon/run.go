@@ -35,7 +35,7 @@ func (d *daemon) run(sigs <-chan os.Signal) error {
 	go func() {
 		d.awaitWorkers(stopWaiting)
 		d.notify.ready(d.status())
-		d.notify.keepAlive()
+		d.notify.keepAlive(d.loopsAnswer())
 		serveErr <- d.srv.Serve(d.ln, d.lnGroup...)
 	}()
 	pid := writePIDFile(d.boot.PIDFile, d.log)
@@ -142,6 +142,15 @@ func (d *daemon) signals(sigs <-chan os.Signal, serveErr <-chan error) error {
 			return err
 		}
 	}
+}
+
+// loopsAnswer is the watchdog's liveness check: the epoll engine's loops
+// all run (EpollEngine.Ping); nil with the goroutine engine.
+func (d *daemon) loopsAnswer() func(context.Context) error {
+	if d.epoll == nil {
+		return nil
+	}
+	return d.epoll.Ping
 }
 
 // status is the one-line state systemd shows (systemctl status).

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -77,21 +78,42 @@ func (n *notifier) stopping() {
 	n.send(sd.SdNotifyStopping, "STATUS=draining and stopping")
 }
 
-// keepAlive sends WATCHDOG=1 every half watchdog interval until close.
-func (n *notifier) keepAlive() {
+// keepAlive sends WATCHDOG=1 every half watchdog interval until close,
+// each time check (the event loops' liveness; nil: none) passes within a
+// quarter of the interval. While it fails, the watchdog goes unfed, so
+// that systemd restarts a stickyd whose loops are stuck; that is logged
+// once, and once more when they answer again.
+func (n *notifier) keepAlive(check func(context.Context) error) {
 	if n == nil || !n.on || n.watchdog <= 0 {
 		return
 	}
 	go func() {
 		t := time.NewTicker(n.watchdog / 2)
 		defer t.Stop()
+		failing := false
 		for {
 			select {
 			case <-t.C:
-				n.send(sd.SdNotifyWatchdog)
 			case <-n.stop:
 				return
 			}
+			var err error
+			if check != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), n.watchdog/4)
+				err = check(ctx)
+				cancel()
+			}
+			switch {
+			case err == nil:
+				n.send(sd.SdNotifyWatchdog)
+				if failing {
+					n.log.Info("the event loops answer again: the systemd watchdog is fed")
+				}
+			case !failing:
+				n.log.Error("the systemd watchdog is not fed: an event loop is not answering; systemd restarts stickyd after WatchdogSec",
+					zap.Error(err), zap.Duration("watchdog", n.watchdog))
+			}
+			failing = err != nil
 		}
 	}()
 }

@@ -1,10 +1,17 @@
 package daemon
 
 import (
+	"context"
+	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stickyd/stickyd/internal/testkit"
+	"github.com/stickyd/stickyd/relay"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -47,6 +54,66 @@ func TestNotifierWatchdogPID(t *testing.T) {
 	}
 	var none *notifier // a daemon made without Run (tests) has none
 	none.ready("x")
-	none.keepAlive()
+	none.keepAlive(nil)
 	none.close()
+}
+
+// The watchdog is fed only while the liveness check passes: a failing
+// check starves it (logged once), and feeding resumes (logged) once the
+// check passes again.
+func TestKeepAliveFollowsTheCheck(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	t.Setenv("WATCHDOG_USEC", "40000") // a check every 20 ms
+	t.Setenv("WATCHDOG_PID", "")
+	core, logs := observer.New(zap.InfoLevel)
+	n := newNotifier(zap.New(core), false)
+	defer n.close()
+	var stuck atomic.Bool
+	checks := make(chan struct{}, 1000)
+	n.keepAlive(func(context.Context) error {
+		checks <- struct{}{}
+		if stuck.Load() {
+			return relay.ErrLoopStuck
+		}
+		return nil
+	})
+	feeds := make(chan struct{}, 1000)
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:k]) == "WATCHDOG=1" {
+				feeds <- struct{}{}
+			}
+		}
+	}()
+	testkit.Await(t, feeds, "the watchdog not fed while the check passes")
+	stuck.Store(true)
+	for range 3 { // let a check or two fail, then drop what was fed before
+		testkit.Await(t, checks, "no check")
+	}
+	for len(feeds) > 0 {
+		<-feeds
+	}
+	for range 5 {
+		testkit.Await(t, checks, "no check")
+	}
+	if len(feeds) != 0 {
+		t.Errorf("fed %d times while the check failed", len(feeds))
+	}
+	stuck.Store(false)
+	testkit.Await(t, feeds, "the watchdog not fed again once the check passed")
+	testkit.WaitFor(t, "the recovery logged", func() bool { return logs.FilterMessageSnippet("answer again").Len() == 1 })
+	if n := logs.FilterMessageSnippet("watchdog is not fed").Len(); n != 1 {
+		t.Errorf("%d lines for the failing checks, want 1", n)
+	}
 }

@@ -563,3 +563,50 @@ func TestEpollWork(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// stuckAcceptor holds the loop that accepted a client in Handle until
+// release is closed.
+type stuckAcceptor struct {
+	*echoAcceptor
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (a *stuckAcceptor) Handle(s *Socket, on Starter) {
+	a.held <- struct{}{}
+	<-a.release
+	s.Close()
+	a.Unadmit()
+}
+
+// Ping answers while the loops run, names a loop stuck in a callback, and
+// answers again once it is free.
+func TestPingFindsAStuckLoop(t *testing.T) {
+	eng := newLoopEngine(t, 2)
+	if err := eng.Ping(testContext(t, testkit.Guard)); err != nil {
+		t.Fatalf("idle loops: %v", err)
+	}
+	a := &stuckAcceptor{echoAcceptor: newEchoAcceptor(t, eng, echoBackend(t)), held: make(chan struct{}, 1), release: make(chan struct{})}
+	_, addr := acceptOn(t, eng, a)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	testkit.Await(t, a.held, "the client was not handled")
+	err = eng.Ping(testContext(t, 200*time.Millisecond))
+	if !errors.Is(err, ErrLoopStuck) || !strings.Contains(err.Error(), "of 2") {
+		t.Errorf("a loop held in Handle: Ping = %v, want ErrLoopStuck naming one loop of 2", err)
+	}
+	close(a.release)
+	if err := eng.Ping(testContext(t, testkit.Guard)); err != nil {
+		t.Errorf("after the loop was released: %v", err)
+	}
+}
+
+// testContext is a context that ends after d or with the test.
+func testContext(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -283,6 +284,47 @@ func (e *EpollEngine) CloseAll() {
 		<-ch
 	}
 }
+
+// Ping returns once every event loop has run since the call (taken what
+// was handed to it), or, when ctx ends first, an error naming the loops
+// that did not: a loop stuck in a callback, say. A loop that has stopped
+// counts as answered. It wakes every loop once: a liveness check for a
+// watchdog, not for a hot path.
+func (e *EpollEngine) Ping(ctx context.Context) error {
+	waits := make([]chan struct{}, len(e.loops))
+	for i, l := range e.loops {
+		ch := make(chan struct{})
+		l.mu.Lock()
+		if l.stopped || l.stop {
+			close(ch)
+		} else {
+			l.pings = append(l.pings, ch)
+		}
+		l.mu.Unlock()
+		l.wake()
+		waits[i] = ch
+	}
+	var stuck []int
+	for i, ch := range waits {
+		select {
+		case <-ch:
+			continue
+		case <-ctx.Done():
+		}
+		select {
+		case <-ch:
+		default:
+			stuck = append(stuck, i)
+		}
+	}
+	if len(stuck) > 0 {
+		return fmt.Errorf("%w: event loops %v of %d did not run within the check", ErrLoopStuck, stuck, len(e.loops))
+	}
+	return nil
+}
+
+// ErrLoopStuck: an event loop did not answer EpollEngine.Ping in time.
+var ErrLoopStuck = errors.New("relay: event loop not answering")
 
 // Close implements Engine: it closes the pairs still open, stops the loops,
 // waits for every Done to return and releases the engine's descriptors.

@@ -36,6 +36,7 @@ type epLoop struct {
 	inbox     []*epPair   // started, registered, not yet adopted
 	failed    []epFailed  // started, but a registration failed
 	closeAll  []chan struct{}
+	pings     []chan struct{}   // closed by the loop's next intake (EpollEngine.Ping)
 	waits     map[int32]*epWait // sockets waiting before Start (see epoll_wait.go)
 	accCmds   []epAccCmd        // for the listeners (see epoll_accept.go)
 	stop      bool              // Close asked the loop to end
@@ -276,7 +277,7 @@ func (l *epLoop) notify(batch []epNote) []epNote {
 func (l *epLoop) park() bool {
 	l.parked.Store(true)
 	l.mu.Lock()
-	work := len(l.inbox) > 0 || len(l.failed) > 0 || len(l.closeAll) > 0 || len(l.accCmds) > 0 || l.stop
+	work := len(l.inbox) > 0 || len(l.failed) > 0 || len(l.closeAll) > 0 || len(l.accCmds) > 0 || len(l.pings) > 0 || l.stop
 	l.mu.Unlock()
 	if work {
 		l.parked.Store(false)
@@ -289,14 +290,17 @@ func (l *epLoop) park() bool {
 // comes from a registration done after the pair was put in the inbox.
 func (l *epLoop) intake() (closeAll []chan struct{}, stop bool) {
 	l.mu.Lock()
-	inbox, failed, accCmds := l.inbox, l.failed, l.accCmds
+	inbox, failed, accCmds, pings := l.inbox, l.failed, l.accCmds, l.pings
 	closeAll, stop = l.closeAll, l.stop
-	l.inbox, l.failed, l.closeAll, l.accCmds = l.spareI[:0], nil, nil, nil
+	l.inbox, l.failed, l.closeAll, l.accCmds, l.pings = l.spareI[:0], nil, nil, nil, nil
 	l.stopped = stop
 	if stop {
 		l.failWaits()
 	}
 	l.mu.Unlock()
+	for _, ch := range pings {
+		close(ch)
+	}
 	for _, p := range inbox {
 		l.adopt(p)
 	}
