@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"context"
-	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -62,13 +60,8 @@ func TestNotifierWatchdogPID(t *testing.T) {
 // check starves it (logged once), and feeding resumes (logged) once the
 // check passes again.
 func TestKeepAliveFollowsTheCheck(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", path)
+	ns := testkit.ListenNotify(t)
+	t.Setenv("NOTIFY_SOCKET", ns.Path)
 	t.Setenv("WATCHDOG_USEC", "40000") // a check every 20 ms
 	t.Setenv("WATCHDOG_PID", "")
 	core, logs := observer.New(zap.InfoLevel)
@@ -83,16 +76,17 @@ func TestKeepAliveFollowsTheCheck(t *testing.T) {
 		}
 		return nil
 	})
-	feeds := make(chan struct{}, 1000)
+	feeds, done := make(chan struct{}, 1000), make(chan struct{})
+	defer close(done)
 	go func() {
-		buf := make([]byte, 256)
 		for {
-			k, err := conn.Read(buf)
-			if err != nil {
+			select {
+			case m := <-ns.Msgs:
+				if m["WATCHDOG"] == "1" {
+					feeds <- struct{}{}
+				}
+			case <-done:
 				return
-			}
-			if string(buf[:k]) == "WATCHDOG=1" {
-				feeds <- struct{}{}
 			}
 		}
 	}()

@@ -8,10 +8,8 @@ package integration_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,39 +19,11 @@ import (
 	"github.com/stickyd/stickyd/internal/testkit"
 )
 
-// notifySocket is a fake systemd end of $NOTIFY_SOCKET: it collects the
-// datagrams sent to it.
-type notifySocket struct {
-	path string
-	msgs chan map[string]string
-}
+// notifySocket is testkit's stand-in for systemd's notify socket, with
+// next.
+type notifySocket struct{ *testkit.NotifySocket }
 
-func listenNotify(t *testing.T) *notifySocket {
-	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify.sock"), msgs: make(chan map[string]string, 1024)}
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			m := map[string]string{}
-			for _, line := range strings.Split(string(buf[:k]), "\n") {
-				if key, v, ok := strings.Cut(line, "="); ok {
-					m[key] = v
-				}
-			}
-			n.msgs <- m
-		}
-	}()
-	return n
-}
+func listenNotify(t *testing.T) notifySocket { return notifySocket{testkit.ListenNotify(t)} }
 
 // next returns the next message that has key (skipping the watchdog's
 // keep-alives and others), failing after testkit.Guard.
@@ -62,7 +32,7 @@ func (n *notifySocket) next(t *testing.T, key string) map[string]string {
 	deadline := time.After(testkit.Guard)
 	for {
 		select {
-		case m := <-n.msgs:
+		case m := <-n.Msgs:
 			if _, ok := m[key]; ok {
 				return m
 			}
@@ -74,7 +44,7 @@ func (n *notifySocket) next(t *testing.T, key string) map[string]string {
 
 func TestSystemdNotify(t *testing.T) {
 	ns := listenNotify(t)
-	t.Setenv("NOTIFY_SOCKET", ns.path)
+	t.Setenv("NOTIFY_SOCKET", ns.Path)
 	t.Setenv("WATCHDOG_USEC", "200000") // 0.2 s: a keep-alive every 0.1 s
 	addr, adm := testkit.FreePort(t), testkit.FreePort(t)
 	d := opsStartDaemon(t, addr, "--admin", adm, "--workers", "2", "--", "stickyd", "hello-worker")
@@ -93,7 +63,7 @@ func TestSystemdNotify(t *testing.T) {
 	testkit.WaitFor(t, "the watchdog fed", func() bool {
 		for {
 			select {
-			case m := <-ns.msgs:
+			case m := <-ns.Msgs:
 				if m["WATCHDOG"] == "1" {
 					keepAlives++
 				}
@@ -149,7 +119,7 @@ func TestSystemdNotify(t *testing.T) {
 	testkit.WaitFor(t, "the new process feeds the watchdog", func() bool {
 		for {
 			select {
-			case m := <-ns.msgs:
+			case m := <-ns.Msgs:
 				if _, ok := m["STOPPING"]; ok {
 					t.Errorf("a stop reported by the old process of an upgrade: %v", m)
 				}
