@@ -188,7 +188,7 @@ func (l *epLoop) adoptFD(fd int, home *epLoop) error {
 // closed) to Done.
 func (e *EpollEngine) failStart(l *epLoop, ep *epPair, err error, fds ...int) {
 	if err == nil {
-		err = epErrCloseAll
+		err = ErrShutdown
 	}
 	for _, fd := range fds {
 		if fd >= 0 {
@@ -269,20 +269,32 @@ func (e *EpollEngine) CloseAll() {
 	}
 	e.closingAll.Add(1)
 	defer e.closingAll.Add(-1)
-	var waits []chan struct{}
-	for _, l := range e.loops {
+	for _, ch := range e.tell(func(l *epLoop) *[]chan struct{} { return &l.closeAll }) {
+		<-ch
+	}
+}
+
+// tell queues a new channel on one of each loop's lists (which picks it,
+// under the loop's mutex), wakes the loop, and returns the channels in
+// loop order: the loop closes its channel once it has done what that list
+// asks (closeAll, pings). A loop that has stopped gets a closed channel: a
+// stopping loop closes its pairs anyway, and answers no more.
+func (e *EpollEngine) tell(which func(*epLoop) *[]chan struct{}) []chan struct{} {
+	chs := make([]chan struct{}, len(e.loops))
+	for i, l := range e.loops {
 		ch := make(chan struct{})
 		l.mu.Lock()
-		if !l.stopped { // a stopping loop closes its pairs anyway
-			l.closeAll = append(l.closeAll, ch)
-			waits = append(waits, ch)
+		if l.stopped {
+			close(ch)
+		} else {
+			list := which(l)
+			*list = append(*list, ch)
 		}
 		l.mu.Unlock()
 		l.wake()
+		chs[i] = ch
 	}
-	for _, ch := range waits {
-		<-ch
-	}
+	return chs
 }
 
 // Ping returns once every event loop has run since the call (taken what
@@ -291,21 +303,8 @@ func (e *EpollEngine) CloseAll() {
 // counts as answered. It wakes every loop once: a liveness check for a
 // watchdog, not for a hot path.
 func (e *EpollEngine) Ping(ctx context.Context) error {
-	waits := make([]chan struct{}, len(e.loops))
-	for i, l := range e.loops {
-		ch := make(chan struct{})
-		l.mu.Lock()
-		if l.stopped || l.stop {
-			close(ch)
-		} else {
-			l.pings = append(l.pings, ch)
-		}
-		l.mu.Unlock()
-		l.wake()
-		waits[i] = ch
-	}
 	var stuck []int
-	for i, ch := range waits {
+	for i, ch := range e.tell(func(l *epLoop) *[]chan struct{} { return &l.pings }) {
 		select {
 		case <-ch:
 			continue

@@ -14,9 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// epErrCloseAll is Stats.Err for pairs ended by CloseAll or Close.
-var epErrCloseAll = ErrShutdown
-
 // epEvents is the size of one epoll_wait batch.
 const epEvents = 256
 
@@ -525,7 +522,7 @@ func (l *epLoop) finish(p *epPair, err error) {
 func (l *epLoop) closePairs() {
 	for fd, p := range l.table {
 		if p != nil && fd == int(p.client.fd) {
-			l.finish(p, epErrCloseAll)
+			l.finish(p, ErrShutdown)
 		}
 	}
 }
